@@ -1,0 +1,361 @@
+"""One side of the RPC link, sans-IO: bytes and the current time in, bytes and deadlines out.
+
+An :class:`Endpoint` owns a framing codec and a table of local handlers.  The I/O shell around
+it does four things and nothing else:
+
+    endpoint.receive(data, now)      # bytes read from the port
+    endpoint.tick(now)               # when the clock reaches endpoint.next_deadline()
+    port.write(endpoint.data_to_send())
+    endpoint.call(...) / endpoint.notify(...)   # from the side's own logic
+
+Rules (as the Blynk.NCP C driver behaves, unless noted):
+
+* ``msg_id`` is a per-side counter from 1 that wraps at 16 bits; this endpoint also skips 0 and
+  any id still pending, so a late RESULT can never complete the wrong call.
+* A RESULT completes the pending call with its msg_id.  A RESULT for an id that is not pending
+  (never sent, already answered, or already timed out) is dropped and counted as stale.
+* A call with no RESULT by its deadline (the table's timeout unless given) completes with
+  status 0x11 (timeout, local only).  A RESULT whose values do not decode completes it with
+  0x17 (results read, local only).
+* INVOKEs and ONEWAYs that arrive while calls are pending are dispatched at once: the primary
+  calls ``blynk_otaUpdateGetCRC32`` from inside its ``client_otaUpdateFinish`` handler while the
+  NCP is still waiting for the Finish RESULT.
+* An INVOKE whose arguments do not decode exactly (short, or bytes left over) is answered with
+  status 0x15.  A uid this side does not serve gets no answer, as from the C driver, unless
+  ``answer_unknown`` is set, in which case it gets 0x13.
+* A handler that raises is answered with 0x10 and logged; the endpoint carries on.
+* A handler may return :data:`DEFER` and answer later with :meth:`Endpoint.reply`, e.g. after
+  calls of its own have completed.
+
+Callbacks (``on_done`` of a call, handlers) run synchronously inside ``receive``/``tick``; they
+may call and reply freely, which only appends to the output buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from framing import Dropped, Frame, Profile
+from rpc.interface import INTERFACE, INVOKE, ONEWAY, Function, Interface
+from rpc.message import Invoke, Malformed, Oneway, Result, Status, parse, status_name
+from rpc.types import ArgsError
+
+log = logging.getLogger("dualmcu.rpc")
+
+DEFER = object()  # returned by a handler that will answer later with Endpoint.reply()
+
+
+@dataclass(eq=False)
+class Call:
+    """A call this side made; ``status`` is None until it completes."""
+
+    fn: Function
+    msg_id: int
+    args: dict[str, Any]
+    sent_at: float
+    deadline: float | None
+    on_done: Callable[[Call], None] | None = None
+    status: int | None = None
+    values: dict[str, Any] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status is not None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+    @property
+    def result(self) -> Any:
+        """The return value (None for status-only functions or failed calls)."""
+        return (self.values or {}).get("return")
+
+
+@dataclass(eq=False)
+class Incoming:
+    """An INVOKE or ONEWAY from the peer, handed to a local handler."""
+
+    fn: Function
+    msg_id: int | None  # None for a ONEWAY
+    args: dict[str, Any]
+    received_at: float
+    replied: bool = False
+    # Run right after the RESULT is queued, e.g. to switch the baud rate only once the
+    # answer has been sent at the old one.
+    then: Callable[[], None] | None = field(default=None, repr=False)
+
+
+Handler = Callable[[Incoming], Any]
+
+
+class Endpoint:
+    def __init__(
+        self,
+        side: str,
+        profile: Profile,
+        *,
+        interface: Interface = INTERFACE,
+        answer_unknown: bool = False,
+        on_event: Callable[..., None] | None = None,
+    ):
+        self.side = side
+        self.profile = profile
+        self.interface = interface
+        self.answer_unknown = answer_unknown
+        self.on_event = on_event or (lambda kind, **fields: None)
+        self._encode = profile.encode
+        self._decoder = profile.decoder()
+        self._handlers: dict[int, Handler] = {}
+        self._pending: dict[int, Call] = {}
+        self._deferred: set[Incoming] = set()
+        self._next_id = 1
+        self._out = bytearray()
+        self.now = 0.0
+        self.stats = {
+            "frames_out": 0,
+            "invokes_in": 0,
+            "oneways_in": 0,
+            "results_in": 0,
+            "stale_results": 0,
+            "unknown_uids": 0,
+            "bad_args": 0,
+            "handler_errors": 0,
+            "callback_errors": 0,
+            "malformed": 0,
+            "timeouts": 0,
+        }
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def handle(self, name: str, handler: Handler) -> None:
+        fn = self.interface[name]
+        if fn.server != self.side:
+            raise ValueError(f"{name} is served by the {fn.server}, not by the {self.side}")
+        self._handlers[fn.uid] = handler
+
+    def serves(self, uid: int) -> bool:
+        """True for the uids this side answers: what hasUID reports."""
+        return uid in self._handlers
+
+    # -- the I/O shell's side ----------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> None:
+        self.now = now
+        for item in self._decoder.feed(data):
+            if type(item) is Frame:
+                self._on_payload(item.message)
+            else:
+                self._on_dropped(item)
+
+    def tick(self, now: float) -> None:
+        self.now = now
+        expired = [c for c in self._pending.values() if c.deadline is not None and c.deadline <= now]
+        for c in expired:
+            del self._pending[c.msg_id]
+            self.stats["timeouts"] += 1
+            self.on_event("timeout", name=c.fn.name, msg_id=c.msg_id)
+            self._complete(c, Status.TIMEOUT, None)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [c.deadline for c in self._pending.values() if c.deadline is not None]
+        return min(deadlines) if deadlines else None
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def decoder_stats(self) -> dict[str, int]:
+        return self._decoder.stats
+
+    # -- calls -------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> dict[int, Call]:
+        return self._pending
+
+    def call(
+        self,
+        name: str,
+        args: Any = None,
+        *,
+        now: float | None = None,
+        timeout: float | None = None,
+        on_done: Callable[[Call], None] | None = None,
+    ) -> Call:
+        """INVOKE ``name`` on the peer; the returned Call completes later."""
+        fn = self.interface[name]
+        if fn.kind != INVOKE:
+            raise ValueError(f"{name} is a ONEWAY: use notify()")
+        if fn.server == self.side:
+            raise ValueError(f"{name} is served by this side ({self.side}); the peer cannot answer it")
+        now = self.now if now is None else now
+        encoded = fn.encode_args(args)
+        msg_id = self._allocate_id()
+        self._send(Invoke(fn.uid, msg_id, encoded).encode())
+        timeout = fn.timeout if timeout is None else timeout
+        kept = dict(args) if isinstance(args, dict) else fn.decode_args(encoded)
+        c = Call(fn, msg_id, kept, now, None if timeout <= 0 else now + timeout, on_done)
+        self._pending[msg_id] = c
+        return c
+
+    def notify(self, name: str, args: Any = None) -> None:
+        """Send ``name`` as a ONEWAY: no answer comes back."""
+        fn = self.interface[name]
+        if fn.kind != ONEWAY:
+            raise ValueError(f"{name} is answered: use call()")
+        if fn.server == self.side:
+            raise ValueError(f"{name} is served by this side ({self.side})")
+        self._send(Oneway(fn.uid, fn.encode_args(args)).encode())
+
+    def invoke_raw(self, uid: int, msg_id: int, args: bytes = b"") -> None:
+        """Send an INVOKE the table may not know (fuzzing, probing a peer)."""
+        self._send(Invoke(uid, msg_id, args).encode())
+
+    def fail_pending(self, status: int = Status.GENERIC) -> None:
+        """Complete every pending call with ``status`` (the link or the peer went away)."""
+        calls = list(self._pending.values())
+        self._pending.clear()
+        for c in calls:
+            self._complete(c, status, None)
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def reply(self, inc: Incoming, ret: Any = None, status: int = Status.OK) -> None:
+        """Answer a deferred invocation (also used internally for immediate answers)."""
+        if inc.msg_id is None or inc.replied:
+            return
+        inc.replied = True
+        self._deferred.discard(inc)
+        data = b""
+        if status == Status.OK:
+            try:
+                data = inc.fn.encode_result(ret)
+            except ArgsError as e:
+                log.error("%s handler returned %r, which does not encode: %s", inc.fn.name, ret, e)
+                status = Status.RESULTS_WRITE
+        self._send(Result(inc.msg_id, status, data).encode())
+        if inc.then is not None:
+            inc.then()
+
+    @property
+    def deferred(self) -> set[Incoming]:
+        return self._deferred
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _allocate_id(self) -> int:
+        for _ in range(0x10000):
+            msg_id = self._next_id
+            self._next_id = msg_id % 0xFFFF + 1
+            if msg_id not in self._pending:
+                return msg_id
+        raise RuntimeError("all 65535 msg_ids are pending")
+
+    def _send(self, message: bytes) -> None:
+        self._out += self._encode(message)
+        self.stats["frames_out"] += 1
+
+    def _on_dropped(self, d: Dropped) -> None:
+        self.on_event("frame_dropped", reason=d.reason, size=d.size, raw=d.raw.hex())
+
+    def _on_payload(self, payload: bytes) -> None:
+        msg = parse(payload)
+        t = type(msg)
+        if t is Result:
+            self._on_result(msg)
+        elif t is Invoke:
+            self._on_invoke(msg)
+        elif t is Oneway:
+            self._on_oneway(msg)
+        else:
+            assert isinstance(msg, Malformed)
+            self.stats["malformed"] += 1
+            self.on_event("malformed", reason=msg.reason, raw=msg.payload[:64].hex())
+
+    def _on_result(self, r: Result) -> None:
+        self.stats["results_in"] += 1
+        c = self._pending.pop(r.msg_id, None)
+        if c is None:
+            self.stats["stale_results"] += 1
+            self.on_event("stale_result", msg_id=r.msg_id, status=r.status)
+            return
+        if r.status != Status.OK:
+            return self._complete(c, r.status, None)
+        try:
+            values = c.fn.decode_result(r.data)
+        except ArgsError as e:
+            self.on_event("bad_result", name=c.fn.name, msg_id=r.msg_id, error=str(e))
+            return self._complete(c, Status.RESULTS_READ, None)
+        self._complete(c, Status.OK, values)
+
+    def _complete(self, c: Call, status: int, values: dict | None) -> None:
+        c.status, c.values = int(status), values
+        if c.on_done is not None:
+            try:
+                c.on_done(c)
+            except Exception:
+                self.stats["callback_errors"] += 1
+                log.exception("callback of %s (msg_id %d) raised", c.fn.name, c.msg_id)
+                self.on_event("callback_error", name=c.fn.name)
+
+    def _lookup(self, uid: int, kind: str) -> Function | None:
+        fn = self.interface.get(uid)
+        if fn is None or fn.kind != kind or uid not in self._handlers:
+            return None
+        return fn
+
+    def _on_invoke(self, m: Invoke) -> None:
+        self.stats["invokes_in"] += 1
+        fn = self._lookup(m.uid, INVOKE)
+        if fn is None:
+            self.stats["unknown_uids"] += 1
+            self.on_event("unknown_uid", uid=m.uid, msg_id=m.msg_id, answered=self.answer_unknown)
+            if self.answer_unknown:
+                self._send(Result(m.msg_id, Status.UNKNOWN_UID).encode())
+            return
+        try:
+            args = fn.decode_args(m.args)
+        except ArgsError as e:
+            self.stats["bad_args"] += 1
+            self.on_event("bad_args", name=fn.name, msg_id=m.msg_id, error=str(e))
+            self._send(Result(m.msg_id, Status.ARGS_READ).encode())
+            return
+        inc = Incoming(fn, m.msg_id, args, self.now)
+        try:
+            ret = self._handlers[fn.uid](inc)
+        except Exception as e:
+            self.stats["handler_errors"] += 1
+            log.exception("handler of %s raised", fn.name)
+            self.on_event("handler_error", name=fn.name, msg_id=m.msg_id, error=repr(e))
+            self.reply(inc, status=Status.GENERIC)
+            return
+        if ret is DEFER:
+            if not inc.replied:
+                self._deferred.add(inc)
+            return
+        self.reply(inc, ret)
+
+    def _on_oneway(self, m: Oneway) -> None:
+        self.stats["oneways_in"] += 1
+        fn = self._lookup(m.uid, ONEWAY)
+        if fn is None:
+            self.stats["unknown_uids"] += 1
+            self.on_event("unknown_uid", uid=m.uid, msg_id=None, answered=False)
+            return
+        try:
+            args = fn.decode_args(m.args)
+        except ArgsError as e:
+            self.stats["bad_args"] += 1
+            self.on_event("bad_args", name=fn.name, msg_id=None, error=str(e))
+            return
+        try:
+            self._handlers[fn.uid](Incoming(fn, None, args, self.now))
+        except Exception as e:
+            self.stats["handler_errors"] += 1
+            log.exception("handler of %s raised", fn.name)
+            self.on_event("handler_error", name=fn.name, msg_id=None, error=repr(e))
