@@ -1,0 +1,87 @@
+"""The wire-layer commands: encode, decode, ports."""
+
+import json
+
+from click.testing import CliRunner
+
+from dualmcu.cli import main
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(main, list(args), input=input)
+
+
+def test_version_and_help_list_every_command():
+    r = run("--help")
+    assert r.exit_code == 0
+    for cmd in ("ports", "decode", "encode"):
+        assert cmd in r.output
+    assert run("--version").output.startswith("dualmcu, version ")
+
+
+def test_encode_matches_the_real_driver_vectors():
+    r = run("encode", "--framing", "blynk", "blynk_otaUpdateStart", "chunk_size=1024", "--msg-id", "2")
+    assert r.exit_code == 0 and r.output.strip() == "aa bc 67 41 03 02 00 00 04 0c bb"
+    r = run("encode", "--framing", "blynk", "client_otaUpdateWrite", "offset=0", "chunk=0x00aa1120", "crc32=0x9d1c0472", "--msg-id", "7")
+    assert r.output.strip() == "aa bc 67 42 04 07 00 00 00 00 00 04 00 00 cc 55 cc ee 20 72 04 1c 9d 5d bb"
+    r = run("encode", "--framing", "blynk", "client_processEvent", "event=1")
+    assert r.output.strip() == "aa f3 1c 21 04 01 5b bb"
+
+
+def test_encode_errors_are_clear():
+    r = run("encode", "blynk_otaUpdateStart", "chunk=5")
+    assert r.exit_code == 2 and "chunk_size" in r.output
+    r = run("encode", "blynk_otaUpdateStart", "chunk_size=70000")
+    assert r.exit_code == 2 and "outside UInt16" in r.output
+    r = run("encode", "otaUpdateStart")
+    assert r.exit_code == 2 and "did you mean" in r.output
+    r = run("encode", "client_otaUpdateWrite", "offset=0")
+    assert r.exit_code == 2 and "needs chunk, crc32" in r.output
+
+
+CAPTURE = (
+    "aa bc 67 42 04 07 00 00 00 00 00 04 00 00 cc 55 cc ee 20 72 04 1c 9d 5d bb"
+    " aa 12 a5 07 00 00 01 b7 bb"
+    " aa 12 a5 06 00 15 51 bb"
+    " aa f3 1c 21 04 01 5b bb"
+    " aa 01 02 bb"
+)
+
+
+def test_decode_json_types_results_by_their_request():
+    r = run("decode", "--framing", "blynk", "--json", CAPTURE)
+    assert r.exit_code == 0
+    recs = [json.loads(line) for line in r.output.splitlines()]
+    assert [x["kind"] for x in recs] == ["invoke", "result", "result", "oneway", "error"]
+    assert recs[0]["name"] == "client_otaUpdateWrite"
+    assert recs[0]["args"] == {"offset": 0, "chunk": "00aa1120", "crc32": 0x9D1C0472}
+    assert recs[1]["name"] == "client_otaUpdateWrite" and recs[1]["args"] == {"return": True}
+    assert recs[2]["status"] == "args_read" and recs[2]["name"] is None
+    assert recs[3]["args"] == {"event": 1}
+    assert recs[4]["reason"] == "bad_crc"
+    assert all(set(x) >= {"kind", "uid", "name", "msg_id", "args", "status", "raw"} for x in recs[:4])
+
+
+def test_decode_reads_stdin_hex_and_raw_files(tmp_path):
+    r = run("decode", "--framing", "blynk", "-", input=CAPTURE)
+    assert "client_otaUpdateWrite" in r.output and "bad_crc" in r.output
+    f = tmp_path / "cap.bin"
+    f.write_bytes(bytes.fromhex(CAPTURE))
+    assert run("decode", "--framing", "blynk", "-f", str(f)).output == r.output
+    r = run("decode", "zz")
+    assert r.exit_code == 2 and "not a hex string" in r.output
+
+
+def test_decode_cobs_round_trip_from_encode():
+    frame = run("encode", "blynk_setFirmwareInfo", "type=TMPL1", "version=1.2.3", "build=b", "blynk=0.6.4").output
+    r = run("decode", "--json", frame)
+    (rec,) = [json.loads(x) for x in r.output.splitlines()]
+    assert rec["args"] == {"type": "TMPL1", "version": "1.2.3", "build": "b", "blynk": "0.6.4"}
+
+
+def test_ports_runs():
+    r = run("ports", "--json")
+    assert r.exit_code == 0
+    for line in r.output.splitlines():
+        if line.startswith("{"):
+            assert "device" in json.loads(line)
