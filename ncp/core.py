@@ -1,0 +1,516 @@
+"""The emulated network co-processor, sans-IO.
+
+It serves the NCP's whole interface with stateful answers and stands in for the cloud: given a
+shipment it offers the update, feeds it to the primary and judges the outcome the way the cloud
+does.  Same core interface as the primary:
+
+    receive(data, now) · tick(now) · next_deadline() · data_to_send() · actions
+
+The update sender
+-----------------
+    state         leaves on                                    to
+    IDLE          primary connected, reported a version        OFFERING   (client_otaUpdateAvailable)
+                  other than the shipment's, offers left
+    OFFERING      RESULT true                                  OFFERED
+                  RESULT false / failure                       DONE refused (or IDLE to offer again)
+    OFFERED       blynk_otaUpdatePrefetch                      PREFETCHING
+                  blynk_otaUpdateStart(chunk)                  SENDING    (also accepted in OFFERING:
+                                                                          older drivers call it from
+                                                                          inside the offer handler)
+    PREFETCHING   download complete (answer 1) / failed        OFFERED / DONE prefetch_failed
+    SENDING       all bytes acknowledged                       FINISHING  (client_otaUpdateFinish)
+                  a chunk refused or timed out > retries times DONE download_limit (after Cancel)
+                  the download fails (no prefetch)             DONE download_failed (after Cancel)
+    FINISHING     RESULT true                                  REBOOTING
+                  false / timeout, > retries times             DONE finish_failed (after Cancel)
+    REBOOTING     primary reports the new version              DONE success
+                  primary reports the old version              DONE rollback
+    DONE success  primary reports the old version later        DONE rollback (old -> new -> old)
+
+One write is in flight at a time.  Chunks are never larger than what the primary asked for,
+nor than what the framing can carry; a chunk is sent only once the simulated download has
+reached its end.  ``blynk_otaUpdateSuspend`` pauses sending.
+"""
+
+from __future__ import annotations
+
+import datetime
+import zlib
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable
+
+from framing import Profile
+from rpc import DEFER, NCP, Call, Endpoint, Incoming
+from rpc.interface import INTERFACE, PREFETCH, STATES
+
+from .update import Network, Shipment, Store
+
+NCP_VERSION = "0.7.0-dualmcu"
+WRITE_OVERHEAD = 6 + 4 + 2 + 4  # INVOKE header, offset, Binary length, crc32
+STATE = {v: k for k, v in STATES.items()}
+PREFETCH_CODE = {v: k for k, v in PREFETCH.items()}
+
+
+class Tx(Enum):
+    IDLE = "idle"
+    OFFERING = "offering"
+    OFFERED = "offered"
+    PREFETCHING = "prefetching"
+    SENDING = "sending"
+    FINISHING = "finishing"
+    REBOOTING = "rebooting"
+    DONE = "done"
+
+
+@dataclass
+class NcpConfig:
+    retries: int = 5
+    max_chunk: int | None = None  # default: what the framing can carry
+    offers: int = 1  # how many times one shipment is offered
+    reoffer_after: float = 5.0
+    connect_time: float = 0.3  # simulated time from initialize to connected
+    settle: float = 3.0  # with --once: wait this long after success for a rollback
+    once: bool = False
+    primary_idle_ping: float = 25.0
+    answer_unknown: bool = False
+    wall_clock_ms: int = 0  # what getTime reports at t=0 (ms since the epoch)
+
+
+@dataclass
+class Sending:
+    chunk: int
+    started: float
+    offset: int = 0
+    retries: int = 0
+    total_retries: int = 0
+    suspended_until: float = 0.0
+    in_flight: Call | None = None
+
+
+@dataclass
+class Primary:
+    """What the NCP knows of the primary: its reported firmware, and the versions it showed."""
+
+    info: dict[str, str] = field(default_factory=dict)
+    versions: list[str] = field(default_factory=list)
+
+
+class NcpDevice:
+    def __init__(
+        self,
+        profile: Profile,
+        config: NcpConfig | None = None,
+        now: float = 0.0,
+        shipment: Shipment | None = None,
+        network: Network | None = None,
+        store: Store | None = None,
+        emit: Callable[..., None] | None = None,
+    ):
+        self.cfg = config or NcpConfig()
+        self._emit = emit or (lambda kind, **f: None)
+        self.ep = Endpoint(NCP, profile, answer_unknown=self.cfg.answer_unknown, on_event=self._wire_event)
+        self.ep.now = now
+        self.actions: list[tuple[str, Any]] = []
+        self.shipment = shipment
+        self.net = network or Network()
+        self.store = store or Store()
+        self.serve_from = shipment.source if shipment else None
+        self.prefetched = False
+        # A write must fit one frame: the blynk framing sends at most 1536 bytes.
+        frame_limit = getattr(profile, "send_limit", profile.max_message)
+        self.max_chunk = min(self.cfg.max_chunk or 0xFFFF, frame_limit - WRITE_OVERHEAD)
+        self.state = STATE["not_initialized"]
+        self.primary = Primary()
+        self.tx = Tx.IDLE
+        self.outcome: str | None = None
+        self.offers_made = 0
+        self.sending: Sending | None = None
+        self.finish_tries = 0
+        self._timers: dict[str, float] = {}
+        self._last_heard = now
+        self._idle_pings = 0
+        self.values: dict[str, Any] = {"vendor_prefix": "Blynk", "vendor_server": "blynk.cloud", "configured": True,
+                                       "time_offset_ms": None}
+        self._serve_interface()
+        self._after("idle_ping", self.cfg.primary_idle_ping)
+
+    # -- the core interface ------------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> None:
+        before = self.ep.stats["invokes_in"] + self.ep.stats["oneways_in"]
+        self.ep.receive(data, now)
+        if self.ep.stats["invokes_in"] + self.ep.stats["oneways_in"] != before:
+            self._last_heard = now
+            self._idle_pings = 0
+            self._after("idle_ping", self.cfg.primary_idle_ping)
+        self._pump()
+
+    def tick(self, now: float) -> None:
+        self.ep.now = now
+        self.ep.tick(now)
+        for name, when in list(self._timers.items()):
+            if when <= now and self._timers.get(name) == when:
+                del self._timers[name]
+                getattr(self, f"_timer_{name}")()
+        self._pump()
+
+    def next_deadline(self) -> float | None:
+        ds = list(self._timers.values())
+        d = self.ep.next_deadline()
+        if d is not None:
+            ds.append(d)
+        return min(ds) if ds else None
+
+    def data_to_send(self) -> bytes:
+        return self.ep.data_to_send()
+
+    # -- events ------------------------------------------------------------------------------
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        self._emit(kind, t=round(self.ep.now, 6), **fields)
+
+    def _wire_event(self, kind: str, **fields: Any) -> None:
+        self.emit("rpc_" + kind, **fields)
+
+    def _after(self, name: str, delay: float) -> None:
+        self._timers[name] = self.ep.now + delay
+
+    # -- the NCP's interface -----------------------------------------------------------------
+
+    def _serve_interface(self) -> None:
+        true = lambda inc: True  # noqa: E731
+        answers: dict[str, Callable[[Incoming], Any]] = {
+            "ncp_ping": lambda inc: None,
+            "ncp_reboot": self._on_reboot,
+            "ncp_hasUID": lambda inc: self.ep.serves(inc.args["uid"]),
+            "hw_setUartBaudRate": self._on_baud,
+            "hw_getWiFiMAC": lambda inc: ("02:00:00:4e:43:50", True),
+            "hw_getEthernetMAC": lambda inc: ("02:00:00:4e:43:51", True),
+            "blynk_initialize": self._on_initialize,
+            "blynk_setVendorPrefix": lambda inc: self._set("vendor_prefix", inc.args["name"]),
+            "blynk_setVendorServer": lambda inc: self._set("vendor_server", inc.args["host"]),
+            "blynk_setFirmwareInfo": self._on_firmware_info,
+            "blynk_getNcpVersion": lambda inc: (NCP_VERSION, True),
+            "blynk_getState": lambda inc: self.state,
+            "blynk_getHotspotName": lambda inc: (f"{self.values['vendor_prefix']} dualmcu-4E43", True),
+            "blynk_configStart": lambda inc: self._set_state("config"),
+            "blynk_configStop": lambda inc: self._set_state("connected" if self.values.get("template") else "idle"),
+            "blynk_configReset": lambda inc: self._set("configured", False),
+            "blynk_isConfigured": lambda inc: self.values["configured"],
+            "blynk_factoryReset": lambda inc: self._set("configured", False),
+            "blynk_factoryTestWiFi": lambda inc: (-52, 1),
+            "blynk_factoryTestWiFiAP": lambda inc: 1,
+            "blynk_factoryTestConnect": lambda inc: 1,
+            "blynk_otaUpdateStart": self._on_start,
+            "blynk_otaUpdateGetCRC32": lambda inc: (self.shipment.digests.crc32, True) if self.shipment else (0, False),
+            "blynk_otaUpdateGetMD5": lambda inc: (self.shipment.digests.md5, True) if self.shipment else (b"", False),
+            "blynk_otaUpdateGetSHA256": lambda inc: (self.shipment.digests.sha256, True) if self.shipment else (b"", False),
+            "blynk_otaUpdatePrefetch": self._on_prefetch,
+            "blynk_otaUpdateSuspend": self._on_suspend,
+            "blynk_setTime": self._on_set_time,
+            "blynk_getTime": self._on_get_time,
+            "blynk_getLocationInfo": lambda inc: ("0.0", "0.0", "Etc/UTC", "UTC0", True),
+        }
+        for fn in INTERFACE.served_by(NCP):
+            if fn.name in answers:
+                self.ep.handle(fn.name, answers[fn.name])
+            elif fn.name.startswith("hw_"):
+                self.ep.handle(fn.name, true)
+            elif fn.kind == "oneway":
+                self.ep.handle(fn.name, self._log_oneway)
+
+    def _set(self, key: str, value: Any) -> bool:
+        self.values[key] = value
+        return True
+
+    def _set_state(self, name: str) -> bool:
+        new = STATE[name]
+        if new != self.state:
+            self.state = new
+            self.emit("state", state=name)
+            self.ep.notify("client_blynkStateChange", {"state": new})
+        return True
+
+    def _log_oneway(self, inc: Incoming) -> None:
+        self.emit("primary_" + inc.fn.name.removeprefix("blynk_"),
+                  **{k: v.hex() if isinstance(v, bytes) else v for k, v in inc.args.items()})
+
+    def _on_reboot(self, inc: Incoming) -> bool:
+        def reboot() -> None:
+            self.ep.notify("client_processEvent", {"event": 1})
+            self.emit("rebooting", reason="primary_request")
+            self.actions.append(("reboot", "primary_request"))
+
+        inc.then = reboot
+        return True
+
+    def _on_baud(self, inc: Incoming) -> bool:
+        baud = inc.args["baud"]
+        if not 300 <= baud <= 10_000_000:
+            return False
+        # The answer goes out at the old rate; the shell switches once it has been sent.
+        inc.then = lambda: self.actions.append(("baud", baud))
+        self.emit("baud_change", baud=baud)
+        return True
+
+    def _on_initialize(self, inc: Incoming) -> bool:
+        self.values["template"] = inc.args["template_id"]
+        self.emit("initialize", template_id=inc.args["template_id"], template_name=inc.args["template_name"])
+        if self.state in (STATE["not_initialized"], STATE["idle"], STATE["error"]):
+            inc.then = lambda: self._set_state("connecting_net")
+            self._after("connect", self.cfg.connect_time / 2)
+        return True
+
+    def _timer_connect(self) -> None:
+        if self.state == STATE["connecting_net"]:
+            self._set_state("connecting_cloud")
+            self._after("connect", self.cfg.connect_time / 2)
+        elif self.state == STATE["connecting_cloud"]:
+            self._set_state("connected")
+            self._consider_offer()
+
+    def _on_firmware_info(self, inc: Incoming) -> bool:
+        a = inc.args
+        info = {"fw-type": a["type"], "mcu": a["version"], "build": a["build"], "blynk": a["blynk"]}
+        self.primary.info = info
+        self.primary.versions.append(a["version"])
+        self.emit("primary_firmware", fw_type=a["type"], version=a["version"], build=a["build"])
+        self._judge_report(a["version"])
+        inc.then = self._consider_offer
+        return True
+
+    def _on_set_time(self, inc: Incoming) -> bool:
+        self.values["time_offset_ms"] = inc.args["time"] - int(self.ep.now * 1000)
+        return True
+
+    def _on_get_time(self, inc: Incoming):
+        offset = self.values["time_offset_ms"]
+        if offset is None:
+            offset = self.cfg.wall_clock_ms
+        if offset == 0:
+            return ("", 0, 0, "", 0, False)  # no time from the cloud and none set
+        ms = offset + int(self.ep.now * 1000)
+        iso = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return (iso, ms, 0, "UTC", 3, True)
+
+    # -- heartbeat -----------------------------------------------------------------------------
+
+    def _timer_idle_ping(self) -> None:
+        def answered(c: Call) -> None:
+            if c.ok:
+                self._idle_pings = 0
+                self._after("idle_ping", self.cfg.primary_idle_ping)
+            else:
+                self._idle_pings += 1
+                if self._idle_pings >= 5:
+                    self.emit("primary_lost", tries=self._idle_pings)
+                    self._idle_pings = 0
+                    self._after("idle_ping", self.cfg.primary_idle_ping)
+                else:
+                    self._after("idle_ping", 5.0)
+
+        self.ep.call("mcu_ping", on_done=answered)
+
+    # -- the update sender ---------------------------------------------------------------------
+
+    def _finish(self, outcome: str, **fields: Any) -> None:
+        self.tx = Tx.DONE
+        self.outcome = outcome
+        self.sending = None
+        if self.state == STATE["ota"]:
+            self._set_state("connected")
+        self.emit("ota_outcome", outcome=outcome, **fields)
+        if self.cfg.once and outcome != "success":
+            self.actions.append(("exit", outcome))
+        elif self.cfg.once:
+            self._after("settled", self.cfg.settle)
+
+    def _timer_settled(self) -> None:
+        if self.cfg.once and self.outcome:
+            self.actions.append(("exit", self.outcome))
+
+    def _judge_report(self, version: str) -> None:
+        s = self.shipment
+        if s is None:
+            return
+        old = self.primary.versions[0] if self.primary.versions else None
+        if self.tx is Tx.REBOOTING:
+            if version == s.version:
+                self._finish("success", version=version)
+            else:
+                self._finish("rollback", version=version, new_version_seen=False)
+        elif self.tx is Tx.DONE and self.outcome == "success" and version != s.version:
+            self._finish("rollback", version=version, new_version_seen=True)
+        elif self.tx in (Tx.SENDING, Tx.OFFERED, Tx.FINISHING, Tx.PREFETCHING):
+            # The primary restarted in the middle of an update: it is lost on its side.
+            self.emit("ota_interrupted", state=self.tx.value, version=version, old=old)
+            self.tx = Tx.IDLE
+            self.sending = None
+
+    def _consider_offer(self) -> None:
+        s = self.shipment
+        if (s is None or self.tx is not Tx.IDLE or self.state != STATE["connected"]
+                or not self.primary.info or self.offers_made >= self.cfg.offers):
+            return
+        if self.primary.info.get("mcu") == s.version:
+            return
+        self.offers_made += 1
+        self.tx = Tx.OFFERING
+        self.emit("ota_offer", filename=s.filename, size=s.size, fw_type=s.info.get("fw-type", ""),
+                  version=s.version, offer=self.offers_made)
+        self.ep.call("client_otaUpdateAvailable", {
+            "filename": s.filename, "size": s.size, "fw_type": s.info.get("fw-type", ""),
+            "fw_version": s.version, "fw_build": s.info.get("build", ""),
+        }, on_done=self._offered)
+
+    def _offered(self, c: Call) -> None:
+        if self.tx is not Tx.OFFERING:
+            return  # Start came first, from inside the offer handler
+        if c.ok and c.result:
+            self.tx = Tx.OFFERED
+            self.emit("ota_accepted")
+            return
+        reason = "refused" if c.ok else f"offer_failed:{c.status:#x}"
+        if self.offers_made < self.cfg.offers:
+            self.tx = Tx.IDLE
+            self.emit("ota_offer_declined", reason=reason, will_retry_in=self.cfg.reoffer_after)
+            self._after("reoffer", self.cfg.reoffer_after)
+        else:
+            self._finish("refused" if c.ok else "offer_failed", status=c.status)
+
+    def _timer_reoffer(self) -> None:
+        self._consider_offer()
+
+    def _on_prefetch(self, inc: Incoming):
+        if self.shipment is None or self.tx not in (Tx.OFFERING, Tx.OFFERED):
+            return PREFETCH_CODE["request_fail"]
+        s = self.shipment
+        self.tx = Tx.PREFETCHING
+        started = self.ep.now
+        done_at = self.net.ready_at(started, s.size)
+        self.emit("prefetch_start", size=s.size)
+        self._prefetch_reply = inc
+        if self.net.fails_before(s.size):
+            self._timers["prefetch"] = self.net.ready_at(started, self.net.fail_at)
+        else:
+            self._timers["prefetch"] = done_at
+        return DEFER
+
+    def _timer_prefetch(self) -> None:
+        inc, self._prefetch_reply = self._prefetch_reply, None
+        s = self.shipment
+        if self.net.fails_before(s.size):
+            self.emit("prefetch_failed", at=self.net.fail_at)
+            self.ep.reply(inc, PREFETCH_CODE["download_timeout"])
+            self._finish("prefetch_failed", at=self.net.fail_at)
+            return
+        self.store.save("ota.bin", s.source, s.size)
+        self.serve_from = self.store.source("ota.bin")
+        self.prefetched = True
+        self.tx = Tx.OFFERED
+        self.emit("prefetch_done", size=s.size)
+        self.ep.reply(inc, PREFETCH_CODE["ok"])
+
+    def _on_start(self, inc: Incoming) -> bool:
+        asked = inc.args["chunk_size"]
+        if self.shipment is None or self.tx not in (Tx.OFFERING, Tx.OFFERED):
+            self.emit("ota_start_refused", reason="no_update_offered", chunk_size=asked)
+            return False
+        if asked == 0:
+            self.emit("ota_start_refused", reason="chunk_size_zero")
+            return False
+        chunk = min(asked, self.max_chunk)
+        # Without prefetch the download from the cloud starts now and runs alongside the writes.
+        self.sending = Sending(chunk=chunk, started=self.ep.now)
+        self.finish_tries = 0
+        self.tx = Tx.SENDING
+        self._set_state("ota")
+        self.emit("ota_start", chunk_size=chunk, asked=asked, size=self.shipment.size, prefetched=self.prefetched)
+        return True
+
+    def _on_suspend(self, inc: Incoming) -> bool:
+        seconds = inc.args["seconds"]
+        if seconds > 18 * 3600:
+            return False
+        if self.sending is not None:
+            self.sending.suspended_until = self.ep.now + seconds if seconds else 0.0
+            self.emit("ota_suspend", seconds=seconds)
+        return True
+
+    def _pump(self) -> None:
+        """Send the next write when one may go: nothing in flight, bytes downloaded, not paused."""
+        sd = self.sending
+        if self.tx is not Tx.SENDING or sd is None or sd.in_flight is not None:
+            return
+        s = self.shipment
+        now = self.ep.now
+        if sd.offset >= s.size:
+            self._send_finish()
+            return
+        if sd.suspended_until > now:
+            self._timers["resume"] = sd.suspended_until
+            return
+        end = min(sd.offset + sd.chunk, s.size)
+        if not self.prefetched:
+            if self.net.fails_before(end):
+                if self.net.available(sd.started, now, s.size) >= self.net.fail_at:
+                    self._cancel("download_failed", at=self.net.fail_at)
+                else:
+                    self._timers["resume"] = self.net.ready_at(sd.started, self.net.fail_at)
+                return
+            if self.net.available(sd.started, now, s.size) < end:
+                self._timers["resume"] = self.net.ready_at(sd.started, end)
+                return
+        data = self.serve_from.read(sd.offset, end - sd.offset)
+        sd.in_flight = self.ep.call(
+            "client_otaUpdateWrite",
+            {"offset": sd.offset, "chunk": data, "crc32": zlib.crc32(data)},
+            on_done=self._written,
+        )
+
+    def _timer_resume(self) -> None:
+        self._pump()
+
+    def _written(self, c: Call) -> None:
+        sd = self.sending
+        if sd is None or sd.in_flight is not c:
+            return
+        sd.in_flight = None
+        if c.ok and c.result:
+            sd.offset += len(c.args["chunk"])
+            sd.retries = 0
+            self.emit("ota_progress", offset=sd.offset, size=self.shipment.size, retries=sd.total_retries)
+        else:
+            sd.retries += 1
+            sd.total_retries += 1
+            why = "refused" if c.ok else ("timeout" if c.status == 0x11 else f"status_{c.status:#x}")
+            self.emit("ota_retry", offset=sd.offset, attempt=sd.retries, reason=why)
+            if sd.retries > self.cfg.retries:
+                self._cancel("download_limit", offset=sd.offset, retries=sd.total_retries)
+                return
+        self._pump()
+
+    def _send_finish(self) -> None:
+        self.tx = Tx.FINISHING
+        self.ep.call("client_otaUpdateFinish", on_done=self._finished)
+
+    def _finished(self, c: Call) -> None:
+        if self.tx is not Tx.FINISHING:
+            return
+        if c.ok and c.result:
+            self.tx = Tx.REBOOTING
+            self.emit("ota_finished", retries=self.sending.total_retries if self.sending else 0)
+            return
+        self.finish_tries += 1
+        why = "refused" if c.ok else f"status_{c.status:#x}"
+        self.emit("ota_retry", offset=self.shipment.size, attempt=self.finish_tries, reason=f"finish_{why}")
+        if self.finish_tries > self.cfg.retries:
+            self._cancel("finish_failed", reason=why)
+        else:
+            self.tx = Tx.SENDING
+            self._send_finish()
+
+    def _cancel(self, outcome: str, **fields: Any) -> None:
+        self.ep.call("client_otaUpdateCancel")
+        self._finish(outcome, **fields)

@@ -1,0 +1,111 @@
+"""What the emulated NCP offers: a shipment (firmware file), its simulated download, its store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from dataclasses import dataclass
+
+from dualmcu.firmware import ImageDigests, digests_of_file, read_info, read_info_from_file
+
+
+class Source:
+    """Random access to a shipment's bytes: a file (the process) or bytes (tests)."""
+
+    def __init__(self, data: bytes | None = None, path: str | os.PathLike | None = None):
+        if (data is None) == (path is None):
+            raise ValueError("give data or path")
+        self._data = data
+        self.path = path
+        self._file = open(path, "rb") if path is not None else None
+
+    def read(self, offset: int, length: int) -> bytes:
+        if self._data is not None:
+            return self._data[offset : offset + length]
+        self._file.seek(offset)
+        return self._file.read(length)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+@dataclass
+class Shipment:
+    filename: str
+    info: dict[str, str]
+    digests: ImageDigests
+    source: Source
+
+    @property
+    def size(self) -> int:
+        return self.digests.size
+
+    @property
+    def version(self) -> str:
+        return self.info.get("mcu", "")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, filename: str = "firmware.bin") -> Shipment:
+        info = read_info(data)
+        if info is None:
+            raise ValueError(f"{filename} has no firmware tag (blnkinf): tag it with `dualmcu tag append`")
+        d = ImageDigests(len(data), zlib.crc32(data), hashlib.md5(data).digest(), hashlib.sha256(data).digest())
+        return cls(filename, info, d, Source(data=data))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Shipment:
+        if not os.path.isfile(path):
+            raise ValueError(f"no firmware file at {path}")
+        info = read_info_from_file(path)
+        if info is None:
+            raise ValueError(f"{path} has no firmware tag (blnkinf): tag it with `dualmcu tag append`")
+        if not info.get("mcu") or not info.get("fw-type"):
+            raise ValueError(f"the tag of {path} lacks 'mcu' or 'fw-type': {info}")
+        return cls(os.path.basename(path), info, digests_of_file(path), Source(path=path))
+
+
+@dataclass
+class Network:
+    """The simulated download from the cloud: a rate, and optionally a failure at an offset."""
+
+    rate: float | None = None  # bytes per second; None: instant
+    fail_at: int | None = None
+
+    def available(self, started: float, now: float, size: int) -> int:
+        """Bytes downloaded by ``now``, stopping at ``fail_at`` when set."""
+        got = size if self.rate is None else int((now - started) * self.rate)
+        limit = size if self.fail_at is None else min(size, self.fail_at)
+        return max(0, min(got, limit))
+
+    def ready_at(self, started: float, upto: int) -> float:
+        """When the first ``upto`` bytes are in."""
+        return started if self.rate is None else started + upto / self.rate
+
+    def fails_before(self, upto: int) -> bool:
+        return self.fail_at is not None and self.fail_at < upto
+
+
+class Store:
+    """The NCP's own file system, where prefetch keeps the image (a directory, or memory)."""
+
+    def __init__(self, directory: str | os.PathLike | None = None):
+        self.directory = directory
+        self._mem: dict[str, bytearray] = {}
+
+    def save(self, name: str, source: Source, length: int, block: int = 1 << 16) -> None:
+        if self.directory is None:
+            self._mem[name] = bytearray(source.read(0, length))
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        path = os.path.join(self.directory, name)
+        with open(path + ".part", "wb") as f:
+            for pos in range(0, length, block):
+                f.write(source.read(pos, min(block, length - pos)))
+        os.replace(path + ".part", path)
+
+    def source(self, name: str) -> Source:
+        if self.directory is None:
+            return Source(data=bytes(self._mem[name]))
+        return Source(path=os.path.join(self.directory, name))

@@ -1,0 +1,226 @@
+"""The boot-state record and the bootloader of the emulated primary MCU.
+
+Boot state
+----------
+One record, kept in two copies (flash pages 1 and 2), each with a sequence number and a
+CRC-32.  A reader takes the valid copy with the higher sequence number.  A writer always
+overwrites the *other* copy (erase, then program), so a power cut at any point of a write
+damages at most the copy being written, and the previous state survives in the copy that
+was not touched.
+
+    offset size  field
+    0      4     magic "BOOT"
+    4      1     record version (1)
+    5      4     sequence number, u32 LE, +1 per write
+    9      1     active slot: 0 = A, 1 = B (the slot the bootloader starts)
+    10     1     confirmed slot: 0, 1, or 0xFF when none is
+    11     1     trial: 1 while the active slot runs on trial
+    12     1     boot attempts left for the trial
+    13     2x41  per slot: installed u8, length u32, crc32 u32, sha256[32]
+    95     4     CRC-32 of bytes 0..94, LE
+
+Bootloader rules, applied at every boot, in order
+-------------------------------------------------
+    state                                     action
+    no valid copy                             blank: nothing to boot (provision a factory image)
+    trial, attempts left == 0                 roll back to the confirmed slot, trial off
+    trial, attempts left > 0                  attempts - 1, written *before* the image runs,
+                                              so an image that crashes still spends its tries
+    active image does not verify, trial       roll back to the confirmed slot
+    active image does not verify, confirmed   boot the other slot if it is installed and
+                                              verifies (and make it the confirmed one)
+    nothing verifies                          no bootable image: stop, say so
+
+"Verify" means: the slot is installed, and the CRC-32 and SHA-256 of its first ``length``
+bytes equal those recorded at install.  The application confirms a trial image after its
+health check; a confirmed image stays until the next install.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass, field, replace
+
+from .flash import Flash
+
+MAGIC = b"BOOT"
+RECORD_VERSION = 1
+NO_SLOT = 0xFF
+DEFAULT_ATTEMPTS = 3
+_HEAD = struct.Struct("<4sBIBBBB")
+_SLOT = struct.Struct("<BII32s")
+RECORD_SIZE = _HEAD.size + 2 * _SLOT.size + 4
+
+
+@dataclass(frozen=True)
+class SlotRecord:
+    installed: bool = False
+    length: int = 0
+    crc32: int = 0
+    sha256: bytes = bytes(32)
+
+
+@dataclass(frozen=True)
+class BootState:
+    seq: int = 0
+    active: int = 0
+    confirmed: int = NO_SLOT
+    trial: bool = False
+    attempts: int = 0
+    slots: tuple[SlotRecord, SlotRecord] = field(default_factory=lambda: (SlotRecord(), SlotRecord()))
+
+    def with_slot(self, slot: int, rec: SlotRecord) -> BootState:
+        slots = list(self.slots)
+        slots[slot] = rec
+        return replace(self, slots=tuple(slots))
+
+    def encode(self) -> bytes:
+        body = _HEAD.pack(MAGIC, RECORD_VERSION, self.seq, self.active, self.confirmed, int(self.trial), self.attempts)
+        body += b"".join(_SLOT.pack(int(s.installed), s.length, s.crc32, s.sha256) for s in self.slots)
+        return body + zlib.crc32(body).to_bytes(4, "little")
+
+    @classmethod
+    def decode(cls, data: bytes) -> BootState | None:
+        if len(data) < RECORD_SIZE or data[:4] != MAGIC:
+            return None
+        body, crc = data[: RECORD_SIZE - 4], data[RECORD_SIZE - 4 : RECORD_SIZE]
+        if zlib.crc32(body).to_bytes(4, "little") != crc:
+            return None
+        _, version, seq, active, confirmed, trial, attempts = _HEAD.unpack_from(body)
+        if version != RECORD_VERSION or active > 1 or confirmed not in (0, 1, NO_SLOT):
+            return None
+        slots = tuple(
+            SlotRecord(bool(i), n, c, h) for i, n, c, h in (_SLOT.unpack_from(body, _HEAD.size + k * _SLOT.size) for k in (0, 1))
+        )
+        return cls(seq, active, confirmed, bool(trial), attempts, slots)
+
+
+class BootStore:
+    """Reads and writes the boot state redundantly; see the module doc for the rules."""
+
+    def __init__(self, flash: Flash):
+        self.flash = flash
+        self._offsets = flash.geometry.state_offsets
+
+    def copies(self) -> list[BootState | None]:
+        return [BootState.decode(self.flash.read(off, RECORD_SIZE)) for off in self._offsets]
+
+    def load(self) -> BootState | None:
+        valid = [s for s in self.copies() if s is not None]
+        return max(valid, key=lambda s: s.seq) if valid else None
+
+    def store(self, state: BootState) -> BootState:
+        copies = self.copies()
+        valid = [(s.seq, i) for i, s in enumerate(copies) if s is not None]
+        newest = max(valid)[1] if valid else 1
+        target = 1 - newest
+        seq = max((s for s, _ in valid), default=0) + 1
+        state = replace(state, seq=seq)
+        off = self._offsets[target]
+        self.flash.erase_page(off)
+        self.flash.program(off, state.encode())
+        return state
+
+
+@dataclass(frozen=True)
+class BootResult:
+    slot: int | None  # None: nothing bootable
+    trial: bool
+    state: BootState | None
+    events: tuple[tuple[str, dict], ...]  # what the bootloader did, for the log
+
+
+def slot_digests(flash: Flash, slot: int, length: int) -> tuple[int, bytes]:
+    base = flash.geometry.slot_offset(slot)
+    crc, sha = 0, hashlib.sha256()
+    step = 1 << 16
+    for pos in range(0, length, step):
+        chunk = flash.read(base + pos, min(step, length - pos))
+        crc = zlib.crc32(chunk, crc)
+        sha.update(chunk)
+    return crc, sha.digest()
+
+
+def verify_slot(flash: Flash, state: BootState, slot: int) -> bool:
+    rec = state.slots[slot]
+    if not rec.installed or not 0 < rec.length <= flash.geometry.slot_size:
+        return False
+    return slot_digests(flash, slot, rec.length) == (rec.crc32, rec.sha256)
+
+
+class Bootloader:
+    def __init__(self, flash: Flash, attempts: int = DEFAULT_ATTEMPTS):
+        self.flash = flash
+        self.store = BootStore(flash)
+        self.attempts = attempts
+
+    def boot(self) -> BootResult:
+        events: list[tuple[str, dict]] = []
+        state = self.store.load()
+        if state is None:
+            return BootResult(None, False, None, (("blank", {}),))
+
+        def roll_back(why: str) -> BootState | None:
+            target = state.confirmed
+            if target == NO_SLOT or not verify_slot(self.flash, state, target):
+                events.append(("rollback_impossible", {"reason": why}))
+                return None
+            events.append(("rollback", {"from_slot": "AB"[state.active], "to_slot": "AB"[target], "reason": why}))
+            return self.store.store(replace(state, active=target, trial=False, attempts=0))
+
+        if state.trial and state.attempts == 0:
+            state = roll_back("trial_attempts_spent")
+        elif state.trial:
+            state = self.store.store(replace(state, attempts=state.attempts - 1))
+            events.append(("trial_boot", {"slot": "AB"[state.active], "attempts_left": state.attempts}))
+        if state is not None and not verify_slot(self.flash, state, state.active):
+            events.append(("verify_failed", {"slot": "AB"[state.active]}))
+            if state.trial:
+                state = roll_back("trial_image_does_not_verify")
+            else:
+                other = 1 - state.active
+                if verify_slot(self.flash, state, other):
+                    events.append(("fallback", {"to_slot": "AB"[other]}))
+                    state = self.store.store(replace(state, active=other, confirmed=other, trial=False, attempts=0))
+                else:
+                    state = None
+        if state is None:
+            events.append(("no_bootable_image", {}))
+            return BootResult(None, False, self.store.load(), tuple(events))
+        return BootResult(state.active, state.trial, state, tuple(events))
+
+    def install(self, slot: int, length: int) -> BootState:
+        """Make ``slot`` (already written) the active image, on trial."""
+        state = self.store.load() or BootState()
+        crc, sha = slot_digests(self.flash, slot, length)
+        state = state.with_slot(slot, SlotRecord(True, length, crc, sha))
+        return self.store.store(replace(state, active=slot, trial=True, attempts=self.attempts))
+
+    def confirm(self) -> BootState:
+        state = self.store.load()
+        assert state is not None
+        if not state.trial and state.confirmed == state.active:
+            return state
+        return self.store.store(replace(state, confirmed=state.active, trial=False, attempts=0))
+
+    def invalidate(self, slot: int) -> BootState:
+        """Forget ``slot``'s image before overwriting it, so a half-written slot never counts."""
+        state = self.store.load() or BootState()
+        if not state.slots[slot].installed:
+            return state
+        return self.store.store(state.with_slot(slot, SlotRecord()))
+
+    def provision(self, image: bytes) -> BootState:
+        """Write a factory image to slot A and make it the confirmed one (a blank device only)."""
+        g = self.flash.geometry
+        if len(image) > g.slot_size:
+            raise ValueError(f"factory image of {len(image)} bytes does not fit a {g.slot_size}-byte slot")
+        base = g.slot_offset(0)
+        for off in range(0, len(image), g.page_size):
+            self.flash.erase_page(base + off)
+        self.flash.write(base, image)
+        crc, sha = slot_digests(self.flash, 0, len(image))
+        state = BootState().with_slot(0, SlotRecord(True, len(image), crc, sha))
+        return self.store.store(replace(state, active=0, confirmed=0, trial=False, attempts=0))

@@ -1,0 +1,213 @@
+"""The emulated primary MCU: one power-on, from the bootloader to a reboot request.
+
+A :class:`PrimaryDevice` keeps no state but the flash.  It is made at each (re)boot; when it
+wants to reboot it says so in ``actions`` and the shell (or a test) throws it away and makes a
+new one from the same flash.  Like every core it is sans-IO:
+
+    receive(data, now) · tick(now) · next_deadline() · data_to_send() · actions
+
+After the bootloader has chosen a slot the application reads its firmware tag, then talks to
+the NCP the way the Blynk.NCP driver does: ping until it answers, getNcpVersion,
+setFirmwareInfo (the tag's values, so report and tag always agree), initialize, getState.
+A successful initialisation is the health check; an image on trial is confirmed after it.
+The heartbeat pings the NCP every ``heartbeat`` seconds and starts over after three misses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from dualmcu.firmware import TEST_KEY, read_info
+from framing import Profile
+from rpc import PRIMARY, Call, Endpoint, Incoming
+from rpc.interface import EVENTS, STATES
+
+from .boot import Bootloader, BootResult
+from .flash import Flash
+from .ota import OtaConfig, OtaReceiver
+
+UNKNOWN_INFO = {"mcu": "0.0.0", "fw-type": "unknown", "build": "unknown", "blynk": "0.0.0"}
+
+
+@dataclass
+class PrimaryConfig:
+    ota: OtaConfig = field(default_factory=OtaConfig)
+    attempts: int = 3
+    heartbeat: float = 10.0
+    template_name: str = "dualmcu"
+    ping_retry: float = 0.25
+    reinit_after: float = 1.0
+    answer_unknown: bool = False
+
+
+class PrimaryDevice:
+    def __init__(self, flash: Flash, profile: Profile, config: PrimaryConfig, now: float,
+                 emit: Callable[..., None] | None = None):
+        self.flash = flash
+        self.cfg = config
+        self._emit = emit or (lambda kind, **f: None)
+        self.actions: list[tuple[str, str]] = []
+        self.ep = Endpoint(PRIMARY, profile, answer_unknown=config.answer_unknown, on_event=self._wire_event)
+        self.ep.now = now
+        self._timers: dict[str, float] = {}
+        self.ready = False
+        self._misses = 0
+        self.bootloader = Bootloader(flash, attempts=config.attempts)
+        self.boot: BootResult = self.bootloader.boot()
+        for kind, fields in self.boot.events:
+            self.emit(kind, **fields)
+        self.ota: OtaReceiver | None = None
+        if self.boot.slot is None:
+            self.emit("halted", reason="no_bootable_image")
+            self.actions.append(("halt", "no_bootable_image"))
+            return
+        rec = self.boot.state.slots[self.boot.slot]
+        image = flash.read(flash.geometry.slot_offset(self.boot.slot), rec.length)
+        info = read_info(image)
+        self.info = dict(info) if info else dict(UNKNOWN_INFO)
+        self.emit("booted", slot="AB"[self.boot.slot], trial=self.boot.trial, version=self.info["mcu"],
+                  fw_type=self.info["fw-type"], tagged=info is not None)
+        behaviour = self.info.get(TEST_KEY)
+        if behaviour == "crash":
+            self.emit("crashed", reason="test_image_crash")
+            self.actions.append(("reboot", "crash"))
+            return
+        for name, handler in (
+            ("mcu_ping", lambda inc: None),
+            ("mcu_reboot", self._on_reboot),
+            ("mcu_hasUID", lambda inc: self.ep.serves(inc.args["uid"])),
+            ("client_blynkStateChange", self._on_state),
+            ("client_blynkVPinChange", self._on_vpin),
+            ("client_processEvent", self._on_event),
+        ):
+            self.ep.handle(name, handler)
+        self.ota = OtaReceiver(self.ep, flash, self.bootloader, self.boot.state, self.info, config.ota,
+                               self.emit, self.request_reboot)
+        self._init()
+
+    # -- the core interface ------------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> None:
+        self.ep.receive(data, now)
+
+    def tick(self, now: float) -> None:
+        self.ep.now = now
+        self.ep.tick(now)
+        if self.ota is not None:
+            self.ota.tick(now)
+        for name, when in list(self._timers.items()):
+            if when <= now and self._timers.get(name) == when:
+                del self._timers[name]
+                getattr(self, f"_timer_{name}")()
+
+    def next_deadline(self) -> float | None:
+        ds = [d for d in (self.ep.next_deadline(), self.ota.next_deadline() if self.ota else None) if d is not None]
+        ds += self._timers.values()
+        return min(ds) if ds else None
+
+    def data_to_send(self) -> bytes:
+        return self.ep.data_to_send()
+
+    # -- events ------------------------------------------------------------------------------
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        self._emit(kind, t=round(self.ep.now, 6), **fields)
+
+    def _wire_event(self, kind: str, **fields: Any) -> None:
+        self.emit("rpc_" + kind, **fields)
+
+    def request_reboot(self, reason: str) -> None:
+        self.emit("rebooting", reason=reason)
+        self.actions.append(("reboot", reason))
+
+    def _after(self, name: str, delay: float) -> None:
+        self._timers[name] = self.ep.now + delay
+
+    # -- NCP initialisation, as the driver does it ---------------------------------------------
+
+    def _init(self) -> None:
+        self.ready = False
+        self._misses = 0
+        self.ep.call("ncp_ping", on_done=self._pinged)
+
+    def _pinged(self, c: Call) -> None:
+        if c.ok:
+            self._steps = [
+                ("blynk_getNcpVersion", None),
+                ("blynk_setFirmwareInfo", {"type": self.info["fw-type"], "version": self.info["mcu"],
+                                           "build": self.info.get("build", ""), "blynk": self.info.get("blynk", "")}),
+                ("blynk_initialize", {"template_id": self.info["fw-type"], "template_name": self.cfg.template_name}),
+                ("blynk_getState", None),
+            ]
+            self._next_step()
+        else:
+            self._after("init", self.cfg.ping_retry)
+
+    def _timer_init(self) -> None:
+        self._init()
+
+    def _next_step(self, c: Call | None = None) -> None:
+        if c is not None:
+            if not c.ok:
+                self.emit("ncp_init_failed", call=c.fn.name, status=c.status)
+                self._after("init", self.cfg.reinit_after)
+                return
+            if c.fn.name == "blynk_getNcpVersion":
+                self.emit("ncp_version", version=c.values.get("version"))
+            elif c.fn.name == "blynk_getState":
+                self.emit("ncp_state", state=STATES.get(c.result, c.result))
+        if self._steps:
+            name, args = self._steps.pop(0)
+            self.ep.call(name, args, on_done=self._next_step)
+            return
+        self.ready = True
+        self.emit("ready", version=self.info["mcu"])
+        self._health_check()
+        self._after("heartbeat", self.cfg.heartbeat)
+
+    def _health_check(self) -> None:
+        if not self.boot.trial:
+            return
+        if self.info.get(TEST_KEY) == "fail-health":
+            self.emit("health_check_failed", version=self.info["mcu"])
+            self.request_reboot("health_check_failed")
+            return
+        self.boot = BootResult(self.boot.slot, False, self.bootloader.confirm(), ())
+        if self.ota is not None:
+            self.ota.boot_state = self.boot.state
+        self.emit("confirmed", slot="AB"[self.boot.slot], version=self.info["mcu"])
+
+    def _timer_heartbeat(self) -> None:
+        def beat(c: Call) -> None:
+            if c.ok:
+                self._misses = 0
+            else:
+                self._misses += 1
+                if self._misses >= 3:
+                    self.emit("ncp_lost", misses=self._misses)
+                    self._init()
+                    return
+            self._after("heartbeat", self.cfg.heartbeat)
+
+        self.ep.call("ncp_ping", on_done=beat)
+
+    # -- the rest of the primary's interface ---------------------------------------------------
+
+    def _on_reboot(self, inc: Incoming) -> bool:
+        inc.then = lambda: self.request_reboot("ncp_request")
+        return True
+
+    def _on_state(self, inc: Incoming) -> None:
+        self.emit("ncp_state", state=STATES.get(inc.args["state"], inc.args["state"]))
+
+    def _on_vpin(self, inc: Incoming) -> None:
+        self.emit("vpin_change", vpin=inc.args["vpin"], value=inc.args["value"].hex())
+
+    def _on_event(self, inc: Incoming) -> None:
+        event = inc.args["event"]
+        self.emit("ncp_event", event=EVENTS.get(event, event))
+        if event == 1:  # the NCP is rebooting: initialise it again once it is back
+            self.ready = False
+            self._timers.pop("heartbeat", None)
+            self._after("init", self.cfg.reinit_after)

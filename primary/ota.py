@@ -1,0 +1,284 @@
+"""The primary MCU's OTA receiver: a sans-IO state machine over the RPC endpoint and the flash.
+
+States and the calls each accepts
+---------------------------------
+    state       otaUpdateAvailable   otaUpdateWrite   otaUpdateFinish   otaUpdateCancel
+    IDLE        check, -> OFFERED    refuse           refuse            ok (nothing to drop)
+    OFFERED     check again          accept, -> RECV  refuse            ok, -> IDLE
+    RECEIVING   check again (a new   accept/refuse    verify, install   ok, -> IDLE
+                offer restarts)
+    FINISHING   refuse (busy)        refuse           refuse (busy)     ok, -> IDLE
+
+Rules
+-----
+* An offer is checked against: size (0 < size <= slot), fw-type (must equal the running
+  image's), version (policy ``newer``: strictly newer; ``any``: anything), battery (refused
+  below the threshold), and the flash: a device still running a trial image refuses, because
+  the only slot it could write holds its confirmed fallback.
+* Accepting an offer first forgets the inactive slot's old image in the boot state, so a
+  half-written slot can never be taken for a bootable one.  Pages are erased as writes reach
+  them.  After the RESULT of the offer the receiver calls ``blynk_otaUpdatePrefetch`` (when
+  configured) and then ``blynk_otaUpdateStart(chunk_size)``.
+* A write is accepted when its CRC-32 matches, it fits the chunk size and the image, and its
+  offset is the next expected one.  An exact duplicate of the last accepted chunk (its RESULT
+  was lost and the NCP resent it) is acknowledged without writing again; anything else at a
+  wrong offset is refused.
+* No write for ``ota_timeout`` seconds in OFFERED or RECEIVING cancels the update.
+* Finish checks that every byte arrived, asks the NCP for CRC-32 and SHA-256 of the file
+  (nested calls, while the NCP waits for the Finish RESULT), computes both over the slot as it
+  reads back from flash, and only when all agree installs the image as a trial and reboots
+  after the RESULT is sent.
+* Every refusal carries a reason code, logged and emitted as an event.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable
+
+from dualmcu.firmware import is_newer
+from rpc import DEFER, Call, Endpoint, Incoming
+
+from .boot import Bootloader, BootState, slot_digests
+from .flash import Flash, FlashError
+
+
+class Ota(Enum):
+    IDLE = "idle"
+    OFFERED = "offered"
+    RECEIVING = "receiving"
+    FINISHING = "finishing"
+
+
+@dataclass
+class OtaConfig:
+    chunk_size: int = 1024
+    ota_timeout: float = 60.0
+    version_policy: str = "newer"  # or "any"
+    battery: int = 100  # percent
+    min_battery: int = 20
+    prefetch: bool = False
+
+
+@dataclass
+class Transfer:
+    filename: str
+    size: int
+    fw_type: str
+    fw_version: str
+    fw_build: str
+    slot: int
+    offset: int = 0
+    erased_to: int = 0
+    last_offset: int = -1
+    last_chunk: bytes = b""
+    duplicates: int = 0
+
+
+class OtaReceiver:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        flash: Flash,
+        bootloader: Bootloader,
+        state: BootState,
+        own_info: dict[str, str],
+        config: OtaConfig,
+        emit: Callable[..., None],
+        reboot: Callable[[str], None],
+    ):
+        self.ep = endpoint
+        self.flash = flash
+        self.boot = bootloader
+        self.boot_state = state
+        self.own = own_info
+        self.cfg = config
+        self.emit = emit
+        self.reboot = reboot
+        self.state = Ota.IDLE
+        self.t: Transfer | None = None
+        self.deadline: float | None = None
+        for name, fn in (
+            ("client_otaUpdateAvailable", self.on_available),
+            ("client_otaUpdateWrite", self.on_write),
+            ("client_otaUpdateFinish", self.on_finish),
+            ("client_otaUpdateCancel", self.on_cancel),
+        ):
+            endpoint.handle(name, fn)
+
+    # -- time --------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self.deadline
+
+    def tick(self, now: float) -> None:
+        if self.deadline is not None and now >= self.deadline:
+            self._abandon("timeout")
+
+    def _arm(self) -> None:
+        self.deadline = self.ep.now + self.cfg.ota_timeout
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    def _refuse(self, call: str, reason: str, **fields) -> bool:
+        self.emit("ota_refused", call=call, reason=reason, **fields)
+        return False
+
+    def on_available(self, inc: Incoming):
+        a = inc.args
+        offer = {"size": a["size"], "fw_type": a["fw_type"], "fw_version": a["fw_version"]}
+        self.emit("ota_offer", filename=a["filename"], fw_build=a["fw_build"], **offer)
+        if self.state is Ota.FINISHING:
+            return self._refuse("available", "busy", **offer)
+        slot_size = self.flash.geometry.slot_size
+        if a["size"] == 0:
+            return self._refuse("available", "size_zero", **offer)
+        if a["size"] > slot_size:
+            return self._refuse("available", "too_large", slot_size=slot_size, **offer)
+        if a["fw_type"] != self.own.get("fw-type"):
+            return self._refuse("available", "wrong_type", own_type=self.own.get("fw-type"), **offer)
+        own_version = self.own.get("mcu", "")
+        if self.cfg.version_policy == "newer" and not is_newer(a["fw_version"], own_version):
+            return self._refuse("available", "not_newer", own_version=own_version, **offer)
+        if self.cfg.battery < self.cfg.min_battery:
+            return self._refuse("available", "low_battery", battery=self.cfg.battery, **offer)
+        if self.boot_state.trial:
+            return self._refuse("available", "trial_pending", **offer)
+        if self.t is not None:
+            self.emit("ota_cancelled", reason="replaced_by_new_offer", offset=self.t.offset)
+        slot = 1 - self.boot_state.active
+        try:
+            self.boot_state = self.boot.invalidate(slot)
+        except FlashError as e:
+            return self._refuse("available", "flash_error", error=str(e), **offer)
+        self.t = Transfer(a["filename"], a["size"], a["fw_type"], a["fw_version"], a["fw_build"], slot)
+        self.state = Ota.OFFERED
+        self._arm()
+        self.emit("ota_accepted", slot="AB"[slot], **offer)
+        inc.then = self._after_accept
+        return True
+
+    def _after_accept(self) -> None:
+        if self.cfg.prefetch:
+            self.ep.call("blynk_otaUpdatePrefetch", on_done=self._prefetched)
+        else:
+            self._start()
+
+    def _prefetched(self, c: Call) -> None:
+        if self.state is not Ota.OFFERED:
+            return
+        if c.ok and c.result == 1:
+            self.emit("ota_prefetched")
+            self._start()
+        else:
+            from rpc.interface import PREFETCH
+
+            why = PREFETCH.get(c.result, f"status_{c.status:#x}") if c.ok else f"status_{c.status:#x}"
+            self._abandon(f"prefetch_failed:{why}")
+
+    def _start(self) -> None:
+        def started(c: Call) -> None:
+            if self.state is Ota.OFFERED and not (c.ok and c.result):
+                self._abandon("start_refused" if c.ok else f"start_failed:{c.status:#x}")
+
+        self.ep.call("blynk_otaUpdateStart", {"chunk_size": self.cfg.chunk_size}, on_done=started)
+
+    def on_write(self, inc: Incoming):
+        a = inc.args
+        offset, chunk, crc = a["offset"], a["chunk"], a["crc32"]
+        if self.state not in (Ota.OFFERED, Ota.RECEIVING) or self.t is None:
+            return self._refuse("write", "not_receiving", offset=offset)
+        t = self.t
+        if zlib.crc32(chunk) != crc:
+            return self._refuse("write", "chunk_crc", offset=offset)
+        if not chunk or len(chunk) > self.cfg.chunk_size:
+            return self._refuse("write", "chunk_size", offset=offset, length=len(chunk))
+        if offset == t.last_offset and chunk == t.last_chunk:
+            t.duplicates += 1
+            self._arm()
+            self.emit("ota_duplicate", offset=offset)
+            return True
+        if offset != t.offset:
+            return self._refuse("write", "offset_mismatch", offset=offset, expected=t.offset)
+        if offset + len(chunk) > t.size:
+            return self._refuse("write", "past_end", offset=offset, length=len(chunk), size=t.size)
+        try:
+            self._write(t, offset, chunk)
+        except FlashError as e:
+            return self._refuse("write", "flash_error", offset=offset, error=str(e))
+        t.last_offset, t.last_chunk = offset, chunk
+        t.offset += len(chunk)
+        self.state = Ota.RECEIVING
+        self._arm()
+        return True
+
+    def _write(self, t: Transfer, offset: int, chunk: bytes) -> None:
+        base = self.flash.geometry.slot_offset(t.slot)
+        page = self.flash.page_size
+        while t.erased_to < offset + len(chunk):
+            self.flash.erase_page(base + t.erased_to)
+            t.erased_to += page
+        self.flash.write(base + offset, chunk)
+
+    def on_finish(self, inc: Incoming):
+        if self.state is not Ota.RECEIVING or self.t is None:
+            return self._refuse("finish", "busy" if self.state is Ota.FINISHING else "not_receiving")
+        t = self.t
+        if t.offset != t.size:
+            return self._refuse("finish", "size_mismatch", received=t.offset, size=t.size)
+        self.state = Ota.FINISHING
+        self.deadline = None
+        got: dict[str, Call] = {}
+
+        def collected(c: Call) -> None:
+            got[c.fn.name] = c
+            if len(got) == 2:
+                self._verify(inc, got)
+
+        self.ep.call("blynk_otaUpdateGetCRC32", on_done=collected)
+        self.ep.call("blynk_otaUpdateGetSHA256", on_done=collected)
+        return DEFER
+
+    def _verify(self, inc: Incoming, got: dict[str, Call]) -> None:
+        t = self.t
+        if self.state is not Ota.FINISHING or t is None:
+            return self.ep.reply(inc, False)
+        crc_call, sha_call = got["blynk_otaUpdateGetCRC32"], got["blynk_otaUpdateGetSHA256"]
+
+        def fail(reason: str, **fields) -> None:
+            # Back to RECEIVING with every byte in place: the NCP may ask to finish again.
+            self.state = Ota.RECEIVING
+            self._arm()
+            self._refuse("finish", reason, **fields)
+            self.ep.reply(inc, False)
+
+        if not (crc_call.ok and crc_call.result and sha_call.ok and sha_call.result):
+            return fail("digest_unavailable", crc_status=crc_call.status, sha_status=sha_call.status)
+        crc, sha = slot_digests(self.flash, t.slot, t.size)
+        if crc != crc_call.values["crc32"]:
+            return fail("crc_mismatch", ours=f"{crc:08x}", ncp=f"{crc_call.values['crc32']:08x}")
+        if sha != sha_call.values["sha256"]:
+            return fail("sha256_mismatch", ours=sha.hex(), ncp=sha_call.values["sha256"].hex())
+        try:
+            self.boot_state = self.boot.install(t.slot, t.size)
+        except FlashError as e:
+            return fail("flash_error", error=str(e))
+        self.emit("ota_installed", slot="AB"[t.slot], version=t.fw_version, size=t.size, sha256=sha.hex(),
+                  duplicates=t.duplicates)
+        self.state, self.t = Ota.IDLE, None
+        inc.then = lambda: self.reboot("ota_installed")
+        self.ep.reply(inc, True)
+
+    def on_cancel(self, inc: Incoming):
+        if self.state is not Ota.IDLE:
+            self._abandon("ncp_cancel")
+        return None
+
+    def _abandon(self, reason: str) -> None:
+        offset = self.t.offset if self.t else 0
+        self.state, self.t, self.deadline = Ota.IDLE, None, None
+        # The slot was forgotten in the boot state when the offer was accepted; what was
+        # written to it is garbage that the next transfer erases page by page.
+        self.emit("ota_cancelled", reason=reason, offset=offset)
