@@ -129,7 +129,7 @@ class Simulation:
     def run_update(self, limit: float = 600.0) -> str | None:
         """Run until the NCP has an outcome and the primary has settled on a confirmed image."""
         def settled(sim: Simulation) -> bool:
-            if sim.ncp.outcome is None:
+            if sim.ncp.outcome is None or sim._wire or sim.ncp.ep.pending:
                 return False
             if sim.ncp.outcome == "success":
                 return "confirmed" in sim.kinds("primary") or sim.primary.boot.trial is False and sim.primary.ready

@@ -453,14 +453,14 @@ class NcpDevice:
             return
         end = min(sd.offset + sd.chunk, s.size)
         if not self.prefetched:
-            if self.net.fails_before(end):
-                if self.net.available(sd.started, now, s.size) >= self.net.fail_at:
-                    self._cancel("download_failed", at=self.net.fail_at)
-                else:
-                    self._timers["resume"] = self.net.ready_at(sd.started, self.net.fail_at)
+            # Times, not byte counts, decide: the timer fires at exactly the time compared.
+            failing = self.net.fails_before(end)
+            due = self.net.ready_at(sd.started, self.net.fail_at if failing else end)
+            if now < due:
+                self._timers["resume"] = due
                 return
-            if self.net.available(sd.started, now, s.size) < end:
-                self._timers["resume"] = self.net.ready_at(sd.started, end)
+            if failing:
+                self._cancel("download_failed", at=self.net.fail_at)
                 return
         data = self.serve_from.read(sd.offset, end - sd.offset)
         sd.in_flight = self.ep.call(

@@ -73,12 +73,6 @@ class Network:
     rate: float | None = None  # bytes per second; None: instant
     fail_at: int | None = None
 
-    def available(self, started: float, now: float, size: int) -> int:
-        """Bytes downloaded by ``now``, stopping at ``fail_at`` when set."""
-        got = size if self.rate is None else int((now - started) * self.rate)
-        limit = size if self.fail_at is None else min(size, self.fail_at)
-        return max(0, min(got, limit))
-
     def ready_at(self, started: float, upto: int) -> float:
         """When the first ``upto`` bytes are in."""
         return started if self.rate is None else started + upto / self.rate

@@ -1,0 +1,218 @@
+"""Both emulator cores wired together on a virtual clock: whole updates and each way they fail."""
+
+import hashlib
+
+import pytest
+
+from dualmcu.firmware import build_image, make_info
+from dualmcu.sim import Simulation
+from framing import get_profile
+from ncp.core import NcpConfig
+from ncp.update import Network, Shipment
+from primary.boot import Bootloader, BootStore, verify_slot
+from primary.device import PrimaryConfig
+from primary.flash import Flash, Geometry
+from primary.ota import OtaConfig
+from rpc import message as M
+
+SLOT = 512 * 1024
+OLD = build_image(make_info("1.0.0", "TMPL1", build="Jan  1 2026 00:00:00"), 80_000)
+NEW = build_image(make_info("1.1.0", "TMPL1", build="Feb  1 2026 00:00:00"), 200_000)
+
+
+def device(image=OLD, slot=SLOT):
+    f = Flash.in_memory(Geometry(4096, slot))
+    Bootloader(f).provision(image)
+    return f
+
+
+def sim(new=NEW, flash=None, **kw):
+    ship = Shipment.from_bytes(new, "fw.bin") if new is not None else None
+    return Simulation(flash or device(), ship, **kw)
+
+
+def active_image(flash):
+    st = BootStore(flash).load()
+    rec = st.slots[st.active]
+    return st, flash.read(flash.geometry.slot_offset(st.active), rec.length)
+
+
+@pytest.mark.parametrize("framing", ["cobs", "blynk"])
+def test_full_update_installs_and_confirms_the_new_image(framing):
+    s = sim(framing=framing)
+    assert s.run_update() == "success"
+    st, image = active_image(s.flash)
+    assert hashlib.sha256(image).digest() == hashlib.sha256(NEW).digest()
+    assert st.active == 1 and st.confirmed == 1 and not st.trial
+    assert verify_slot(s.flash, st, 0)  # the old image stays as a fallback
+    kinds = s.kinds("primary")
+    assert kinds.index("ota_installed") < kinds.index("rebooting") < kinds.index("confirmed")
+    assert s.find("primary_firmware", "ncp")[-1]["version"] == "1.1.0"
+    assert s.ncp.ep.stats["stale_results"] == 0 and s.primary.ep.decoder_stats["bad_crc"] == 0
+
+
+def test_blynk_chunks_never_exceed_what_one_frame_carries():
+    s = sim(framing="blynk", primary_config=PrimaryConfig(ota=OtaConfig(chunk_size=4000)))
+    assert s.run_update() == "success"
+    assert s.find("ota_start", "ncp")[0]["chunk_size"] == 1536 - 16
+
+
+@pytest.mark.parametrize(
+    "new,cfg,reason",
+    [
+        (build_image(make_info("2.0.0", "TMPL1"), SLOT + 1), OtaConfig(), "too_large"),
+        (build_image(make_info("2.0.0", "OTHER"), 50_000), OtaConfig(), "wrong_type"),
+        (build_image(make_info("0.9.0", "TMPL1"), 50_000), OtaConfig(), "not_newer"),
+        (NEW, OtaConfig(battery=10, min_battery=20), "low_battery"),
+    ],
+)
+def test_refusals_have_reason_codes_and_touch_nothing(new, cfg, reason):
+    s = sim(new, primary_config=PrimaryConfig(ota=cfg))
+    before = bytes(s.flash._buf)
+    assert s.run_update() == "refused"
+    assert [e["reason"] for e in s.find("ota_refused", "primary")] == [reason]
+    assert bytes(s.flash._buf) == before
+
+
+def test_any_version_policy_accepts_a_downgrade():
+    older = build_image(make_info("0.9.0", "TMPL1"), 50_000)
+    s = sim(older, primary_config=PrimaryConfig(ota=OtaConfig(version_policy="any")))
+    assert s.run_update() == "success"
+
+
+def test_a_lost_write_result_is_acknowledged_as_a_duplicate_without_rewriting():
+    """The reference primary's hazard: the resend of a chunk already written."""
+    profile = get_profile("cobs")
+    lost = []
+
+    def drop_third_write_result(data):
+        d = profile.decoder()
+        out = b""
+        for fr in d.feed(data):
+            msg = M.parse(fr.message)
+            if isinstance(msg, M.Result) and msg.msg_id == 9 and not lost:
+                lost.append(msg)
+                continue
+            out += profile.encode(fr.message)
+        return out
+
+    s = sim(tap_to_ncp=drop_third_write_result)
+    assert s.run_update() == "success"
+    assert lost and s.find("ota_duplicate", "primary")
+    assert s.find("ota_retry", "ncp")[0]["reason"] == "timeout"
+    assert s.find("ota_installed", "primary")[0]["duplicates"] == 1
+    assert hashlib.sha256(active_image(s.flash)[1]).digest() == hashlib.sha256(NEW).digest()
+
+
+def corrupt_writes(after_offset=0):
+    """Flip a byte inside every write chunk at or after ``after_offset``."""
+    profile = get_profile("cobs")
+    from rpc.interface import INTERFACE
+
+    write = INTERFACE["client_otaUpdateWrite"]
+
+    def tap(data):
+        out = b""
+        for fr in profile.decoder().feed(data):
+            msg = M.parse(fr.message)
+            if isinstance(msg, M.Invoke) and msg.uid == write.uid:
+                args = write.decode_args(msg.args)
+                if args["offset"] >= after_offset:
+                    args["chunk"] = bytes([args["chunk"][0] ^ 0xFF]) + args["chunk"][1:]
+                    msg = M.Invoke(msg.uid, msg.msg_id, write.encode_args(args))
+            out += profile.encode(msg.encode())
+        return out
+
+    return tap
+
+
+def test_retries_exhausted_cancels_with_download_limit_and_old_image_stays():
+    s = sim(tap_to_primary=corrupt_writes(after_offset=4096))
+    assert s.run_update() == "download_limit"
+    retries = s.find("ota_retry", "ncp")
+    assert len(retries) == 6 and all(r["offset"] == 4096 for r in retries)
+    assert {e["reason"] for e in s.find("ota_refused", "primary")} == {"chunk_crc"}
+    assert s.find("ota_cancelled", "primary")[-1]["reason"] == "ncp_cancel"
+    st, image = active_image(s.flash)
+    assert image == OLD and st.confirmed == 0 and not st.slots[1].installed
+
+
+def test_download_failure_without_prefetch_cancels_on_the_primary():
+    s = sim(network=Network(rate=200_000, fail_at=100_000))
+    assert s.run_update() == "download_failed"
+    assert s.find("ota_cancelled", "primary")[-1]["reason"] == "ncp_cancel"
+    assert active_image(s.flash)[1] == OLD
+
+
+def test_prefetch_downloads_first_and_its_failure_never_reaches_a_write():
+    ok = sim(primary_config=PrimaryConfig(ota=OtaConfig(prefetch=True)), network=Network(rate=100_000))
+    assert ok.run_update() == "success"
+    assert ok.find("prefetch_done", "ncp") and ok.find("ota_start", "ncp")[0]["prefetched"]
+    # 200 kB at 100 kB/s: two virtual seconds of download before the first write
+    assert ok.find("ota_start", "ncp")[0]["t"] - ok.find("prefetch_start", "ncp")[0]["t"] == pytest.approx(2.0, abs=0.01)
+
+    bad = sim(primary_config=PrimaryConfig(ota=OtaConfig(prefetch=True)), network=Network(rate=100_000, fail_at=50_000))
+    assert bad.run_update() == "prefetch_failed"
+    assert bad.find("ota_cancelled", "primary")[0]["reason"] == "prefetch_failed:download_timeout"
+    assert "client_otaUpdateWrite" not in str(bad.events) and not bad.find("ota_progress", "ncp")
+
+
+def test_primary_cancels_by_itself_when_writes_stop():
+    dead = []
+
+    def ncp_goes_silent(data):
+        return b"" if dead else data
+
+    s = sim(tap_to_primary=ncp_goes_silent, primary_config=PrimaryConfig(ota=OtaConfig(ota_timeout=60)))
+    s.run_until(lambda s: len(s.find("ota_progress", "ncp")) >= 10)
+    dead.append(True)
+    t0 = s.now
+    s.run_until(lambda s: bool(s.find("ota_cancelled", "primary")), limit=t0 + 120)
+    (c,) = s.find("ota_cancelled", "primary")
+    assert c["reason"] == "timeout" and 59.9 < c["t"] - t0 < 61
+    assert active_image(s.flash)[1] == OLD
+
+
+def test_wrong_final_digest_is_never_installed():
+    ship = Shipment.from_bytes(NEW, "fw.bin")
+    ship.digests = type(ship.digests)(ship.size, ship.digests.crc32 ^ 1, ship.digests.md5, ship.digests.sha256)
+    s = Simulation(device(), ship)
+    assert s.run_update() == "finish_failed"
+    assert {e["reason"] for e in s.find("ota_refused", "primary")} == {"crc_mismatch"}
+    st, image = active_image(s.flash)
+    assert image == OLD and not st.trial
+
+
+@pytest.mark.parametrize("behaviour", ["fail-health", "crash"])
+def test_an_image_that_never_confirms_is_rolled_back(behaviour):
+    bad = build_image(make_info("1.1.0", "TMPL1", **{"dualmcu-test": behaviour}), 120_000)
+    s = sim(bad)
+    assert s.run_update() == "rollback"
+    assert s.find("rollback", "primary")[0]["reason"] == "trial_attempts_spent"
+    st, image = active_image(s.flash)
+    assert image == OLD and st.active == 0 and st.confirmed == 0 and not st.trial
+    outcome = s.find("ota_outcome", "ncp")[-1]
+    assert outcome["new_version_seen"] is (behaviour == "fail-health")
+    # old -> (new) -> old, as the cloud sees it
+    versions = [e["version"] for e in s.find("primary_firmware", "ncp")]
+    assert versions[0] == versions[-1] == "1.0.0"
+
+
+def test_primary_power_cycled_mid_transfer_boots_the_old_image_and_the_ncp_notices():
+    s = sim()
+    s.run_until(lambda s: len(s.find("ota_progress", "ncp")) >= 50)
+    s.primary = s._boot_primary()  # power cut: a new device from the same flash
+    s.run_until(lambda s: len(s.find("primary_firmware", "ncp")) >= 2)
+    assert s.primary.info["mcu"] == "1.0.0" and s.find("ota_interrupted", "ncp")
+    assert active_image(s.flash)[1] == OLD
+
+
+def test_nested_digest_calls_happen_inside_finish():
+    s = sim()
+    s.run_update()
+    ncp_stats = s.ncp.ep.stats
+    # the primary invoked GetCRC32 and GetSHA256 while the NCP's Finish call was pending
+    assert ncp_stats["invokes_in"] >= 2
+    fin = [i for i, (side, k, f) in enumerate(s.events) if k == "ota_finished"][0]
+    inst = [i for i, (side, k, f) in enumerate(s.events) if k == "ota_installed"][0]
+    assert inst < fin
