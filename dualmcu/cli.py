@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 
 import click
 
@@ -139,6 +141,288 @@ def encode(framing: str, msg_id: int, name: str, args: tuple[str, ...]) -> None:
     except (ArgsError, FramingError) as e:
         raise click.UsageError(f"{e}; {fn.signature()}") from None
     click.echo(frame.hex(" "))
+
+
+# -- the emulators -------------------------------------------------------------------------------
+
+def parse_size(text: str) -> int:
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1024, "M": 1 << 20}.get(t[-1:], 1)
+    try:
+        return int(t[:-1] if mult > 1 else t, 0) * mult
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size (e.g. 4096, 512K, 1M)") from None
+
+
+class Size(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        return value if isinstance(value, int) else parse_size(value)
+
+
+PORT = click.option("--port", required=True, help="Port path or pyserial URL (/dev/ttyUSB0, socket://HOST:PORT, rfc2217://...).")
+BAUD = click.option("--baud", type=click.IntRange(300, 10_000_000), default=38400, show_default=True,
+                    help="Initial baud rate (the real NCP starts at 38400).")
+VERBOSE = click.option("-v", "--verbose", is_flag=True, help="Also show per-chunk progress and link-level events.")
+DEFAULT_FLASH = os.path.join(os.path.expanduser("~"), ".cache", "dualmcu", "primary.flash")
+
+
+@main.command()
+@PORT
+@BAUD
+@FRAMING
+@click.option("--firmware", type=click.Path(dir_okay=False), help="The shipment to offer (a tagged firmware file).")
+@click.option("--prefetch", "serve_prefetch", is_flag=True, hidden=True)
+@click.option("--serve-prefetch", is_flag=True, hidden=True)
+@click.option("--store", type=click.Path(file_okay=False), help="The NCP's own store for prefetched images.")
+@click.option("--retries", type=click.IntRange(0, 1000), default=5, show_default=True, help="Resends of a failed or timed-out write before cancelling.")
+@click.option("--max-chunk", type=click.IntRange(1, 0xFFFF), help="Largest chunk the NCP serves (default: what one frame carries).")
+@click.option("--offers", type=click.IntRange(1, 100), default=3, show_default=True, help="How often one shipment is offered (an interrupted transfer is offered again).")
+@click.option("--net-rate", type=float, help="Simulated download rate from the cloud, bytes/s (default: instant).")
+@click.option("--net-fail-at", type=click.IntRange(0), help="The simulated download fails at this byte offset.")
+@click.option("--answer-unknown", is_flag=True, help="Answer unknown uids with status 0x13 (the real NCP stays silent).")
+@click.option("--once", is_flag=True, help="Exit when the update has an outcome (0 on success).")
+@JSON
+@VERBOSE
+def ncp(port, baud, framing, firmware, serve_prefetch, store, retries, max_chunk, offers, net_rate, net_fail_at,
+        answer_unknown, once, as_json, verbose, **_) -> None:
+    """Run the emulated NCP on a port: it serves the NCP interface and offers --firmware.
+
+    It stands in for the cloud too: the update is offered once the primary has reported its
+    firmware and its version differs, and the outcome is judged as the cloud would (success,
+    rollback, refused, download_limit, download_failed, prefetch_failed, finish_failed).
+    """
+    from dualmcu.sides import NcpOptions, run_ncp
+    from ncp.core import NcpConfig
+
+    cfg = NcpConfig(retries=retries, max_chunk=max_chunk, offers=offers, once=once, answer_unknown=answer_unknown,
+                    wall_clock_ms=int(time.time() * 1000))
+    sys.exit(run_ncp(NcpOptions(port, baud, framing, firmware, store, net_rate, net_fail_at, cfg, as_json, verbose)))
+
+
+@main.command()
+@PORT
+@BAUD
+@FRAMING
+@click.option("--flash", type=click.Path(dir_okay=False), default=DEFAULT_FLASH, show_default=True, help="The emulated flash file (made when missing).")
+@click.option("--provision", type=click.Path(exists=True, dir_okay=False), help="Factory image written to slot A of a blank flash.")
+@click.option("--slot-size", type=Size(), default="1M", show_default=True, help="Slot size when the flash file is made.")
+@click.option("--page-size", type=Size(), default="4K", show_default=True, help="Flash page size when the flash file is made.")
+@click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=1024, show_default=True, help="Chunk size asked for in otaUpdateStart.")
+@click.option("--ota-timeout", type=float, default=60.0, show_default=True, help="Seconds without a chunk before the primary cancels.")
+@click.option("--version-policy", type=click.Choice(["newer", "any"]), default="newer", show_default=True, help="Accept only newer versions, or any.")
+@click.option("--battery", type=click.IntRange(0, 100), default=100, show_default=True, help="Battery level, percent.")
+@click.option("--min-battery", type=click.IntRange(0, 100), default=20, show_default=True, help="Offers are refused below this battery level.")
+@click.option("--prefetch", is_flag=True, help="Ask the NCP to download the whole image before the transfer.")
+@click.option("--attempts", type=click.IntRange(1, 255), default=3, show_default=True, help="Boot attempts of a trial image before rollback.")
+@click.option("--heartbeat", type=float, default=10.0, show_default=True, help="Seconds between pings of the NCP.")
+@click.option("--answer-unknown", is_flag=True, help="Answer unknown uids with status 0x13 (the real driver stays silent).")
+@click.option("--once", is_flag=True, help="Exit when an update ends (0 once a new image is confirmed).")
+@JSON
+@VERBOSE
+def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
+            battery, min_battery, prefetch, attempts, heartbeat, answer_unknown, once, as_json, verbose) -> None:
+    """Run the emulated primary MCU on a port, booting from its flash file.
+
+    A blank flash needs --provision IMAGE (its factory firmware). The process reboots into
+    its bootloader whenever the device reboots; a killed process boots from the same file.
+    """
+    from dualmcu.sides import PrimaryOptions, run_primary
+    from primary.device import PrimaryConfig
+    from primary.flash import FlashError, Geometry
+    from primary.ota import OtaConfig
+
+    try:
+        geometry = Geometry(page_size, slot_size)
+    except FlashError as e:
+        raise click.BadParameter(str(e)) from None
+    if os.path.exists(flash):
+        geometry = None  # an existing file keeps its own geometry
+    ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy,
+                    battery=battery, min_battery=min_battery, prefetch=prefetch)
+    cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown)
+    sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose)))
+
+
+@main.command()
+@click.option("--firmware", type=click.Path(dir_okay=False), help="Shipment to deliver (default: a demo image built on the spot).")
+@FRAMING
+@click.option("--flash", type=click.Path(dir_okay=False), help="The primary's flash file (default: a fresh one in the work directory).")
+@click.option("--link", type=click.Choice(["pty", "socket"]), default="pty", show_default=True, help="Virtual UART: two ptys or two loopback sockets, with a relay between.")
+@click.option("--baud", type=click.IntRange(300, 10_000_000), default=115200, show_default=True)
+@click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=1024, show_default=True)
+@click.option("--prefetch", is_flag=True, help="Download the whole image into the NCP before the transfer.")
+@click.option("--retries", type=click.IntRange(0, 1000), default=5, show_default=True)
+@click.option("--net-rate", type=float, help="Simulated download rate, bytes/s.")
+@click.option("--net-fail-at", type=click.IntRange(0), help="The simulated download fails at this offset.")
+@click.option("--battery", type=click.IntRange(0, 100), default=100, show_default=True)
+@click.option("--ota-timeout", type=float, default=60.0, show_default=True)
+@click.option("--slot-size", type=Size(), default="1M", show_default=True)
+@click.option("--kill-primary-at", type=click.IntRange(0), help="Kill the primary process once this many bytes are written, and start it again.")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Give up after this many seconds.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Where the demo image, flash and logs go (default: a new temporary directory).")
+@JSON
+def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
+        ota_timeout, slot_size, kill_primary_at, timeout, workdir, as_json) -> None:
+    """Run a complete update between an NCP process and a primary process.
+
+    Exits 0 only when the primary has booted and confirmed the new version; otherwise 1 (the
+    update failed: the reason is printed), 3 (a process or port failed) or 4 (timeout).
+    """
+    from dualmcu.runner import Run, RunOptions
+
+    o = RunOptions(firmware=firmware, framing=framing, flash=flash, link=link, baud=baud, chunk_size=chunk_size,
+                   prefetch=prefetch, retries=retries, net_rate=net_rate, net_fail_at=net_fail_at, battery=battery,
+                   ota_timeout=ota_timeout, slot_size=slot_size, timeout=timeout, kill_primary_at=kill_primary_at,
+                   workdir=workdir, as_json=as_json)
+    sys.exit(Run(o).run())
+
+
+# -- flash, tags, images -------------------------------------------------------------------------
+
+@main.group()
+def flash() -> None:
+    """Inspect an emulated flash file."""
+
+
+@flash.command("show")
+@click.option("--flash", "path", type=click.Path(exists=True, dir_okay=False), default=DEFAULT_FLASH, show_default=True)
+@JSON
+def flash_show(path, as_json) -> None:
+    """The boot state and, for each slot, its image: version, type, length, SHA-256, validity."""
+    from primary.flash import FlashError
+    from primary.inspect import describe, format_description
+
+    try:
+        d = describe(path)
+    except FlashError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(d) if as_json else format_description(d))
+
+
+@main.group()
+def tag() -> None:
+    """Create, show, extract and append Blynk firmware info tags (blynk_tag.py compatible)."""
+
+
+def _tag_info(mcu, fw_type, build, blynk, extra=()):
+    from dualmcu.firmware import make_info
+
+    info = make_info(mcu, fw_type, build, blynk)
+    for item in extra:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        info[k] = v
+    return info
+
+
+TAG_OPTIONS = [
+    click.option("--mcu", required=True, help="Firmware version, e.g. 1.2.3."),
+    click.option("--type", "fw_type", required=True, help="Firmware type (usually the template id)."),
+    click.option("--build", help="Build date and time (default: now, as __DATE__ __TIME__)."),
+    click.option("--blynk", default="0.6.4", show_default=True, help="Library version."),
+    click.option("--set", "extra", multiple=True, metavar="KEY=VALUE", help="Another tag key, e.g. dualmcu-test=fail-health."),
+]
+
+
+def tag_options(f):
+    for opt in reversed(TAG_OPTIONS):
+        f = opt(f)
+    return f
+
+
+@tag.command("create")
+@click.argument("out", type=click.Path(dir_okay=False))
+@tag_options
+def tag_create(out, mcu, fw_type, build, blynk, extra) -> None:
+    """Write a tag alone to OUT."""
+    from dualmcu.firmware import TagError, create_tag
+
+    try:
+        data = create_tag(_tag_info(mcu, fw_type, build, blynk, extra))
+    except TagError as e:
+        raise click.BadParameter(str(e)) from None
+    with open(out, "wb") as f:
+        f.write(data)
+    click.echo(f"wrote a {len(data)}-byte tag to {out}")
+
+
+@tag.command("show")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@JSON
+def tag_show(file, as_json) -> None:
+    """Show the tag found in a tag file or a firmware image."""
+    from dualmcu.firmware import read_info_from_file
+
+    info = read_info_from_file(file)
+    if info is None:
+        raise click.ClickException(f"no Blynk info tag found in {file}")
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        for k, v in info.items():
+            click.echo(f"{k:<10} {v}")
+
+
+@tag.command("extract")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+def tag_extract(file, out) -> None:
+    """Copy the tag found in FILE to OUT."""
+    from dualmcu.firmware import find_tag
+
+    with open(file, "rb") as f:
+        t = find_tag(f.read())
+    if t is None:
+        raise click.ClickException(f"no Blynk info tag found in {file}")
+    with open(out, "wb") as f:
+        f.write(t)
+    click.echo(f"wrote a {len(t)}-byte tag to {out}")
+
+
+@tag.command("append")
+@click.argument("firmware", type=click.Path(exists=True, dir_okay=False))
+@tag_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of changing FIRMWARE in place.")
+def tag_append(firmware, mcu, fw_type, build, blynk, extra, output) -> None:
+    """Append a tag to a firmware image that has none (e.g. a re-packaged image)."""
+    from dualmcu.firmware import TagError, create_tag, find_tag
+
+    with open(firmware, "rb") as f:
+        data = f.read()
+    if find_tag(data) is not None:
+        raise click.ClickException(f"{firmware} already has a tag (see `dualmcu tag show`); the first one found wins")
+    try:
+        t = create_tag(_tag_info(mcu, fw_type, build, blynk, extra))
+    except TagError as e:
+        raise click.BadParameter(str(e)) from None
+    with open(output or firmware, "wb") as f:
+        f.write(data + t)
+    click.echo(f"{output or firmware}: {len(data)} bytes of firmware + {len(t)}-byte tag")
+
+
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@tag_options
+@click.option("--size", type=Size(), default="300K", show_default=True, help="Image size.")
+@click.option("--test", "behaviour", type=click.Choice(["fail-health", "crash"]),
+              help="Make an image that misbehaves on the emulated primary, to test rollback.")
+def image(out, mcu, fw_type, build, blynk, extra, size, behaviour) -> None:
+    """Build a tagged test firmware image (deterministic filler after the tag)."""
+    from dualmcu.firmware import TEST_KEY, TagError, build_image
+
+    info = _tag_info(mcu, fw_type, build, blynk, extra)
+    if behaviour:
+        info[TEST_KEY] = behaviour
+    try:
+        data = build_image(info, size)
+    except (TagError, ValueError) as e:
+        raise click.BadParameter(str(e)) from None
+    with open(out, "wb") as f:
+        f.write(data)
+    click.echo(f"wrote {out}: {len(data)} bytes, version {mcu}, type {fw_type}" + (f", test: {behaviour}" if behaviour else ""))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ The update sender
     IDLE          primary connected, reported a version        OFFERING   (client_otaUpdateAvailable)
                   other than the shipment's, offers left
     OFFERING      RESULT true                                  OFFERED
-                  RESULT false / failure                       DONE refused (or IDLE to offer again)
+                  RESULT false                                 DONE refused
+                  no RESULT                                    IDLE, offered again later (offers left)
     OFFERED       blynk_otaUpdatePrefetch                      PREFETCHING
                   blynk_otaUpdateStart(chunk)                  SENDING    (also accepted in OFFERING:
                                                                           older drivers call it from
@@ -26,6 +27,7 @@ The update sender
     REBOOTING     primary reports the new version              DONE success
                   primary reports the old version              DONE rollback
     DONE success  primary reports the old version later        DONE rollback (old -> new -> old)
+    any transfer  primary reports a version (it restarted)    IDLE: offered again if offers are left
 
 One write is in flight at a time.  Chunks are never larger than what the primary asked for,
 nor than what the framing can carry; a chunk is sent only once the simulated download has
@@ -67,7 +69,7 @@ class Tx(Enum):
 class NcpConfig:
     retries: int = 5
     max_chunk: int | None = None  # default: what the framing can carry
-    offers: int = 1  # how many times one shipment is offered
+    offers: int = 3  # offers of one shipment: an interrupted transfer is offered again
     reoffer_after: float = 5.0
     connect_time: float = 0.3  # simulated time from initialize to connected
     settle: float = 3.0  # with --once: wait this long after success for a rollback
@@ -344,9 +346,14 @@ class NcpDevice:
             self._finish("rollback", version=version, new_version_seen=True)
         elif self.tx in (Tx.SENDING, Tx.OFFERED, Tx.FINISHING, Tx.PREFETCHING):
             # The primary restarted in the middle of an update: it is lost on its side.
-            self.emit("ota_interrupted", state=self.tx.value, version=version, old=old)
+            self.emit("ota_interrupted", state=self.tx.value, version=version, old=old,
+                      offers_left=self.cfg.offers - self.offers_made)
             self.tx = Tx.IDLE
             self.sending = None
+            if self.state == STATE["ota"]:
+                self._set_state("connected")
+            if self.offers_made >= self.cfg.offers:
+                self._finish("interrupted")
 
     def _consider_offer(self) -> None:
         s = self.shipment
@@ -372,12 +379,14 @@ class NcpDevice:
             self.emit("ota_accepted")
             return
         reason = "refused" if c.ok else f"offer_failed:{c.status:#x}"
-        if self.offers_made < self.cfg.offers:
+        if c.ok:
+            self._finish("refused")  # the primary said no: offering again changes nothing
+        elif self.offers_made < self.cfg.offers:
             self.tx = Tx.IDLE
             self.emit("ota_offer_declined", reason=reason, will_retry_in=self.cfg.reoffer_after)
             self._after("reoffer", self.cfg.reoffer_after)
         else:
-            self._finish("refused" if c.ok else "offer_failed", status=c.status)
+            self._finish("offer_failed", status=c.status)
 
     def _timer_reoffer(self) -> None:
         self._consider_offer()

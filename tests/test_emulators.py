@@ -205,6 +205,10 @@ def test_primary_power_cycled_mid_transfer_boots_the_old_image_and_the_ncp_notic
     s.run_until(lambda s: len(s.find("primary_firmware", "ncp")) >= 2)
     assert s.primary.info["mcu"] == "1.0.0" and s.find("ota_interrupted", "ncp")
     assert active_image(s.flash)[1] == OLD
+    # the cloud offers the update again, and the second transfer completes
+    assert s.run_update() == "success"
+    assert len(s.find("ota_offer", "ncp")) == 2
+    assert hashlib.sha256(active_image(s.flash)[1]).digest() == hashlib.sha256(NEW).digest()
 
 
 def test_nested_digest_calls_happen_inside_finish():

@@ -1,0 +1,3 @@
+from dualmcu.cli import main
+
+main(prog_name="dualmcu")

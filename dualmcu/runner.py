@@ -1,0 +1,307 @@
+"""``dualmcu run``: a whole update between two emulated processes joined by a virtual UART.
+
+The parent process builds what is missing (a demo shipment, a factory image, a fresh flash),
+starts the relay, starts ``ncp`` and ``primary`` as two OS processes on the relay's two ports,
+reads their JSON events, shows progress, and decides: success only when the primary has booted
+and confirmed the new version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .firmware import build_image, make_info, read_info_from_file
+from .relay import Relay
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROCESS, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+DEMO_TYPE = "TMPL0DEMO01"
+DEMO_SIZE = 300 * 1024
+
+
+@dataclass
+class RunOptions:
+    firmware: str | None = None
+    framing: str = "cobs"
+    flash: str | None = None
+    link: str = "pty"
+    baud: int = 115200
+    chunk_size: int = 1024
+    prefetch: bool = False
+    retries: int = 5
+    net_rate: float | None = None
+    net_fail_at: int | None = None
+    battery: int = 100
+    ota_timeout: float = 60.0
+    slot_size: int = 1 << 20
+    timeout: float = 300.0
+    kill_primary_at: int | None = None
+    workdir: str | None = None
+    keep: bool = False
+    as_json: bool = False
+    extra_primary: list[str] = field(default_factory=list)
+    extra_ncp: list[str] = field(default_factory=list)
+
+
+class Progress:
+    """One line, redrawn in place on a terminal: bytes, rate, ETA, retries."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.live = stream.isatty()
+        self.started: float | None = None
+        self.last = 0.0
+        self.drawn = False
+
+    def update(self, offset: int, size: int, retries: int) -> None:
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now
+        if not self.live or (now - self.last < 0.1 and offset < size):
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-6)
+        rate = offset / elapsed
+        eta = (size - offset) / rate if rate > 0 else 0
+        width = 30
+        fill = int(width * offset / size) if size else width
+        bar = "#" * fill + "." * (width - fill)
+        self.stream.write(
+            f"\r[{bar}] {offset / 1024:7.1f}/{size / 1024:.1f} KiB  {rate / 1024:6.1f} KiB/s  "
+            f"ETA {eta:4.0f}s  retries {retries}  "
+        )
+        self.stream.flush()
+        self.drawn = True
+
+    def line(self, text: str) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.drawn = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _reader(side: str, proc: subprocess.Popen, q: queue.Queue) -> None:
+    for raw in proc.stdout:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line:
+            continue
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            ev = {"side": side, "event": "output", "text": line}
+        q.put(ev)
+    q.put({"side": side, "event": "_eof", "proc": proc})
+
+
+class Run:
+    def __init__(self, o: RunOptions):
+        self.o = o
+        self.q: queue.Queue = queue.Queue()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, str] = {}
+        self.killed: set[subprocess.Popen] = set()
+        self.progress = Progress(sys.stderr)
+        self.state: dict = {"installed": None, "confirmed": None, "ncp_outcome": None, "retries": 0,
+                            "offset": 0, "old_version": None, "restarts": 0}
+
+    # -- preparation -------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        o = self.o
+        self.workdir = o.workdir or tempfile.mkdtemp(prefix="dualmcu-run-")
+        os.makedirs(self.workdir, exist_ok=True)
+        if o.firmware is None:
+            o.firmware = os.path.join(self.workdir, "demo-1.1.0.bin")
+            with open(o.firmware, "wb") as f:
+                f.write(build_image(make_info("1.1.0", DEMO_TYPE, build="Nov 21 2026 12:00:00"), DEMO_SIZE))
+        if not os.path.isfile(o.firmware):
+            raise ValueError(f"no firmware file at {o.firmware}")
+        info = read_info_from_file(o.firmware)
+        if info is None:
+            raise ValueError(f"{o.firmware} has no firmware tag: tag it with `dualmcu tag append`")
+        self.new_version = info.get("mcu", "")
+        self.fw_type = info.get("fw-type", "")
+        self.factory = os.path.join(self.workdir, "factory.bin")
+        old = "1.0.0" if self.new_version != "1.0.0" else "0.9.0"
+        with open(self.factory, "wb") as f:
+            f.write(build_image(make_info(old, self.fw_type, build="Nov 20 2026 12:00:00"), 120 * 1024))
+        if o.flash is None:
+            o.flash = os.path.join(self.workdir, "primary.flash")
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def _cmd(self, side: str, path: str) -> list[str]:
+        o = self.o
+        base = [sys.executable, "-m", "dualmcu", side, "--port", path, "--baud", str(o.baud),
+                "--framing", o.framing, "--json"]
+        if side == "ncp":
+            base += ["--firmware", o.firmware, "--retries", str(o.retries), "--once",
+                     "--store", os.path.join(self.workdir, "ncp-store")]
+            if o.prefetch:
+                base.append("--serve-prefetch")
+            if o.net_rate:
+                base += ["--net-rate", str(o.net_rate)]
+            if o.net_fail_at is not None:
+                base += ["--net-fail-at", str(o.net_fail_at)]
+            return base + o.extra_ncp
+        base += ["--flash", o.flash, "--provision", self.factory, "--chunk-size", str(o.chunk_size),
+                 "--battery", str(o.battery), "--ota-timeout", str(o.ota_timeout),
+                 "--slot-size", str(o.slot_size)]
+        if o.prefetch:
+            base.append("--prefetch")
+        return base + o.extra_primary
+
+    def spawn(self, side: str, path: str) -> None:
+        log = os.path.join(self.workdir, f"{side}.log")
+        self.logs[side] = log
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        p = subprocess.Popen(self._cmd(side, path), stdout=subprocess.PIPE, stderr=open(log, "ab"),
+                             stdin=subprocess.DEVNULL, env=env)
+        self.procs[side] = p
+        threading.Thread(target=_reader, args=(side, p, self.q), daemon=True).start()
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 3
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def tail(self, side: str, n: int = 8) -> str:
+        try:
+            with open(self.logs[side], "rb") as f:
+                lines = f.read().decode("utf-8", "replace").strip().splitlines()
+            return "\n".join(lines[-n:])
+        except OSError:
+            return ""
+
+    # -- events ------------------------------------------------------------------------------
+
+    def say(self, obj: dict) -> None:
+        if self.o.as_json:
+            print(json.dumps(obj, separators=(",", ":")), flush=True)
+
+    def on_event(self, ev: dict) -> tuple[int, str] | None:
+        side, kind = ev.get("side"), ev.get("event")
+        st = self.state
+        if kind != "_eof":
+            self.say(ev)
+        human = None
+        if side == "ncp" and kind == "ota_progress":
+            st["offset"], st["retries"] = ev["offset"], ev["retries"]
+            if not self.o.as_json:
+                self.progress.update(ev["offset"], ev["size"], ev["retries"])
+            if self.o.kill_primary_at is not None and ev["offset"] >= self.o.kill_primary_at and not st["restarts"]:
+                st["restarts"] += 1
+                self.killed.add(self.procs["primary"])
+                self.procs["primary"].kill()
+                self.procs["primary"].wait()
+                human = f"primary process killed at offset {ev['offset']}; restarting it from its flash file"
+                self.say({"side": "run", "event": "primary_killed", "offset": ev["offset"]})
+                self.spawn("primary", self.relay.paths["b"])
+        elif side == "primary" and kind == "booted":
+            if st["old_version"] is None:
+                st["old_version"] = ev.get("version")
+            human = f"primary booted slot {ev.get('slot')} version {ev.get('version')}" + (" (trial)" if ev.get("trial") else "")
+        elif side == "ncp" and kind == "ota_offer":
+            human = f"ncp offers {ev.get('filename')} version {ev.get('version')}, {ev.get('size')} bytes"
+        elif side == "primary" and kind in ("ota_refused", "ota_cancelled", "rollback", "health_check_failed", "crashed"):
+            human = f"primary {kind}: " + " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("side", "event", "t"))
+        elif side == "primary" and kind == "ota_installed":
+            st["installed"] = ev.get("version")
+            human = f"primary installed version {ev.get('version')} in slot {ev.get('slot')}, sha256 {ev.get('sha256')}"
+        elif side == "primary" and kind == "confirmed":
+            if st["installed"] and ev.get("version") == self.new_version:
+                st["confirmed"] = ev.get("version")
+            human = f"primary confirmed version {ev.get('version')} in slot {ev.get('slot')}"
+        elif side == "primary" and kind == "halted":
+            return EXIT_FAILED, f"the primary has no bootable image ({ev.get('reason')})"
+        elif side == "ncp" and kind == "ota_outcome":
+            st["ncp_outcome"] = ev.get("outcome")
+            human = f"ncp outcome: {ev.get('outcome')}"
+            if ev.get("outcome") not in ("success", "up_to_date"):
+                return EXIT_FAILED, f"update failed: {ev.get('outcome')}"
+        elif kind == "_eof":
+            proc = ev["proc"]
+            try:
+                code = proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
+            if proc in self.killed or (side == "ncp" and st["ncp_outcome"] in ("success", "up_to_date")):
+                return None
+            return EXIT_PROCESS, f"the {side} process exited with code {code}:\n{self.tail(side)}"
+        if human and not self.o.as_json:
+            self.progress.line(human)
+        if st["confirmed"] == self.new_version and st["ncp_outcome"] == "success":
+            return EXIT_OK, f"updated {st['old_version']} -> {self.new_version}, confirmed"
+        if st["ncp_outcome"] == "up_to_date":
+            return EXIT_OK, f"already running {self.new_version}"
+        return None
+
+    # -- the whole run -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self.prepare()
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        t0 = time.monotonic()
+        verdict: tuple[int, str] | None = None
+        try:
+            with Relay(self.o.link) as relay:
+                self.relay = relay
+                if not self.o.as_json:
+                    self.progress.line(
+                        f"link: {self.o.link}, ncp on {relay.paths['a']}, primary on {relay.paths['b']}, "
+                        f"framing {self.o.framing}; work files in {self.workdir}")
+                self.spawn("ncp", relay.paths["a"])
+                self.spawn("primary", relay.paths["b"])
+                deadline = t0 + self.o.timeout
+                while verdict is None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        verdict = (EXIT_TIMEOUT, f"no result within {self.o.timeout:.0f} s "
+                                                 f"(at offset {self.state['offset']})")
+                        break
+                    try:
+                        ev = self.q.get(timeout=min(left, 0.5))
+                    except queue.Empty:
+                        continue
+                    verdict = self.on_event(ev)
+                self.stop_all()
+                counts = dict(relay.counts)
+        except KeyboardInterrupt:
+            self.stop_all()
+            return 130
+        code, reason = verdict
+        wall = time.monotonic() - t0
+        summary = {"side": "run", "event": "result", "exit_code": code, "reason": reason,
+                   "old_version": self.state["old_version"], "new_version": self.new_version,
+                   "confirmed": self.state["confirmed"], "ncp_outcome": self.state["ncp_outcome"],
+                   "flash": self.o.flash, "seconds": round(wall, 3), "link_bytes": counts}
+        if self.o.as_json:
+            self.say(summary)
+        else:
+            self.progress.line(("OK: " if code == 0 else "FAILED: ") + reason + f" ({wall:.1f} s)")
+            self.progress.line(f"flash: {self.o.flash}  (inspect with: dualmcu flash show --flash {self.o.flash})")
+        if not self.o.keep and self.o.workdir is None and code == 0:
+            keep_flash = os.path.dirname(os.path.abspath(self.o.flash)) != os.path.abspath(self.workdir)
+            if keep_flash:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+        return code

@@ -1,0 +1,1 @@
+"""The emulated Blynk.NCP network co-processor."""

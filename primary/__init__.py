@@ -1,0 +1,1 @@
+"""The emulated primary MCU: flash, bootloader, application and OTA receiver."""

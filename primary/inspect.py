@@ -1,0 +1,63 @@
+"""What is in a flash file, for ``dualmcu flash show`` and for tests."""
+
+from __future__ import annotations
+
+import hashlib
+
+from dualmcu.firmware import read_info
+
+from .boot import NO_SLOT, BootStore, verify_slot
+from .flash import Flash
+
+
+def describe(path: str) -> dict:
+    flash = Flash.open(path, create=False)
+    try:
+        g = flash.geometry
+        store = BootStore(flash)
+        copies = store.copies()
+        state = store.load()
+        out: dict = {
+            "flash": path,
+            "page_size": g.page_size,
+            "slot_size": g.slot_size,
+            "state_copies": [c.seq if c else None for c in copies],
+            "seq": state.seq if state else None,
+            "active_slot": "AB"[state.active] if state else None,
+            "confirmed_slot": "AB"[state.confirmed] if state and state.confirmed != NO_SLOT else None,
+            "confirmed": bool(state and not state.trial and state.confirmed == state.active),
+            "trial": bool(state and state.trial),
+            "attempts_left": state.attempts if state and state.trial else None,
+            "slots": {},
+        }
+        for i, name in enumerate("AB"):
+            rec = state.slots[i] if state else None
+            entry = {"installed": bool(rec and rec.installed), "length": rec.length if rec and rec.installed else 0,
+                     "version": None, "fw_type": None, "build": None, "sha256": None, "valid": False}
+            if rec and rec.installed and 0 < rec.length <= g.slot_size:
+                image = flash.read(g.slot_offset(i), rec.length)
+                info = read_info(image) or {}
+                entry.update(version=info.get("mcu"), fw_type=info.get("fw-type"), build=info.get("build"),
+                             sha256=hashlib.sha256(image).hexdigest(), valid=verify_slot(flash, state, i))
+            out["slots"][name] = entry
+        return out
+    finally:
+        flash.close()
+
+
+def format_description(d: dict) -> str:
+    lines = [f"flash {d['flash']}: pages of {d['page_size']} bytes, two slots of {d['slot_size']} bytes"]
+    if d["active_slot"] is None:
+        lines.append("boot state: none (blank device)")
+    else:
+        status = "confirmed" if d["confirmed"] else (f"on trial, {d['attempts_left']} boot attempts left" if d["trial"] else "not confirmed")
+        lines.append(f"boot state: seq {d['seq']} (copies {d['state_copies']}), active slot {d['active_slot']} {status}, "
+                     f"confirmed slot {d['confirmed_slot'] or '-'}")
+    for name, s in d["slots"].items():
+        if not s["installed"]:
+            lines.append(f"slot {name}: empty")
+            continue
+        lines.append(f"slot {name}: version {s['version']} type {s['fw_type']} length {s['length']} "
+                     f"{'verifies' if s['valid'] else 'DOES NOT VERIFY'}")
+        lines.append(f"        sha256 {s['sha256']}")
+    return "\n".join(lines)
