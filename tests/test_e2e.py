@@ -1,0 +1,127 @@
+"""The real processes: `dualmcu run`, each side alone on a pty, and the file commands."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dualmcu.firmware import build_image, make_info
+
+TIMEOUT = 90
+
+
+def dualmcu(*args, timeout=TIMEOUT):
+    return subprocess.run([sys.executable, "-m", "dualmcu", *map(str, args)], capture_output=True, timeout=timeout)
+
+
+def events(stdout: bytes) -> list[dict]:
+    return [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
+
+
+def flash_show(path):
+    r = dualmcu("flash", "show", "--flash", path, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.fixture
+def shipment(tmp_path):
+    data = build_image(make_info("2.3.4", "TMPLE2E", build="Mar  3 2026 03:03:03"), 200_000)
+    path = tmp_path / "fw-2.3.4.bin"
+    path.write_bytes(data)
+    return path, hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("framing,link", [("cobs", "pty"), ("blynk", "pty"), ("cobs", "socket")])
+def test_run_updates_two_real_processes(tmp_path, shipment, framing, link):
+    fw, sha = shipment
+    flash = tmp_path / "dev.flash"
+    r = dualmcu("run", "--firmware", fw, "--framing", framing, "--link", link, "--flash", flash,
+                "--workdir", tmp_path / "work", "--json")
+    evs = events(r.stdout)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    result = evs[-1]
+    assert result["event"] == "result" and result["confirmed"] == "2.3.4" and result["ncp_outcome"] == "success"
+    sides = {e["side"] for e in evs}
+    assert {"ncp", "primary", "run"} <= sides
+    d = flash_show(flash)
+    assert d["active_slot"] == "B" and d["confirmed"] is True and d["trial"] is False
+    b = d["slots"]["B"]
+    assert (b["version"], b["fw_type"], b["length"], b["sha256"], b["valid"]) == ("2.3.4", "TMPLE2E", 200_000, sha, True)
+    assert d["slots"]["A"]["valid"] is True
+
+
+def test_a_killed_primary_process_boots_from_its_flash_and_the_update_completes(tmp_path, shipment):
+    fw, sha = shipment
+    flash = tmp_path / "dev.flash"
+    r = dualmcu("run", "--firmware", fw, "--flash", flash, "--workdir", tmp_path / "w", "--json",
+                "--kill-primary-at", 60000)
+    evs = events(r.stdout)
+    assert r.returncode == 0, r.stderr[-2000:]
+    kinds = [(e["side"], e["event"]) for e in evs]
+    killed = kinds.index(("run", "primary_killed"))
+    boots = [e for e in evs[killed:] if e["event"] == "booted"]
+    assert boots[0]["version"] != "2.3.4" and boots[0]["slot"] == "A"  # the old image, from the file
+    assert flash_show(flash)["slots"]["B"]["sha256"] == sha
+
+
+def test_run_reports_a_rollback_with_a_non_zero_exit(tmp_path):
+    bad = tmp_path / "bad.bin"
+    r = dualmcu("image", bad, "--mcu", "9.0.0", "--type", "TMPLBAD", "--size", "64K", "--test", "fail-health")
+    assert r.returncode == 0, r.stderr
+    flash = tmp_path / "dev.flash"
+    r = dualmcu("run", "--firmware", bad, "--flash", flash, "--workdir", tmp_path / "w")
+    assert r.returncode == 1
+    assert b"rollback" in r.stdout + r.stderr
+    d = flash_show(flash)
+    assert d["active_slot"] == "A" and d["confirmed"] and d["slots"]["A"]["version"] != "9.0.0"
+
+
+def test_run_refused_update_says_why(tmp_path, shipment):
+    fw, _ = shipment
+    r = dualmcu("run", "--firmware", fw, "--battery", "5", "--workdir", tmp_path / "w", "--json")
+    assert r.returncode == 1
+    evs = events(r.stdout)
+    assert any(e["event"] == "ota_refused" and e["reason"] == "low_battery" for e in evs)
+    assert evs[-1]["reason"] == "update failed: refused"
+
+
+def test_side_alone_on_a_missing_port_fails_clearly(tmp_path):
+    r = dualmcu("primary", "--port", "/dev/does-not-exist", "--flash", tmp_path / "f", "--provision", __file__)
+    assert r.returncode == 3 and b"no port at /dev/does-not-exist" in r.stderr
+    r = dualmcu("ncp", "--port", "socket://127.0.0.1:1")
+    assert r.returncode == 3 and b"nothing is listening" in r.stderr
+
+
+def test_a_blank_flash_needs_a_factory_image(tmp_path):
+    r = dualmcu("primary", "--port", "/dev/null", "--flash", tmp_path / "f")
+    assert r.returncode == 2 and b"--provision" in r.stderr
+
+
+def test_a_port_in_use_is_refused(tmp_path):
+    from dualmcu.relay import Relay
+    from dualmcu.shell import PortError, open_port
+
+    with Relay("pty") as relay:
+        first = open_port(relay.paths["a"], 115200)
+        try:
+            with pytest.raises(PortError, match="in use"):
+                open_port(relay.paths["a"], 115200)
+        finally:
+            first.close()
+
+
+def test_ncp_firmware_without_a_tag_is_refused(tmp_path):
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(os.urandom(1000))
+    r = dualmcu("ncp", "--port", "/dev/null", "--firmware", raw)
+    assert r.returncode == 2 and b"no firmware tag" in r.stderr
+
+
+def test_python_dash_m_runs_each_side():
+    for mod in ("ncp", "primary"):
+        r = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, timeout=30)
+        assert r.returncode == 0 and b"--port" in r.stdout

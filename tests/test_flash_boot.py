@@ -1,0 +1,185 @@
+"""Flash semantics, the redundant boot state and the bootloader's rules, including power cuts
+at every flash operation."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dualmcu.firmware import build_image, make_info
+from primary.boot import BootState, BootStore, Bootloader, RECORD_SIZE, verify_slot
+from primary.flash import Flash, FlashError, Geometry, PowerCut
+
+G = Geometry(4096, 64 * 1024)
+OLD = build_image(make_info("1.0.0", "T"), 20_000)
+NEW = build_image(make_info("2.0.0", "T"), 30_000)
+
+
+def fresh():
+    f = Flash.in_memory(G)
+    Bootloader(f).provision(OLD)
+    return f
+
+
+def write_slot(flash, slot, image):
+    base = G.slot_offset(slot)
+    for off in range(0, len(image), G.page_size):
+        flash.erase_page(base + off)
+    flash.write(base, image)
+
+
+def test_nor_program_only_clears_bits():
+    f = Flash.in_memory(G)
+    off = G.slot_offset(0)
+    f.program(off, b"\x0f")
+    f.program(off, b"\xf0")
+    assert f.read(off, 1) == b"\x00"
+    f.erase_page(off)
+    assert f.read(off, 1) == b"\xff"
+    with pytest.raises(FlashError):
+        f.program(off + 4090, bytes(10))  # crosses a page
+    with pytest.raises(FlashError):
+        f.erase_page(off + 1)
+
+
+def test_boot_state_newer_valid_copy_wins_and_a_torn_copy_is_ignored():
+    f = fresh()
+    store = BootStore(f)
+    s1 = store.load()
+    s2 = store.store(s1)
+    assert s2.seq == s1.seq + 1 and store.load() == s2
+    # tear the copy holding s2
+    which = [c.seq if c else None for c in store.copies()].index(s2.seq)
+    off = G.state_offsets[which]
+    f.program(off + 20, b"\x00")
+    assert store.load() == s1
+
+
+@pytest.mark.parametrize("applied", range(0, RECORD_SIZE + 1, 7))
+def test_a_torn_boot_state_write_never_loses_the_previous_state(applied):
+    f = fresh()
+    store = BootStore(f)
+    before = store.load()
+    f.interrupt = lambda op, kind, off, n: applied if kind == "program" else None
+    with pytest.raises(PowerCut):
+        store.store(BootState(active=1, confirmed=0, trial=True, attempts=3, slots=before.slots))
+    f.interrupt = None
+    after = store.load()
+    assert after == before or (applied == RECORD_SIZE and after.active == 1)
+
+
+def damage(f, slot, at):
+    """Clear a set bit of the slot at or after ``at`` (programming can only clear bits)."""
+    base = G.slot_offset(slot)
+    while f.read(base + at, 1) == b"\x00":
+        at += 1
+    f.program(base + at, b"\x00")
+
+
+def install(f, image=NEW):
+    write_slot(f, 1, image)
+    return Bootloader(f).install(1, len(image))
+
+
+def test_trial_boot_confirm_and_attempt_counting():
+    f = fresh()
+    install(f)
+    b = Bootloader(f, attempts=2)
+    r = b.boot()
+    assert (r.slot, r.trial, r.state.attempts) == (1, True, 2)  # install set 3 with the default
+    b.confirm()
+    r = b.boot()
+    assert (r.slot, r.trial) == (1, False) and r.state.confirmed == 1
+
+
+def test_unconfirmed_trial_rolls_back_after_its_attempts():
+    f = fresh()
+    install(f)
+    b = Bootloader(f)
+    slots = [b.boot().slot for _ in range(4)]
+    assert slots == [1, 1, 1, 0]
+    st = BootStore(f).load()
+    assert st.active == 0 and st.confirmed == 0 and not st.trial
+
+
+def test_a_trial_image_tampered_with_on_flash_is_never_booted():
+    f = fresh()
+    install(f)
+    damage(f, 1, 5000)  # one byte changed after install
+    r = Bootloader(f).boot()
+    assert r.slot == 0 and ("verify_failed", {"slot": "B"}) in r.events
+
+
+def test_a_corrupted_confirmed_image_falls_back_to_the_other_valid_slot():
+    f = fresh()
+    install(f)
+    b = Bootloader(f)
+    b.boot()
+    b.confirm()
+    damage(f, 1, 5000)
+    r = b.boot()
+    assert r.slot == 0 and r.state.confirmed == 0
+
+
+def test_nothing_bootable_is_said_not_guessed():
+    f = fresh()
+    damage(f, 0, 5000)
+    r = Bootloader(f).boot()
+    assert r.slot is None and r.events[-1][0] == "no_bootable_image"
+
+
+def test_flash_file_geometry_is_kept_and_checked(tmp_path):
+    path = tmp_path / "f.flash"
+    f = Flash.open(path, Geometry(4096, 64 * 1024))
+    Bootloader(f).provision(OLD)
+    f.close()
+    f = Flash.open(path)
+    assert f.geometry == Geometry(4096, 64 * 1024) and BootStore(f).load() is not None
+    f.close()
+    with pytest.raises(FlashError, match="slots of"):
+        Flash.open(path, Geometry(4096, 128 * 1024))
+    (tmp_path / "junk").write_bytes(b"hello")
+    with pytest.raises(FlashError, match="not a dualmcu flash"):
+        Flash.open(tmp_path / "junk")
+
+
+def count_ops(action) -> int:
+    f = fresh()
+    f.interrupt = None
+    start = f.ops
+    action(f)
+    return f.ops - start
+
+
+def cycle(f):
+    """A whole update as the primary does it: invalidate, write, install, boot, confirm."""
+    b = Bootloader(f)
+    b.invalidate(1)
+    write_slot(f, 1, NEW)
+    b.install(1, len(NEW))
+    b.boot()
+    b.confirm()
+
+
+@given(st.data())
+def test_a_power_cut_at_any_flash_operation_never_bricks_the_device(data):
+    total = count_ops(cycle)
+    cut_at = data.draw(st.integers(1, total), label="cut_at")
+    f = fresh()
+    start = f.ops
+
+    def interrupt(op, kind, off, n):
+        if op - start == cut_at:
+            return data.draw(st.integers(0, n), label="applied")
+        return None
+
+    f.interrupt = interrupt
+    try:
+        cycle(f)
+    except PowerCut:
+        pass
+    f.interrupt = None
+    r = Bootloader(f).boot()
+    assert r.slot is not None
+    assert verify_slot(f, r.state, r.slot)
+    image = f.read(G.slot_offset(r.slot), r.state.slots[r.slot].length)
+    assert image in (OLD, NEW)
