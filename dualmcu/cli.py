@@ -173,8 +173,6 @@ DEFAULT_FLASH = os.path.join(os.path.expanduser("~"), ".cache", "dualmcu", "prim
 @BAUD
 @FRAMING
 @click.option("--firmware", type=click.Path(dir_okay=False), help="The shipment to offer (a tagged firmware file).")
-@click.option("--prefetch", "serve_prefetch", is_flag=True, hidden=True)
-@click.option("--serve-prefetch", is_flag=True, hidden=True)
 @click.option("--store", type=click.Path(file_okay=False), help="The NCP's own store for prefetched images.")
 @click.option("--retries", type=click.IntRange(0, 1000), default=5, show_default=True, help="Resends of a failed or timed-out write before cancelling.")
 @click.option("--max-chunk", type=click.IntRange(1, 0xFFFF), help="Largest chunk the NCP serves (default: what one frame carries).")
@@ -185,9 +183,12 @@ DEFAULT_FLASH = os.path.join(os.path.expanduser("~"), ".cache", "dualmcu", "prim
 @click.option("--once", is_flag=True, help="Exit when the update has an outcome (0 on success).")
 @JSON
 @VERBOSE
-def ncp(port, baud, framing, firmware, serve_prefetch, store, retries, max_chunk, offers, net_rate, net_fail_at,
-        answer_unknown, once, as_json, verbose, **_) -> None:
+def ncp(port, baud, framing, firmware, store, retries, max_chunk, offers, net_rate, net_fail_at,
+        answer_unknown, once, as_json, verbose) -> None:
     """Run the emulated NCP on a port: it serves the NCP interface and offers --firmware.
+
+    Prefetch is served whenever the primary asks for it: the image is "downloaded" at
+    --net-rate into --store before the first write.
 
     It stands in for the cloud too: the update is offered once the primary has reported its
     firmware and its version differs, and the outcome is judged as the cloud would (success,

@@ -147,8 +147,6 @@ class Run:
         if side == "ncp":
             base += ["--firmware", o.firmware, "--retries", str(o.retries), "--once",
                      "--store", os.path.join(self.workdir, "ncp-store")]
-            if o.prefetch:
-                base.append("--serve-prefetch")
             if o.net_rate:
                 base += ["--net-rate", str(o.net_rate)]
             if o.net_fail_at is not None:

@@ -236,3 +236,18 @@ def test_a_good_frame_after_garbage_is_delivered(name, junk, msg):
     sep = b"\x00" if name == "cobs" else b""
     got = messages(p, junk + sep + p.encode(msg))
     assert got[-1] == msg
+
+
+# docs/wire.md, section 1: the native framing's worked examples.
+NATIVE_VECTORS = [
+    ("bc 67 01 01 01 00", "00 06 bc 67 01 01 01 05 e3 e5 bd 57 00"),
+    ("bc 67 41 03 02 00 00 04", "00 06 bc 67 41 03 02 01 06 04 61 c1 aa 84 00"),
+    ("12 a5 07 00 00 01", "00 04 12 a5 07 01 06 01 fa 1a cb ad 00"),
+]
+
+
+@pytest.mark.parametrize("message,wire", NATIVE_VECTORS)
+def test_native_vectors_of_the_docs(message, wire):
+    p = get_profile("cobs")
+    assert p.encode(H(message)) == H(wire)
+    assert messages(p, H(wire)) == [H(message)]

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Write the generated reference pages from the code itself.
+
+    .venv/bin/python tools/gen_docs.py          # rewrite docs/interface.md and docs/cli.md
+    .venv/bin/python tools/gen_docs.py --check  # exit 1 if either is out of date (the tests do this)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+import click  # noqa: E402
+
+from dualmcu.cli import main  # noqa: E402
+from rpc.interface import EXTENSION_UIDS, INTERFACE, INVOKE, NCP  # noqa: E402
+
+
+def interface_md() -> str:
+    out = [
+        "# Interface reference",
+        "",
+        "Generated from the interface table in `rpc/interface.py` by `tools/gen_docs.py`; do not edit.",
+        "",
+        "Kind: INVOKE is answered by a RESULT; ONEWAY never is. Out-values come back in the RESULT",
+        "before the return value, in the order shown. The timeout is the caller's.",
+        "",
+        f"Uids 0x{EXTENSION_UIDS.start:04X}-0x{EXTENSION_UIDS.stop - 1:04X} are reserved for this project's extensions.",
+        "",
+    ]
+    for side, title in ((NCP, "Served by the NCP (called by the primary MCU)"),
+                        ("primary", "Served by the primary MCU (called by the NCP)")):
+        out += [f"## {title}", "", "| uid | name | kind | arguments | out | returns | timeout | what |",
+                "|---|---|---|---|---|---|---|---|"]
+        for fn in INTERFACE.served_by(side):
+            args = ", ".join(f"{p.type.name} {p.name}" for p in fn.args) or "-"
+            outs = ", ".join(f"{p.type.name} {p.name}" for p in fn.outs) or "-"
+            ret = (fn.returns.name if fn.returns else "status only") if fn.kind == INVOKE else "-"
+            timeout = f"{fn.timeout * 1000:.0f} ms" if fn.kind == INVOKE else "-"
+            kind = "INVOKE" if fn.kind == INVOKE else "ONEWAY"
+            out.append(f"| 0x{fn.uid:04X} | `{fn.name}` | {kind} | {args} | {outs} | {ret} | {timeout} | {fn.doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _walk(cmd: click.Command, path: list[str], out: list[str]) -> None:
+    ctx = click.Context(cmd, info_name=" ".join(path), max_content_width=100, terminal_width=100,
+                        help_option_names=["-h", "--help"])
+    if path[1:]:
+        out += [f"## `{' '.join(path)}`", "", "```", cmd.get_help(ctx).rstrip(), "```", ""]
+    if isinstance(cmd, click.Group):
+        for name in sorted(cmd.list_commands(ctx)):
+            _walk(cmd.get_command(ctx, name), path + [name], out)
+
+
+def cli_md() -> str:
+    out = ["# CLI reference", "", "Generated from the command definitions by `tools/gen_docs.py`; do not edit.", "",
+           "Exit codes used throughout: 0 success, 1 the update (or check) failed, 2 bad usage or input,",
+           "3 a port or process failed, 4 a timeout.", ""]
+    ctx = click.Context(main, info_name="dualmcu", max_content_width=100, terminal_width=100,
+                        help_option_names=["-h", "--help"])
+    out += ["```", main.get_help(ctx).rstrip(), "```", ""]
+    _walk(main, ["dualmcu"], out)
+    return "\n".join(out)
+
+
+PAGES = {"docs/interface.md": interface_md, "docs/cli.md": cli_md}
+
+
+def main_() -> int:
+    check = "--check" in sys.argv
+    stale = []
+    for rel, make in PAGES.items():
+        path = os.path.join(HERE, "..", rel)
+        text = make() + "\n"
+        current = open(path).read() if os.path.exists(path) else None
+        if current != text:
+            stale.append(rel)
+            if not check:
+                with open(path, "w") as f:
+                    f.write(text)
+    if check and stale:
+        print("out of date: " + ", ".join(stale) + " (run tools/gen_docs.py)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_())
