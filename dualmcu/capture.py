@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 from framing import Dropped, get_profile
 from rpc.interface import INTERFACE, Function, Interface
-from rpc.message import Invoke, Malformed, Oneway, Result, parse, status_name
+from rpc.message import Invoke, Malformed, Result, parse, status_name
 from rpc.types import ArgsError
 
 

@@ -78,7 +78,13 @@ def decode(framing: str, as_json: bool, path, hexdata: str | None) -> None:
     by the INVOKE with the same msg_id seen earlier in the capture; dropped frames are shown
     with the reason.
     """
-    from dualmcu.capture import decode_capture, format_record, jsonable, looks_like_hex, parse_hex
+    from dualmcu.capture import (
+        decode_capture,
+        format_record,
+        jsonable,
+        looks_like_hex,
+        parse_hex,
+    )
 
     if path is not None and hexdata is not None:
         raise click.UsageError("give either HEXDATA or --file, not both")
@@ -328,6 +334,15 @@ TAG_OPTIONS = [
 ]
 
 
+def _write(path: str, data: bytes, what: str) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {path}: {e.strerror}") from None
+    click.echo(f"wrote {what} to {path}")
+
+
 def tag_options(f):
     for opt in reversed(TAG_OPTIONS):
         f = opt(f)
@@ -345,9 +360,7 @@ def tag_create(out, mcu, fw_type, build, blynk, extra) -> None:
         data = create_tag(_tag_info(mcu, fw_type, build, blynk, extra))
     except TagError as e:
         raise click.BadParameter(str(e)) from None
-    with open(out, "wb") as f:
-        f.write(data)
-    click.echo(f"wrote a {len(data)}-byte tag to {out}")
+    _write(out, data, f"a {len(data)}-byte tag")
 
 
 @tag.command("show")
@@ -378,9 +391,7 @@ def tag_extract(file, out) -> None:
         t = find_tag(f.read())
     if t is None:
         raise click.ClickException(f"no Blynk info tag found in {file}")
-    with open(out, "wb") as f:
-        f.write(t)
-    click.echo(f"wrote a {len(t)}-byte tag to {out}")
+    _write(out, t, f"a {len(t)}-byte tag")
 
 
 @tag.command("append")
@@ -421,9 +432,7 @@ def image(out, mcu, fw_type, build, blynk, extra, size, behaviour) -> None:
         data = build_image(info, size)
     except (TagError, ValueError) as e:
         raise click.BadParameter(str(e)) from None
-    with open(out, "wb") as f:
-        f.write(data)
-    click.echo(f"wrote {out}: {len(data)} bytes, version {mcu}, type {fw_type}" + (f", test: {behaviour}" if behaviour else ""))
+    _write(out, data, f"{len(data)} bytes, version {mcu}, type {fw_type}" + (f", test: {behaviour}" if behaviour else ""))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,22 @@ def new_stats() -> dict[str, int]:
     return {"frames": 0, **{r: 0 for r in DROP_REASONS}}
 
 
+class CountingDecoder:
+    """Stats and drop reports, the same for every profile's decoder."""
+
+    def __init__(self, max_message: int):
+        self.max_message = max_message
+        self.stats = new_stats()
+
+    def _deliver(self, out: list, message: bytes) -> None:
+        self.stats["frames"] += 1
+        out.append(Frame(message))
+
+    def _drop(self, out: list, reason: str, raw) -> None:
+        self.stats[reason] += 1
+        out.append(Dropped(reason, bytes(raw[:RAW_KEEP]), len(raw)))
+
+
 def check_message(message: bytes, max_message: int) -> None:
     if not message:
         raise FramingError("refusing to frame an empty message")

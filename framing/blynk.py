@@ -30,13 +30,12 @@ from . import (
     BAD_ENCODING,
     EMPTY,
     OVERSIZE,
-    RAW_KEEP,
     TRUNCATED,
+    CountingDecoder,
     Dropped,
     Frame,
     FramingError,
     check_message,
-    new_stats,
 )
 
 BEGIN, END, ESCAPE = 0xAA, 0xBB, 0xCC
@@ -88,13 +87,12 @@ class BlynkProfile:
         return BlynkDecoder(self.max_message)
 
 
-class BlynkDecoder:
+class BlynkDecoder(CountingDecoder):
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE):
-        self.max_message = max_message
+        super().__init__(max_message)
         self._max_raw = 2 * (max_message + 1)  # every byte escaped, CRC included
         self._inside = False
         self._buf = bytearray()
-        self.stats = new_stats()
 
     def feed(self, data: bytes) -> list[Frame | Dropped]:
         out: list[Frame | Dropped] = []
@@ -150,12 +148,7 @@ class BlynkDecoder:
             return self._drop(out, EMPTY, body)
         if len(message) > self.max_message:
             return self._drop(out, OVERSIZE, body)
-        self.stats["frames"] += 1
-        out.append(Frame(message))
-
-    def _drop(self, out: list, reason: str, raw) -> None:
-        self.stats[reason] += 1
-        out.append(Dropped(reason, bytes(raw[:RAW_KEEP]), len(raw)))
+        self._deliver(out, message)
 
 
 __all__ = ["BlynkProfile", "BlynkDecoder", "FramingError", "crc8", "escape", "unescape"]

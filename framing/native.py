@@ -25,12 +25,11 @@ from . import (
     BAD_ENCODING,
     EMPTY,
     OVERSIZE,
-    RAW_KEEP,
     TRUNCATED,
+    CountingDecoder,
     Dropped,
     Frame,
     check_message,
-    new_stats,
 )
 
 DEFAULT_MAX_MESSAGE = 4096
@@ -65,15 +64,14 @@ class CobsProfile:
         return CobsDecoder(self.max_message)
 
 
-class CobsDecoder:
+class CobsDecoder(CountingDecoder):
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE):
-        self.max_message = max_message
+        super().__init__(max_message)
         self._max_raw = max_encoded(max_message)
         self._buf = bytearray()
         # Set after an oversize partial frame was reported: everything up to the next 0x00
         # belongs to it and is thrown away without being stored.
         self._skipping = False
-        self.stats = new_stats()
 
     def feed(self, data: bytes) -> list[Frame | Dropped]:
         out: list[Frame | Dropped] = []
@@ -123,9 +121,4 @@ class CobsDecoder:
             return self._drop(out, EMPTY, body)
         if len(decoded) - 4 > self.max_message:
             return self._drop(out, OVERSIZE, body)
-        self.stats["frames"] += 1
-        out.append(Frame(decoded[:-4]))
-
-    def _drop(self, out: list, reason: str, raw) -> None:
-        self.stats[reason] += 1
-        out.append(Dropped(reason, bytes(raw[:RAW_KEEP]), len(raw)))
+        self._deliver(out, decoded[:-4])

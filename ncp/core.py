@@ -43,7 +43,8 @@ from enum import Enum
 from typing import Any, Callable
 
 from framing import Profile
-from rpc import DEFER, NCP, Call, Endpoint, Incoming
+from rpc import DEFER, NCP, Call, Incoming
+from rpc.device import Device
 from rpc.interface import INTERFACE, PREFETCH, STATES
 
 from .update import Network, Shipment, Store
@@ -98,7 +99,7 @@ class Primary:
     versions: list[str] = field(default_factory=list)
 
 
-class NcpDevice:
+class NcpDevice(Device):
     def __init__(
         self,
         profile: Profile,
@@ -110,10 +111,7 @@ class NcpDevice:
         emit: Callable[..., None] | None = None,
     ):
         self.cfg = config or NcpConfig()
-        self._emit = emit or (lambda kind, **f: None)
-        self.ep = Endpoint(NCP, profile, answer_unknown=self.cfg.answer_unknown, on_event=self._wire_event)
-        self.ep.now = now
-        self.actions: list[tuple[str, Any]] = []
+        super().__init__(NCP, profile, now, emit, self.cfg.answer_unknown)
         self.shipment = shipment
         self.net = network or Network()
         self.store = store or Store()
@@ -129,8 +127,6 @@ class NcpDevice:
         self.offers_made = 0
         self.sending: Sending | None = None
         self.finish_tries = 0
-        self._timers: dict[str, float] = {}
-        self._last_heard = now
         self._idle_pings = 0
         self.values: dict[str, Any] = {"vendor_prefix": "Blynk", "vendor_server": "blynk.cloud", "configured": True,
                                        "time_offset_ms": None}
@@ -141,42 +137,13 @@ class NcpDevice:
 
     def receive(self, data: bytes, now: float) -> None:
         before = self.ep.stats["invokes_in"] + self.ep.stats["oneways_in"]
-        self.ep.receive(data, now)
+        super().receive(data, now)
         if self.ep.stats["invokes_in"] + self.ep.stats["oneways_in"] != before:
-            self._last_heard = now
             self._idle_pings = 0
             self._after("idle_ping", self.cfg.primary_idle_ping)
+
+    def _settle(self) -> None:
         self._pump()
-
-    def tick(self, now: float) -> None:
-        self.ep.now = now
-        self.ep.tick(now)
-        for name, when in list(self._timers.items()):
-            if when <= now and self._timers.get(name) == when:
-                del self._timers[name]
-                getattr(self, f"_timer_{name}")()
-        self._pump()
-
-    def next_deadline(self) -> float | None:
-        ds = list(self._timers.values())
-        d = self.ep.next_deadline()
-        if d is not None:
-            ds.append(d)
-        return min(ds) if ds else None
-
-    def data_to_send(self) -> bytes:
-        return self.ep.data_to_send()
-
-    # -- events ------------------------------------------------------------------------------
-
-    def emit(self, kind: str, **fields: Any) -> None:
-        self._emit(kind, t=round(self.ep.now, 6), **fields)
-
-    def _wire_event(self, kind: str, **fields: Any) -> None:
-        self.emit("rpc_" + kind, **fields)
-
-    def _after(self, name: str, delay: float) -> None:
-        self._timers[name] = self.ep.now + delay
 
     # -- the NCP's interface -----------------------------------------------------------------
 

@@ -7,7 +7,12 @@ import os
 import zlib
 from dataclasses import dataclass
 
-from dualmcu.firmware import ImageDigests, digests_of_file, read_info, read_info_from_file
+from dualmcu.firmware import (
+    ImageDigests,
+    digests_of_file,
+    read_info,
+    read_info_from_file,
+)
 
 
 class Source:

@@ -16,11 +16,12 @@ The heartbeat pings the NCP every ``heartbeat`` seconds and starts over after th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from dualmcu.firmware import TEST_KEY, read_info
 from framing import Profile
-from rpc import PRIMARY, Call, Endpoint, Incoming
+from rpc import PRIMARY, Call, Incoming
+from rpc.device import Device
 from rpc.interface import EVENTS, STATES
 
 from .boot import Bootloader, BootResult
@@ -41,16 +42,12 @@ class PrimaryConfig:
     answer_unknown: bool = False
 
 
-class PrimaryDevice:
+class PrimaryDevice(Device):
     def __init__(self, flash: Flash, profile: Profile, config: PrimaryConfig, now: float,
                  emit: Callable[..., None] | None = None):
+        super().__init__(PRIMARY, profile, now, emit, config.answer_unknown)
         self.flash = flash
         self.cfg = config
-        self._emit = emit or (lambda kind, **f: None)
-        self.actions: list[tuple[str, str]] = []
-        self.ep = Endpoint(PRIMARY, profile, answer_unknown=config.answer_unknown, on_event=self._wire_event)
-        self.ep.now = now
-        self._timers: dict[str, float] = {}
         self.ready = False
         self._misses = 0
         self.bootloader = Bootloader(flash, attempts=config.attempts)
@@ -88,41 +85,16 @@ class PrimaryDevice:
 
     # -- the core interface ------------------------------------------------------------------
 
-    def receive(self, data: bytes, now: float) -> None:
-        self.ep.receive(data, now)
-
-    def tick(self, now: float) -> None:
-        self.ep.now = now
-        self.ep.tick(now)
+    def _tick(self, now: float) -> None:
         if self.ota is not None:
             self.ota.tick(now)
-        for name, when in list(self._timers.items()):
-            if when <= now and self._timers.get(name) == when:
-                del self._timers[name]
-                getattr(self, f"_timer_{name}")()
 
-    def next_deadline(self) -> float | None:
-        ds = [d for d in (self.ep.next_deadline(), self.ota.next_deadline() if self.ota else None) if d is not None]
-        ds += self._timers.values()
-        return min(ds) if ds else None
-
-    def data_to_send(self) -> bytes:
-        return self.ep.data_to_send()
-
-    # -- events ------------------------------------------------------------------------------
-
-    def emit(self, kind: str, **fields: Any) -> None:
-        self._emit(kind, t=round(self.ep.now, 6), **fields)
-
-    def _wire_event(self, kind: str, **fields: Any) -> None:
-        self.emit("rpc_" + kind, **fields)
+    def _deadlines(self) -> tuple[float | None, ...]:
+        return (self.ota.next_deadline(),) if self.ota is not None else ()
 
     def request_reboot(self, reason: str) -> None:
         self.emit("rebooting", reason=reason)
         self.actions.append(("reboot", reason))
-
-    def _after(self, name: str, delay: float) -> None:
-        self._timers[name] = self.ep.now + delay
 
     # -- NCP initialisation, as the driver does it ---------------------------------------------
 

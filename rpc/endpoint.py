@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 from framing import Dropped, Frame, Profile
 from rpc.interface import INTERFACE, INVOKE, ONEWAY, Function, Interface
-from rpc.message import Invoke, Malformed, Oneway, Result, Status, parse, status_name
+from rpc.message import Invoke, Malformed, Oneway, Result, Status, parse
 from rpc.types import ArgsError
 
 log = logging.getLogger("dualmcu.rpc")

@@ -3,7 +3,6 @@ argument sets of every function, and whole messages.  Used by the tests and by t
 
 from __future__ import annotations
 
-
 from hypothesis import strategies as st
 
 from . import types as T

@@ -7,7 +7,6 @@ import pytest
 from dualmcu.firmware import build_image, make_info
 from dualmcu.sim import Simulation
 from framing import get_profile
-from ncp.core import NcpConfig
 from ncp.update import Network, Shipment
 from primary.boot import Bootloader, BootStore, verify_slot
 from primary.device import PrimaryConfig

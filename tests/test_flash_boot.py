@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dualmcu.firmware import build_image, make_info
-from primary.boot import BootState, BootStore, Bootloader, RECORD_SIZE, verify_slot
+from primary.boot import RECORD_SIZE, Bootloader, BootState, BootStore, verify_slot
 from primary.flash import Flash, FlashError, Geometry, PowerCut
 
 G = Geometry(4096, 64 * 1024)

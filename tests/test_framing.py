@@ -3,7 +3,7 @@
 import zlib
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from framing import (

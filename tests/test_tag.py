@@ -5,7 +5,16 @@ import sys
 
 import pytest
 
-from dualmcu.firmware import TagError, build_image, create_tag, find_tag, is_newer, make_info, parse_tag, read_info
+from dualmcu.firmware import (
+    TagError,
+    build_image,
+    create_tag,
+    find_tag,
+    is_newer,
+    make_info,
+    parse_tag,
+    read_info,
+)
 
 
 def test_tag_bytes_match_the_documented_layout():

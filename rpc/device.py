@@ -1,0 +1,69 @@
+"""What both emulated sides share: an endpoint, named timers, events and actions.
+
+A device is a sans-IO core.  Its shell calls ``receive``, ``tick``, ``next_deadline`` and
+``data_to_send``, and carries out what the device appends to ``actions`` (reboot, baud
+change, exit).  A subclass arms a timer with ``_after(name, delay)`` and handles it in a
+method ``_timer_<name>``; re-arming a timer replaces it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from framing import Profile
+
+from .endpoint import Endpoint
+
+
+class Device:
+    def __init__(self, side: str, profile: Profile, now: float, emit: Callable[..., None] | None,
+                 answer_unknown: bool = False):
+        self._emit = emit or (lambda kind, **fields: None)
+        self.ep = Endpoint(side, profile, answer_unknown=answer_unknown, on_event=self._wire_event)
+        self.ep.now = now
+        self.actions: list[tuple[str, Any]] = []
+        self._timers: dict[str, float] = {}
+
+    # -- the core interface ------------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> None:
+        self.ep.receive(data, now)
+        self._settle()
+
+    def tick(self, now: float) -> None:
+        self.ep.now = now
+        self.ep.tick(now)
+        self._tick(now)
+        for name, when in list(self._timers.items()):
+            if when <= now and self._timers.get(name) == when:
+                del self._timers[name]
+                getattr(self, f"_timer_{name}")()
+        self._settle()
+
+    def next_deadline(self) -> float | None:
+        ds = [d for d in (self.ep.next_deadline(), *self._deadlines()) if d is not None]
+        ds += self._timers.values()
+        return min(ds) if ds else None
+
+    def data_to_send(self) -> bytes:
+        return self.ep.data_to_send()
+
+    # -- for subclasses ----------------------------------------------------------------------
+
+    def _tick(self, now: float) -> None:
+        """Deadlines of parts the device owns (e.g. its OTA receiver)."""
+
+    def _deadlines(self) -> tuple[float | None, ...]:
+        return ()
+
+    def _settle(self) -> None:
+        """Runs after every input and tick: the place to start work that waits for a moment."""
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        self._emit(kind, t=round(self.ep.now, 6), **fields)
+
+    def _wire_event(self, kind: str, **fields: Any) -> None:
+        self.emit("rpc_" + kind, **fields)
+
+    def _after(self, name: str, delay: float) -> None:
+        self._timers[name] = self.ep.now + delay
