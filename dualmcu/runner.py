@@ -77,7 +77,7 @@ class Progress:
         bar = "#" * fill + "." * (width - fill)
         self.stream.write(
             f"\r[{bar}] {offset / 1024:7.1f}/{size / 1024:.1f} KiB  {rate / 1024:6.1f} KiB/s  "
-            f"ETA {eta:4.0f}s  retries {retries}  "
+            f"ETA {eta:4.0f}s  retries {retries}\x1b[K"
         )
         self.stream.flush()
         self.drawn = True
@@ -86,7 +86,8 @@ class Progress:
         if self.drawn:
             self.stream.write("\n")
             self.drawn = False
-        self.stream.write(text + "\n")
+        if text:
+            self.stream.write(text + "\n")
         self.stream.flush()
 
 
@@ -289,6 +290,7 @@ class Run:
             return 130
         code, reason = verdict
         wall = time.monotonic() - t0
+        moved = counts.get("a_to_b", 0)
         summary = {"side": "run", "event": "result", "exit_code": code, "reason": reason,
                    "old_version": self.state["old_version"], "new_version": self.new_version,
                    "confirmed": self.state["confirmed"], "ncp_outcome": self.state["ncp_outcome"],
@@ -296,8 +298,10 @@ class Run:
         if self.o.as_json:
             self.say(summary)
         else:
-            self.progress.line(("OK: " if code == 0 else "FAILED: ") + reason + f" ({wall:.1f} s)")
-            self.progress.line(f"flash: {self.o.flash}  (inspect with: dualmcu flash show --flash {self.o.flash})")
+            self.progress.line("")  # end the progress line; the verdict goes to stdout
+            print(("OK: " if code == 0 else "FAILED: ") + reason
+                  + f" ({wall:.1f} s, {moved} bytes from the NCP, {self.state['retries']} retries)")
+            print(f"flash: {self.o.flash}  (inspect with: dualmcu flash show --flash {self.o.flash})", flush=True)
         if not self.o.keep and self.o.workdir is None and code == 0:
             keep_flash = os.path.dirname(os.path.abspath(self.o.flash)) != os.path.abspath(self.workdir)
             if keep_flash:

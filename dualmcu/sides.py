@@ -66,7 +66,7 @@ def run_ncp(o: NcpOptions) -> int:
             emit("rebooted")
             return make(time.monotonic())
         if kind == "exit":
-            raise Stop(EXIT_OK if arg == "success" else EXIT_FAILED, arg)
+            raise Stop(EXIT_OK if arg in ("success", "up_to_date") else EXIT_FAILED, arg)
         return None
 
     return _serve(o.port, o.baud, make, on_action, emit)

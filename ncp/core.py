@@ -167,6 +167,8 @@ class NcpDevice(Device):
             "blynk_configStop": lambda inc: self._set_state("connected" if self.values.get("template") else "idle"),
             "blynk_configReset": lambda inc: self._set("configured", False),
             "blynk_isConfigured": lambda inc: self.values["configured"],
+            "blynk_setConfigTimeout": lambda inc: self._set("config_timeout", inc.args["timeout"]),
+            "blynk_setConfigSkipLimit": lambda inc: self._set("config_skip_limit", inc.args["count"]),
             "blynk_factoryReset": lambda inc: self._set("configured", False),
             "blynk_factoryTestWiFi": lambda inc: (-52, 1),
             "blynk_factoryTestWiFiAP": lambda inc: 1,
@@ -188,6 +190,8 @@ class NcpDevice(Device):
                 self.ep.handle(fn.name, true)
             elif fn.kind == "oneway":
                 self.ep.handle(fn.name, self._log_oneway)
+            else:
+                raise AssertionError(f"the NCP has no answer for {fn.name}")
 
     def _set(self, key: str, value: Any) -> bool:
         self.values[key] = value
@@ -290,7 +294,7 @@ class NcpDevice(Device):
         if self.state == STATE["ota"]:
             self._set_state("connected")
         self.emit("ota_outcome", outcome=outcome, **fields)
-        if self.cfg.once and outcome != "success":
+        if self.cfg.once and outcome != "success":  # success waits: a rollback may follow
             self.actions.append(("exit", outcome))
         elif self.cfg.once:
             self._after("settled", self.cfg.settle)
@@ -328,6 +332,8 @@ class NcpDevice(Device):
                 or not self.primary.info or self.offers_made >= self.cfg.offers):
             return
         if self.primary.info.get("mcu") == s.version:
+            if self.offers_made == 0 and self.outcome is None:
+                self._finish("up_to_date", version=s.version)
             return
         self.offers_made += 1
         self.tx = Tx.OFFERING

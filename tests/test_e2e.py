@@ -125,3 +125,33 @@ def test_python_dash_m_runs_each_side():
     for mod in ("ncp", "primary"):
         r = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, timeout=30)
         assert r.returncode == 0 and b"--port" in r.stdout
+
+
+def test_each_side_alone_with_once_over_a_relay(tmp_path, shipment):
+    """`dualmcu ncp` and `dualmcu primary`, started by hand on the two ends of a virtual UART."""
+    from dualmcu.relay import Relay
+
+    fw, sha = shipment
+    factory = tmp_path / "factory.bin"
+    factory.write_bytes(build_image(make_info("2.0.0", "TMPLE2E"), 50_000))
+    flash = tmp_path / "dev.flash"
+    with Relay("pty") as relay:
+        ncp = subprocess.Popen([sys.executable, "-m", "ncp", "--port", relay.paths["a"], "--firmware", str(fw),
+                                "--once", "--json", "--store", str(tmp_path / "store")], stdout=subprocess.PIPE)
+        mcu = subprocess.Popen([sys.executable, "-m", "primary", "--port", relay.paths["b"], "--flash", str(flash),
+                                "--provision", str(factory), "--once", "--json", "--prefetch"], stdout=subprocess.PIPE)
+        out_mcu, _ = mcu.communicate(timeout=TIMEOUT)
+        out_ncp, _ = ncp.communicate(timeout=TIMEOUT)
+    assert mcu.returncode == 0 and ncp.returncode == 0
+    assert events(out_mcu)[-1] == {"side": "primary", "event": "exit", "code": 0, "reason": "confirmed"}
+    assert any(e["event"] == "prefetch_done" for e in events(out_ncp))
+    assert (tmp_path / "store" / "ota.bin").read_bytes() == fw.read_bytes()
+    assert flash_show(flash)["slots"]["B"]["sha256"] == sha
+
+
+def test_run_on_a_device_already_updated_is_up_to_date(tmp_path, shipment):
+    fw, _ = shipment
+    flash = tmp_path / "dev.flash"
+    assert dualmcu("run", "--firmware", fw, "--flash", flash, "--workdir", tmp_path / "w").returncode == 0
+    r = dualmcu("run", "--firmware", fw, "--flash", flash, "--workdir", tmp_path / "w2")
+    assert r.returncode == 0 and r.stdout.startswith(b"OK: already running 2.3.4")

@@ -219,3 +219,63 @@ def test_nested_digest_calls_happen_inside_finish():
     fin = [i for i, (side, k, f) in enumerate(s.events) if k == "ota_finished"][0]
     inst = [i for i, (side, k, f) in enumerate(s.events) if k == "ota_installed"][0]
     assert inst < fin
+
+
+def test_a_device_already_on_the_shipment_is_up_to_date():
+    s = sim(new=OLD)
+    assert s.run_update() == "up_to_date"
+    assert not s.find("ota_offer", "ncp")
+
+
+def test_baud_change_answers_at_the_old_rate_then_switches():
+    s = sim(new=None)
+    s.run_until(lambda s: s.primary.ready)
+    c = s.primary.ep.call("hw_setUartBaudRate", {"baud": 921600})
+    s._flush()
+    s.ncp.receive(s._wire.pop()[3], s.now)
+    # the RESULT is already queued when the NCP asks its shell to switch
+    assert s.ncp.actions == [("baud", 921600)] and s.ncp.ep._out
+    s.run_until(lambda s: c.done)
+    assert c.ok and c.result is True
+
+
+def test_the_primary_reinitialises_after_three_missed_heartbeats():
+    silent = []
+    s = sim(new=None, tap_to_primary=lambda d: b"" if silent else d,
+            primary_config=PrimaryConfig(heartbeat=10))
+    s.run_until(lambda s: s.primary.ready)
+    silent.append(1)
+    s.run_until(lambda s: bool(s.find("ncp_lost", "primary")), limit=100)
+    assert s.find("ncp_lost", "primary")[0]["misses"] == 3
+    silent.clear()
+    s.run_until(lambda s: len(s.find("ready", "primary")) == 2, limit=200)
+
+
+def test_an_ncp_reboot_makes_the_primary_initialise_it_again():
+    s = sim(new=None)
+    s.run_until(lambda s: s.primary.ready)
+    c = s.primary.ep.call("ncp_reboot")
+    s.run_until(lambda s: len(s.find("initialize", "ncp")) == 2, limit=30)
+    assert c.ok and s.find("ncp_event", "primary")[0]["event"] == "ncp_rebooting"
+
+
+def test_the_rest_of_the_ncp_interface_answers():
+    s = sim(new=None)
+    s.run_until(lambda s: s.primary.ready)
+    from rpc import INTERFACE, NCP
+
+    calls = {fn.name: s.primary.ep.call(fn.name, {p.name: _zero(p.type) for p in fn.args})
+             for fn in INTERFACE.served_by(NCP) if fn.kind == "invoke"
+             and fn.name not in ("ncp_reboot", "hw_setUartBaudRate", "blynk_otaUpdatePrefetch")}
+    s.run_until(lambda s: all(c.done for c in calls.values()), limit=60)
+    failed = {n: c.status for n, c in calls.items() if not c.ok}
+    assert failed == {}
+    assert calls["ncp_hasUID"].result is False  # uid 0 is served by nobody
+    assert calls["blynk_getNcpVersion"].values["version"]
+    from rpc.interface import STATES
+
+    assert calls["blynk_getState"].result in STATES  # the calls above move the state around
+
+
+def _zero(t):
+    return {bool: False, int: 0, float: 0.0, str: "", bytes: b""}[t.py]

@@ -2,7 +2,7 @@
 on a virtual clock."""
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from framing import get_profile
@@ -15,7 +15,10 @@ H = bytes.fromhex
 FUNCTIONS = list(INTERFACE)
 
 
-@given(st.sampled_from(["cobs", "blynk"]), S.functions(), st.data())
+@pytest.mark.parametrize("framing", ["cobs", "blynk"])
+@pytest.mark.parametrize("fn", FUNCTIONS, ids=lambda f: f.name)
+@settings(max_examples=15)
+@given(data=st.data())
 def test_every_function_round_trips_args_through_message_and_frame(framing, fn, data):
     args = data.draw(S.args_for(fn))
     msg_id = data.draw(st.integers(0, 0xFFFF))
