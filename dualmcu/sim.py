@@ -1,27 +1,28 @@
-"""Both cores in one process, joined by an in-memory link, on a virtual clock.
+"""Both cores in one process, joined by the link model, on a virtual clock.
 
 This is what the tests use to run whole updates in microseconds, and what the in-process
-modes of the tools build on.  It plays the part of the two shells: it moves bytes between the
-cores, advances the clock to the next deadline when nothing is in flight, and carries out the
-cores' actions (a primary reboot makes a new PrimaryDevice from the same flash).
+tools build on.  It plays the part of the two shells: it moves bytes between the cores through
+a :class:`~dualmcu.link.Link`, advances the clock to the next deadline, and carries out the
+cores' actions: a primary reboot (or a power cut during a flash operation) makes a new
+PrimaryDevice from the same flash, an NCP reboot a new NcpDevice, a baud change re-paces the
+link.
 
-The link is exact by default.  ``tap_to_primary`` / ``tap_to_ncp`` let a test see, drop or
-change every chunk of bytes in flight (a function of the bytes, returning the bytes to
-deliver), and ``latency`` delays delivery, so that lost RESULTs, resends and timeouts happen
-exactly where a test wants them.
+``tap_to_primary`` / ``tap_to_ncp`` let a test see, drop or change every chunk of bytes a side
+sends (a function of the bytes, returning the bytes to put on the link), so that lost RESULTs,
+resends and timeouts happen exactly where a test wants them.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from typing import Any, Callable
 
 from framing import get_profile
 from ncp.core import NcpConfig, NcpDevice
 from ncp.update import Network, Shipment, Store
 from primary.device import PrimaryConfig, PrimaryDevice
-from primary.flash import Flash
+from primary.flash import Flash, PowerCut
+
+from .link import Link, LinkConfig
 
 Tap = Callable[[bytes], bytes]
 
@@ -36,6 +37,7 @@ class Simulation:
         ncp_config: NcpConfig | None = None,
         primary_config: PrimaryConfig | None = None,
         network: Network | None = None,
+        link: LinkConfig | None = None,
         latency: float = 0.0005,
         tap_to_primary: Tap | None = None,
         tap_to_ncp: Tap | None = None,
@@ -44,18 +46,20 @@ class Simulation:
         self.events: list[tuple[str, str, dict]] = []
         self.framing = framing
         self.flash = flash
-        self.latency = latency
+        self.link = Link(link or LinkConfig(latency=latency))
         self.tap_to_primary = tap_to_primary
         self.tap_to_ncp = tap_to_ncp
         self.primary_config = primary_config or PrimaryConfig()
-        self.ncp = NcpDevice(get_profile(framing), ncp_config or NcpConfig(), 0.0, shipment, network,
-                             Store(), emit=self._emitter("ncp"))
-        self.primary = self._boot_primary()
-        self.boots = 1
+        self.ncp_config = ncp_config or NcpConfig()
+        self.shipment = shipment
+        self.network = network
+        self.store = Store()
+        self.power_cuts = 0
+        self.boots = 0
         self.halted: str | None = None
         self.exit: str | None = None
-        self._wire: list[tuple[float, int, str, bytes]] = []
-        self._seq = itertools.count()
+        self.ncp = self._boot_ncp()
+        self.primary = self._boot_primary()
 
     def _emitter(self, side: str) -> Callable[..., None]:
         def emit(kind: str, **fields: Any) -> None:
@@ -63,9 +67,32 @@ class Simulation:
 
         return emit
 
+    def _boot_ncp(self) -> NcpDevice:
+        return NcpDevice(get_profile(self.framing), self.ncp_config, self.now, self.shipment, self.network,
+                         self.store, emit=self._emitter("ncp"))
+
     def _boot_primary(self) -> PrimaryDevice:
-        return PrimaryDevice(self.flash, get_profile(self.framing), self.primary_config, self.now,
-                             emit=self._emitter("primary"))
+        self.boots += 1
+        while True:
+            try:
+                return PrimaryDevice(self.flash, get_profile(self.framing), self.primary_config, self.now,
+                                     emit=self._emitter("primary"))
+            except PowerCut as cut:  # the bootloader itself writes the boot state
+                self._power_cut(cut)
+
+    def _power_cut(self, cut: PowerCut) -> None:
+        self.power_cuts += 1
+        self.events.append(("primary", "power_cut", {"t": self.now, "op": cut.op, "kind": cut.kind,
+                                                     "applied": cut.applied}))
+
+    # -- restarts a test (or a rule) may ask for ------------------------------------------------
+
+    def restart_primary(self) -> None:
+        """Power-cycle the primary: a new device from the same flash, nothing else kept."""
+        self.primary = self._boot_primary()
+
+    def restart_ncp(self) -> None:
+        self.ncp = self._boot_ncp()
 
     def kinds(self, side: str | None = None) -> list[str]:
         return [k for s, k, _ in self.events if side is None or s == side]
@@ -73,48 +100,58 @@ class Simulation:
     def find(self, kind: str, side: str | None = None) -> list[dict]:
         return [f for s, k, f in self.events if k == kind and (side is None or s == side)]
 
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _primary_does(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except PowerCut as cut:
+            self._power_cut(cut)
+            self.primary = self._boot_primary()
+
     def _flush(self) -> None:
-        for side, core, tap, dest in (("ncp", self.ncp, self.tap_to_primary, "primary"),
-                                      ("primary", self.primary, self.tap_to_ncp, "ncp")):
+        for side, core, tap in (("a", self.ncp, self.tap_to_primary), ("b", self.primary, self.tap_to_ncp)):
             data = core.data_to_send()
             if data and tap is not None:
                 data = tap(data)
             if data:
-                heapq.heappush(self._wire, (self.now + self.latency, next(self._seq), dest, data))
+                self.link.send(side, data, self.now)
 
     def _actions(self) -> None:
-        for kind, arg in self.primary.actions:
+        while self.primary.actions:
+            kind, arg = self.primary.actions.pop(0)
             if kind == "reboot":
                 self.primary = self._boot_primary()
-                self.boots += 1
-                return self._actions()
-            if kind == "halt":
+            elif kind == "halt":
                 self.halted = arg
-        self.primary.actions.clear()
-        for kind, arg in self.ncp.actions:
+            elif kind == "baud":
+                self.link.set_baud(arg, self.now)
+        while self.ncp.actions:
+            kind, arg = self.ncp.actions.pop(0)
             if kind == "exit":
                 self.exit = arg
             elif kind == "reboot":
-                old = self.ncp
-                self.ncp = NcpDevice(get_profile(self.framing), old.cfg, self.now, old.shipment, old.net,
-                                     old.store, emit=self._emitter("ncp"))
-        self.ncp.actions.clear()
+                self.ncp = self._boot_ncp()
+            elif kind == "baud":
+                self.link.set_baud(arg, self.now)
 
     def step(self) -> bool:
         """Advance to the next thing that happens; False when nothing ever will."""
         self._flush()
         self._actions()
-        deadlines = [d for d in (self.ncp.next_deadline(), self.primary.next_deadline()) if d is not None]
-        if self._wire:
-            deadlines.append(self._wire[0][0])
+        deadlines = [d for d in (self.ncp.next_deadline(), self.primary.next_deadline(),
+                                 self.link.next_deadline()) if d is not None]
         if not deadlines:
             return False
         self.now = max(self.now, min(deadlines))
-        while self._wire and self._wire[0][0] <= self.now:
-            _, _, dest, data = heapq.heappop(self._wire)
-            (self.ncp if dest == "ncp" else self.primary).receive(data, self.now)
+        to_ncp = self.link.receive("a", self.now)
+        if to_ncp:
+            self.ncp.receive(to_ncp, self.now)
+        to_primary = self.link.receive("b", self.now)
+        if to_primary:
+            self._primary_does(lambda: self.primary.receive(to_primary, self.now))
         self.ncp.tick(self.now)
-        self.primary.tick(self.now)
+        self._primary_does(lambda: self.primary.tick(self.now))
         self._flush()
         self._actions()
         return True
@@ -126,10 +163,13 @@ class Simulation:
                 return done(self)
         return True
 
+    def in_flight(self) -> bool:
+        return self.link.next_deadline() is not None or bool(self.ncp.ep.pending)
+
     def run_update(self, limit: float = 600.0) -> str | None:
         """Run until the NCP has an outcome and the primary has settled on a confirmed image."""
         def settled(sim: Simulation) -> bool:
-            if sim.ncp.outcome is None or sim._wire or sim.ncp.ep.pending:
+            if sim.ncp.outcome is None or sim.in_flight():
                 return False
             if sim.ncp.outcome == "success":
                 return "confirmed" in sim.kinds("primary") or sim.primary.boot.trial is False and sim.primary.ready

@@ -15,6 +15,7 @@ The update sender
                   RESULT false                                 DONE refused
                   no RESULT                                    IDLE, offered again later (offers left)
     OFFERED       blynk_otaUpdatePrefetch                      PREFETCHING
+                  nothing for stage_timeout                    IDLE, offered again (or DONE start_timeout)
                   blynk_otaUpdateStart(chunk)                  SENDING    (also accepted in OFFERING:
                                                                           older drivers call it from
                                                                           inside the offer handler)
@@ -24,8 +25,10 @@ The update sender
                   the download fails (no prefetch)             DONE download_failed (after Cancel)
     FINISHING     RESULT true                                  REBOOTING
                   false / timeout, > retries times             DONE finish_failed (after Cancel)
+    FINISHING     primary reports the new version              DONE success (the RESULT was lost)
     REBOOTING     primary reports the new version              DONE success
                   primary reports the old version              DONE rollback
+                  nothing for stage_timeout                    DONE no_report
     DONE success  primary reports the old version later        DONE rollback (old -> new -> old)
     any transfer  primary reports a version (it restarted)    IDLE: offered again if offers are left
 
@@ -74,6 +77,7 @@ class NcpConfig:
     reoffer_after: float = 5.0
     connect_time: float = 0.3  # simulated time from initialize to connected
     settle: float = 3.0  # with --once: wait this long after success for a rollback
+    stage_timeout: float = 60.0  # longest wait for the primary to start, or to come back after Finish
     once: bool = False
     primary_idle_ping: float = 25.0
     answer_unknown: bool = False
@@ -289,6 +293,7 @@ class NcpDevice(Device):
 
     def _finish(self, outcome: str, **fields: Any) -> None:
         self.tx = Tx.DONE
+        self._timers.pop("stage", None)
         self.outcome = outcome
         self.sending = None
         if self.state == STATE["ota"]:
@@ -299,6 +304,24 @@ class NcpDevice(Device):
         elif self.cfg.once:
             self._after("settled", self.cfg.settle)
 
+    def _enter(self, tx: Tx) -> None:
+        """Go to a stage that waits on the primary; it may not wait forever."""
+        self.tx = tx
+        self._after("stage", self.cfg.stage_timeout)
+
+    def _timer_stage(self) -> None:
+        if self.tx is Tx.OFFERED:
+            # The primary accepted but never started (its Prefetch or Start was lost, or it
+            # gave up): offer again while offers are left.
+            self.emit("ota_stalled", state="offered", waited=self.cfg.stage_timeout)
+            self.tx = Tx.IDLE
+            if self.offers_made < self.cfg.offers:
+                self._consider_offer()
+            else:
+                self._finish("start_timeout")
+        elif self.tx is Tx.REBOOTING:
+            self._finish("no_report", waited=self.cfg.stage_timeout)
+
     def _timer_settled(self) -> None:
         if self.cfg.once and self.outcome:
             self.actions.append(("exit", self.outcome))
@@ -308,7 +331,10 @@ class NcpDevice(Device):
         if s is None:
             return
         old = self.primary.versions[0] if self.primary.versions else None
-        if self.tx is Tx.REBOOTING:
+        if self.tx in (Tx.REBOOTING, Tx.FINISHING) and version == s.version:
+            # (still FINISHING: the Finish RESULT was lost, but the primary came back new)
+            self._finish("success", version=version)
+        elif self.tx is Tx.REBOOTING:
             if version == s.version:
                 self._finish("success", version=version)
             else:
@@ -348,7 +374,7 @@ class NcpDevice(Device):
         if self.tx is not Tx.OFFERING:
             return  # Start came first, from inside the offer handler
         if c.ok and c.result:
-            self.tx = Tx.OFFERED
+            self._enter(Tx.OFFERED)
             self.emit("ota_accepted")
             return
         reason = "refused" if c.ok else f"offer_failed:{c.status:#x}"
@@ -390,7 +416,7 @@ class NcpDevice(Device):
         self.store.save("ota.bin", s.source, s.size)
         self.serve_from = self.store.source("ota.bin")
         self.prefetched = True
-        self.tx = Tx.OFFERED
+        self._enter(Tx.OFFERED)
         self.emit("prefetch_done", size=s.size)
         self.ep.reply(inc, PREFETCH_CODE["ok"])
 
@@ -481,7 +507,7 @@ class NcpDevice(Device):
         if self.tx is not Tx.FINISHING:
             return
         if c.ok and c.result:
-            self.tx = Tx.REBOOTING
+            self._enter(Tx.REBOOTING)
             self.emit("ota_finished", retries=self.sending.total_retries if self.sending else 0)
             return
         self.finish_tries += 1

@@ -10,7 +10,8 @@ After the bootloader has chosen a slot the application reads its firmware tag, t
 the NCP the way the Blynk.NCP driver does: ping until it answers, getNcpVersion,
 setFirmwareInfo (the tag's values, so report and tag always agree), initialize, getState.
 A successful initialisation is the health check; an image on trial is confirmed after it.
-The heartbeat pings the NCP every ``heartbeat`` seconds and starts over after three misses.
+The heartbeat asks the NCP's state every ``heartbeat`` seconds and starts over after three
+misses, or at once when the NCP says it is not initialised (it restarted).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .boot import Bootloader, BootResult
 from .flash import Flash
 from .ota import OtaConfig, OtaReceiver
 
+STATE_NOT_INITIALISED = 10
 UNKNOWN_INFO = {"mcu": "0.0.0", "fw-type": "unknown", "build": "unknown", "blynk": "0.0.0"}
 
 
@@ -40,6 +42,7 @@ class PrimaryConfig:
     ping_retry: float = 0.25
     reinit_after: float = 1.0
     answer_unknown: bool = False
+    baud: int | None = None  # ask the NCP to switch to this baud rate after initialising
 
 
 class PrimaryDevice(Device):
@@ -133,10 +136,37 @@ class PrimaryDevice(Device):
             name, args = self._steps.pop(0)
             self.ep.call(name, args, on_done=self._next_step)
             return
+        if self.cfg.baud and not getattr(self, "_baud_done", False):
+            self.ep.call("hw_setUartBaudRate", {"baud": self.cfg.baud}, on_done=self._baud_set)
+            return
         self.ready = True
         self.emit("ready", version=self.info["mcu"])
         self._health_check()
         self._after("heartbeat", self.cfg.heartbeat)
+
+    def _baud_set(self, c: Call) -> None:
+        self._baud_done = True
+        if not (c.ok and c.result):
+            self.emit("baud_change_refused", baud=self.cfg.baud, status=c.status)
+            return self._next_step()
+        # Both ends switch once the RESULT is through; then ping until the NCP answers at the
+        # new rate (the first ping may be lost while the NCP's UART settles).
+        self.actions.append(("baud", self.cfg.baud))
+        self._baud_ping()
+
+    def _baud_ping(self) -> None:
+        def answered(c: Call) -> None:
+            if c.ok:
+                self.emit("baud_changed", baud=self.cfg.baud)
+                self._next_step()
+            else:
+                self.emit("baud_ping_lost", baud=self.cfg.baud)
+                self._after("baud_ping", self.cfg.ping_retry)
+
+        self.ep.call("ncp_ping", on_done=answered)
+
+    def _timer_baud_ping(self) -> None:
+        self._baud_ping()
 
     def _health_check(self) -> None:
         if not self.boot.trial:
@@ -151,9 +181,15 @@ class PrimaryDevice(Device):
         self.emit("confirmed", slot="AB"[self.boot.slot], version=self.info["mcu"])
 
     def _timer_heartbeat(self) -> None:
+        # getState rather than a bare ping: an NCP that restarted answers "not initialised",
+        # and the primary initialises it again (it would otherwise never learn our firmware).
         def beat(c: Call) -> None:
             if c.ok:
                 self._misses = 0
+                if c.result == STATE_NOT_INITIALISED:
+                    self.emit("ncp_restarted")
+                    self._init()
+                    return
             else:
                 self._misses += 1
                 if self._misses >= 3:
@@ -162,7 +198,7 @@ class PrimaryDevice(Device):
                     return
             self._after("heartbeat", self.cfg.heartbeat)
 
-        self.ep.call("ncp_ping", on_done=beat)
+        self.ep.call("blynk_getState", on_done=beat)
 
     # -- the rest of the primary's interface ---------------------------------------------------
 

@@ -33,8 +33,12 @@ class FlashError(Exception):
     pass
 
 
-class PowerCut(Exception):
-    """The power failed during a flash operation; the device stops right here."""
+class PowerCut(BaseException):
+    """The power failed during a flash operation; the device stops right here.
+
+    A BaseException on purpose: nothing on the device may catch it and carry on (the RPC
+    endpoint answers handler errors with 0x10; a dead device answers nothing).
+    """
 
     def __init__(self, op: int, kind: str, applied: int):
         super().__init__(f"power cut at flash operation {op} ({kind}, {applied} bytes applied)")

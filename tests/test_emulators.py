@@ -200,7 +200,7 @@ def test_an_image_that_never_confirms_is_rolled_back(behaviour):
 def test_primary_power_cycled_mid_transfer_boots_the_old_image_and_the_ncp_notices():
     s = sim()
     s.run_until(lambda s: len(s.find("ota_progress", "ncp")) >= 50)
-    s.primary = s._boot_primary()  # power cut: a new device from the same flash
+    s.restart_primary()  # power cut: a new device from the same flash
     s.run_until(lambda s: len(s.find("primary_firmware", "ncp")) >= 2)
     assert s.primary.info["mcu"] == "1.0.0" and s.find("ota_interrupted", "ncp")
     assert active_image(s.flash)[1] == OLD
@@ -231,8 +231,7 @@ def test_baud_change_answers_at_the_old_rate_then_switches():
     s = sim(new=None)
     s.run_until(lambda s: s.primary.ready)
     c = s.primary.ep.call("hw_setUartBaudRate", {"baud": 921600})
-    s._flush()
-    s.ncp.receive(s._wire.pop()[3], s.now)
+    s.ncp.receive(s.primary.data_to_send(), s.now)
     # the RESULT is already queued when the NCP asks its shell to switch
     assert s.ncp.actions == [("baud", 921600)] and s.ncp.ep._out
     s.run_until(lambda s: c.done)

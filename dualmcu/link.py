@@ -1,0 +1,194 @@
+"""A UART between two sides, as a sans-IO model: bytes and times in, bytes and times out.
+
+The same model runs in the tests (on a virtual clock) and inside the relay of ``dualmcu run``
+and ``dualmcu link`` (on the monotonic clock).  Each direction is a :class:`Lane`:
+
+* pacing: a byte takes 10 bit times (8N1) on the wire; a lane sends one byte at a time, so a
+  burst of N bytes written at once arrives over N × 10 / baud seconds, at the baud's limit;
+* latency: a fixed delay added to every byte, as a USB-serial bridge adds;
+* the receiver's buffer: at most ``rx_buffer`` bytes wait unread; when the receiving side
+  reads only every ``rx_poll`` seconds, what arrives past a full buffer is lost, as in an MCU
+  whose UART FIFO overflows;
+* faults, all drawn from one seeded generator so that a run can be replayed exactly: bit
+  errors (``ber`` per bit), byte drops, byte duplicates, garbage bursts, stalls of the line,
+  and the disconnection of one side for a while.
+
+Counters of everything injected are kept in ``stats``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field, fields
+
+
+@dataclass
+class Faults:
+    ber: float = 0.0  # probability that a bit is flipped
+    drop: float = 0.0  # probability that a byte is lost
+    dup: float = 0.0  # probability that a byte is received twice
+    garbage: float = 0.0  # probability, per byte, that a burst of noise follows it
+    garbage_len: int = 16  # longest burst
+    stall: float = 0.0  # probability, per byte, that the line stalls after it
+    stall_time: float = 0.05  # seconds of a stall
+
+    @property
+    def any(self) -> bool:
+        return any((self.ber, self.drop, self.dup, self.garbage, self.stall))
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass
+class LinkConfig:
+    baud: int | None = None  # None: unpaced (bytes arrive after the latency alone)
+    latency: float = 0.0
+    rx_buffer: int | None = None  # None: unbounded
+    rx_poll: float = 0.0  # how often the receiver reads its buffer; 0: at once
+    faults: Faults = field(default_factory=Faults)
+    seed: int = 0
+
+
+def new_stats() -> dict[str, int]:
+    return {"bytes": 0, "delivered": 0, "bit_errors": 0, "dropped": 0, "duplicated": 0, "garbage_bytes": 0,
+            "stalls": 0, "overflow_lost": 0, "disconnect_lost": 0}
+
+
+class Lane:
+    """One direction of the UART."""
+
+    def __init__(self, cfg: LinkConfig, rng: random.Random):
+        self.cfg = cfg
+        self.rng = rng
+        self.free_at = 0.0  # when the transmitter has sent everything queued so far
+        self.queue: deque[tuple[float, bytes]] = deque()  # (arrival time, bytes), in order
+        self.buffered = 0  # bytes arrived and not read yet (with rx_poll)
+        self.next_poll = 0.0
+        self.cut_until = -1.0
+        self.stats = new_stats()
+
+    def byte_time(self) -> float:
+        return 10.0 / self.cfg.baud if self.cfg.baud else 0.0
+
+    def send(self, data: bytes, now: float) -> None:
+        if not data:
+            return
+        self.stats["bytes"] += len(data)
+        if now < self.cut_until:
+            self.stats["disconnect_lost"] += len(data)
+            return
+        f = self.cfg.faults
+        if f.any:
+            data = self._damage(data)
+        start = max(now, self.free_at)
+        t = self.byte_time()
+        done = start + t * len(data)
+        if f.stall and data:
+            stalls = sum(1 for _ in range(len(data)) if self.rng.random() < f.stall)
+            if stalls:
+                self.stats["stalls"] += stalls
+                done += stalls * f.stall_time
+        self.free_at = done
+        if data:
+            self.queue.append((done + self.cfg.latency, data))
+
+    def _damage(self, data: bytes) -> bytes:
+        f, rng, st = self.cfg.faults, self.rng, self.stats
+        p_bit = 1 - (1 - f.ber) ** 8 if f.ber else 0.0
+        out = bytearray()
+        rand = rng.random
+        for b in data:
+            r = rand()
+            if r < f.drop:
+                st["dropped"] += 1
+                continue
+            if p_bit and rand() < p_bit:
+                b ^= 1 << rng.randrange(8)
+                st["bit_errors"] += 1
+            out.append(b)
+            if f.dup and rand() < f.dup:
+                out.append(b)
+                st["duplicated"] += 1
+            if f.garbage and rand() < f.garbage:
+                n = rng.randint(1, f.garbage_len)
+                out += rng.randbytes(n)
+                st["garbage_bytes"] += n
+        return bytes(out)
+
+    def next_deadline(self) -> float | None:
+        if not self.queue:
+            return None
+        at = self.queue[0][0]
+        return max(at, self.next_poll) if self.cfg.rx_poll else at
+
+    def receive(self, now: float) -> bytes:
+        """The bytes the receiver reads at ``now``."""
+        if self.cfg.rx_poll:
+            if now < self.next_poll:
+                return b""
+            self.next_poll = now + self.cfg.rx_poll  # a read of an empty buffer is a read too
+        if not self.queue:
+            return b""
+        out = bytearray()
+        cap = self.cfg.rx_buffer
+        while self.queue and self.queue[0][0] <= now:
+            _, data = self.queue.popleft()
+            if cap is not None and self.cfg.rx_poll:
+                # What arrived while the receiver was not reading piles up; past the
+                # buffer's size it is lost.
+                room = cap - len(out)
+                if len(data) > room:
+                    self.stats["overflow_lost"] += len(data) - max(room, 0)
+                    data = data[: max(room, 0)]
+            out += data
+        self.stats["delivered"] += len(out)
+        return bytes(out)
+
+
+class Link:
+    """Both directions: ``a`` is the NCP's end and ``b`` the primary's, by convention."""
+
+    def __init__(self, cfg: LinkConfig | None = None):
+        self.cfg = cfg or LinkConfig()
+        root = random.Random(self.cfg.seed)
+        self.lanes = {"a_to_b": Lane(self.cfg, random.Random(root.getrandbits(64))),
+                      "b_to_a": Lane(self.cfg, random.Random(root.getrandbits(64)))}
+
+    def send(self, side: str, data: bytes, now: float) -> None:
+        self.lanes["a_to_b" if side == "a" else "b_to_a"].send(data, now)
+
+    def receive(self, side: str, now: float) -> bytes:
+        return self.lanes["b_to_a" if side == "a" else "a_to_b"].receive(now)
+
+    def next_deadline(self) -> float | None:
+        ds = [d for d in (lane.next_deadline() for lane in self.lanes.values()) if d is not None]
+        return min(ds) if ds else None
+
+    def set_baud(self, baud: int, now: float) -> None:
+        """Both ends switch; what is already on the wire keeps the timing it was sent with."""
+        self.cfg.baud = baud
+
+    def disconnect(self, side: str, now: float, duration: float) -> None:
+        """Cut one side off for ``duration`` seconds: nothing to or from it gets through."""
+        until = now + duration
+        for name, lane in self.lanes.items():
+            lane.cut_until = max(lane.cut_until, until)
+            lost = sum(len(d) for _, d in lane.queue)
+            lane.stats["disconnect_lost"] += lost
+            lane.queue.clear()
+        self.stats_add("disconnects", 1)
+
+    def stats_add(self, key: str, n: int) -> None:
+        lane = self.lanes["a_to_b"]
+        lane.stats[key] = lane.stats.get(key, 0) + n
+
+    @property
+    def stats(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for lane in self.lanes.values():
+            for k, v in lane.stats.items():
+                total[k] = total.get(k, 0) + v
+        return total

@@ -1,0 +1,141 @@
+"""The emulated pair under every fault at once, driven by Hypothesis.
+
+A state machine runs an update between the real NCP and primary cores on the simulated link,
+on a virtual clock, while rules damage the link, cut the power at any flash operation (with
+any part of that operation applied), restart either side and cut the wire. After every step:
+
+* the primary can always boot, and what it would boot verifies: never a partial, corrupted
+  or unverified image (no sequence of faults bricks it);
+* every slot the boot state records as installed holds exactly the old or the new image: no
+  corrupted byte ever reaches a slot that is marked bootable.
+
+At the end the faults stop, and the update must end, within bounded virtual time, in exactly
+one outcome: installed and confirmed, rolled back, or cancelled with a reason.
+
+    HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/test_invariants.py   # the longer hunt
+"""
+
+import hashlib
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from dualmcu.firmware import build_image, make_info
+from dualmcu.link import Faults, LinkConfig
+from dualmcu.sim import Simulation
+from ncp.core import NcpConfig
+from ncp.update import Shipment
+from primary.boot import BootStore, Bootloader, bootable, verify_slot
+from primary.device import PrimaryConfig
+from primary.flash import Flash, Geometry
+from primary.ota import OtaConfig
+
+G = Geometry(1024, 96 * 1024)
+OLD = build_image(make_info("1.0.0", "TMPLINV"), 20_000, seed=1)
+NEW = build_image(make_info("1.1.0", "TMPLINV"), 40_000, seed=2)
+GOOD = {hashlib.sha256(OLD).digest(), hashlib.sha256(NEW).digest()}
+ENDINGS = {"success", "up_to_date", "rollback", "refused", "download_limit", "download_failed", "finish_failed",
+           "interrupted", "offer_failed", "prefetch_failed", "start_timeout", "no_report"}
+
+rates = st.sampled_from([0.0, 1e-5, 1e-4, 1e-3])
+
+
+class UpdateUnderFire(RuleBasedStateMachine):
+    @initialize(framing=st.sampled_from(["cobs", "blynk"]), seed=st.integers(0, 2**16),
+                prefetch=st.booleans())
+    def start(self, framing, seed, prefetch):
+        self.flash = Flash.in_memory(G)
+        Bootloader(self.flash).provision(OLD)
+        self.sim = Simulation(
+            self.flash, Shipment.from_bytes(NEW, "new.bin"), framing=framing,
+            link=LinkConfig(baud=921600, latency=0.001, seed=seed),
+            ncp_config=NcpConfig(retries=5, offers=4),
+            primary_config=PrimaryConfig(ota=OtaConfig(chunk_size=512, ota_timeout=5.0, prefetch=prefetch),
+                                         heartbeat=2.0),
+        )
+
+    @rule(dt=st.floats(0.001, 3.0))
+    def run_for(self, dt):
+        self.sim.run_until(lambda s: False, limit=self.sim.now + dt)
+
+    @rule(ber=rates, drop=rates, dup=rates, garbage=rates, stall=rates)
+    def damage_the_link(self, ber, drop, dup, garbage, stall):
+        self.sim.link.cfg.faults = Faults(ber=ber, drop=drop, dup=dup, garbage=garbage, stall=stall)
+
+    @rule()
+    def quiet_link(self):
+        self.sim.link.cfg.faults = Faults()
+
+    @rule(after=st.integers(1, 60), part=st.floats(0, 1))
+    def power_cut_soon(self, after, part):
+        target = self.flash.ops + after
+
+        def interrupt(op, kind, offset, length):
+            if op == target:
+                self.flash.interrupt = None
+                return int(length * part)
+            return None
+
+        self.flash.interrupt = interrupt
+
+    @rule()
+    def restart_primary(self):
+        self.sim.restart_primary()
+
+    @rule()
+    def restart_ncp(self):
+        self.sim.restart_ncp()
+
+    @rule(side=st.sampled_from(["a", "b"]), seconds=st.floats(0.01, 8.0))
+    def cut_the_wire(self, side, seconds):
+        self.sim.link.disconnect(side, self.sim.now, seconds)
+
+    @invariant()
+    def never_bricked(self):
+        if not hasattr(self, "sim"):
+            return
+        slot = bootable(self.flash)
+        assert slot is not None, "no bootable image"
+        assert self.sim.halted is None
+
+    @invariant()
+    def only_whole_images_are_installed(self):
+        if not hasattr(self, "sim"):
+            return
+        state = BootStore(self.flash).load()
+        for i, rec in enumerate(state.slots):
+            if rec.installed:
+                assert rec.sha256 in GOOD, f"slot {'AB'[i]} is recorded with a foreign digest"
+                if verify_slot(self.flash, state, i):
+                    image = self.flash.read(G.slot_offset(i), rec.length)
+                    assert image in (OLD, NEW)
+
+    def teardown(self):
+        if not hasattr(self, "sim"):
+            return
+        s = self.sim
+        s.link.cfg.faults = Faults()
+        self.flash.interrupt = None
+        limit = s.now + 900
+
+        def ended(sim):
+            ota = sim.primary.ota
+            return (sim.ncp.outcome is not None and not sim.in_flight() and sim.primary.ready
+                    and not sim.primary.boot.trial and (ota is None or ota.state.value == "idle"))
+
+        assert s.run_until(ended, limit=limit), f"no end by {limit:.0f} s: ncp {s.ncp.tx}, outcome {s.ncp.outcome}"
+        outcome = s.ncp.outcome
+        assert outcome in ENDINGS, outcome
+        state = BootStore(self.flash).load()
+        image = self.flash.read(G.slot_offset(state.active), state.slots[state.active].length)
+        assert state.confirmed == state.active and not state.trial
+        if outcome in ("success", "up_to_date"):
+            assert image == NEW
+        elif outcome != "rollback":
+            reasons = [e.get("reason") for e in s.find("ota_cancelled", "primary") + s.find("ota_refused", "primary")]
+            assert image in (OLD, NEW) and (image == NEW or reasons or outcome in ("interrupted", "offer_failed", "start_timeout", "no_report"))
+
+
+UpdateUnderFire.TestCase.settings = settings(settings(), stateful_step_count=25, deadline=None)
+TestUpdateUnderFire = UpdateUnderFire.TestCase

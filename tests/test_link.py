@@ -1,0 +1,114 @@
+"""The link model: pacing to the baud rate, latency, buffers and seeded faults."""
+
+import pytest
+
+from dualmcu.firmware import build_image, make_info
+from dualmcu.link import Faults, Link, LinkConfig
+from dualmcu.sim import Simulation
+from framing import get_profile
+from ncp.update import Shipment
+from primary.boot import Bootloader
+from primary.device import PrimaryConfig
+from primary.flash import Flash, Geometry
+
+
+def drain(link, side, until):
+    got, t = b"", 0.0
+    while True:
+        d = link.next_deadline()
+        if d is None or d > until:
+            return got
+        t = d
+        got += link.receive(side, t)
+
+
+def test_pacing_is_ten_bit_times_per_byte_plus_latency():
+    link = Link(LinkConfig(baud=115200, latency=0.002))
+    link.send("a", bytes(11520), 0.0)
+    assert link.next_deadline() == pytest.approx(1.0 + 0.002)
+    link.send("a", b"x", 0.5)  # queued behind the first burst
+    assert link.lanes["a_to_b"].queue[-1][0] == pytest.approx(1.0 + 10 / 115200 + 0.002)
+
+
+def test_directions_are_independent():
+    link = Link(LinkConfig(baud=9600))
+    link.send("a", bytes(960), 0.0)
+    link.send("b", b"y", 0.0)
+    assert link.lanes["b_to_a"].next_deadline() == pytest.approx(10 / 9600)
+
+
+def test_same_seed_same_damage():
+    data = bytes(range(256)) * 40
+    runs = []
+    for _ in range(2):
+        link = Link(LinkConfig(faults=Faults(ber=1e-3, drop=1e-3, dup=1e-3, garbage=1e-3), seed=7))
+        link.send("a", data, 0)
+        runs.append((drain(link, "b", 1.0), link.stats))
+    assert runs[0] == runs[1]
+    got, stats = runs[0]
+    assert got != data and stats["bit_errors"] and stats["dropped"]
+
+
+def test_a_full_buffer_loses_what_arrives_while_the_receiver_is_not_reading():
+    link = Link(LinkConfig(rx_buffer=64, rx_poll=0.1))
+    link.receive("b", 0.0)  # the receiver just read: next read at 0.1
+    for i in range(10):
+        link.send("a", bytes(32), 0.01 * i)
+    got = drain(link, "b", 1.0)
+    assert len(got) == 64 and link.stats["overflow_lost"] == 320 - 64
+
+
+def test_a_disconnected_side_loses_everything_for_a_while():
+    link = Link(LinkConfig())
+    link.send("a", b"lost", 0.0)
+    link.disconnect("b", 0.0, 1.0)
+    link.send("a", b"also lost", 0.5)
+    link.send("a", b"kept", 1.5)
+    assert drain(link, "b", 2.0) == b"kept" and link.stats["disconnect_lost"] == 13
+
+
+def device(slot=512 * 1024):
+    f = Flash.in_memory(Geometry(4096, slot))
+    Bootloader(f).provision(build_image(make_info("1.0.0", "TMPL1"), 60_000))
+    return f
+
+
+NEW = build_image(make_info("1.1.0", "TMPL1"), 200_000)
+
+
+@pytest.mark.parametrize("baud", [115200, 921600])
+def test_an_update_on_a_paced_link_is_limited_by_the_wire(baud):
+    s = Simulation(device(), Shipment.from_bytes(NEW), link=LinkConfig(baud=baud))
+    assert s.run_update() == "success"
+    start = s.find("ota_start", "ncp")[0]["t"]
+    end = s.find("ota_installed", "primary")[0]["t"]
+    wire = 200_000 * 10 / baud
+    # stop-and-wait: the image's bytes plus framing and one round trip per chunk; never faster
+    # than the wire, and within the overhead one would compute by hand
+    assert wire < end - start < wire * 1.2
+
+
+def test_a_lost_ping_after_a_baud_change_is_retried():
+    lost = []
+
+    def lose_first_ping_after_switch(data):
+        if s.link.cfg.baud == 921600 and not lost and b"\x01\x01" in data:
+            lost.append(data)
+            return b""
+        return data
+
+    s = Simulation(device(), Shipment.from_bytes(NEW), link=LinkConfig(baud=115200),
+                   primary_config=PrimaryConfig(baud=921600), tap_to_ncp=lose_first_ping_after_switch)
+    assert s.run_update() == "success"
+    assert lost and s.find("baud_ping_lost", "primary") and s.find("baud_changed", "primary")
+    assert s.link.cfg.baud == 921600
+
+
+@pytest.mark.parametrize("framing", ["cobs", "blynk"])
+def test_an_update_survives_a_noisy_link(framing):
+    faults = Faults(ber=2e-5, drop=2e-5, dup=2e-5, garbage=2e-5)
+    s = Simulation(device(), Shipment.from_bytes(NEW), framing=framing,
+                   link=LinkConfig(baud=921600, faults=faults, seed=3))
+    assert s.run_update(limit=3600) == "success"
+    assert sum(s.link.stats[k] for k in ("bit_errors", "dropped", "duplicated", "garbage_bytes")) > 0
+    assert s.find("ota_retry", "ncp")
