@@ -182,6 +182,7 @@ DEFAULT_FLASH = os.path.join(os.path.expanduser("~"), ".cache", "dualmcu", "prim
 @click.option("--store", type=click.Path(file_okay=False), help="The NCP's own store for prefetched images.")
 @click.option("--retries", type=click.IntRange(0, 1000), default=5, show_default=True, help="Resends of a failed or timed-out write before cancelling.")
 @click.option("--max-chunk", type=click.IntRange(1, 0xFFFF), help="Largest chunk the NCP serves (default: what one frame carries).")
+@click.option("--write-timeout", type=click.FloatRange(0.001), help="Seconds to wait for a write's answer before resending (default: the driver's 5 s).")
 @click.option("--offers", type=click.IntRange(1, 100), default=3, show_default=True, help="How often one shipment is offered (an interrupted transfer is offered again).")
 @click.option("--net-rate", type=float, help="Simulated download rate from the cloud, bytes/s (default: instant).")
 @click.option("--net-fail-at", type=click.IntRange(0), help="The simulated download fails at this byte offset.")
@@ -189,7 +190,7 @@ DEFAULT_FLASH = os.path.join(os.path.expanduser("~"), ".cache", "dualmcu", "prim
 @click.option("--once", is_flag=True, help="Exit when the update has an outcome (0 on success).")
 @JSON
 @VERBOSE
-def ncp(port, baud, framing, firmware, store, retries, max_chunk, offers, net_rate, net_fail_at,
+def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout, offers, net_rate, net_fail_at,
         answer_unknown, once, as_json, verbose) -> None:
     """Run the emulated NCP on a port: it serves the NCP interface and offers --firmware.
 
@@ -203,7 +204,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, offers, net_ra
     from dualmcu.sides import NcpOptions, run_ncp
     from ncp.core import NcpConfig
 
-    cfg = NcpConfig(retries=retries, max_chunk=max_chunk, offers=offers, once=once, answer_unknown=answer_unknown,
+    cfg = NcpConfig(retries=retries, max_chunk=max_chunk, write_timeout=write_timeout, offers=offers, once=once, answer_unknown=answer_unknown,
                     wall_clock_ms=int(time.time() * 1000))
     sys.exit(run_ncp(NcpOptions(port, baud, framing, firmware, store, net_rate, net_fail_at, cfg, as_json, verbose)))
 
@@ -225,15 +226,22 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, offers, net_ra
 @click.option("--attempts", type=click.IntRange(1, 255), default=3, show_default=True, help="Boot attempts of a trial image before rollback.")
 @click.option("--heartbeat", type=float, default=10.0, show_default=True, help="Seconds between pings of the NCP.")
 @click.option("--answer-unknown", is_flag=True, help="Answer unknown uids with status 0x13 (the real driver stays silent).")
+@click.option("--switch-baud", type=click.IntRange(300, 10_000_000), help="After initialising, ask the NCP to switch to this baud rate.")
+@click.option("--power-cut-at", type=click.IntRange(1), help="Cut the power at this flash operation of the process (exit code 75).")
+@click.option("--power-cut-seed", type=int, help="Cut the power at an operation and torn part drawn from this seed.")
+@click.option("--power-cut-within", type=click.IntRange(1), default=2000, show_default=True, help="With --power-cut-seed: draw the operation from 1..N.")
 @click.option("--once", is_flag=True, help="Exit when an update ends (0 once a new image is confirmed).")
 @JSON
 @VERBOSE
 def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
-            battery, min_battery, prefetch, attempts, heartbeat, answer_unknown, once, as_json, verbose) -> None:
+            battery, min_battery, prefetch, attempts, heartbeat, answer_unknown, switch_baud, power_cut_at,
+            power_cut_seed, power_cut_within, once, as_json, verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
 
     A blank flash needs --provision IMAGE (its factory firmware). The process reboots into
     its bootloader whenever the device reboots; a killed process boots from the same file.
+    A power cut (--power-cut-at, --power-cut-seed) ends the process with exit code 75 in the
+    middle of a flash operation; start it again to see the device come back.
     """
     from dualmcu.sides import PrimaryOptions, run_primary
     from primary.device import PrimaryConfig
@@ -248,8 +256,101 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
         geometry = None  # an existing file keeps its own geometry
     ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy,
                     battery=battery, min_battery=min_battery, prefetch=prefetch)
-    cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown)
-    sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose)))
+    cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud)
+    sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose,
+                                        power_cut_at, power_cut_seed, power_cut_within)))
+
+
+def parse_disconnect(text: str) -> tuple[str, float, float]:
+    """SIDE@AT:SECONDS, e.g. b@2.5:1 cuts the primary's end off 2.5 s in, for 1 s."""
+    try:
+        side, rest = text.split("@")
+        at, seconds = rest.split(":")
+        if side not in ("a", "b", "ncp", "primary"):
+            raise ValueError
+        return ({"ncp": "a", "primary": "b"}.get(side, side), float(at), float(seconds))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not SIDE@AT:SECONDS (e.g. b@2.5:1)", param_hint="--disconnect") from None
+
+
+LINK_OPTIONS = [
+    click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds added to every byte (a USB bridge adds ~1 ms)."),
+    click.option("--ber", type=click.FloatRange(0, 1), default=0.0, help="Bit error rate."),
+    click.option("--drop", type=click.FloatRange(0, 1), default=0.0, help="Probability that a byte is lost."),
+    click.option("--dup", type=click.FloatRange(0, 1), default=0.0, help="Probability that a byte arrives twice."),
+    click.option("--garbage", type=click.FloatRange(0, 1), default=0.0, help="Probability, per byte, of a burst of noise after it."),
+    click.option("--stall", type=click.FloatRange(0, 1), default=0.0, help="Probability, per byte, that the line stalls."),
+    click.option("--stall-time", type=float, default=0.05, show_default=True, help="Seconds of a stall."),
+    click.option("--rx-buffer", type=click.IntRange(1), help="Receive buffer size in bytes; with --rx-poll, what overflows it is lost."),
+    click.option("--rx-poll", type=float, default=0.0, help="How often a receiver reads its buffer, seconds (0: at once)."),
+    click.option("--disconnect", "disconnects", multiple=True, metavar="SIDE@AT:SECONDS",
+                 help="Cut side a (ncp) or b (primary) off AT seconds in, for SECONDS. Repeatable."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random fault: the same seed, the same faults."),
+]
+
+
+def link_options(f):
+    for opt in reversed(LINK_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer, rx_poll, seed):
+    from dualmcu.link import Faults, LinkConfig
+
+    faults = Faults(ber=ber, drop=drop, dup=dup, garbage=garbage, stall=stall, stall_time=stall_time)
+    return LinkConfig(baud=baud if pace else None, latency=latency, rx_buffer=rx_buffer, rx_poll=rx_poll,
+                      faults=faults, seed=seed)
+
+
+@main.command()
+@click.option("--a", "port_a", help="Port of side a (pyserial path or URL); a new pty when omitted.")
+@click.option("--b", "port_b", help="Port of side b; a new pty when omitted.")
+@click.option("--baud", type=click.IntRange(300, 10_000_000), default=115200, show_default=True, help="Baud rate of real ports, and of the pacing.")
+@click.option("--pace/--no-pace", default=True, show_default=True, help="Pace bytes at the baud rate (10 bit times each).")
+@link_options
+@click.option("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
+@JSON
+def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer, rx_poll,
+         disconnects, seed, duration, as_json) -> None:
+    """Relay between two ports through the simulated UART: pacing, latency, buffer, faults.
+
+    Put it between a real device and an emulator, or between two emulators: with no --a or
+    --b it makes ptys and prints their paths. What it injected is counted and printed when it
+    stops (every second too, with --json).
+    """
+    from dualmcu.relay import Relay
+    from dualmcu.shell import PortError, open_port
+
+    cfg = make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer, rx_poll, seed)
+    plan = [parse_disconnect(d) for d in disconnects]
+    ports = []
+    try:
+        for url in (port_a, port_b):
+            ports.append(open_port(url, baud) if url else None)
+        relay = Relay.between(*ports, link=cfg, disconnects=plan)
+    except (PortError, ValueError) as e:
+        for p in ports:
+            if p is not None:
+                p.close()
+        raise click.ClickException(str(e)) from None
+    out = (lambda obj: emit_json(obj)) if as_json else (lambda obj: click.echo(
+        " ".join(f"{k}={v}" for k, v in obj.items()), err=True))
+    out({"event": "link", "a": relay.paths["a"], "b": relay.paths["b"], "baud": baud if pace else None, "seed": seed})
+    t0 = time.monotonic()
+    try:
+        with relay:
+            while duration is None or time.monotonic() - t0 < duration:
+                time.sleep(1.0 if duration is None else min(1.0, max(0.0, duration - (time.monotonic() - t0))))
+                if as_json:
+                    out({"event": "stats", **relay.stats})
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in ports:
+            if p is not None:
+                p.close()
+    out({"event": "summary", "seconds": round(time.monotonic() - t0, 3), **relay.stats})
 
 
 @main.command()
@@ -267,11 +368,19 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
 @click.option("--ota-timeout", type=float, default=60.0, show_default=True)
 @click.option("--slot-size", type=Size(), default="1M", show_default=True)
 @click.option("--kill-primary-at", type=click.IntRange(0), help="Kill the primary process once this many bytes are written, and start it again.")
+@click.option("--kill-ncp-at", type=click.IntRange(0), help="Kill the NCP process once this many bytes are written, and start it again.")
+@click.option("--power-cut-at", type=click.IntRange(1), help="Cut the primary's power at this flash operation (torn: half of it applied); it is restarted.")
+@click.option("--power-cut-random", is_flag=True, help="Cut the power once, at an operation and a torn part drawn from --seed.")
+@click.option("--pace/--no-pace", default=False, show_default=True, help="Pace the link at --baud, as a real wire.")
+@click.option("--heartbeat", type=float, default=10.0, show_default=True, help="Seconds between the primary's checks of the NCP (a restarted NCP is noticed at the next one).")
+@click.option("--write-timeout", type=click.FloatRange(0.001), help="Seconds the NCP waits for a write's answer before resending (default 5).")
+@link_options
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Give up after this many seconds.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where the demo image, flash and logs go (default: a new temporary directory).")
 @JSON
 def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
-        ota_timeout, slot_size, kill_primary_at, timeout, workdir, as_json) -> None:
+        ota_timeout, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, latency, ber, drop,
+        dup, garbage, stall, stall_time, rx_buffer, rx_poll, disconnects, seed, timeout, workdir, as_json) -> None:
     """Run a complete update between an NCP process and a primary process.
 
     Exits 0 only when the primary has booted and confirmed the new version; otherwise 1 (the
@@ -282,7 +391,12 @@ def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net
     o = RunOptions(firmware=firmware, framing=framing, flash=flash, link=link, baud=baud, chunk_size=chunk_size,
                    prefetch=prefetch, retries=retries, net_rate=net_rate, net_fail_at=net_fail_at, battery=battery,
                    ota_timeout=ota_timeout, slot_size=slot_size, timeout=timeout, kill_primary_at=kill_primary_at,
-                   workdir=workdir, as_json=as_json)
+                   kill_ncp_at=kill_ncp_at, power_cut_at=power_cut_at, extra_primary=["--heartbeat", str(heartbeat)],
+                   extra_ncp=["--write-timeout", str(write_timeout)] if write_timeout else [],
+                   power_cut_seed=seed if power_cut_random else None,
+                   link_config=make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer,
+                                         rx_poll, seed),
+                   disconnects=[parse_disconnect(d) for d in disconnects], workdir=workdir, as_json=as_json)
     sys.exit(Run(o).run())
 
 

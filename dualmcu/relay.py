@@ -1,13 +1,15 @@
-"""The virtual UART between two processes: a relay between two ptys, or two loopback sockets.
+"""The virtual UART between two processes: a relay that carries the link model.
 
-Each side opens an ordinary port: a pty slave path (``/dev/pts/N``) or a pyserial URL
-(``socket://127.0.0.1:PORT``).  The relay in the middle copies bytes both ways and counts them.
-Putting a relay in the middle, rather than handing each side one end of a single pty, is what
-lets the link be observed, paced and damaged on its way.
+Each side opens an ordinary port: a pty slave path (``/dev/pts/N``), a pyserial URL
+(``socket://127.0.0.1:PORT``), or, with :meth:`Relay.between`, the relay itself opens two
+existing ports (a real device on ``/dev/ttyUSB0`` and an emulator on a pty, say).  Bytes go
+through a :class:`~dualmcu.link.Link` on the monotonic clock, so the same pacing, latency,
+buffer and seeded faults as in the tests apply between real processes and real hardware.
 
 The relay keeps each pty's slave open itself, so a side that closes its port (a killed and
 restarted process) does not hang the pty up; bytes sent meanwhile wait in the pty, as they
-would in a UART's FIFO.  With sockets, a side that reconnects replaces its old connection.
+would in a UART's FIFO, until the pty's buffer is full.  With sockets, a side that reconnects
+replaces its old connection.
 """
 
 from __future__ import annotations
@@ -16,34 +18,44 @@ import os
 import selectors
 import socket
 import threading
+import time
 import tty
+
+from .link import Link, LinkConfig
+
+SIDES = ("a", "b")
 
 
 class Relay:
-    def __init__(self, kind: str = "pty"):
-        if kind not in ("pty", "socket"):
+    def __init__(self, kind: str = "pty", link: LinkConfig | None = None,
+                 disconnects: list[tuple[str, float, float]] | None = None):
+        if kind not in ("pty", "socket", "ports"):
             raise ValueError("link must be pty or socket")
         self.kind = kind
-        self.counts = {"a_to_b": 0, "b_to_a": 0}
+        self.link = Link(link or LinkConfig())
+        self.disconnects = sorted(disconnects or [], key=lambda d: d[1])  # (side, at, seconds)
+        self.counts = {"a_to_b": 0, "b_to_a": 0, "lost": 0}
         self._sel = selectors.DefaultSelector()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fds: dict[str, int | None] = {"a": None, "b": None}
         self._keep: list[int] = []
+        self._ports: list = []
         self._listeners: dict[str, socket.socket] = {}
         self.paths: dict[str, str] = {}
-        for side in ("a", "b"):
+        self.started = 0.0
+        if kind == "ports":
+            return
+        for side in SIDES:
             if kind == "pty":
                 master, slave = os.openpty()
                 # Raw at once: a cooked pty echoes input back to the sender until a side
                 # opens it and sets raw mode itself.
                 tty.setraw(slave)
                 tty.setraw(master)
-                os.set_blocking(master, False)
-                self._fds[side] = master
+                self._attach(side, master)
                 self._keep.append(slave)
                 self.paths[side] = os.ttyname(slave)
-                self._sel.register(master, selectors.EVENT_READ, side)
             else:
                 srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -54,7 +66,37 @@ class Relay:
                 self.paths[side] = f"socket://127.0.0.1:{srv.getsockname()[1]}"
                 self._sel.register(srv, selectors.EVENT_READ, ("listen", side))
 
+    @classmethod
+    def between(cls, port_a, port_b, link: LinkConfig | None = None,
+                disconnects: list[tuple[str, float, float]] | None = None) -> Relay:
+        """A relay between two ports already opened with pyserial; None makes a pty there."""
+        r = cls("ports", link, disconnects)
+        for side, port in zip(SIDES, (port_a, port_b)):
+            if port is None:
+                master, slave = os.openpty()
+                tty.setraw(slave)
+                tty.setraw(master)
+                r._attach(side, master)
+                r._keep += [slave, master]
+                r.paths[side] = os.ttyname(slave)
+                continue
+            sock = getattr(port, "_socket", None)
+            try:
+                fd = sock.fileno() if sock is not None else port.fileno()
+            except (AttributeError, OSError):
+                raise ValueError(f"{port.portstr} has no file descriptor to relay (rfc2217 is not supported here)") from None
+            r._ports.append(port)
+            r._attach(side, fd)
+            r.paths[side] = port.portstr
+        return r
+
+    def _attach(self, side: str, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fds[side] = fd
+        self._sel.register(fd, selectors.EVENT_READ, side)
+
     def start(self) -> Relay:
+        self.started = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="relay", daemon=True)
         self._thread.start()
         return self
@@ -63,7 +105,11 @@ class Relay:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
-        for fd in list(self._keep) + [fd for fd in self._fds.values() if fd is not None]:
+        # Ports opened by the caller are the caller's to close; what the relay made, it closes.
+        mine = list(self._keep)
+        if self.kind != "ports":
+            mine += [fd for fd in self._fds.values() if fd is not None]
+        for fd in set(mine):
             try:
                 os.close(fd)
             except OSError:
@@ -78,17 +124,20 @@ class Relay:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def stats(self) -> dict[str, int]:
+        return {**self.counts, **self.link.stats}
+
+    # -- the loop --------------------------------------------------------------------------------
+
     def _accept(self, side: str) -> None:
         conn, _ = self._listeners[side].accept()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.setblocking(False)
         old = self._fds[side]
         if old is not None:
             self._sel.unregister(old)
             os.close(old)
-        fd = conn.detach()
-        self._fds[side] = fd
-        self._sel.register(fd, selectors.EVENT_READ, side)
+        self._attach(side, conn.detach())
 
     def _drop(self, side: str) -> None:
         fd = self._fds[side]
@@ -98,8 +147,17 @@ class Relay:
             self._fds[side] = None
 
     def _loop(self) -> None:
+        link = self.link
         while not self._stop.is_set():
-            for key, _ in self._sel.select(timeout=0.05):
+            now = time.monotonic()
+            while self.disconnects and self.started + self.disconnects[0][1] <= now:
+                side, _, seconds = self.disconnects.pop(0)
+                link.disconnect(side, now, seconds)
+            due = link.next_deadline()
+            wait = 0.05 if due is None else min(0.05, max(0.0, due - now))
+            if self.disconnects:
+                wait = min(wait, max(0.0, self.started + self.disconnects[0][1] - now))
+            for key, _ in self._sel.select(timeout=wait):
                 tag = key.data
                 if isinstance(tag, tuple):
                     self._accept(tag[1])
@@ -113,14 +171,18 @@ class Relay:
                 if not data:
                     self._drop(tag)
                     continue
-                other = "b" if tag == "a" else "a"
                 self.counts["a_to_b" if tag == "a" else "b_to_a"] += len(data)
-                self._deliver(other, data)
+                link.send(tag, data, time.monotonic())
+            now = time.monotonic()
+            for side in SIDES:
+                out = link.receive(side, now)
+                if out:
+                    self._deliver(side, out)
 
     def _deliver(self, side: str, data: bytes) -> None:
         fd = self._fds[side]
         if fd is None:
-            self.counts["lost"] = self.counts.get("lost", 0) + len(data)
+            self.counts["lost"] += len(data)
             return  # a socket side that is not connected loses what is sent, like a cut wire
         view = memoryview(data)
         waited = False
@@ -131,7 +193,7 @@ class Relay:
                 if waited:
                     # Nobody reads this side (a process being restarted): its buffer is full
                     # and, as in a UART whose receiver is gone, the rest is lost.
-                    self.counts["lost"] = self.counts.get("lost", 0) + len(view)
+                    self.counts["lost"] += len(view)
                     return
                 waited = True
                 with selectors.DefaultSelector() as sel:

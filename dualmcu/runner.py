@@ -21,7 +21,9 @@ import time
 from dataclasses import dataclass, field
 
 from .firmware import build_image, make_info, read_info_from_file
+from .link import LinkConfig
 from .relay import Relay
+from .sides import EXIT_POWER_CUT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROCESS, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 DEMO_TYPE = "TMPL0DEMO01"
@@ -45,6 +47,11 @@ class RunOptions:
     slot_size: int = 1 << 20
     timeout: float = 300.0
     kill_primary_at: int | None = None
+    kill_ncp_at: int | None = None
+    power_cut_at: int | None = None
+    power_cut_seed: int | None = None
+    link_config: LinkConfig | None = None
+    disconnects: list = field(default_factory=list)
     workdir: str | None = None
     keep: bool = False
     as_json: bool = False
@@ -113,7 +120,8 @@ class Run:
         self.killed: set[subprocess.Popen] = set()
         self.progress = Progress(sys.stderr)
         self.state: dict = {"installed": None, "confirmed": None, "ncp_outcome": None, "retries": 0,
-                            "offset": 0, "old_version": None, "restarts": 0}
+                            "offset": 0, "old_version": None, "primary_kills": 0, "ncp_kills": 0, "power_cuts": 0}
+        self.spawned: dict[str, int] = {"ncp": 0, "primary": 0}
 
     # -- preparation -------------------------------------------------------------------------
 
@@ -158,6 +166,17 @@ class Run:
                  "--slot-size", str(o.slot_size)]
         if o.prefetch:
             base.append("--prefetch")
+        if self.spawned["primary"] == 0:  # the power fails once; the restarted device runs on
+            if o.power_cut_at is not None:
+                base += ["--power-cut-at", str(o.power_cut_at)]
+            elif o.power_cut_seed is not None:
+                # Draw from the operations this update takes: page erases, chunk programs
+                # (one per page crossed) and a few boot-state writes.
+                size, page = os.path.getsize(o.firmware), 4096
+                pages, chunks = -(-size // page), -(-size // o.chunk_size)
+                crossings = pages if page % o.chunk_size else 0
+                ops = pages + chunks + crossings + 6
+                base += ["--power-cut-seed", str(o.power_cut_seed), "--power-cut-within", str(ops)]
         return base + o.extra_primary
 
     def spawn(self, side: str, path: str) -> None:
@@ -166,6 +185,7 @@ class Run:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         p = subprocess.Popen(self._cmd(side, path), stdout=subprocess.PIPE, stderr=open(log, "ab"),
                              stdin=subprocess.DEVNULL, env=env)
+        self.spawned[side] += 1
         self.procs[side] = p
         threading.Thread(target=_reader, args=(side, p, self.q), daemon=True).start()
 
@@ -205,14 +225,19 @@ class Run:
             st["offset"], st["retries"] = ev["offset"], ev["retries"]
             if not self.o.as_json:
                 self.progress.update(ev["offset"], ev["size"], ev["retries"])
-            if self.o.kill_primary_at is not None and ev["offset"] >= self.o.kill_primary_at and not st["restarts"]:
-                st["restarts"] += 1
-                self.killed.add(self.procs["primary"])
-                self.procs["primary"].kill()
-                self.procs["primary"].wait()
-                human = f"primary process killed at offset {ev['offset']}; restarting it from its flash file"
-                self.say({"side": "run", "event": "primary_killed", "offset": ev["offset"]})
-                self.spawn("primary", self.relay.paths["b"])
+            for who in ("primary", "ncp"):
+                at = self.o.kill_primary_at if who == "primary" else self.o.kill_ncp_at
+                if at is not None and ev["offset"] >= at and not st[f"{who}_kills"]:
+                    st[f"{who}_kills"] += 1
+                    self.killed.add(self.procs[who])
+                    self.procs[who].kill()
+                    self.procs[who].wait()
+                    human = f"{who} process killed at offset {ev['offset']}; starting it again"
+                    self.say({"side": "run", "event": f"{who}_killed", "offset": ev["offset"]})
+                    self.spawn(who, self.relay.paths["a" if who == "ncp" else "b"])
+        elif side == "primary" and kind == "power_cut":
+            st["power_cuts"] += 1
+            human = f"power cut at flash operation {ev.get('op')} ({ev.get('operation')}, {ev.get('applied')} bytes applied)"
         elif side == "primary" and kind == "booted":
             if st["old_version"] is None:
                 st["old_version"] = ev.get("version")
@@ -243,6 +268,11 @@ class Run:
                 code = None
             if proc in self.killed or (side == "ncp" and st["ncp_outcome"] in ("success", "up_to_date")):
                 return None
+            if side == "primary" and code == EXIT_POWER_CUT:
+                self.spawn("primary", self.relay.paths["b"])  # power comes back: the device boots
+                if not self.o.as_json:
+                    self.progress.line("primary powered up again")
+                return None
             return EXIT_PROCESS, f"the {side} process exited with code {code}:\n{self.tail(side)}"
         if human and not self.o.as_json:
             self.progress.line(human)
@@ -263,7 +293,7 @@ class Run:
         t0 = time.monotonic()
         verdict: tuple[int, str] | None = None
         try:
-            with Relay(self.o.link) as relay:
+            with Relay(self.o.link, self.o.link_config, self.o.disconnects) as relay:
                 self.relay = relay
                 if not self.o.as_json:
                     self.progress.line(
@@ -284,7 +314,7 @@ class Run:
                         continue
                     verdict = self.on_event(ev)
                 self.stop_all()
-                counts = dict(relay.counts)
+                counts = relay.stats
         except KeyboardInterrupt:
             self.stop_all()
             return 130
@@ -294,13 +324,21 @@ class Run:
         summary = {"side": "run", "event": "result", "exit_code": code, "reason": reason,
                    "old_version": self.state["old_version"], "new_version": self.new_version,
                    "confirmed": self.state["confirmed"], "ncp_outcome": self.state["ncp_outcome"],
-                   "flash": self.o.flash, "seconds": round(wall, 3), "link_bytes": counts}
+                   "flash": self.o.flash, "seconds": round(wall, 3), "link": counts,
+                   "power_cuts": self.state["power_cuts"], "primary_kills": self.state["primary_kills"],
+                   "ncp_kills": self.state["ncp_kills"], "retries": self.state["retries"]}
         if self.o.as_json:
             self.say(summary)
         else:
             self.progress.line("")  # end the progress line; the verdict goes to stdout
             print(("OK: " if code == 0 else "FAILED: ") + reason
                   + f" ({wall:.1f} s, {moved} bytes from the NCP, {self.state['retries']} retries)")
+            injected = {k: v for k, v in counts.items()
+                        if k in ("bit_errors", "dropped", "duplicated", "garbage_bytes", "stalls", "overflow_lost",
+                                 "disconnect_lost", "disconnects") and v}
+            injected.update({k: self.state[k] for k in ("power_cuts", "primary_kills", "ncp_kills") if self.state[k]})
+            if injected:
+                print("injected: " + ", ".join(f"{k} {v}" for k, v in injected.items()))
             print(f"flash: {self.o.flash}  (inspect with: dualmcu flash show --flash {self.o.flash})", flush=True)
         if not self.o.keep and self.o.workdir is None and code == 0:
             keep_flash = os.path.dirname(os.path.abspath(self.o.flash)) != os.path.abspath(self.workdir)

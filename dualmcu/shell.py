@@ -147,11 +147,9 @@ class Runner:
                         self._flush()
                 if self.check is not None:
                     self.check()
-        finally:
-            try:
-                self._flush()
-            except Exception:
-                pass
+        except Stop:
+            self._flush()  # the last answers still go out; after a power cut nothing does
+            raise
 
     def _flush(self) -> None:
         out = self.core.data_to_send()

@@ -13,11 +13,12 @@ from ncp.core import NcpConfig, NcpDevice
 from ncp.update import Network, Shipment, Store
 from primary.boot import Bootloader, BootStore
 from primary.device import PrimaryConfig, PrimaryDevice
-from primary.flash import Flash, Geometry
+from primary.flash import Flash, Geometry, PowerCut
 
 from .shell import EventPrinter, PortError, Runner, Stop, open_port
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PORT = 0, 1, 2, 3
+EXIT_POWER_CUT = 75  # the emulated power failed: whoever runs the process starts it again
 
 
 @dataclass
@@ -84,6 +85,31 @@ class PrimaryOptions:
     once: bool = False
     as_json: bool = False
     verbose: bool = False
+    power_cut_at: int | None = None  # cut the power at this flash operation of this process
+    power_cut_seed: int | None = None  # or at one drawn from this seed (op and torn part)
+    power_cut_within: int = 2000
+
+
+def power_cut_hook(at: int | None, seed: int | None, within: int, base: int = 0):
+    """A flash interrupt that cuts the power once, at operation ``at`` or one drawn from ``seed``.
+
+    Operations are counted from ``base``: the first one after the device powers up is 1.
+
+    The operation is torn: a part of it, drawn from the seed (half of it without one), is
+    applied before the power fails.
+    """
+    import random
+
+    if at is None and seed is None:
+        return None
+    rng = random.Random(seed)
+    target = at if at is not None else rng.randint(1, within)
+    fraction = rng.random() if seed is not None else 0.5
+
+    def interrupt(op: int, kind: str, offset: int, length: int):
+        return int(length * fraction) if op - base == target else None
+
+    return interrupt
 
 
 def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit) -> Flash:
@@ -108,6 +134,8 @@ def run_primary(o: PrimaryOptions) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    base = flash.ops
+    flash.interrupt = power_cut_hook(o.power_cut_at, o.power_cut_seed, o.power_cut_within, base)
     profile = get_profile(o.framing)
     outcome: dict[str, Any] = {}
 
@@ -145,6 +173,9 @@ def run_primary(o: PrimaryOptions) -> int:
 
     try:
         return _serve(o.port, o.baud, make, on_action, emit, check_once)
+    except PowerCut as cut:
+        emit("power_cut", op=cut.op - base, operation=cut.kind, applied=cut.applied)
+        return EXIT_POWER_CUT
     finally:
         flash.close()
 
@@ -156,10 +187,9 @@ def _serve(url: str, baud: int, make, on_action, emit, check=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_PORT
     emit("port_open", port=url, baud=baud)
-
-    core = make(time.monotonic())
-    runner = Runner(port, core, on_action, check)
     try:
+        core = make(time.monotonic())
+        runner = Runner(port, core, on_action, check)
         while core.actions:  # e.g. a device that halts or crashes right at boot
             kind, arg = core.actions.pop(0)
             replaced = on_action(kind, arg, port)

@@ -82,7 +82,7 @@ class Simulation:
 
     def _power_cut(self, cut: PowerCut) -> None:
         self.power_cuts += 1
-        self.events.append(("primary", "power_cut", {"t": self.now, "op": cut.op, "kind": cut.kind,
+        self.events.append(("primary", "power_cut", {"t": self.now, "op": cut.op, "operation": cut.kind,
                                                      "applied": cut.applied}))
 
     # -- restarts a test (or a rule) may ask for ------------------------------------------------

@@ -77,6 +77,7 @@ class NcpConfig:
     reoffer_after: float = 5.0
     connect_time: float = 0.3  # simulated time from initialize to connected
     settle: float = 3.0  # with --once: wait this long after success for a rollback
+    write_timeout: float | None = None  # seconds to wait for a write's RESULT (None: the table's 5 s)
     stage_timeout: float = 60.0  # longest wait for the primary to start, or to come back after Finish
     once: bool = False
     primary_idle_ping: float = 25.0
@@ -474,6 +475,7 @@ class NcpDevice(Device):
         sd.in_flight = self.ep.call(
             "client_otaUpdateWrite",
             {"offset": sd.offset, "chunk": data, "crc32": zlib.crc32(data)},
+            timeout=self.cfg.write_timeout,
             on_done=self._written,
         )
 

@@ -155,3 +155,62 @@ def test_run_on_a_device_already_updated_is_up_to_date(tmp_path, shipment):
     assert dualmcu("run", "--firmware", fw, "--flash", flash, "--workdir", tmp_path / "w").returncode == 0
     r = dualmcu("run", "--firmware", fw, "--flash", flash, "--workdir", tmp_path / "w2")
     assert r.returncode == 0 and r.stdout.startswith(b"OK: already running 2.3.4")
+
+
+def test_run_survives_a_power_cut_in_the_middle_of_a_flash_operation(tmp_path, shipment):
+    fw, sha = shipment
+    flash = tmp_path / "dev.flash"
+    r = dualmcu("run", "--firmware", fw, "--flash", flash, "--workdir", tmp_path / "w", "--json", "--power-cut-at", 30)
+    evs = events(r.stdout)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (cut,) = [e for e in evs if e["event"] == "power_cut"]
+    assert cut["op"] == 30 and 0 < cut["applied"]
+    assert evs[-1]["power_cuts"] == 1
+    assert flash_show(flash)["slots"]["B"]["sha256"] == sha
+
+
+def test_run_survives_an_ncp_restart_mid_transfer(tmp_path, shipment):
+    fw, sha = shipment
+    flash = tmp_path / "dev.flash"
+    r = dualmcu("run", "--firmware", fw, "--flash", flash, "--workdir", tmp_path / "w", "--json",
+                "--kill-ncp-at", 50000, "--heartbeat", 0.5)
+    evs = events(r.stdout)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert evs[-1]["ncp_kills"] == 1
+    assert any(e["event"] == "ncp_restarted" for e in evs)
+    assert flash_show(flash)["slots"]["B"]["sha256"] == sha
+
+
+def test_run_on_a_paced_noisy_link_counts_what_it_injected(tmp_path, shipment):
+    fw, sha = shipment
+    flash = tmp_path / "dev.flash"
+    r = dualmcu("run", "--firmware", fw, "--flash", flash, "--workdir", tmp_path / "w", "--json", "--pace",
+                "--baud", 3000000, "--garbage", 2e-5, "--dup", 2e-5, "--seed", 5, "--write-timeout", 0.3)
+    evs = events(r.stdout)
+    assert r.returncode == 0, r.stderr[-2000:]
+    link = evs[-1]["link"]
+    assert link["garbage_bytes"] + link["duplicated"] > 0
+    assert flash_show(flash)["slots"]["B"]["sha256"] == sha
+
+
+def test_link_relays_between_two_ports_and_counts_faults(tmp_path):
+    import serial
+
+    p = subprocess.Popen([sys.executable, "-m", "dualmcu", "link", "--json", "--no-pace", "--drop", "0.01",
+                          "--seed", "3", "--duration", "4"], stdout=subprocess.PIPE)
+    first = json.loads(p.stdout.readline())
+    a = serial.Serial(first["a"], 115200, timeout=0.2)
+    b = serial.Serial(first["b"], 115200, timeout=0.2)
+    data = bytes(range(256)) * 20
+    a.write(data)
+    got = b""
+    for _ in range(20):
+        got += b.read(10000)
+        if len(got) >= len(data) * 0.95:
+            break
+    out, _ = p.communicate(timeout=30)
+    summary = events(out)[-1]
+    a.close()
+    b.close()
+    assert summary["event"] == "summary" and summary["bytes"] == len(data)
+    assert summary["dropped"] > 0 and len(got) == len(data) - summary["dropped"]

@@ -19,14 +19,19 @@ import hashlib
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+)
 
 from dualmcu.firmware import build_image, make_info
 from dualmcu.link import Faults, LinkConfig
 from dualmcu.sim import Simulation
 from ncp.core import NcpConfig
 from ncp.update import Shipment
-from primary.boot import BootStore, Bootloader, bootable, verify_slot
+from primary.boot import Bootloader, BootStore, bootable, verify_slot
 from primary.device import PrimaryConfig
 from primary.flash import Flash, Geometry
 from primary.ota import OtaConfig

@@ -5,7 +5,6 @@ import pytest
 from dualmcu.firmware import build_image, make_info
 from dualmcu.link import Faults, Link, LinkConfig
 from dualmcu.sim import Simulation
-from framing import get_profile
 from ncp.update import Shipment
 from primary.boot import Bootloader
 from primary.device import PrimaryConfig
