@@ -81,6 +81,10 @@ class BlynkProfile:
 
     def encode(self, message: bytes) -> bytes:
         check_message(message, self.send_limit)
+        return self.encode_unchecked(message)
+
+    def encode_unchecked(self, message: bytes) -> bytes:
+        """A frame for any message, even one a receiver must refuse (for fuzzing)."""
         return b"\xaa" + escape(message + bytes([crc8(message)])) + b"\xbb"
 
     def decoder(self) -> BlynkDecoder:

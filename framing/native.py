@@ -57,6 +57,10 @@ class CobsProfile:
 
     def encode(self, message: bytes) -> bytes:
         check_message(message, self.max_message)
+        return self.encode_unchecked(message)
+
+    def encode_unchecked(self, message: bytes) -> bytes:
+        """A frame for any message, even one a receiver must refuse (for fuzzing)."""
         body = _cobs_encode(message + zlib.crc32(message).to_bytes(4, "little"))
         return self._lead + body + b"\x00"
 

@@ -83,10 +83,17 @@ class PrimaryDevice(Device):
         ):
             self.ep.handle(name, handler)
         self.ota = OtaReceiver(self.ep, flash, self.bootloader, self.boot.state, self.info, config.ota,
-                               self.emit, self.request_reboot)
+                               self.emit, self.request_reboot, self._hang)
         self._init()
 
     # -- the core interface ------------------------------------------------------------------
+
+    def _hang(self) -> None:
+        self.hung = True
+
+    def receive(self, data: bytes, now: float) -> None:
+        if not getattr(self, "hung", False):  # a hung MCU reads nothing (a planted defect)
+            super().receive(data, now)
 
     def _tick(self, now: float) -> None:
         if self.ota is not None:

@@ -60,6 +60,10 @@ class OtaConfig:
     battery: int = 100  # percent
     min_battery: int = 20
     prefetch: bool = False
+    # Planted bugs, for showing that `dualmcu fuzz` finds them; never on by default:
+    # "duplicate-chunk-hazard" refuses the resend of the last chunk as the reference primary
+    # does; "hang-on-empty-binary" stops answering after a write with an empty chunk.
+    defects: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -88,6 +92,7 @@ class OtaReceiver:
         config: OtaConfig,
         emit: Callable[..., None],
         reboot: Callable[[str], None],
+        hang: Callable[[], None] = lambda: None,
     ):
         self.ep = endpoint
         self.flash = flash
@@ -97,6 +102,7 @@ class OtaReceiver:
         self.cfg = config
         self.emit = emit
         self.reboot = reboot
+        self.hang = hang
         self.state = Ota.IDLE
         self.t: Transfer | None = None
         self.deadline: float | None = None
@@ -188,6 +194,10 @@ class OtaReceiver:
     def on_write(self, inc: Incoming):
         a = inc.args
         offset, chunk, crc = a["offset"], a["chunk"], a["crc32"]
+        if not chunk and "hang-on-empty-binary" in self.cfg.defects:
+            self.emit("defect_hang")
+            self.hang()
+            return DEFER
         if self.state not in (Ota.OFFERED, Ota.RECEIVING) or self.t is None:
             return self._refuse("write", "not_receiving", offset=offset)
         t = self.t
@@ -195,7 +205,7 @@ class OtaReceiver:
             return self._refuse("write", "chunk_crc", offset=offset)
         if not chunk or len(chunk) > self.cfg.chunk_size:
             return self._refuse("write", "chunk_size", offset=offset, length=len(chunk))
-        if offset == t.last_offset and chunk == t.last_chunk:
+        if offset == t.last_offset and chunk == t.last_chunk and "duplicate-chunk-hazard" not in self.cfg.defects:
             t.duplicates += 1
             self._arm()
             self.emit("ota_duplicate", offset=offset)

@@ -23,9 +23,10 @@ def values(t: T.Type) -> st.SearchStrategy:
     if t is T.Float32:
         return _f32_values()
     if t is T.String:
-        return st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=40)
+        return st.one_of(st.just(""), st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=40))
     if t is T.Binary:
-        return st.binary(max_size=300)
+        # Empty is the boundary that handlers most often get wrong: draw it on purpose.
+        return st.one_of(st.just(b""), st.binary(min_size=1, max_size=300))
     raise ValueError(f"no strategy for {t}")
 
 

@@ -1,0 +1,501 @@
+"""``dualmcu fuzz``: Hypothesis-driven fuzzing of a live peer on a port.
+
+The fuzzer plays the other side of the link.  A responder (an RPC endpoint of the other
+side with neutral answers) keeps the target's own calls answered, so the target stays in its
+normal loop; on top of that each *case* sends a short list of steps drawn from the interface
+table:
+
+* valid calls with boundary arguments, and ONEWAYs;
+* malformed arguments, unknown uids;
+* frames with a bad CRC, oversize frames, truncated frames, garbage;
+* against a primary: OTA sequences out of order (writes before an offer, offsets that skip
+  or repeat, duplicate chunks, empty chunks, finish early, cancel at random).
+
+After each case the target must still be alive (it answers ping), still behave (hasUID of
+ping says yes), and have kept the protocol's promises the case checks: a resend of the last
+accepted chunk is acknowledged, a write at a wrong offset is refused.  A failing case is
+shrunk by Hypothesis to a minimal one and saved as the exact bytes sent, with what each step
+expected, to a file that ``dualmcu fuzz --replay FILE`` plays again.
+
+A target that stops answering must be brought back before the next case, or every case after
+it would fail for the wrong reason: give ``--target-cmd`` (the fuzzer runs the target itself,
+on a pty, and restarts it) or ``--reset-cmd`` (a command that resets real hardware).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
+
+from framing import Frame, get_profile
+from rpc import INTERFACE, NCP, PRIMARY, Endpoint, Incoming
+from rpc import strategies as S
+from rpc.message import Invoke, Oneway, Result, parse
+
+from .shell import open_port, read_available
+
+FUZZ_IDS = range(0x8000, 0xFFFF)  # the fuzzer's own msg_ids, apart from its responder's
+SETTLE = 0.03  # how long to listen after a step that expects no answer
+# How long to wait for an answer before probing with ping.  A late answer is no failure (the
+# probe finds the target alive and the case goes on); only steps whose answer is checked
+# wait the table's full timeout.
+PROBE_AFTER = 0.5
+NEVER_SEND = {"ncp_reboot", "mcu_reboot", "hw_setUartBaudRate", "blynk_factoryReset"}
+OTA_SIZE = 4096
+OTA_CHUNK = 256
+
+
+class Failure(AssertionError):
+    pass
+
+
+class Dead(Exception):
+    """The target died during a case."""
+
+
+@dataclass
+class Step:
+    """One thing sent, and what its answer must be (None: anything, or nothing)."""
+
+    what: str
+    data: bytes
+    msg_id: int | None = None
+    timeout: float = SETTLE
+    expect: str | None = None  # "true": status OK and return true; "refused": false or an error status
+    answered: bool = False  # the target must answer it (a call it serves, or args it must refuse)
+
+    def to_json(self) -> dict:
+        return {"what": self.what, "send": self.data.hex(), "msg_id": self.msg_id, "timeout": self.timeout,
+                "expect": self.expect, "answered": self.answered}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Step:
+        return cls(d["what"], bytes.fromhex(d["send"]), d.get("msg_id"), d.get("timeout", SETTLE), d.get("expect"),
+                   d.get("answered", False))
+
+
+def neutral(t) -> Any:
+    return {bool: True, int: 0, float: 0.0, str: "", bytes: b""}[t.py]
+
+
+class Session:
+    """The fuzzer's end of the link."""
+
+    def __init__(self, port, framing: str, target: str):
+        self.port = port
+        self.profile = get_profile(framing)
+        self.target = target
+        me = NCP if target == PRIMARY else PRIMARY
+        self.ep = Endpoint(me, self.profile)
+        self.watch = self.profile.decoder()
+        self.results: dict[int, Result] = {}
+        self.info: dict[str, str] = {}
+        self._next = FUZZ_IDS.start
+        for fn in INTERFACE.served_by(me):
+            self.ep.handle(fn.name, self._answer)
+
+    # -- the responder ---------------------------------------------------------------------------
+
+    def _answer(self, inc: Incoming) -> Any:
+        fn = inc.fn
+        if fn.name == "blynk_setFirmwareInfo":
+            self.info = dict(inc.args)
+        if fn.name == "blynk_getState":
+            return 5
+        if fn.name == "client_otaUpdateAvailable":
+            return False  # an NCP target may offer its own update: keep it quiet
+        if fn.name in ("blynk_otaUpdatePrefetch",):
+            return 1
+        return {p.name: neutral(p.type) for p in fn.results}
+
+    # -- I/O -------------------------------------------------------------------------------------
+
+    def pump(self, seconds: float, until: Callable[[], bool] | None = None) -> bool:
+        end = time.monotonic() + seconds
+        while True:
+            if until is not None and until():
+                return True
+            now = time.monotonic()
+            if now >= end:
+                return until() if until else True
+            data = read_available(self.port)
+            now = time.monotonic()
+            if data:
+                for item in self.watch.feed(data):
+                    if isinstance(item, Frame):
+                        msg = parse(item.message)
+                        if isinstance(msg, Result) and msg.msg_id in FUZZ_IDS:
+                            self.results[msg.msg_id] = msg
+                self.ep.receive(data, now)
+            self.ep.tick(now)
+            out = self.ep.data_to_send()
+            if out:
+                self.port.write(out)
+
+    def msg_id(self) -> int:
+        mid = self._next
+        self._next = mid + 1 if mid + 1 < FUZZ_IDS.stop else FUZZ_IDS.start
+        return mid
+
+    def send(self, step: Step) -> Result | None:
+        """Send a step; wait for its answer (or a moment, when none is due)."""
+        self.port.write(step.data)
+        if step.msg_id is None:
+            self.pump(step.timeout)
+            return None
+        self.results.pop(step.msg_id, None)
+        self.pump(step.timeout, lambda: step.msg_id in self.results)
+        result = self.results.pop(step.msg_id, None)
+        if result is None and step.answered and not self.alive(tries=1):
+            # A call the target must answer went unanswered and it no longer answers ping:
+            # the case has failed; the rest of it would only wait out timeouts.
+            raise Dead(f"the target stopped answering ping (after: {step.what})")
+        return result
+
+    # -- building steps --------------------------------------------------------------------------
+
+    def invoke(self, name: str, args: Any = None, expect: str | None = None, what: str = "call") -> Step:
+        fn = INTERFACE[name]
+        body = fn.encode_args(args)
+        if fn.kind == "oneway":
+            return Step(what, self.profile.encode(Oneway(fn.uid, body).encode()))
+        mid = self.msg_id()
+        wait = fn.timeout if expect else min(fn.timeout, PROBE_AFTER)
+        return Step(what, self.profile.encode(Invoke(fn.uid, mid, body).encode()), mid, wait, expect,
+                    answered=fn.server == self.target)
+
+    def raw_invoke(self, uid: int, body: bytes, what: str, timeout: float = 0.1) -> Step:
+        """Any uid with any argument bytes: a ONEWAY for the table's ONEWAYs, else an INVOKE."""
+        fn = INTERFACE.get(uid)
+        if fn is not None and fn.kind == "oneway":
+            return Step(what, self.profile.encode_unchecked(Oneway(uid, body).encode()))
+        mid = self.msg_id()
+        must = fn is not None and fn.server == self.target  # answered: values, or 0x15
+        return Step(what, self.profile.encode_unchecked(Invoke(uid, mid, body).encode()), mid,
+                    min(fn.timeout, PROBE_AFTER) if must else timeout, answered=must)
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    def alive(self, tries: int = 2, timeout: float = 0.2) -> bool:
+        ping = "mcu_ping" if self.target == PRIMARY else "ncp_ping"
+        for _ in range(tries):
+            c = self.ep.call(ping, now=time.monotonic(), timeout=timeout)
+            self.pump(timeout + 0.05, lambda: c.done)
+            if c.ok:
+                return True
+        return False
+
+    def behaves(self) -> bool:
+        has, ping = ("mcu_hasUID", "mcu_ping") if self.target == PRIMARY else ("ncp_hasUID", "ncp_ping")
+        c = self.ep.call(has, {"uid": INTERFACE[ping].uid}, now=time.monotonic())
+        self.pump(1.5, lambda: c.done)
+        return c.ok and c.result is True
+
+    def learn_type(self) -> None:
+        """Make a primary report its firmware (the NCP "reboots"), to offer it matching updates."""
+        if self.target != PRIMARY or self.info:
+            return
+        self.port.write(self.invoke("client_processEvent", {"event": 1}).data)
+        self.pump(3.0, lambda: bool(self.info))
+
+
+def check(step: Step, result: Result | None) -> str | None:
+    if step.expect is None:
+        return None
+    if result is None:
+        return f"{step.what}: no answer within {step.timeout} s"
+    ok_true = result.status == 0 and result.data == b"\x01"
+    if step.expect == "true" and not ok_true:
+        return f"{step.what}: expected true, got status {result.status:#x} data {result.data.hex()}"
+    if step.expect == "refused" and ok_true:
+        return f"{step.what}: expected a refusal, got true"
+    return None
+
+
+# -- strategies ----------------------------------------------------------------------------------
+
+
+def case_strategy(target: str) -> st.SearchStrategy:
+    """A case: a list of step descriptions, turned into bytes by :func:`build`."""
+    served = [f for f in INTERFACE.served_by(target) if f.name not in NEVER_SEND]
+    known = set(INTERFACE.by_uid)
+    one = st.one_of(
+        st.tuples(st.just("call"), st.sampled_from(served)).flatmap(
+            lambda t: st.tuples(st.just(t[0]), st.just(t[1].name), S.args_for(t[1]))),
+        st.tuples(st.just("bad_args"), st.sampled_from([f.name for f in served]), st.binary(max_size=24)),
+        st.tuples(st.just("unknown_uid"), st.integers(0, 0xFFFF).filter(lambda u: u not in known), st.binary(max_size=8)),
+        st.tuples(st.just("bad_crc"), st.integers(0, 64)),
+        st.tuples(st.just("oversize"), st.integers(1, 64)),
+        st.tuples(st.just("truncated"), st.integers(1, 12)),
+        st.tuples(st.just("garbage"), st.binary(min_size=1, max_size=64)),
+    )
+    if target == PRIMARY:
+        # Writes in order and resends are what an update is made of: each has its own branch
+        # (Hypothesis picks branches about evenly, not by how often a list repeats a value).
+        ota_op = st.one_of(
+            st.just(("write_next",)), st.just(("write_next",)), st.just(("write_dup",)),
+            st.sampled_from([("write_empty",), ("finish",), ("cancel",)]),
+            st.tuples(st.just("write_at"), st.integers(0, OTA_SIZE)),
+        )
+        ota = st.tuples(st.just("ota"), st.lists(ota_op, min_size=1, max_size=8))
+        one = st.one_of(one, ota, ota)
+    return st.lists(one, min_size=1, max_size=6)
+
+
+@dataclass
+class Ota:
+    offset: int = 0
+    last: tuple[int, bytes] | None = None
+
+
+def chunk_at(offset: int, n: int) -> bytes:
+    return bytes((offset + i) * 7 & 0xFF for i in range(n))
+
+
+def build(session: Session, case: list) -> list[Step]:
+    """Turn a case into the exact steps to send (OTA oracles are decided as answers come)."""
+    steps: list[Step] = []
+    ping = INTERFACE["mcu_ping" if session.target == PRIMARY else "ncp_ping"]
+    valid = Invoke(ping.uid, 1).encode()
+    for item in case:
+        kind = item[0]
+        if kind == "call":
+            steps.append(session.invoke(item[1], item[2], what=f"call {item[1]}"))
+        elif kind == "bad_args":
+            steps.append(session.raw_invoke(INTERFACE[item[1]].uid, item[2], f"bad args {item[1]}"))
+        elif kind == "unknown_uid":
+            steps.append(session.raw_invoke(item[1], item[2], f"unknown uid {item[1]:#06x}"))
+        elif kind == "bad_crc":
+            frame = bytearray(session.profile.encode(valid))
+            i = 1 + item[1] % (len(frame) - 2)
+            frame[i] ^= 0x01 if frame[i] not in (0x01, 0xAB, 0xBA) else 0x02
+            steps.append(Step("bad crc", bytes(frame)))
+        elif kind == "oversize":
+            body = bytes(session.profile.max_message + item[1])
+            steps.append(Step("oversize", session.profile.encode_unchecked(valid + body)))
+        elif kind == "truncated":
+            frame = session.profile.encode(Invoke(ping.uid, 1, bytes(16)).encode())
+            steps.append(Step("truncated", frame[: max(1, len(frame) - item[1])]))
+        elif kind == "garbage":
+            steps.append(Step("garbage", item[1]))
+        elif kind == "ota":
+            steps.append(Step("ota", json.dumps(item[1]).encode()))  # expanded while running
+    return steps
+
+
+def run_ota(session: Session, ops: list, record: list[Step]) -> str | None:
+    """An OTA sequence against a primary, with its oracles; every step sent is recorded."""
+    def go(step: Step) -> Result | None:
+        record.append(step)
+        return session.send(step)
+
+    session.learn_type()
+    fw_type = session.info.get("type", "")
+    go(session.invoke("client_otaUpdateCancel", what="ota cancel (clean start)"))
+    r = go(session.invoke("client_otaUpdateAvailable", {"filename": "fuzz.bin", "size": OTA_SIZE, "fw_type": fw_type,
+                                                       "fw_version": "999.0.0", "fw_build": "fuzz"}, what="ota offer"))
+    accepted = r is not None and r.status == 0 and r.data == b"\x01"
+    session.pump(0.05)  # the primary calls Start on us
+    ota = Ota()
+    for op in ops:
+        kind = op[0]
+        if kind == "write_next" and ota.offset < OTA_SIZE:
+            n = min(OTA_CHUNK, OTA_SIZE - ota.offset)
+            data = chunk_at(ota.offset, n)
+            step = session.invoke("client_otaUpdateWrite", {"offset": ota.offset, "chunk": data, "crc32": zlib.crc32(data)},
+                                  what=f"ota write {ota.offset}")
+            r = go(step)
+            if r is not None and r.status == 0 and r.data == b"\x01":
+                ota.last = (ota.offset, data)
+                ota.offset += n
+        elif kind == "write_dup" and ota.last is not None and accepted:
+            off, data = ota.last
+            step = session.invoke("client_otaUpdateWrite", {"offset": off, "chunk": data, "crc32": zlib.crc32(data)},
+                                  expect="true", what=f"ota resend of the last chunk {off}")
+            problem = check(step, go(step))
+            if problem:
+                return problem
+        elif kind == "write_empty":
+            go(session.invoke("client_otaUpdateWrite", {"offset": ota.offset, "chunk": b"", "crc32": 0},
+                              what=f"ota empty write {ota.offset}"))
+        elif kind == "write_at":
+            off = op[1]
+            if off == ota.offset or (ota.last and off == ota.last[0]):
+                continue
+            data = chunk_at(off, 16)
+            step = session.invoke("client_otaUpdateWrite", {"offset": off, "chunk": data, "crc32": zlib.crc32(data)},
+                                  expect="refused" if accepted else None, what=f"ota write at wrong offset {off}")
+            problem = check(step, go(step))
+            if problem:
+                return problem
+        elif kind == "finish":
+            go(session.invoke("client_otaUpdateFinish", what="ota finish"))
+        elif kind == "cancel":
+            go(session.invoke("client_otaUpdateCancel", what="ota cancel"))
+            accepted, ota = False, Ota()
+    go(session.invoke("client_otaUpdateCancel", what="ota cancel (clean end)"))
+    return None
+
+
+def execute(session: Session, case: list, record: list[Step]) -> str | None:
+    """Send one case; the reason it fails, or None."""
+    try:
+        return _execute(session, case, record)
+    except Dead as d:
+        return str(d)
+
+
+def _execute(session: Session, case: list, record: list[Step]) -> str | None:
+    for step in build(session, case):
+        if step.what == "ota":
+            problem = run_ota(session, json.loads(step.data), record)
+            if problem:
+                return problem
+            continue
+        record.append(step)
+        problem = check(step, session.send(step))
+        if problem:
+            return problem
+    if not session.alive():
+        return "the target stopped answering ping"
+    if not session.behaves():
+        return "the target is alive but hasUID(ping) no longer says yes"
+    return None
+
+
+# -- the target's lifetime -----------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """Where the target is, and how to bring it back when it stops answering."""
+
+    port_url: str | None = None
+    baud: int = 38400
+    target_cmd: str | None = None
+    reset_cmd: str | None = None
+    proc: subprocess.Popen | None = None
+    relay: Any = None
+    restarts: int = 0
+    log: list[str] = field(default_factory=list)
+
+    def open(self):
+        if self.target_cmd:
+            from .relay import Relay
+
+            self.relay = Relay("pty").start()
+            self._spawn()
+            return open_port(self.relay.paths["a"], self.baud)
+        return open_port(self.port_url, self.baud)
+
+    def _spawn(self) -> None:
+        cmd = self.target_cmd.replace("{port}", self.relay.paths["b"])
+        self.proc = subprocess.Popen(shlex.split(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+    def revive(self) -> bool:
+        """Bring a dead target back; False when there is no way to."""
+        if self.target_cmd:
+            if self.proc is not None:
+                self.proc.kill()
+                self.proc.wait()
+            self._spawn()
+        elif self.reset_cmd:
+            subprocess.run(self.reset_cmd, shell=True, timeout=60)
+        else:
+            return False
+        self.restarts += 1
+        return True
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.relay is not None:
+            self.relay.close()
+
+
+class TargetDown(Exception):
+    pass
+
+
+def ensure_alive(session: Session, target: Target, known_dead: bool = False) -> None:
+    if not known_dead and session.alive(tries=1):
+        return
+    if not target.revive():
+        raise TargetDown("the target does not answer ping and there is no --target-cmd or --reset-cmd to revive it")
+    session.info = {}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if session.alive(tries=1, timeout=0.1):
+            session.pump(0.2)  # let it finish initialising
+            return
+    raise TargetDown("the target did not come back after a restart")
+
+
+@dataclass
+class Finding:
+    reason: str
+    steps: list[Step]
+
+
+def fuzz(session: Session, target: Target, examples: int, seed_value: int,
+         progress: Callable[[int, str | None], None] = lambda n, r: None) -> tuple[Finding | None, int]:
+    found: list[Finding] = []
+    count = [0]
+    dead = [False]
+
+    @settings(max_examples=examples, database=None, deadline=None, derandomize=False,
+              suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink])
+    @seed(seed_value)
+    @given(case_strategy(session.target))
+    def prop(case):
+        ensure_alive(session, target, known_dead=dead[0])
+        record: list[Step] = []
+        count[0] += 1
+        problem = execute(session, case, record)
+        dead[0] = problem is not None and "stopped answering" in problem
+        progress(count[0], problem)
+        if problem:
+            found.append(Finding(problem, record))
+            raise Failure(problem)
+
+    try:
+        prop()
+    except TargetDown:
+        raise
+    except Exception:  # Hypothesis re-raises the minimal failure last (or reports it flaky)
+        if not found:
+            raise
+    return (found[-1] if found else None), count[0]
+
+
+def save(path: str, finding: Finding, meta: dict) -> None:
+    with open(path, "w") as f:
+        json.dump({**meta, "failure": finding.reason, "steps": [s.to_json() for s in finding.steps]}, f, indent=1)
+
+
+def replay(session: Session, path: str) -> str | None:
+    with open(path) as f:
+        data = json.load(f)
+    for d in data["steps"]:
+        step = Step.from_json(d)
+        try:
+            problem = check(step, session.send(step))
+        except Dead as dead:
+            return str(dead)
+        if problem:
+            return problem
+    if not session.alive():
+        return "the target stopped answering ping"
+    if not session.behaves():
+        return "the target is alive but hasUID(ping) no longer says yes"
+    return None
