@@ -53,8 +53,8 @@ class LinkConfig:
 
 
 def new_stats() -> dict[str, int]:
-    return {"bytes": 0, "delivered": 0, "bit_errors": 0, "dropped": 0, "duplicated": 0, "garbage_bytes": 0,
-            "stalls": 0, "overflow_lost": 0, "disconnect_lost": 0}
+    return {"bytes": 0, "delivered": 0, "bit_errors": 0, "dropped": 0, "duplicated": 0, "garbage_bursts": 0,
+            "garbage_bytes": 0, "stalls": 0, "overflow_lost": 0, "disconnects": 0, "disconnect_lost": 0}
 
 
 class Lane:
@@ -115,6 +115,7 @@ class Lane:
             if f.garbage and rand() < f.garbage:
                 n = rng.randint(1, f.garbage_len)
                 out += rng.randbytes(n)
+                st["garbage_bursts"] += 1
                 st["garbage_bytes"] += n
         return bytes(out)
 
@@ -174,16 +175,11 @@ class Link:
     def disconnect(self, side: str, now: float, duration: float) -> None:
         """Cut one side off for ``duration`` seconds: nothing to or from it gets through."""
         until = now + duration
-        for name, lane in self.lanes.items():
+        for lane in self.lanes.values():
             lane.cut_until = max(lane.cut_until, until)
-            lost = sum(len(d) for _, d in lane.queue)
-            lane.stats["disconnect_lost"] += lost
+            lane.stats["disconnect_lost"] += sum(len(d) for _, d in lane.queue)
             lane.queue.clear()
-        self.stats_add("disconnects", 1)
-
-    def stats_add(self, key: str, n: int) -> None:
-        lane = self.lanes["a_to_b"]
-        lane.stats[key] = lane.stats.get(key, 0) + n
+        self.lanes["a_to_b"].stats["disconnects"] += 1  # one event, counted once
 
     @property
     def stats(self) -> dict[str, int]:

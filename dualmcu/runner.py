@@ -334,8 +334,8 @@ class Run:
             print(("OK: " if code == 0 else "FAILED: ") + reason
                   + f" ({wall:.1f} s, {moved} bytes from the NCP, {self.state['retries']} retries)")
             injected = {k: v for k, v in counts.items()
-                        if k in ("bit_errors", "dropped", "duplicated", "garbage_bytes", "stalls", "overflow_lost",
-                                 "disconnect_lost", "disconnects") and v}
+                        if k in ("bit_errors", "dropped", "duplicated", "garbage_bursts", "stalls", "overflow_lost",
+                                 "disconnects", "disconnect_lost") and v}
             injected.update({k: self.state[k] for k in ("power_cuts", "primary_kills", "ncp_kills") if self.state[k]})
             if injected:
                 print("injected: " + ", ".join(f"{k} {v}" for k, v in injected.items()))

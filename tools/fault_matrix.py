@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Run the two real processes through a matrix of faults and say how every update ended.
+
+    .venv/bin/python tools/fault_matrix.py [--seeds 2] [--framing cobs] [--jobs 2] [--json]
+
+Each cell is one fault kind at one rate; each run is ``dualmcu run`` on a paced link
+(921600 baud) with that fault and a seed.  After each run the flash is read back: a run is
+*bricked* when the flash has no image the bootloader would boot, and a *corrupt image was
+accepted* when any slot recorded as installed holds bytes other than the factory image or the
+shipment.  Both must be 0.  Every other run ends installed (confirmed), rolled back, or
+cancelled with the NCP's reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+from dualmcu.firmware import build_image, make_info  # noqa: E402
+from primary.boot import BootStore, bootable  # noqa: E402
+from primary.flash import Flash  # noqa: E402
+
+# fault kind -> the run options of each rate tried
+MATRIX: dict[str, list[tuple[str, list[str]]]] = {
+    "bit errors": [("ber 1e-5", ["--ber", "1e-5"]), ("ber 1e-4", ["--ber", "1e-4"])],
+    "byte drops": [("1e-5", ["--drop", "1e-5"]), ("1e-4", ["--drop", "1e-4"])],
+    "duplicates": [("1e-5", ["--dup", "1e-5"]), ("1e-4", ["--dup", "1e-4"])],
+    "garbage": [("1e-5", ["--garbage", "1e-5"]), ("1e-4", ["--garbage", "1e-4"])],
+    "stalls": [("1e-4", ["--stall", "1e-4"]), ("1e-3", ["--stall", "1e-3"])],
+    "disconnect": [("primary 1 s", ["--disconnect", "b@0.4:1"]), ("ncp 3 s", ["--disconnect", "a@0.4:3"])],
+    "power cut": [("random op", ["--power-cut-random"])],
+    "kill primary": [("at 30 KB", ["--kill-primary-at", "30000"]), ("at 90 KB", ["--kill-primary-at", "90000"])],
+    "kill ncp": [("at 30 KB", ["--kill-ncp-at", "30000"]), ("at 90 KB", ["--kill-ncp-at", "90000"])],
+    "all link faults": [("1e-5 each", ["--ber", "1e-5", "--drop", "1e-5", "--dup", "1e-5", "--garbage", "1e-5"])],
+}
+INJECTED = ("bit_errors", "dropped", "duplicated", "garbage_bursts", "stalls", "disconnects")  # events, not bytes
+
+
+def one_run(kind: str, rate: str, opts: list[str], seed: int, framing: str, fw: str, root: str) -> dict:
+    work = os.path.join(root, f"{kind}-{rate}-{seed}".replace(" ", "_"))
+    flash = os.path.join(work, "dev.flash")
+    cmd = [sys.executable, "-m", "dualmcu", "run", "--firmware", fw, "--flash", flash, "--workdir", work, "--json",
+           "--framing", framing, "--pace", "--baud", "921600", "--seed", str(seed), "--write-timeout", "0.5",
+           "--heartbeat", "1", "--timeout", "240", *opts]
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, timeout=300)
+    wall = time.monotonic() - t0
+    events = [json.loads(x) for x in r.stdout.decode().splitlines() if x.startswith("{")]
+    result = events[-1] if events and events[-1].get("event") == "result" else {}
+    link = result.get("link", {})
+    injected = sum(link.get(k, 0) for k in INJECTED) + result.get("power_cuts", 0)
+    injected += result.get("primary_kills", 0) + result.get("ncp_kills", 0)
+    good = {hashlib.sha256(open(fw, "rb").read()).digest(),
+            hashlib.sha256(open(os.path.join(work, "factory.bin"), "rb").read()).digest()}
+    f = Flash.open(flash, create=False)
+    try:
+        bricked = bootable(f) is None
+        state = BootStore(f).load()
+        corrupt = sum(1 for rec in (state.slots if state else ()) if rec.installed and rec.sha256 not in good)
+    finally:
+        f.close()
+    outcome = result.get("ncp_outcome")
+    if r.returncode == 0:
+        ending = "installed"
+    elif outcome == "rollback":
+        ending = "rolled back"
+    else:
+        ending = f"cancelled: {outcome or result.get('reason', 'no result')}"
+    return {"kind": kind, "rate": rate, "seed": seed, "exit": r.returncode, "ending": ending, "injected": injected,
+            "bricked": bricked, "corrupt_accepted": corrupt, "seconds": round(wall, 2)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--framing", default="cobs", choices=["cobs", "blynk"])
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--size", type=int, default=100 * 1024, help="Shipment size in bytes.")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    root = tempfile.mkdtemp(prefix="dualmcu-matrix-")
+    fw = os.path.join(root, "shipment.bin")
+    with open(fw, "wb") as f:
+        f.write(build_image(make_info("2.0.0", "TMPLMATRIX", build="Nov 21 2026 00:00:00"), a.size))
+    jobs = [(k, rate, opts, s) for k, cells in MATRIX.items() for rate, opts in cells for s in range(1, a.seeds + 1)]
+    t0 = time.monotonic()
+    with cf.ThreadPoolExecutor(a.jobs) as pool:
+        runs = list(pool.map(lambda j: one_run(*j, a.framing, fw, root), jobs))
+    wall = time.monotonic() - t0
+    if a.json:
+        for r in runs:
+            print(json.dumps(r))
+    rows = []
+    for kind, cells in MATRIX.items():
+        for rate, _ in cells:
+            rs = [r for r in runs if r["kind"] == kind and r["rate"] == rate]
+            cancelled = sorted({r["ending"][11:] for r in rs if r["ending"].startswith("cancelled")})
+            rows.append((kind, rate, len(rs), sum(r["injected"] for r in rs),
+                         sum(r["ending"] == "installed" for r in rs), sum(r["ending"] == "rolled back" for r in rs),
+                         ", ".join(cancelled) or "-", sum(r["bricked"] for r in rs),
+                         sum(r["corrupt_accepted"] for r in rs), round(sum(r["seconds"] for r in rs), 1)))
+    head = ("fault", "rate", "runs", "faults injected", "installed", "rolled back", "cancelled (reason)", "bricked",
+            "corrupt accepted", "wall s")
+    print(f"framing {a.framing}, link 921600 baud paced, {a.size // 1024} KiB image, {a.seeds} seeds, "
+          f"{len(runs)} runs in {wall:.0f} s with {a.jobs} jobs")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in rows:
+        print("| " + " | ".join(str(x) for x in row) + " |")
+    total = (len(runs), sum(r["injected"] for r in runs), sum(r["ending"] == "installed" for r in runs),
+             sum(r["ending"] == "rolled back" for r in runs), sum(r["ending"].startswith("cancelled") for r in runs),
+             sum(r["bricked"] for r in runs), sum(r["corrupt_accepted"] for r in runs))
+    print(f"| all | | {total[0]} | {total[1]} | {total[2]} | {total[3]} | {total[4]} | {total[5]} | {total[6]} | {wall:.0f} |")
+    return 1 if total[5] or total[6] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
