@@ -364,6 +364,11 @@ def _execute(session: Session, case: list, record: list[Step]) -> str | None:
         problem = check(step, session.send(step))
         if problem:
             return problem
+    return health(session)
+
+
+def health(session: Session) -> str | None:
+    """The checks after every case: alive, and still behaving."""
     if not session.alive():
         return "the target stopped answering ping"
     if not session.behaves():
@@ -494,8 +499,4 @@ def replay(session: Session, path: str) -> str | None:
             return str(dead)
         if problem:
             return problem
-    if not session.alive():
-        return "the target stopped answering ping"
-    if not session.behaves():
-        return "the target is alive but hasUID(ping) no longer says yes"
-    return None
+    return health(session)
