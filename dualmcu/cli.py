@@ -182,7 +182,8 @@ DEFAULT_FLASH = os.path.join(os.path.expanduser("~"), ".cache", "dualmcu", "prim
 @click.option("--store", type=click.Path(file_okay=False), help="The NCP's own store for prefetched images.")
 @click.option("--retries", type=click.IntRange(0, 1000), default=5, show_default=True, help="Resends of a failed or timed-out write before cancelling.")
 @click.option("--max-chunk", type=click.IntRange(1, 0xFFFF), help="Largest chunk the NCP serves (default: what one frame carries).")
-@click.option("--write-timeout", type=click.FloatRange(0.001), help="Seconds to wait for a write's answer before resending (default: the driver's 5 s).")
+@click.option("--write-timeout", type=click.FloatRange(0.001), help="Fixed seconds to wait for a write's answer (default: derived from the baud rate and the primary's flash timing).")
+@click.option("--pipeline/--no-pipeline", default=True, show_default=True, help="Keep several writes in flight when the primary offers the extension.")
 @click.option("--offers", type=click.IntRange(1, 100), default=3, show_default=True, help="How often one shipment is offered (an interrupted transfer is offered again).")
 @click.option("--net-rate", type=float, help="Simulated download rate from the cloud, bytes/s (default: instant).")
 @click.option("--net-fail-at", type=click.IntRange(0), help="The simulated download fails at this byte offset.")
@@ -190,7 +191,7 @@ DEFAULT_FLASH = os.path.join(os.path.expanduser("~"), ".cache", "dualmcu", "prim
 @click.option("--once", is_flag=True, help="Exit when the update has an outcome (0 on success).")
 @JSON
 @VERBOSE
-def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout, offers, net_rate, net_fail_at,
+def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout, pipeline, offers, net_rate, net_fail_at,
         answer_unknown, once, as_json, verbose) -> None:
     """Run the emulated NCP on a port: it serves the NCP interface and offers --firmware.
 
@@ -204,7 +205,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
     from dualmcu.sides import NcpOptions, run_ncp
     from ncp.core import NcpConfig
 
-    cfg = NcpConfig(retries=retries, max_chunk=max_chunk, write_timeout=write_timeout, offers=offers, once=once, answer_unknown=answer_unknown,
+    cfg = NcpConfig(retries=retries, max_chunk=max_chunk, write_timeout=write_timeout, pipeline=pipeline, offers=offers, once=once, answer_unknown=answer_unknown,
                     wall_clock_ms=int(time.time() * 1000))
     sys.exit(run_ncp(NcpOptions(port, baud, framing, firmware, store, net_rate, net_fail_at, cfg, as_json, verbose)))
 
@@ -227,6 +228,10 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--heartbeat", type=float, default=10.0, show_default=True, help="Seconds between pings of the NCP.")
 @click.option("--answer-unknown", is_flag=True, help="Answer unknown uids with status 0x13 (the real driver stays silent).")
 @click.option("--switch-baud", type=click.IntRange(300, 10_000_000), help="After initialising, ask the NCP to switch to this baud rate.")
+@click.option("--window", type=click.IntRange(1, 255), default=8, show_default=True, help="Writes taken in flight (offered through an extension uid); 1 turns the extension off.")
+@click.option("--buffer", "rx_hold", type=Size(), default="32K", show_default=True, help="Bytes of chunks held while an earlier one is missing.")
+@click.option("--flash-timing", type=str, default="0.4,45,150", show_default=True, metavar="PROG,SECTOR,BLOCK",
+              help="Milliseconds per 256-byte program, 4 KiB sector erase and 64 KiB block erase (W25Q128JV typical); 0,0,0 for an instant flash.")
 @click.option("--power-cut-at", type=click.IntRange(1), help="Cut the power at this flash operation of the process (exit code 75).")
 @click.option("--power-cut-seed", type=int, help="Cut the power at an operation and torn part drawn from this seed.")
 @click.option("--power-cut-within", type=click.IntRange(1), default=2000, show_default=True, help="With --power-cut-seed: draw the operation from 1..N.")
@@ -236,7 +241,8 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @JSON
 @VERBOSE
 def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
-            battery, min_battery, prefetch, attempts, heartbeat, answer_unknown, switch_baud, power_cut_at,
+            battery, min_battery, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, flash_timing,
+            power_cut_at,
             power_cut_seed, power_cut_within, defects, once, as_json, verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
 
@@ -256,8 +262,15 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
         raise click.BadParameter(str(e)) from None
     if os.path.exists(flash):
         geometry = None  # an existing file keeps its own geometry
+    from primary.timing import FlashTiming
+
+    try:
+        prog, sector, block = (float(x) / 1000 for x in flash_timing.split(","))
+    except ValueError:
+        raise click.BadParameter("give three numbers, e.g. 0.4,45,150", param_hint="--flash-timing") from None
     ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy,
-                    battery=battery, min_battery=min_battery, prefetch=prefetch, defects=frozenset(defects))
+                    battery=battery, min_battery=min_battery, prefetch=prefetch, defects=frozenset(defects),
+                    timing=FlashTiming(prog, sector, block), window=window, buffer=rx_hold)
     cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud)
     sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose,
                                         power_cut_at, power_cut_seed, power_cut_within)))
@@ -375,13 +388,14 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--power-cut-random", is_flag=True, help="Cut the power once, at an operation and a torn part drawn from --seed.")
 @click.option("--pace/--no-pace", default=False, show_default=True, help="Pace the link at --baud, as a real wire.")
 @click.option("--heartbeat", type=float, default=10.0, show_default=True, help="Seconds between the primary's checks of the NCP (a restarted NCP is noticed at the next one).")
-@click.option("--write-timeout", type=click.FloatRange(0.001), help="Seconds the NCP waits for a write's answer before resending (default 5).")
+@click.option("--write-timeout", type=click.FloatRange(0.001), help="Fixed seconds the NCP waits for a write's answer (default: derived).")
+@click.option("--pipeline/--no-pipeline", default=True, show_default=True, help="Writes in flight through the extension (off: one at a time, as the real protocol).")
 @link_options
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Give up after this many seconds.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where the demo image, flash and logs go (default: a new temporary directory).")
 @JSON
 def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
-        ota_timeout, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, latency, ber, drop,
+        ota_timeout, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, latency, ber, drop,
         dup, garbage, stall, stall_time, rx_buffer, rx_poll, disconnects, seed, timeout, workdir, as_json) -> None:
     """Run a complete update between an NCP process and a primary process.
 
@@ -394,7 +408,8 @@ def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net
                    prefetch=prefetch, retries=retries, net_rate=net_rate, net_fail_at=net_fail_at, battery=battery,
                    ota_timeout=ota_timeout, slot_size=slot_size, timeout=timeout, kill_primary_at=kill_primary_at,
                    kill_ncp_at=kill_ncp_at, power_cut_at=power_cut_at, extra_primary=["--heartbeat", str(heartbeat)],
-                   extra_ncp=["--write-timeout", str(write_timeout)] if write_timeout else [],
+                   extra_ncp=(["--write-timeout", str(write_timeout)] if write_timeout else [])
+                   + ([] if pipeline else ["--no-pipeline"]),
                    power_cut_seed=seed if power_cut_random else None,
                    link_config=make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer,
                                          rx_poll, seed),

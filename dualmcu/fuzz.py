@@ -330,7 +330,9 @@ def run_ota(session: Session, ops: list, record: list[Step]) -> str | None:
             off = op[1]
             if off == ota.offset or (ota.last and off == ota.last[0]):
                 continue
-            data = chunk_at(off, 16)
+            # Bytes unlike what an in-order write puts there: a matching resend of written bytes
+            # is rightly acknowledged; these must be refused.
+            data = bytes(b ^ 0x5A for b in chunk_at(off, 16))
             step = session.invoke("client_otaUpdateWrite", {"offset": off, "chunk": data, "crc32": zlib.crc32(data)},
                                   expect="refused" if accepted else None, what=f"ota write at wrong offset {off}")
             problem = check(step, go(step))

@@ -55,9 +55,13 @@ def run_ncp(o: NcpOptions) -> int:
     else:
         emit("shipment", file=None, note="no --firmware: serving the interface, no update to offer")
 
+    if o.config.baud is None:
+        o.config.baud = o.baud
+
     def on_action(kind: str, arg: Any, port) -> NcpDevice | None:
         if kind == "baud":
             port.flush()  # the RESULT leaves at the old rate
+            o.config.baud = arg
             try:
                 port.baudrate = arg
             except (ValueError, OSError) as e:
@@ -159,6 +163,13 @@ def run_primary(o: PrimaryOptions) -> int:
         return PrimaryDevice(flash, profile, o.config, now, emit=emit)
 
     def on_action(kind: str, arg: Any, port) -> PrimaryDevice | None:
+        if kind == "baud":
+            port.flush()
+            try:
+                port.baudrate = arg
+            except (ValueError, OSError) as e:
+                emit("baud_change_failed", baud=arg, error=str(e))
+            return None
         if kind == "reboot":
             port.flush()
             port.reset_input_buffer()  # a rebooting MCU loses what sat in its UART

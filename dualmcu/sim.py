@@ -51,6 +51,8 @@ class Simulation:
         self.tap_to_ncp = tap_to_ncp
         self.primary_config = primary_config or PrimaryConfig()
         self.ncp_config = ncp_config or NcpConfig()
+        if self.ncp_config.baud is None and self.link.cfg.baud:
+            self.ncp_config.baud = self.link.cfg.baud  # the NCP knows the rate of its own UART
         self.shipment = shipment
         self.network = network
         self.store = Store()
@@ -134,6 +136,7 @@ class Simulation:
                 self.ncp = self._boot_ncp()
             elif kind == "baud":
                 self.link.set_baud(arg, self.now)
+                self.ncp_config.baud = arg
 
     def step(self) -> bool:
         """Advance to the next thing that happens; False when nothing ever will."""

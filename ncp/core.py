@@ -32,13 +32,18 @@ The update sender
     DONE success  primary reports the old version later        DONE rollback (old -> new -> old)
     any transfer  primary reports a version (it restarted)    IDLE: offered again if offers are left
 
-One write is in flight at a time.  Chunks are never larger than what the primary asked for,
-nor than what the framing can carry; a chunk is sent only once the simulated download has
-reached its end.  ``blynk_otaUpdateSuspend`` pauses sending.
+Writes in flight: one, as the real protocol does, unless the primary answers ``mcu_hasUID``
+for ``dualmcu_otaCapabilities`` with yes; then as many as it says it takes (and its buffer
+holds).  Results are matched by msg_id; only writes refused or timed out are sent again, at
+most ``retries`` times each.  Chunks are never larger than what the primary asked for, nor
+than what the framing can carry; a chunk is sent only once the simulated download has reached
+its end.  ``blynk_otaUpdateSuspend`` pauses sending.  A write's timeout is derived from the
+baud rate, the window and the primary's flash timing (see ``_write_timeout``).
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import zlib
 from dataclasses import dataclass, field
@@ -77,7 +82,10 @@ class NcpConfig:
     reoffer_after: float = 5.0
     connect_time: float = 0.3  # simulated time from initialize to connected
     settle: float = 3.0  # with --once: wait this long after success for a rollback
-    write_timeout: float | None = None  # seconds to wait for a write's RESULT (None: the table's 5 s)
+    write_timeout: float | None = None  # fixed seconds to wait for a write's RESULT (None: derived)
+    pipeline: bool = True  # use dualmcu_otaCapabilities when the primary has it
+    max_window: int = 16
+    baud: int | None = None  # the link's rate, for deriving timeouts (None: the table's)
     stage_timeout: float = 60.0  # longest wait for the primary to start, or to come back after Finish
     once: bool = False
     primary_idle_ping: float = 25.0
@@ -87,13 +95,22 @@ class NcpConfig:
 
 @dataclass
 class Sending:
+    """One transfer: which bytes are acknowledged, which writes are in flight."""
+
     chunk: int
     started: float
-    offset: int = 0
-    retries: int = 0
+    window: int = 1
+    discovering: bool = True
+    acked: int = 0  # every byte below this is acknowledged
+    next_offset: int = 0  # the first byte never sent
+    in_flight: dict[int, Call] = field(default_factory=dict)  # offset -> write
+    done: set[int] = field(default_factory=set)  # acknowledged offsets above ``acked``
+    resend: list[int] = field(default_factory=list)  # offsets to send again, lowest first
+    retries: dict[int, int] = field(default_factory=dict)
     total_retries: int = 0
     suspended_until: float = 0.0
-    in_flight: Call | None = None
+    program_per_kib: float = 0.005  # assumed until the primary says (a slow internal flash)
+    srtt: float | None = None  # smoothed round trip of first-try writes
 
 
 @dataclass
@@ -436,7 +453,39 @@ class NcpDevice(Device):
         self.tx = Tx.SENDING
         self._set_state("ota")
         self.emit("ota_start", chunk_size=chunk, asked=asked, size=self.shipment.size, prefetched=self.prefetched)
+        inc.then = self._discover
         return True
+
+    def _discover(self) -> None:
+        """Ask whether the primary takes writes in flight; a real primary says no to hasUID."""
+        sd = self.sending
+        if not self.cfg.pipeline or sd is None:
+            return self._discovered(1)
+        caps = INTERFACE["dualmcu_otaCapabilities"]
+
+        def has(c: Call) -> None:
+            if c.ok and c.result:
+                self.ep.call(caps.name, on_done=got)
+            else:
+                self._discovered(1)
+
+        def got(c: Call) -> None:
+            if not (c.ok and c.result):
+                return self._discovered(1)
+            v = c.values
+            sd.program_per_kib = v["program_us_per_kib"] / 1e6
+            # Chunks held behind a missing one must fit the primary's buffer.
+            self._discovered(min(v["window"], self.cfg.max_window, v["buffer"] // sd.chunk + 1))
+
+        self.ep.call("mcu_hasUID", {"uid": caps.uid}, on_done=has)
+
+    def _discovered(self, window: int) -> None:
+        sd = self.sending
+        if sd is None:
+            return
+        sd.window, sd.discovering = max(1, window), False
+        self.emit("ota_window", window=sd.window, pipelined=sd.window > 1)
+        self._pump()
 
     def _on_suspend(self, inc: Incoming) -> bool:
         seconds = inc.args["seconds"]
@@ -448,57 +497,97 @@ class NcpDevice(Device):
         return True
 
     def _pump(self) -> None:
-        """Send the next write when one may go: nothing in flight, bytes downloaded, not paused."""
+        """Send writes while the window has room: resends first, then new chunks as the
+        simulated download delivers them, unless paused."""
         sd = self.sending
-        if self.tx is not Tx.SENDING or sd is None or sd.in_flight is not None:
+        if self.tx is not Tx.SENDING or sd is None or sd.discovering:
             return
         s = self.shipment
         now = self.ep.now
-        if sd.offset >= s.size:
+        if sd.acked >= s.size and not sd.in_flight:
             self._send_finish()
             return
         if sd.suspended_until > now:
             self._timers["resume"] = sd.suspended_until
             return
-        end = min(sd.offset + sd.chunk, s.size)
-        if not self.prefetched:
-            # Times, not byte counts, decide: the timer fires at exactly the time compared.
-            failing = self.net.fails_before(end)
-            due = self.net.ready_at(sd.started, self.net.fail_at if failing else end)
-            if now < due:
-                self._timers["resume"] = due
+        while len(sd.in_flight) < sd.window:
+            if sd.resend:
+                offset = sd.resend.pop(0)
+            elif sd.next_offset < s.size:
+                offset = sd.next_offset
+                end = min(offset + sd.chunk, s.size)
+                if not self.prefetched:
+                    # Times, not byte counts, decide: the timer fires at exactly the time compared.
+                    failing = self.net.fails_before(end)
+                    due = self.net.ready_at(sd.started, self.net.fail_at if failing else end)
+                    if now < due:
+                        self._timers["resume"] = due
+                        return
+                    if failing:
+                        self._cancel("download_failed", at=self.net.fail_at)
+                        return
+                sd.next_offset = end
+            else:
                 return
-            if failing:
-                self._cancel("download_failed", at=self.net.fail_at)
-                return
-        data = self.serve_from.read(sd.offset, end - sd.offset)
-        sd.in_flight = self.ep.call(
-            "client_otaUpdateWrite",
-            {"offset": sd.offset, "chunk": data, "crc32": zlib.crc32(data)},
-            timeout=self.cfg.write_timeout,
-            on_done=self._written,
-        )
+            data = self.serve_from.read(offset, min(sd.chunk, s.size - offset))
+            sd.in_flight[offset] = self.ep.call(
+                "client_otaUpdateWrite",
+                {"offset": offset, "chunk": data, "crc32": zlib.crc32(data)},
+                timeout=self._write_timeout(sd),
+                on_done=lambda c, off=offset: self._written(off, c),
+            )
+
+    def _write_timeout(self, sd: Sending) -> float | None:
+        """How long one write may take to be answered, from the work it stands for.
+
+        Ahead of a write on the wire are at most ``window`` writes (ours), and ahead of it in
+        the primary's flash as many programs; the answer comes back the other way.  Twice that,
+        or twice the measured round trip, plus a margin: a 3 Mbaud link waits milliseconds for
+        a lost answer and a 9600 baud link never times out a write that is merely slow.
+        """
+        if self.cfg.write_timeout is not None:
+            return self.cfg.write_timeout
+        if not self.cfg.baud:
+            return None  # the table's timeout
+        bit = 10 / self.cfg.baud
+        frame = sd.chunk + WRITE_OVERHEAD + 16
+        work = sd.window * (frame * bit + sd.program_per_kib * sd.chunk / 1024) + 24 * bit
+        return max(2 * work, 2 * (sd.srtt or 0)) + 0.05
 
     def _timer_resume(self) -> None:
         self._pump()
 
-    def _written(self, c: Call) -> None:
+    def _written(self, offset: int, c: Call) -> None:
         sd = self.sending
-        if sd is None or sd.in_flight is not c:
+        if sd is None or sd.in_flight.get(offset) is not c:
             return
-        sd.in_flight = None
+        del sd.in_flight[offset]
         if c.ok and c.result:
-            sd.offset += len(c.args["chunk"])
-            sd.retries = 0
-            self.emit("ota_progress", offset=sd.offset, size=self.shipment.size, retries=sd.total_retries)
+            if not sd.retries.get(offset):
+                rtt = self.ep.now - c.sent_at
+                sd.srtt = rtt if sd.srtt is None else 0.875 * sd.srtt + 0.125 * rtt
+            sd.retries.pop(offset, None)
+            sd.done.add(offset)
+            while sd.acked in sd.done:
+                sd.done.discard(sd.acked)
+                sd.acked = min(sd.acked + sd.chunk, self.shipment.size)
+            self.emit("ota_progress", offset=sd.acked, size=self.shipment.size, retries=sd.total_retries)
         else:
-            sd.retries += 1
+            n = sd.retries[offset] = sd.retries.get(offset, 0) + 1
             sd.total_retries += 1
             why = "refused" if c.ok else ("timeout" if c.status == 0x11 else f"status_{c.status:#x}")
-            self.emit("ota_retry", offset=sd.offset, attempt=sd.retries, reason=why)
-            if sd.retries > self.cfg.retries:
-                self._cancel("download_limit", offset=sd.offset, retries=sd.total_retries)
+            self.emit("ota_retry", offset=offset, attempt=n, reason=why)
+            if c.status == 0x11:
+                # The writes behind a lost one are most likely held by the primary until it
+                # arrives: give them the time of its resend instead of resending them too.
+                later = self.ep.now + (self._write_timeout(sd) or c.fn.timeout)
+                for off, other in sd.in_flight.items():
+                    if off > offset and other.deadline is not None:
+                        other.deadline = max(other.deadline, later)
+            if n > self.cfg.retries:
+                self._cancel("download_limit", offset=offset, retries=sd.total_retries)
                 return
+            bisect.insort(sd.resend, offset)
         self._pump()
 
     def _send_finish(self) -> None:
@@ -522,5 +611,7 @@ class NcpDevice(Device):
             self._send_finish()
 
     def _cancel(self, outcome: str, **fields: Any) -> None:
+        if self.sending is not None:
+            self.sending.in_flight.clear()
         self.ep.call("client_otaUpdateCancel")
         self._finish(outcome, **fields)

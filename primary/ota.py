@@ -20,9 +20,14 @@ Rules
   them.  After the RESULT of the offer the receiver calls ``blynk_otaUpdatePrefetch`` (when
   configured) and then ``blynk_otaUpdateStart(chunk_size)``.
 * A write is accepted when its CRC-32 matches, it fits the chunk size and the image, and its
-  offset is the next expected one.  An exact duplicate of the last accepted chunk (its RESULT
-  was lost and the NCP resent it) is acknowledged without writing again; anything else at a
-  wrong offset is refused.
+  offset is the next expected one; it is answered once the flash has programmed it (the
+  timing model).  A resend of bytes already written (its RESULT was lost) is acknowledged
+  when it matches the flash, without writing again.  Anything else at a wrong offset is
+  refused, except for a peer that asked for ``dualmcu_otaCapabilities`` in this transfer:
+  writes ahead of a missing one are held (within the advertised buffer) and written, in order,
+  when the gap is filled.
+* Accepting an offer erases what the image needs at once ("prepares storage"); the answer
+  waits for the erase to finish, so that writes only program.
 * No write for ``ota_timeout`` seconds in OFFERED or RECEIVING cancels the update.
 * Finish checks that every byte arrived, asks the NCP for CRC-32 and SHA-256 of the file
   (nested calls, while the NCP waits for the Finish RESULT), computes both over the slot as it
@@ -34,7 +39,7 @@ Rules
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable
 
@@ -43,6 +48,7 @@ from rpc import DEFER, Call, Endpoint, Incoming
 
 from .boot import Bootloader, BootState, slot_digests
 from .flash import Flash, FlashError
+from .timing import FlashTiming
 
 
 class Ota(Enum):
@@ -60,6 +66,9 @@ class OtaConfig:
     battery: int = 100  # percent
     min_battery: int = 20
     prefetch: bool = False
+    timing: FlashTiming = field(default_factory=FlashTiming)
+    window: int = 8  # writes taken in flight (dualmcu_otaCapabilities); 1: the plain protocol only
+    buffer: int = 32 * 1024  # bytes of chunks held while an earlier one is missing
     # Planted bugs, for showing that `dualmcu fuzz` finds them; never on by default:
     # "duplicate-chunk-hazard" refuses the resend of the last chunk as the reference primary
     # does; "hang-on-empty-binary" stops answering after a write with an empty chunk.
@@ -76,9 +85,10 @@ class Transfer:
     slot: int
     offset: int = 0
     erased_to: int = 0
-    last_offset: int = -1
-    last_chunk: bytes = b""
     duplicates: int = 0
+    held: dict = field(default_factory=dict)  # offset -> (Incoming, chunk): waiting for the gap
+    held_bytes: int = 0
+    pipelined: bool = False  # the NCP asked for dualmcu_otaCapabilities during this transfer
 
 
 class OtaReceiver:
@@ -106,6 +116,11 @@ class OtaReceiver:
         self.state = Ota.IDLE
         self.t: Transfer | None = None
         self.deadline: float | None = None
+        self.busy_until = 0.0  # when the flash finishes what it was given
+        self.replies: list[tuple[float, int, Incoming, bool]] = []  # answers due when flash work ends
+        self._seq = 0
+        if config.window > 1:
+            endpoint.handle("dualmcu_otaCapabilities", self.on_capabilities)
         for name, fn in (
             ("client_otaUpdateAvailable", self.on_available),
             ("client_otaUpdateWrite", self.on_write),
@@ -117,11 +132,37 @@ class OtaReceiver:
     # -- time --------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        return self.deadline
+        ds = [d for d in (self.deadline, self.replies[0][0] if self.replies else None) if d is not None]
+        return min(ds) if ds else None
 
     def tick(self, now: float) -> None:
+        while self.replies and self.replies[0][0] <= now:
+            _, _, inc, value = self.replies.pop(0)
+            self.ep.reply(inc, value)
         if self.deadline is not None and now >= self.deadline:
             self._abandon("timeout")
+
+    def _work(self, seconds: float) -> float:
+        """Give the flash ``seconds`` of work; when it will be done."""
+        self.busy_until = max(self.ep.now, self.busy_until) + seconds
+        return self.busy_until
+
+    def _reply_at(self, when: float, inc: Incoming, value: bool) -> None:
+        if when <= self.ep.now:
+            self.ep.reply(inc, value)
+            return
+        self._seq += 1
+        self.replies.append((when, self._seq, inc, value))
+        self.replies.sort(key=lambda r: (r[0], r[1]))
+
+    def on_capabilities(self, inc: Incoming):
+        # Only a peer that asked gets writes held out of order; any other peer gets the plain
+        # protocol, where a write at a wrong offset is refused at once.
+        if self.t is not None:
+            self.t.pipelined = True
+        tm = self.cfg.timing
+        return {"window": self.cfg.window, "buffer": self.cfg.buffer, "program_us_per_kib": tm.program_us_per_kib,
+                "erase_us_per_64kib": tm.erase_us_per_block, "return": True}
 
     def _arm(self) -> None:
         self.deadline = self.ep.now + self.cfg.ota_timeout
@@ -159,12 +200,25 @@ class OtaReceiver:
             self.boot_state = self.boot.invalidate(slot)
         except FlashError as e:
             return self._refuse("available", "flash_error", error=str(e), **offer)
-        self.t = Transfer(a["filename"], a["size"], a["fw_type"], a["fw_version"], a["fw_build"], slot)
+        t = Transfer(a["filename"], a["size"], a["fw_type"], a["fw_version"], a["fw_build"], slot)
+        # Prepare storage: erase what the image needs now, so that writes only program.
+        base, page = self.flash.geometry.slot_offset(slot), self.flash.page_size
+        try:
+            while t.erased_to < t.size:
+                self.flash.erase_page(base + t.erased_to)
+                t.erased_to += page
+        except FlashError as e:
+            return self._refuse("available", "flash_error", error=str(e), **offer)
+        self.t = t
         self.state = Ota.OFFERED
         self._arm()
         self.emit("ota_accepted", slot="AB"[slot], **offer)
         inc.then = self._after_accept
-        return True
+        done = self._work(self.cfg.timing.erase(t.erased_to))
+        if done <= self.ep.now:
+            return True
+        self._reply_at(done, inc, True)
+        return DEFER
 
     def _after_accept(self) -> None:
         if self.cfg.prefetch:
@@ -205,24 +259,50 @@ class OtaReceiver:
             return self._refuse("write", "chunk_crc", offset=offset)
         if not chunk or len(chunk) > self.cfg.chunk_size:
             return self._refuse("write", "chunk_size", offset=offset, length=len(chunk))
-        if offset == t.last_offset and chunk == t.last_chunk and "duplicate-chunk-hazard" not in self.cfg.defects:
-            t.duplicates += 1
-            self._arm()
-            self.emit("ota_duplicate", offset=offset)
-            return True
-        if offset != t.offset:
-            return self._refuse("write", "offset_mismatch", offset=offset, expected=t.offset)
         if offset + len(chunk) > t.size:
             return self._refuse("write", "past_end", offset=offset, length=len(chunk), size=t.size)
+        self._arm()
+        if offset + len(chunk) <= t.offset:
+            # Bytes already written: a resend whose first answer was lost, or that crossed it.
+            # Acknowledge it when it matches the flash, without writing again.
+            base = self.flash.geometry.slot_offset(t.slot)
+            hazard = "duplicate-chunk-hazard" in self.cfg.defects
+            if not hazard and self.flash.read(base + offset, len(chunk)) == chunk:
+                t.duplicates += 1
+                self.emit("ota_duplicate", offset=offset)
+                return True
+            return self._refuse("write", "offset_mismatch", offset=offset, expected=t.offset)
+        if offset != t.offset:
+            # Ahead of a missing chunk: hold it, within the buffer, until the gap is filled.
+            if offset in t.held and t.held[offset][1] == chunk:
+                # A resend of a chunk still held: the new call replaces the timed-out one.
+                old_inc, _ = t.held.pop(offset)
+                t.held_bytes -= len(chunk)
+                self.ep.reply(old_inc, False)
+            if offset in t.held or t.held_bytes + len(chunk) > self.cfg.buffer or not t.pipelined:
+                return self._refuse("write", "offset_mismatch", offset=offset, expected=t.offset)
+            t.held[offset] = (inc, chunk)
+            t.held_bytes += len(chunk)
+            return DEFER
+        self.state = Ota.RECEIVING
         try:
-            self._write(t, offset, chunk)
+            done = self._program(t, offset, chunk)
+            while t.offset in t.held:  # the gap is filled: write what was held, in order
+                held_inc, held_chunk = t.held.pop(t.offset)
+                t.held_bytes -= len(held_chunk)
+                self._reply_at(self._program(t, t.offset, held_chunk), held_inc, True)
         except FlashError as e:
             return self._refuse("write", "flash_error", offset=offset, error=str(e))
-        t.last_offset, t.last_chunk = offset, chunk
+        if done <= self.ep.now:
+            return True
+        self._reply_at(done, inc, True)
+        return DEFER
+
+    def _program(self, t: Transfer, offset: int, chunk: bytes) -> float:
+        """Write one chunk at the next offset; when the flash will have done it."""
+        self._write(t, offset, chunk)
         t.offset += len(chunk)
-        self.state = Ota.RECEIVING
-        self._arm()
-        return True
+        return self._work(self.cfg.timing.program(len(chunk)))
 
     def _write(self, t: Transfer, offset: int, chunk: bytes) -> None:
         base = self.flash.geometry.slot_offset(t.slot)
@@ -288,6 +368,9 @@ class OtaReceiver:
 
     def _abandon(self, reason: str) -> None:
         offset = self.t.offset if self.t else 0
+        if self.t is not None:
+            for held_inc, _ in self.t.held.values():
+                self.ep.reply(held_inc, False)
         self.state, self.t, self.deadline = Ota.IDLE, None, None
         # The slot was forgotten in the boot state when the offer was accepted; what was
         # written to it is garbage that the next transfer erases page by page.

@@ -154,6 +154,9 @@ class Endpoint:
         self.now = now
         expired = [c for c in self._pending.values() if c.deadline is not None and c.deadline <= now]
         for c in expired:
+            # A callback of an earlier expiry may have answered or re-armed this call.
+            if self._pending.get(c.msg_id) is not c or c.deadline is None or c.deadline > now:
+                continue
             del self._pending[c.msg_id]
             self.stats["timeouts"] += 1
             self.on_event("timeout", name=c.fn.name, msg_id=c.msg_id)

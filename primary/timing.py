@@ -1,0 +1,47 @@
+"""How long the emulated primary's flash takes, and what the primary tells the NCP about it.
+
+The defaults are the typical figures of a Winbond W25Q128JV, a serial NOR flash many MCUs use
+for their update slots (datasheet, AC electrical characteristics, typical column):
+
+    page program (256 bytes)      0.4 ms   -> 1.6 ms per KiB
+    sector erase (4 KiB)           45 ms
+    block erase (64 KiB)          150 ms
+
+The primary erases what an offered image needs when it accepts the offer (64 KiB blocks where
+it can, 4 KiB sectors for the rest), before answering, as the reference primary "prepares
+storage"; writes then only program.  ``FlashTiming.instant()`` is a flash that takes no time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BLOCK = 64 * 1024
+SECTOR = 4 * 1024
+
+
+@dataclass(frozen=True)
+class FlashTiming:
+    program_page: float = 0.0004  # seconds per 256-byte page program
+    erase_sector: float = 0.045  # seconds per 4 KiB sector erase
+    erase_block: float = 0.150  # seconds per 64 KiB block erase
+
+    @classmethod
+    def instant(cls) -> FlashTiming:
+        return cls(0.0, 0.0, 0.0)
+
+    def program(self, nbytes: int) -> float:
+        return -(-nbytes // 256) * self.program_page
+
+    def erase(self, nbytes: int) -> float:
+        """Erase ``nbytes`` from a block-aligned start: whole blocks, then sectors."""
+        blocks, rest = divmod(nbytes, BLOCK)
+        return blocks * self.erase_block + -(-rest // SECTOR) * self.erase_sector
+
+    @property
+    def program_us_per_kib(self) -> int:
+        return round(self.program(1024) * 1e6)
+
+    @property
+    def erase_us_per_block(self) -> int:
+        return round(self.erase_block * 1e6)
