@@ -110,7 +110,9 @@ class Sending:
     total_retries: int = 0
     suspended_until: float = 0.0
     program_per_kib: float = 0.005  # assumed until the primary says (a slow internal flash)
-    srtt: float | None = None  # smoothed round trip of first-try writes
+    srtt: float | None = None  # smoothed round trip of clean writes
+    losses: int = 0  # writes refused or timed out so far
+    sent_losses: dict[int, int] = field(default_factory=dict)  # offset -> losses when it was sent
 
 
 @dataclass
@@ -530,6 +532,7 @@ class NcpDevice(Device):
             else:
                 return
             data = self.serve_from.read(offset, min(sd.chunk, s.size - offset))
+            sd.sent_losses[offset] = sd.losses
             sd.in_flight[offset] = self.ep.call(
                 "client_otaUpdateWrite",
                 {"offset": offset, "chunk": data, "crc32": zlib.crc32(data)},
@@ -552,7 +555,9 @@ class NcpDevice(Device):
         bit = 10 / self.cfg.baud
         frame = sd.chunk + WRITE_OVERHEAD + 16
         work = sd.window * (frame * bit + sd.program_per_kib * sd.chunk / 1024) + 24 * bit
-        return max(2 * work, 2 * (sd.srtt or 0)) + 0.05
+        # A measured round trip longer than the work (a slow bridge) stretches the timeout,
+        # but never past eight times the work.
+        return max(2 * work, min(2 * (sd.srtt or 0), 8 * work)) + 0.05
 
     def _timer_resume(self) -> None:
         self._pump()
@@ -563,7 +568,10 @@ class NcpDevice(Device):
             return
         del sd.in_flight[offset]
         if c.ok and c.result:
-            if not sd.retries.get(offset):
+            # Only a write with no loss between its sending and its answer measures the round
+            # trip (Karn's rule, widened to the window): one held behind a lost chunk measures
+            # the loss, and would stretch every timeout after it.
+            if sd.sent_losses.pop(offset, -1) == sd.losses:
                 rtt = self.ep.now - c.sent_at
                 sd.srtt = rtt if sd.srtt is None else 0.875 * sd.srtt + 0.125 * rtt
             sd.retries.pop(offset, None)
@@ -575,6 +583,7 @@ class NcpDevice(Device):
         else:
             n = sd.retries[offset] = sd.retries.get(offset, 0) + 1
             sd.total_retries += 1
+            sd.losses += 1
             why = "refused" if c.ok else ("timeout" if c.status == 0x11 else f"status_{c.status:#x}")
             self.emit("ota_retry", offset=offset, attempt=n, reason=why)
             if c.status == 0x11:
