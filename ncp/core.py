@@ -59,6 +59,7 @@ from .update import Network, Shipment, Store
 
 NCP_VERSION = "0.7.0-dualmcu"
 WRITE_OVERHEAD = 6 + 4 + 2 + 4  # INVOKE header, offset, Binary length, crc32
+WRITE_TIMEOUT_CAP = 5.0  # the driver's own timeout for a write: backoff stops there
 STATE = {v: k for k, v in STATES.items()}
 PREFETCH_CODE = {v: k for k, v in PREFETCH.items()}
 
@@ -252,6 +253,12 @@ class NcpDevice(Device):
         return True
 
     def _on_initialize(self, inc: Incoming) -> bool:
+        if not self.primary.info:
+            # The driver reports its firmware before initialising. An initialize with no report
+            # since this NCP started means the NCP restarted in the middle of the primary's
+            # init: refuse, so that the primary starts over and reports (the cloud needs it).
+            self.emit("initialize_refused", reason="no_firmware_info")
+            return False
         self.values["template"] = inc.args["template_id"]
         self.emit("initialize", template_id=inc.args["template_id"], template_name=inc.args["template_name"])
         if self.state in (STATE["not_initialized"], STATE["idle"], STATE["error"]):
@@ -533,10 +540,15 @@ class NcpDevice(Device):
                 return
             data = self.serve_from.read(offset, min(sd.chunk, s.size - offset))
             sd.sent_losses[offset] = sd.losses
+            timeout = self._write_timeout(sd)
+            if timeout is not None and sd.retries.get(offset):
+                # Back off on each resend of the same chunk (up to the driver's 5 s), so that
+                # the tries span a glitch of the line instead of all falling inside it.
+                timeout = min(timeout * 2 ** sd.retries[offset], max(timeout, WRITE_TIMEOUT_CAP))
             sd.in_flight[offset] = self.ep.call(
                 "client_otaUpdateWrite",
                 {"offset": offset, "chunk": data, "crc32": zlib.crc32(data)},
-                timeout=self._write_timeout(sd),
+                timeout=timeout,
                 on_done=lambda c, off=offset: self._written(off, c),
             )
 
