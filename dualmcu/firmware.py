@@ -123,15 +123,20 @@ def digests_of_file(path: str | os.PathLike, block: int = 1 << 16) -> ImageDiges
     return ImageDigests(n, crc, md5.digest(), sha.digest())
 
 
-def read_info_from_file(path: str | os.PathLike, block: int = 1 << 16) -> dict[str, str] | None:
-    """The tag of a file, searched in overlapping blocks so that large files are not loaded."""
+def read_info_streamed(read, length: int, block: int = 1 << 16) -> dict[str, str] | None:
+    """The tag among ``length`` bytes got by ``read(offset, n)``, searched in overlapping
+    blocks so that a large image is never held whole."""
     overlap = 4096
     prev = b""
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            window = prev + chunk
-            tag = find_tag(window)
-            if tag is not None:
-                return parse_tag(tag)
-            prev = window[-overlap:]
+    for pos in range(0, length, block):
+        window = prev + read(pos, min(block, length - pos))
+        tag = find_tag(window)
+        if tag is not None:
+            return parse_tag(tag)
+        prev = window[-overlap:]
     return None
+
+
+def read_info_from_file(path: str | os.PathLike, block: int = 1 << 16) -> dict[str, str] | None:
+    with open(path, "rb") as f:
+        return read_info_streamed(lambda pos, n: os.pread(f.fileno(), n, pos), os.fstat(f.fileno()).st_size, block)

@@ -122,6 +122,8 @@ class Run:
         self.state: dict = {"installed": None, "confirmed": None, "ncp_outcome": None, "retries": 0,
                             "offset": 0, "old_version": None, "primary_kills": 0, "ncp_kills": 0, "power_cuts": 0}
         self.spawned: dict[str, int] = {"ncp": 0, "primary": 0}
+        self.peak_rss: dict[str, int] = {"ncp": 0, "primary": 0}  # KiB, most of any incarnation
+        self._rss_at = 0.0
 
     # -- preparation -------------------------------------------------------------------------
 
@@ -188,6 +190,21 @@ class Run:
         self.spawned[side] += 1
         self.procs[side] = p
         threading.Thread(target=_reader, args=(side, p, self.q), daemon=True).start()
+
+    def sample_memory(self) -> None:
+        """Peak resident memory of each side so far (Linux /proc), checked a few times a second."""
+        now = time.monotonic()
+        if now - self._rss_at < 0.2:
+            return
+        self._rss_at = now
+        for side, p in self.procs.items():
+            try:
+                with open(f"/proc/{p.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            self.peak_rss[side] = max(self.peak_rss[side], int(line.split()[1]))
+            except OSError:
+                pass
 
     def stop_all(self) -> None:
         for p in self.procs.values():
@@ -308,11 +325,14 @@ class Run:
                         verdict = (EXIT_TIMEOUT, f"no result within {self.o.timeout:.0f} s "
                                                  f"(at offset {self.state['offset']})")
                         break
+                    self.sample_memory()
                     try:
                         ev = self.q.get(timeout=min(left, 0.5))
                     except queue.Empty:
                         continue
                     verdict = self.on_event(ev)
+                self._rss_at = 0.0
+                self.sample_memory()
                 self.stop_all()
                 counts = relay.stats
         except KeyboardInterrupt:
@@ -326,7 +346,8 @@ class Run:
                    "confirmed": self.state["confirmed"], "ncp_outcome": self.state["ncp_outcome"],
                    "flash": self.o.flash, "seconds": round(wall, 3), "link": counts,
                    "power_cuts": self.state["power_cuts"], "primary_kills": self.state["primary_kills"],
-                   "ncp_kills": self.state["ncp_kills"], "retries": self.state["retries"]}
+                   "ncp_kills": self.state["ncp_kills"], "retries": self.state["retries"],
+                   "peak_rss_kib": dict(self.peak_rss)}
         if self.o.as_json:
             self.say(summary)
         else:

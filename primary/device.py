@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from dualmcu.firmware import TEST_KEY, read_info
+from dualmcu.firmware import TEST_KEY, read_info_streamed
 from framing import Profile
 from rpc import PRIMARY, Call, Incoming
 from rpc.device import Device
@@ -63,8 +63,8 @@ class PrimaryDevice(Device):
             self.actions.append(("halt", "no_bootable_image"))
             return
         rec = self.boot.state.slots[self.boot.slot]
-        image = flash.read(flash.geometry.slot_offset(self.boot.slot), rec.length)
-        info = read_info(image)
+        base = flash.geometry.slot_offset(self.boot.slot)
+        info = read_info_streamed(lambda pos, n: flash.read(base + pos, n), rec.length)
         self.info = dict(info) if info else dict(UNKNOWN_INFO)
         self.emit("booted", slot="AB"[self.boot.slot], trial=self.boot.trial, version=self.info["mcu"],
                   fw_type=self.info["fw-type"], tagged=info is not None)

@@ -14,7 +14,6 @@ only part of it was applied (a torn write).  That hook is how power cuts are inj
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 import zlib
@@ -73,25 +72,63 @@ class Geometry:
         return 3 * self.page_size + 2 * self.slot_size
 
 
-class Flash:
-    """Byte-addressed NOR flash over a mutable buffer (a file mapping, or memory in tests)."""
+class MemoryStore:
+    """Flash contents in memory (tests, simulations)."""
 
-    def __init__(self, buf, geometry: Geometry, interrupt: Interrupt | None = None, closer=None):
-        self._buf = buf
+    def __init__(self, buf: bytearray):
+        self.buf = buf
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(self.buf[offset : offset + length])
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.buf[offset : offset + len(data)] = data
+
+    def close(self) -> None:
+        pass
+
+
+class FileStore:
+    """Flash contents in a file, read and written in place.
+
+    Positioned reads and writes rather than a memory map: a mapping would count every page
+    of the slots the process ever touched as its own memory, so the emulator's memory would
+    grow with the image it receives.
+    """
+
+    def __init__(self, f):
+        self.f = f
+        self.fd = f.fileno()
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def write(self, offset: int, data: bytes) -> None:
+        os.pwrite(self.fd, data, offset)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class Flash:
+    """Byte-addressed NOR flash over a store (a file, or memory in tests)."""
+
+    def __init__(self, store, geometry: Geometry, interrupt: Interrupt | None = None):
+        self._store = store
         self.geometry = geometry
         self.page_size = geometry.page_size
-        self.size = len(buf)
+        self.size = geometry.total
         self.interrupt = interrupt
         self.ops = 0
-        self._closer = closer
 
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
     def in_memory(cls, geometry: Geometry = Geometry(), interrupt: Interrupt | None = None) -> Flash:
         buf = bytearray(b"\xff" * geometry.total)
-        buf[: HEADER.size] = _header(geometry)
-        return cls(buf, geometry, interrupt)
+        head = _header(geometry)
+        buf[: len(head)] = head
+        return cls(MemoryStore(buf), geometry, interrupt)
 
     @classmethod
     def open(cls, path: str | os.PathLike, geometry: Geometry | None = None, create: bool = True,
@@ -123,35 +160,26 @@ class Flash:
             size = os.fstat(f.fileno()).st_size
             if size != g.total:
                 raise FlashError(f"{path} is {size} bytes, its header says {g.total}: the file is damaged")
-            mm = mmap.mmap(f.fileno(), 0)
         except Exception:
             f.close()
             raise
-
-        def close() -> None:
-            mm.flush()
-            mm.close()
-            f.close()
-
-        return cls(mm, g, interrupt, close)
+        return cls(FileStore(f), g, interrupt)
 
     def close(self) -> None:
-        if self._closer is not None:
-            self._closer()
-            self._closer = None
+        self._store.close()
 
     # -- operations --------------------------------------------------------------------------
 
     def read(self, offset: int, length: int) -> bytes:
         self._check(offset, length)
-        return bytes(self._buf[offset : offset + length])
+        return self._store.read(offset, length)
 
     def erase_page(self, offset: int) -> None:
         if offset % self.page_size:
             raise FlashError(f"erase at {offset:#x} is not page aligned")
         self._check(offset, self.page_size)
         applied = self._begin("erase", offset, self.page_size)
-        self._buf[offset : offset + applied] = b"\xff" * applied
+        self._store.write(offset, b"\xff" * applied)
         self._end("erase", applied, self.page_size)
 
     def program(self, offset: int, data: bytes) -> None:
@@ -160,11 +188,11 @@ class Flash:
         if offset // self.page_size != (offset + len(data) - 1) // self.page_size:
             raise FlashError(f"program of {len(data)} bytes at {offset:#x} crosses a page boundary")
         applied = self._begin("program", offset, len(data))
-        old = self._buf[offset : offset + applied]
+        old = self._store.read(offset, applied)
         new = data[:applied]
         if old != b"\xff" * applied:
             new = bytes(a & b for a, b in zip(old, new))
-        self._buf[offset : offset + applied] = new
+        self._store.write(offset, new)
         self._end("program", applied, len(data))
 
     def write(self, offset: int, data: bytes) -> None:
@@ -176,7 +204,7 @@ class Flash:
             pos += room
 
     def is_erased(self, offset: int, length: int) -> bool:
-        return self._buf[offset : offset + length] == b"\xff" * length
+        return self._store.read(offset, length) == b"\xff" * length
 
     def _check(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
+from dualmcu.firmware import read_info_streamed
 
-from dualmcu.firmware import read_info
-
-from .boot import NO_SLOT, BootStore, verify_slot
+from .boot import NO_SLOT, BootStore, slot_digests, verify_slot
 from .flash import Flash
 
 
@@ -35,10 +33,11 @@ def describe(path: str) -> dict:
             entry = {"installed": bool(rec and rec.installed), "length": rec.length if rec and rec.installed else 0,
                      "version": None, "fw_type": None, "build": None, "sha256": None, "valid": False}
             if rec and rec.installed and 0 < rec.length <= g.slot_size:
-                image = flash.read(g.slot_offset(i), rec.length)
-                info = read_info(image) or {}
+                base = g.slot_offset(i)
+                info = read_info_streamed(lambda pos, n: flash.read(base + pos, n), rec.length) or {}
+                _, sha = slot_digests(flash, i, rec.length)
                 entry.update(version=info.get("mcu"), fw_type=info.get("fw-type"), build=info.get("build"),
-                             sha256=hashlib.sha256(image).hexdigest(), valid=verify_slot(flash, state, i))
+                             sha256=sha.hex(), valid=verify_slot(flash, state, i))
             out["slots"][name] = entry
         return out
     finally:

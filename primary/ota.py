@@ -26,8 +26,9 @@ Rules
   refused, except for a peer that asked for ``dualmcu_otaCapabilities`` in this transfer:
   writes ahead of a missing one are held (within the advertised buffer) and written, in order,
   when the gap is filled.
-* Accepting an offer erases what the image needs at once ("prepares storage"); the answer
-  waits for the erase to finish, so that writes only program.
+* Accepting an offer erases at once as much of the image as 3 s of erasing allows ("prepares
+  storage", in whole 64 KiB blocks), and the answer waits for that erase; the rest is erased
+  a block at a time as the writes reach it, and those writes wait for it.
 * No write for ``ota_timeout`` seconds in OFFERED or RECEIVING cancels the update.
 * Finish checks that every byte arrived, asks the NCP for CRC-32 and SHA-256 of the file
   (nested calls, while the NCP waits for the Finish RESULT), computes both over the slot as it
@@ -48,7 +49,10 @@ from rpc import DEFER, Call, Endpoint, Incoming
 
 from .boot import Bootloader, BootState, slot_digests
 from .flash import Flash, FlashError
-from .timing import FlashTiming
+from .timing import BLOCK, FlashTiming
+
+# Seconds of erasing a primary may spend before answering an offer (the NCP waits 5 s).
+ERASE_AT_OFFER = 3.0
 
 
 class Ota(Enum):
@@ -201,12 +205,14 @@ class OtaReceiver:
         except FlashError as e:
             return self._refuse("available", "flash_error", error=str(e), **offer)
         t = Transfer(a["filename"], a["size"], a["fw_type"], a["fw_version"], a["fw_build"], slot)
-        # Prepare storage: erase what the image needs now, so that writes only program.
-        base, page = self.flash.geometry.slot_offset(slot), self.flash.page_size
+        # Prepare storage: erase now as much of the image as fits in the offer's answer time
+        # (whole 64 KiB blocks), so that most writes only program; the rest is erased a block
+        # at a time as the writes reach it.
+        ahead = 0
+        while ahead < t.size and self.cfg.timing.erase(ahead + BLOCK) <= ERASE_AT_OFFER:
+            ahead += BLOCK
         try:
-            while t.erased_to < t.size:
-                self.flash.erase_page(base + t.erased_to)
-                t.erased_to += page
+            self._erase_to(t, min(ahead, t.size))
         except FlashError as e:
             return self._refuse("available", "flash_error", error=str(e), **offer)
         self.t = t
@@ -300,17 +306,20 @@ class OtaReceiver:
 
     def _program(self, t: Transfer, offset: int, chunk: bytes) -> float:
         """Write one chunk at the next offset; when the flash will have done it."""
-        self._write(t, offset, chunk)
+        erased = t.erased_to
+        if erased < offset + len(chunk):
+            # Erase ahead a block at a time (or to the image's end) before programming.
+            self._erase_to(t, min(max(offset + len(chunk), erased + BLOCK), t.size))
+            self._work(self.cfg.timing.erase(t.erased_to - erased))
+        self.flash.write(self.flash.geometry.slot_offset(t.slot) + offset, chunk)
         t.offset += len(chunk)
         return self._work(self.cfg.timing.program(len(chunk)))
 
-    def _write(self, t: Transfer, offset: int, chunk: bytes) -> None:
-        base = self.flash.geometry.slot_offset(t.slot)
-        page = self.flash.page_size
-        while t.erased_to < offset + len(chunk):
+    def _erase_to(self, t: Transfer, end: int) -> None:
+        base, page = self.flash.geometry.slot_offset(t.slot), self.flash.page_size
+        while t.erased_to < end:
             self.flash.erase_page(base + t.erased_to)
             t.erased_to += page
-        self.flash.write(base + offset, chunk)
 
     def on_finish(self, inc: Incoming):
         if self.state is not Ota.RECEIVING or self.t is None:

@@ -67,10 +67,10 @@ def test_blynk_chunks_never_exceed_what_one_frame_carries():
 )
 def test_refusals_have_reason_codes_and_touch_nothing(new, cfg, reason):
     s = sim(new, primary_config=PrimaryConfig(ota=cfg))
-    before = bytes(s.flash._buf)
+    before = bytes(s.flash._store.buf)
     assert s.run_update() == "refused"
     assert [e["reason"] for e in s.find("ota_refused", "primary")] == [reason]
-    assert bytes(s.flash._buf) == before
+    assert bytes(s.flash._store.buf) == before
 
 
 def test_any_version_policy_accepts_a_downgrade():

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Peak memory of each process for 256 KiB, 4 MiB and 16 MiB images: it must not grow.
+
+    .venv/bin/python tools/bench_memory.py [--json]
+
+Each row is one ``dualmcu run`` (two processes over ptys, unpaced, W25Q flash timing) with 16 MiB
+slots; the peak resident set (VmHWM) of each process is read from /proc while it runs.  The
+NCP streams the shipment from its file; the primary streams each chunk into its flash file
+with positioned writes, and reads images back in 64 KiB blocks to check them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from dualmcu.firmware import build_image, make_info  # noqa: E402
+
+SIZES = (256 * 1024, 4 << 20, 16 << 20)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="dualmcu-mem-") as root:
+        for size in SIZES:
+            fw = os.path.join(root, f"fw-{size}.bin")
+            with open(fw, "wb") as f:
+                f.write(build_image(make_info("2.0.0", "TMPLMEM"), size))
+            work = os.path.join(root, f"w{size}")
+            r = subprocess.run([sys.executable, "-m", "dualmcu", "run", "--firmware", fw, "--slot-size", "16M",
+                                "--workdir", work, "--json", "--timeout", "600"], capture_output=True, timeout=900)
+            result = [json.loads(x) for x in r.stdout.decode().splitlines() if x.startswith("{")][-1]
+            rows.append({"size": size, "exit": result["exit_code"], "seconds": result["seconds"],
+                         "ncp_peak_kib": result["peak_rss_kib"]["ncp"], "primary_peak_kib": result["peak_rss_kib"]["primary"]})
+    if a.json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    base = rows[0]
+    print("| image | exit | seconds | NCP peak RSS | primary peak RSS | NCP vs 256 KiB | primary vs 256 KiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['size'] // 1024} KiB | {r['exit']} | {r['seconds']} | {r['ncp_peak_kib'] / 1024:.1f} MiB | "
+              f"{r['primary_peak_kib'] / 1024:.1f} MiB | {r['ncp_peak_kib'] / base['ncp_peak_kib']:.2f} | "
+              f"{r['primary_peak_kib'] / base['primary_peak_kib']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
