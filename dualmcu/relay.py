@@ -7,8 +7,9 @@ through a :class:`~dualmcu.link.Link` on the monotonic clock, so the same pacing
 buffer and seeded faults as in the tests apply between real processes and real hardware.
 
 The relay keeps each pty's slave open itself, so a side that closes its port (a killed and
-restarted process) does not hang the pty up; bytes sent meanwhile wait in the pty, as they
-would in a UART's FIFO, until the pty's buffer is full.  With sockets, a side that reconnects
+restarted process) does not hang the pty up; bytes sent meanwhile wait for it (up to 1 MiB,
+then the oldest are lost).  A slow reader is waited for: losing bytes to a full receive
+buffer is the link model's business (``rx_buffer``), not the relay's.  With sockets, a side that reconnects
 replaces its old connection.
 """
 
@@ -24,6 +25,7 @@ import tty
 from .link import Link, LinkConfig
 
 SIDES = ("a", "b")
+MAX_BACKLOG = 1 << 20  # bytes waiting for a side that does not read before the oldest are lost
 
 
 class Relay:
@@ -39,6 +41,7 @@ class Relay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fds: dict[str, int | None] = {"a": None, "b": None}
+        self._backlog: dict[str, bytearray] = {"a": bytearray(), "b": bytearray()}
         self._keep: list[int] = []
         self._ports: list = []
         self._listeners: dict[str, socket.socket] = {}
@@ -93,6 +96,7 @@ class Relay:
     def _attach(self, side: str, fd: int) -> None:
         os.set_blocking(fd, False)
         self._fds[side] = fd
+        self._backlog[side].clear()
         self._sel.register(fd, selectors.EVENT_READ, side)
 
     def start(self) -> Relay:
@@ -157,10 +161,14 @@ class Relay:
             wait = 0.05 if due is None else min(0.05, max(0.0, due - now))
             if self.disconnects:
                 wait = min(wait, max(0.0, self.started + self.disconnects[0][1] - now))
-            for key, _ in self._sel.select(timeout=wait):
+            for key, mask in self._sel.select(timeout=wait):
                 tag = key.data
                 if isinstance(tag, tuple):
                     self._accept(tag[1])
+                    continue
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(tag)
+                if not mask & selectors.EVENT_READ:
                     continue
                 try:
                     data = os.read(key.fd, 65536)
@@ -184,20 +192,32 @@ class Relay:
         if fd is None:
             self.counts["lost"] += len(data)
             return  # a socket side that is not connected loses what is sent, like a cut wire
-        view = memoryview(data)
-        waited = False
-        while view:
-            try:
-                view = view[os.write(fd, view):]
-            except BlockingIOError:
-                if waited:
-                    # Nobody reads this side (a process being restarted): its buffer is full
-                    # and, as in a UART whose receiver is gone, the rest is lost.
-                    self.counts["lost"] += len(view)
-                    return
-                waited = True
-                with selectors.DefaultSelector() as sel:
-                    sel.register(fd, selectors.EVENT_WRITE)
-                    sel.select(timeout=0.2)
-            except OSError:
-                return
+        backlog = self._backlog[side]
+        backlog += data
+        if len(backlog) > MAX_BACKLOG:
+            # Nobody has read this side for a long while (a process being restarted): like a
+            # UART whose receiver is gone, the oldest bytes are lost.
+            excess = len(backlog) - MAX_BACKLOG
+            del backlog[:excess]
+            self.counts["lost"] += excess
+        self._flush(side)
+
+    def _flush(self, side: str) -> None:
+        """Write what waits for ``side``; a slow reader is waited for, not dropped."""
+        fd, backlog = self._fds[side], self._backlog[side]
+        if fd is None:
+            return
+        try:
+            while backlog:
+                n = os.write(fd, backlog)
+                del backlog[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            backlog.clear()
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if backlog else 0)
+        try:
+            if self._sel.get_key(fd).events != events:
+                self._sel.modify(fd, events, side)
+        except (KeyError, ValueError):
+            pass

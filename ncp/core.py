@@ -593,10 +593,17 @@ class NcpDevice(Device):
                 sd.acked = min(sd.acked + sd.chunk, self.shipment.size)
             self.emit("ota_progress", offset=sd.acked, size=self.shipment.size, retries=sd.total_retries)
         else:
-            n = sd.retries[offset] = sd.retries.get(offset, 0) + 1
             sd.total_retries += 1
             sd.losses += 1
             why = "refused" if c.ok else ("timeout" if c.status == 0x11 else f"status_{c.status:#x}")
+            if c.ok or offset == sd.acked:
+                n = sd.retries[offset] = sd.retries.get(offset, 0) + 1
+            else:
+                # A write above the lowest unacknowledged one that times out is most likely
+                # held by the primary behind the missing chunk, not lost: it is sent again but
+                # does not spend its tries. The lowest one's tries bound the whole transfer.
+                n = sd.retries.get(offset, 0)
+                why = "timeout_behind_gap"
             self.emit("ota_retry", offset=offset, attempt=n, reason=why)
             if c.status == 0x11:
                 # The writes behind a lost one are most likely held by the primary until it

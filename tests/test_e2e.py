@@ -133,7 +133,7 @@ def test_each_side_alone_with_once_over_a_relay(tmp_path, shipment):
 
     fw, sha = shipment
     factory = tmp_path / "factory.bin"
-    factory.write_bytes(build_image(make_info("2.0.0", "TMPLE2E"), 50_000))
+    factory.write_bytes(build_image(make_info("2.0.0", "TMPLE2E", build="Jan  1 2026 00:00:00"), 50_000))
     flash = tmp_path / "dev.flash"
     with Relay("pty") as relay:
         ncp = subprocess.Popen([sys.executable, "-m", "ncp", "--port", relay.paths["a"], "--firmware", str(fw),

@@ -59,9 +59,9 @@ def test_blynk_chunks_never_exceed_what_one_frame_carries():
 @pytest.mark.parametrize(
     "new,cfg,reason",
     [
-        (build_image(make_info("2.0.0", "TMPL1"), SLOT + 1), OtaConfig(), "too_large"),
-        (build_image(make_info("2.0.0", "OTHER"), 50_000), OtaConfig(), "wrong_type"),
-        (build_image(make_info("0.9.0", "TMPL1"), 50_000), OtaConfig(), "not_newer"),
+        (build_image(make_info("2.0.0", "TMPL1", build="Jan  1 2026 00:00:00"), SLOT + 1), OtaConfig(), "too_large"),
+        (build_image(make_info("2.0.0", "OTHER", build="Jan  1 2026 00:00:00"), 50_000), OtaConfig(), "wrong_type"),
+        (build_image(make_info("0.9.0", "TMPL1", build="Jan  1 2026 00:00:00"), 50_000), OtaConfig(), "not_newer"),
         (NEW, OtaConfig(battery=10, min_battery=20), "low_battery"),
     ],
 )
@@ -74,7 +74,7 @@ def test_refusals_have_reason_codes_and_touch_nothing(new, cfg, reason):
 
 
 def test_any_version_policy_accepts_a_downgrade():
-    older = build_image(make_info("0.9.0", "TMPL1"), 50_000)
+    older = build_image(make_info("0.9.0", "TMPL1", build="Jan  1 2026 00:00:00"), 50_000)
     s = sim(older, primary_config=PrimaryConfig(ota=OtaConfig(version_policy="any")))
     assert s.run_update() == "success"
 
@@ -186,7 +186,7 @@ def test_wrong_final_digest_is_never_installed():
 
 @pytest.mark.parametrize("behaviour", ["fail-health", "crash"])
 def test_an_image_that_never_confirms_is_rolled_back(behaviour):
-    bad = build_image(make_info("1.1.0", "TMPL1", **{"dualmcu-test": behaviour}), 120_000)
+    bad = build_image(make_info("1.1.0", "TMPL1", build="Jan  1 2026 00:00:00", **{"dualmcu-test": behaviour}), 120_000)
     s = sim(bad)
     assert s.run_update() == "rollback"
     assert s.find("rollback", "primary")[0]["reason"] == "trial_attempts_spent"

@@ -10,8 +10,8 @@ from primary.boot import RECORD_SIZE, Bootloader, BootState, BootStore, verify_s
 from primary.flash import Flash, FlashError, Geometry, PowerCut
 
 G = Geometry(4096, 64 * 1024)
-OLD = build_image(make_info("1.0.0", "T"), 20_000)
-NEW = build_image(make_info("2.0.0", "T"), 30_000)
+OLD = build_image(make_info("1.0.0", "T", build="Jan  1 2026 00:00:00"), 20_000)
+NEW = build_image(make_info("2.0.0", "T", build="Jan  1 2026 00:00:00"), 30_000)
 
 
 def fresh():

@@ -17,7 +17,7 @@ def dualmcu(*args, timeout=300):
 @pytest.fixture
 def factory(tmp_path):
     path = tmp_path / "factory.bin"
-    path.write_bytes(build_image(make_info("1.0.0", "TMPLFZ"), 20_000))
+    path.write_bytes(build_image(make_info("1.0.0", "TMPLFZ", build="Jan  1 2026 00:00:00"), 20_000))
     return path
 
 

@@ -37,8 +37,8 @@ from primary.flash import Flash, Geometry
 from primary.ota import OtaConfig
 
 G = Geometry(1024, 96 * 1024)
-OLD = build_image(make_info("1.0.0", "TMPLINV"), 20_000, seed=1)
-NEW = build_image(make_info("1.1.0", "TMPLINV"), 40_000, seed=2)
+OLD = build_image(make_info("1.0.0", "TMPLINV", build="Jan  1 2026 00:00:00"), 20_000, seed=1)
+NEW = build_image(make_info("1.1.0", "TMPLINV", build="Jan  1 2026 00:00:00"), 40_000, seed=2)
 GOOD = {hashlib.sha256(OLD).digest(), hashlib.sha256(NEW).digest()}
 ENDINGS = {"success", "up_to_date", "rollback", "refused", "download_limit", "download_failed", "finish_failed",
            "interrupted", "offer_failed", "prefetch_failed", "start_timeout", "no_report"}

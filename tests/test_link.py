@@ -68,11 +68,11 @@ def test_a_disconnected_side_loses_everything_for_a_while():
 
 def device(slot=512 * 1024):
     f = Flash.in_memory(Geometry(4096, slot))
-    Bootloader(f).provision(build_image(make_info("1.0.0", "TMPL1"), 60_000))
+    Bootloader(f).provision(build_image(make_info("1.0.0", "TMPL1", build="Jan  1 2026 00:00:00"), 60_000))
     return f
 
 
-NEW = build_image(make_info("1.1.0", "TMPL1"), 200_000)
+NEW = build_image(make_info("1.1.0", "TMPL1", build="Jan  1 2026 00:00:10"), 200_000)  # fixed bytes: fixed faults
 
 
 @pytest.mark.parametrize("baud", [115200, 921600])

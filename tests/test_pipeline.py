@@ -19,12 +19,12 @@ from rpc import message as M
 from rpc.interface import INTERFACE
 
 WRITE = INTERFACE["client_otaUpdateWrite"]
-NEW = build_image(make_info("1.1.0", "TMPLP"), 150_000)
+NEW = build_image(make_info("1.1.0", "TMPLP", build="Jan  1 2026 00:00:00"), 150_000)
 
 
 def device():
     f = Flash.in_memory(Geometry(4096, 256 * 1024))
-    Bootloader(f).provision(build_image(make_info("1.0.0", "TMPLP"), 30_000))
+    Bootloader(f).provision(build_image(make_info("1.0.0", "TMPLP", build="Jan  1 2026 00:00:00"), 30_000))
     return f
 
 
