@@ -184,6 +184,7 @@ DEFAULT_FLASH = os.path.join(os.path.expanduser("~"), ".cache", "dualmcu", "prim
 @click.option("--max-chunk", type=click.IntRange(1, 0xFFFF), help="Largest chunk the NCP serves (default: what one frame carries).")
 @click.option("--write-timeout", type=click.FloatRange(0.001), help="Fixed seconds to wait for a write's answer (default: derived from the baud rate and the primary's flash timing).")
 @click.option("--pipeline/--no-pipeline", default=True, show_default=True, help="Keep several writes in flight when the primary offers the extension.")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Go on from where an interrupted transfer of the same file stopped, when the primary offers it.")
 @click.option("--offers", type=click.IntRange(1, 100), default=3, show_default=True, help="How often one shipment is offered (an interrupted transfer is offered again).")
 @click.option("--net-rate", type=float, help="Simulated download rate from the cloud, bytes/s (default: instant).")
 @click.option("--net-fail-at", type=click.IntRange(0), help="The simulated download fails at this byte offset.")
@@ -191,7 +192,7 @@ DEFAULT_FLASH = os.path.join(os.path.expanduser("~"), ".cache", "dualmcu", "prim
 @click.option("--once", is_flag=True, help="Exit when the update has an outcome (0 on success).")
 @JSON
 @VERBOSE
-def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout, pipeline, offers, net_rate, net_fail_at,
+def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout, pipeline, resume, offers, net_rate, net_fail_at,
         answer_unknown, once, as_json, verbose) -> None:
     """Run the emulated NCP on a port: it serves the NCP interface and offers --firmware.
 
@@ -205,7 +206,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
     from dualmcu.sides import NcpOptions, run_ncp
     from ncp.core import NcpConfig
 
-    cfg = NcpConfig(retries=retries, max_chunk=max_chunk, write_timeout=write_timeout, pipeline=pipeline, offers=offers, once=once, answer_unknown=answer_unknown,
+    cfg = NcpConfig(retries=retries, max_chunk=max_chunk, write_timeout=write_timeout, pipeline=pipeline, resume=resume, offers=offers, once=once, answer_unknown=answer_unknown,
                     wall_clock_ms=int(time.time() * 1000))
     sys.exit(run_ncp(NcpOptions(port, baud, framing, firmware, store, net_rate, net_fail_at, cfg, as_json, verbose)))
 
@@ -230,6 +231,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--switch-baud", type=click.IntRange(300, 10_000_000), help="After initialising, ask the NCP to switch to this baud rate.")
 @click.option("--window", type=click.IntRange(1, 255), default=8, show_default=True, help="Writes taken in flight (offered through an extension uid); 1 turns the extension off.")
 @click.option("--buffer", "rx_hold", type=Size(), default="32K", show_default=True, help="Bytes of chunks held while an earlier one is missing.")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Keep transfer progress in the boot state and offer resume (an extension uid).")
 @click.option("--flash-timing", type=str, default="0.4,45,150", show_default=True, metavar="PROG,SECTOR,BLOCK",
               help="Milliseconds per 256-byte program, 4 KiB sector erase and 64 KiB block erase (W25Q128JV typical); 0,0,0 for an instant flash.")
 @click.option("--power-cut-at", type=click.IntRange(1), help="Cut the power at this flash operation of the process (exit code 75).")
@@ -241,7 +243,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @JSON
 @VERBOSE
 def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
-            battery, min_battery, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, flash_timing,
+            battery, min_battery, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, resume, flash_timing,
             power_cut_at,
             power_cut_seed, power_cut_within, defects, once, as_json, verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
@@ -270,7 +272,7 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
         raise click.BadParameter("give three numbers, e.g. 0.4,45,150", param_hint="--flash-timing") from None
     ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy,
                     battery=battery, min_battery=min_battery, prefetch=prefetch, defects=frozenset(defects),
-                    timing=FlashTiming(prog, sector, block), window=window, buffer=rx_hold)
+                    timing=FlashTiming(prog, sector, block), window=window, buffer=rx_hold, resume=resume)
     cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud)
     sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose,
                                         power_cut_at, power_cut_seed, power_cut_within)))
@@ -391,12 +393,13 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--write-timeout", type=click.FloatRange(0.001), help="Fixed seconds the NCP waits for a write's answer (default: derived).")
 @click.option("--pipeline/--no-pipeline", default=True, show_default=True, help="Writes in flight through the extension (off: one at a time, as the real protocol).")
 @click.option("--flash-timing", default="0.4,45,150", show_default=True, metavar="PROG,SECTOR,BLOCK", help="The primary's flash timing in ms (see `dualmcu primary --help`).")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Resume an interrupted transfer of the same file (extension).")
 @link_options
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Give up after this many seconds.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where the demo image, flash and logs go (default: a new temporary directory).")
 @JSON
 def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
-        ota_timeout, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, latency, ber, drop,
+        ota_timeout, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, latency, ber, drop,
         dup, garbage, stall, stall_time, rx_buffer, rx_poll, disconnects, seed, timeout, workdir, as_json) -> None:
     """Run a complete update between an NCP process and a primary process.
 
@@ -410,7 +413,7 @@ def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net
                    ota_timeout=ota_timeout, slot_size=slot_size, timeout=timeout, kill_primary_at=kill_primary_at,
                    kill_ncp_at=kill_ncp_at, power_cut_at=power_cut_at, extra_primary=["--heartbeat", str(heartbeat), "--flash-timing", flash_timing],
                    extra_ncp=(["--write-timeout", str(write_timeout)] if write_timeout else [])
-                   + ([] if pipeline else ["--no-pipeline"]),
+                   + ([] if pipeline else ["--no-pipeline"]) + ([] if resume else ["--no-resume"]),
                    power_cut_seed=seed if power_cut_random else None,
                    link_config=make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer,
                                          rx_poll, seed),

@@ -85,6 +85,7 @@ class NcpConfig:
     settle: float = 3.0  # with --once: wait this long after success for a rollback
     write_timeout: float | None = None  # fixed seconds to wait for a write's RESULT (None: derived)
     pipeline: bool = True  # use dualmcu_otaCapabilities when the primary has it
+    resume: bool = True  # use dualmcu_otaResume when the primary has it
     max_window: int = 16
     baud: int | None = None  # the link's rate, for deriving timeouts (None: the table's)
     stage_timeout: float = 60.0  # longest wait for the primary to start, or to come back after Finish
@@ -466,27 +467,37 @@ class NcpDevice(Device):
         return True
 
     def _discover(self) -> None:
-        """Ask whether the primary takes writes in flight; a real primary says no to hasUID."""
+        """Ask which extensions the primary has; a real primary says no to hasUID for both."""
         sd = self.sending
-        if not self.cfg.pipeline or sd is None:
-            return self._discovered(1)
-        caps = INTERFACE["dualmcu_otaCapabilities"]
+        if sd is None:
+            return
+        caps, resume = INTERFACE["dualmcu_otaCapabilities"], INTERFACE["dualmcu_otaResume"]
+        window = [1]
 
-        def has(c: Call) -> None:
-            if c.ok and c.result:
-                self.ep.call(caps.name, on_done=got)
-            else:
-                self._discovered(1)
+        def ask(fn, wanted: bool, then) -> None:
+            if not wanted:
+                return then(None)
+            self.ep.call("mcu_hasUID", {"uid": fn.uid},
+                         on_done=lambda c: self.ep.call(fn.name, args(fn), on_done=then) if c.ok and c.result else then(None))
 
-        def got(c: Call) -> None:
-            if not (c.ok and c.result):
-                return self._discovered(1)
-            v = c.values
-            sd.program_per_kib = v["program_us_per_kib"] / 1e6
-            # Chunks held behind a missing one must fit the primary's buffer.
-            self._discovered(min(v["window"], self.cfg.max_window, v["buffer"] // sd.chunk + 1))
+        def args(fn):
+            return {"crc32": self.shipment.digests.crc32} if fn is resume else None
 
-        self.ep.call("mcu_hasUID", {"uid": caps.uid}, on_done=has)
+        def got_caps(c: Call | None) -> None:
+            if c is not None and c.ok and c.result:
+                v = c.values
+                sd.program_per_kib = v["program_us_per_kib"] / 1e6
+                # Chunks held behind a missing one must fit the primary's buffer.
+                window[0] = min(v["window"], self.cfg.max_window, v["buffer"] // sd.chunk + 1)
+            ask(resume, self.cfg.resume, got_resume)
+
+        def got_resume(c: Call | None) -> None:
+            if c is not None and c.ok and c.result and c.values["offset"]:
+                sd.acked = sd.next_offset = c.values["offset"]
+                self.emit("ota_resumed", offset=sd.acked, size=self.shipment.size)
+            self._discovered(window[0])
+
+        ask(caps, self.cfg.pipeline, got_caps)
 
     def _discovered(self, window: int) -> None:
         sd = self.sending

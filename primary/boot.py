@@ -17,7 +17,9 @@ was not touched.
     11     1     trial: 1 while the active slot runs on trial
     12     1     boot attempts left for the trial
     13     2x41  per slot: installed u8, length u32, crc32 u32, sha256[32]
-    95     4     CRC-32 of bytes 0..94, LE
+    95     72    the image being received: size u32, file crc32 u32, offset u32 (page
+                 aligned), running crc32 u32 of the bytes below offset, version[24], build[32]
+    167    4     CRC-32 of bytes 0..166, LE
 
 Bootloader rules, applied at every boot, in order
 -------------------------------------------------
@@ -46,12 +48,28 @@ from dataclasses import dataclass, field, replace
 from .flash import Flash
 
 MAGIC = b"BOOT"
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 NO_SLOT = 0xFF
 DEFAULT_ATTEMPTS = 3
 _HEAD = struct.Struct("<4sBIBBBB")
 _SLOT = struct.Struct("<BII32s")
-RECORD_SIZE = _HEAD.size + 2 * _SLOT.size + 4
+_RX = struct.Struct("<IIII24s32s")  # size, file crc32, offset, running crc32, version, build
+RECORD_SIZE = _HEAD.size + 2 * _SLOT.size + _RX.size + 4
+
+
+@dataclass(frozen=True)
+class Receiving:
+    """The image being received into the inactive slot, and how far it got (for resume)."""
+
+    size: int = 0
+    file_crc32: int = 0  # as the NCP reported it; 0 until known
+    offset: int = 0  # bytes in the slot that match the image, page aligned
+    running_crc32: int = 0  # CRC-32 of those bytes
+    version: str = ""
+    build: str = ""
+
+    def same_image(self, size: int, version: str, build: str) -> bool:
+        return self.size == size and self.version == version[:24] and self.build == build[:32] and size > 0
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,7 @@ class BootState:
     trial: bool = False
     attempts: int = 0
     slots: tuple[SlotRecord, SlotRecord] = field(default_factory=lambda: (SlotRecord(), SlotRecord()))
+    receiving: Receiving = field(default_factory=Receiving)
 
     def with_slot(self, slot: int, rec: SlotRecord) -> BootState:
         slots = list(self.slots)
@@ -79,6 +98,8 @@ class BootState:
     def encode(self) -> bytes:
         body = _HEAD.pack(MAGIC, RECORD_VERSION, self.seq, self.active, self.confirmed, int(self.trial), self.attempts)
         body += b"".join(_SLOT.pack(int(s.installed), s.length, s.crc32, s.sha256) for s in self.slots)
+        r = self.receiving
+        body += _RX.pack(r.size, r.file_crc32, r.offset, r.running_crc32, r.version.encode()[:24], r.build.encode()[:32])
         return body + zlib.crc32(body).to_bytes(4, "little")
 
     @classmethod
@@ -94,7 +115,10 @@ class BootState:
         slots = tuple(
             SlotRecord(bool(i), n, c, h) for i, n, c, h in (_SLOT.unpack_from(body, _HEAD.size + k * _SLOT.size) for k in (0, 1))
         )
-        return cls(seq, active, confirmed, bool(trial), attempts, slots)
+        size, fcrc, off, rcrc, ver, build = _RX.unpack_from(body, _HEAD.size + 2 * _SLOT.size)
+        rx = Receiving(size, fcrc, off, rcrc, ver.rstrip(b"\x00").decode(errors="replace"),
+                       build.rstrip(b"\x00").decode(errors="replace"))
+        return cls(seq, active, confirmed, bool(trial), attempts, slots, rx)
 
 
 class BootStore:
@@ -213,7 +237,7 @@ class Bootloader:
         state = self.store.load() or BootState()
         crc, sha = slot_digests(self.flash, slot, length)
         state = state.with_slot(slot, SlotRecord(True, length, crc, sha))
-        return self.store.store(replace(state, active=slot, trial=True, attempts=self.attempts))
+        return self.store.store(replace(state, active=slot, trial=True, attempts=self.attempts, receiving=Receiving()))
 
     def confirm(self) -> BootState:
         state = self.store.load()
@@ -222,12 +246,21 @@ class Bootloader:
             return state
         return self.store.store(replace(state, confirmed=state.active, trial=False, attempts=0))
 
-    def invalidate(self, slot: int) -> BootState:
-        """Forget ``slot``'s image before overwriting it, so a half-written slot never counts."""
+    def invalidate(self, slot: int, receiving: Receiving | None = None) -> BootState:
+        """Forget ``slot``'s image before overwriting it, so a half-written slot never counts;
+        record what is being received there (for resume)."""
         state = self.store.load() or BootState()
-        if not state.slots[slot].installed:
+        new = state.with_slot(slot, SlotRecord())
+        if receiving is not None:
+            new = replace(new, receiving=receiving)
+        if new == state:
             return state
-        return self.store.store(state.with_slot(slot, SlotRecord()))
+        return self.store.store(new)
+
+    def checkpoint(self, receiving: Receiving) -> BootState:
+        """Persist how far a transfer got."""
+        state = self.store.load() or BootState()
+        return self.store.store(replace(state, receiving=receiving))
 
     def provision(self, image: bytes) -> BootState:
         """Write a factory image to slot A and make it the confirmed one (a blank device only)."""

@@ -34,6 +34,12 @@ Rules
   (nested calls, while the NCP waits for the Finish RESULT), computes both over the slot as it
   reads back from flash, and only when all agree installs the image as a trial and reboots
   after the RESULT is sent.
+* Resume (extension ``dualmcu_otaResume``): while an NCP that asked for it sends, progress
+  is persisted in the boot state every ``checkpoint_every`` bytes (page aligned, with the CRC
+  of what the flash holds below it).  A later offer of the same image (size, version, build)
+  keeps those bytes; when the NCP then reports the same file CRC-32 and the flash still
+  matches the persisted CRC, the transfer goes on from there.  Anything else erases them and
+  starts from 0.  Finish still checks CRC-32 and SHA-256 over the whole image.
 * Every refusal carries a reason code, logged and emitted as an event.
 """
 
@@ -47,12 +53,18 @@ from typing import Callable
 from dualmcu.firmware import is_newer
 from rpc import DEFER, Call, Endpoint, Incoming
 
-from .boot import Bootloader, BootState, slot_digests
+from .boot import Bootloader, BootState, Receiving, slot_digests
 from .flash import Flash, FlashError
 from .timing import BLOCK, FlashTiming
 
 # Seconds of erasing a primary may spend before answering an offer (the NCP waits 5 s).
 ERASE_AT_OFFER = 3.0
+
+
+def slot_crc(flash: Flash, start: int, length: int, crc: int = 0, block: int = 1 << 16) -> int:
+    for pos in range(0, length, block):
+        crc = zlib.crc32(flash.read(start + pos, min(block, length - pos)), crc)
+    return crc
 
 
 class Ota(Enum):
@@ -72,6 +84,8 @@ class OtaConfig:
     prefetch: bool = False
     timing: FlashTiming = field(default_factory=FlashTiming)
     window: int = 8  # writes taken in flight (dualmcu_otaCapabilities); 1: the plain protocol only
+    resume: bool = True  # offer dualmcu_otaResume and keep progress in the boot state
+    checkpoint_every: int = 64 * 1024  # persist progress at least this often
     buffer: int = 32 * 1024  # bytes of chunks held while an earlier one is missing
     # Planted bugs, for showing that `dualmcu fuzz` finds them; never on by default:
     # "duplicate-chunk-hazard" refuses the resend of the last chunk as the reference primary
@@ -93,6 +107,10 @@ class Transfer:
     held: dict = field(default_factory=dict)  # offset -> (Incoming, chunk): waiting for the gap
     held_bytes: int = 0
     pipelined: bool = False  # the NCP asked for dualmcu_otaCapabilities during this transfer
+    kept: int = 0  # bytes kept from an earlier transfer of the same image, until resume confirms
+    file_crc32: int | None = None  # the file's CRC-32 as the NCP reported it (resume)
+    checkpoint: int = 0  # how far progress was last persisted (page aligned)
+    checkpoint_crc: int = 0  # CRC-32 of the slot's bytes below ``checkpoint``
 
 
 class OtaReceiver:
@@ -125,6 +143,8 @@ class OtaReceiver:
         self._seq = 0
         if config.window > 1:
             endpoint.handle("dualmcu_otaCapabilities", self.on_capabilities)
+        if config.resume:
+            endpoint.handle("dualmcu_otaResume", self.on_resume)
         for name, fn in (
             ("client_otaUpdateAvailable", self.on_available),
             ("client_otaUpdateWrite", self.on_write),
@@ -177,6 +197,35 @@ class OtaReceiver:
         self.emit("ota_refused", call=call, reason=reason, **fields)
         return False
 
+    def on_resume(self, inc: Incoming):
+        """Where the NCP should go on: the kept bytes if they are this file's, else 0."""
+        t = self.t
+        if t is None or self.state is not Ota.OFFERED or t.offset:
+            return (0, False)
+        crc = inc.args["crc32"]
+        rx = self.boot_state.receiving
+        base = self.flash.geometry.slot_offset(t.slot)
+        if t.kept and crc == rx.file_crc32 and slot_crc(self.flash, base, t.kept) == rx.running_crc32:
+            t.offset = t.checkpoint = t.kept
+            t.checkpoint_crc = rx.running_crc32
+            t.kept, t.file_crc32 = 0, crc
+            self.emit("ota_resumed", offset=t.offset, size=t.size)
+            return (t.offset, True)
+        self._drop_kept(t)
+        t.file_crc32 = crc
+        self.boot_state = self.boot.checkpoint(Receiving(t.size, crc, 0, 0, t.fw_version[:24], t.fw_build[:32]))
+        return (0, True)
+
+    def _drop_kept(self, t: Transfer) -> None:
+        """Erase bytes kept from an earlier transfer (not this image after all)."""
+        if not t.kept:
+            return
+        base, page = self.flash.geometry.slot_offset(t.slot), self.flash.page_size
+        for off in range(0, t.kept, page):
+            self.flash.erase_page(base + off)
+        self._work(self.cfg.timing.erase(t.kept))
+        t.kept = 0
+
     def on_available(self, inc: Incoming):
         a = inc.args
         offer = {"size": a["size"], "fw_type": a["fw_type"], "fw_version": a["fw_version"]}
@@ -200,16 +249,24 @@ class OtaReceiver:
         if self.t is not None:
             self.emit("ota_cancelled", reason="replaced_by_new_offer", offset=self.t.offset)
         slot = 1 - self.boot_state.active
+        t = Transfer(a["filename"], a["size"], a["fw_type"], a["fw_version"], a["fw_build"], slot)
+        rx = self.boot_state.receiving
+        if self.cfg.resume and rx.offset and rx.same_image(t.size, t.fw_version, t.fw_build):
+            # Maybe the same image as a transfer cut short: keep what it wrote until the NCP
+            # confirms the file (dualmcu_otaResume); any other first write erases it.
+            t.kept = t.erased_to = rx.offset
+            receiving = None
+        else:
+            receiving = Receiving(t.size, 0, 0, 0, t.fw_version[:24], t.fw_build[:32])
         try:
-            self.boot_state = self.boot.invalidate(slot)
+            self.boot_state = self.boot.invalidate(slot, receiving)
         except FlashError as e:
             return self._refuse("available", "flash_error", error=str(e), **offer)
-        t = Transfer(a["filename"], a["size"], a["fw_type"], a["fw_version"], a["fw_build"], slot)
         # Prepare storage: erase now as much of the image as fits in the offer's answer time
         # (whole 64 KiB blocks), so that most writes only program; the rest is erased a block
         # at a time as the writes reach it.
-        ahead = 0
-        while ahead < t.size and self.cfg.timing.erase(ahead + BLOCK) <= ERASE_AT_OFFER:
+        ahead = t.kept
+        while ahead < t.size and self.cfg.timing.erase(ahead - t.kept + BLOCK) <= ERASE_AT_OFFER:
             ahead += BLOCK
         try:
             self._erase_to(t, min(ahead, t.size))
@@ -220,7 +277,7 @@ class OtaReceiver:
         self._arm()
         self.emit("ota_accepted", slot="AB"[slot], **offer)
         inc.then = self._after_accept
-        done = self._work(self.cfg.timing.erase(t.erased_to))
+        done = self._work(self.cfg.timing.erase(t.erased_to - t.kept))
         if done <= self.ep.now:
             return True
         self._reply_at(done, inc, True)
@@ -306,14 +363,26 @@ class OtaReceiver:
 
     def _program(self, t: Transfer, offset: int, chunk: bytes) -> float:
         """Write one chunk at the next offset; when the flash will have done it."""
+        if t.kept:
+            self._drop_kept(t)  # the NCP started over without confirming: not the same image
         erased = t.erased_to
         if erased < offset + len(chunk):
             # Erase ahead a block at a time (or to the image's end) before programming.
             self._erase_to(t, min(max(offset + len(chunk), erased + BLOCK), t.size))
             self._work(self.cfg.timing.erase(t.erased_to - erased))
-        self.flash.write(self.flash.geometry.slot_offset(t.slot) + offset, chunk)
+        base = self.flash.geometry.slot_offset(t.slot)
+        self.flash.write(base + offset, chunk)
         t.offset += len(chunk)
-        return self._work(self.cfg.timing.program(len(chunk)))
+        done = self._work(self.cfg.timing.program(len(chunk)))
+        if t.file_crc32 is not None and t.offset - t.checkpoint >= self.cfg.checkpoint_every:
+            # Persist progress at a page boundary, with the CRC of what the flash holds below
+            # it (read back, so a torn page can never be vouched for).
+            aligned = t.offset - t.offset % self.flash.page_size
+            t.checkpoint_crc = slot_crc(self.flash, base + t.checkpoint, aligned - t.checkpoint, t.checkpoint_crc)
+            t.checkpoint = aligned
+            self.boot_state = self.boot.checkpoint(
+                Receiving(t.size, t.file_crc32, aligned, t.checkpoint_crc, t.fw_version[:24], t.fw_build[:32]))
+        return done
 
     def _erase_to(self, t: Transfer, end: int) -> None:
         base, page = self.flash.geometry.slot_offset(t.slot), self.flash.page_size

@@ -106,6 +106,7 @@ _PRIMARY_TABLE = """
 _NCP_EXTENSIONS = """
 """
 _PRIMARY_EXTENSIONS = """
+0xE002 dualmcu_otaResume        I (UInt32 crc32, out UInt32 offset)             -> Bool          | where to go on with the offered image (its file crc32 identifies it); 0: from the start
 0xE001 dualmcu_otaCapabilities  I (out UInt16 window, out UInt32 buffer, out UInt32 program_us_per_kib, out UInt32 erase_us_per_64kib) -> Bool | writes the primary takes in flight, its buffer for them, its flash timing
 """
 

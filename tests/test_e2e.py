@@ -214,3 +214,15 @@ def test_link_relays_between_two_ports_and_counts_faults(tmp_path):
     b.close()
     assert summary["event"] == "summary" and summary["bytes"] == len(data)
     assert summary["dropped"] > 0 and len(got) == len(data) - summary["dropped"]
+
+
+def test_a_killed_primary_resumes_where_it_stopped(tmp_path, shipment):
+    fw, sha = shipment
+    flash = tmp_path / "dev.flash"
+    r = dualmcu("run", "--firmware", fw, "--flash", flash, "--workdir", tmp_path / "w", "--json",
+                "--kill-primary-at", 150000)
+    evs = events(r.stdout)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (resumed,) = [e for e in evs if e["event"] == "ota_resumed" and e["side"] == "ncp"]
+    assert resumed["offset"] >= 65536
+    assert flash_show(flash)["slots"]["B"]["sha256"] == sha
