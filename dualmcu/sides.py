@@ -21,6 +21,15 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PORT = 0, 1, 2, 3
 EXIT_POWER_CUT = 75  # the emulated power failed: whoever runs the process starts it again
 
 
+def switch_baud(port, baud: int, emit) -> None:
+    """Switch once what was queued (the RESULT of the request) has left at the old rate."""
+    port.flush()
+    try:
+        port.baudrate = baud
+    except (ValueError, OSError) as e:
+        emit("baud_change_failed", baud=baud, error=str(e))
+
+
 @dataclass
 class NcpOptions:
     port: str
@@ -60,13 +69,8 @@ def run_ncp(o: NcpOptions) -> int:
 
     def on_action(kind: str, arg: Any, port) -> NcpDevice | None:
         if kind == "baud":
-            port.flush()  # the RESULT leaves at the old rate
-            o.config.baud = arg
-            try:
-                port.baudrate = arg
-            except (ValueError, OSError) as e:
-                emit("baud_change_failed", baud=arg, error=str(e))
-            return None
+            o.config.baud = arg  # timeouts are derived from it
+            return switch_baud(port, arg, emit)
         if kind == "reboot":
             emit("rebooted")
             return make(time.monotonic())
@@ -164,12 +168,7 @@ def run_primary(o: PrimaryOptions) -> int:
 
     def on_action(kind: str, arg: Any, port) -> PrimaryDevice | None:
         if kind == "baud":
-            port.flush()
-            try:
-                port.baudrate = arg
-            except (ValueError, OSError) as e:
-                emit("baud_change_failed", baud=arg, error=str(e))
-            return None
+            return switch_baud(port, arg, emit)
         if kind == "reboot":
             port.flush()
             port.reset_input_buffer()  # a rebooting MCU loses what sat in its UART
