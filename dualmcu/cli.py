@@ -237,6 +237,9 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--power-cut-at", type=click.IntRange(1), help="Cut the power at this flash operation of the process (exit code 75).")
 @click.option("--power-cut-seed", type=int, help="Cut the power at an operation and torn part drawn from this seed.")
 @click.option("--power-cut-within", type=click.IntRange(1), default=2000, show_default=True, help="With --power-cut-seed: draw the operation from 1..N.")
+@click.option("--trust", "trust_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A public key (PEM) whose signed images this device installs; repeat for rotation. Unsigned images are then refused.")
+@click.option("--target", "device_target", default="dualmcu/1", show_default=True, help="This device's identity (product/hardware revision) for signed images.")
 @click.option("--defect", "defects", multiple=True, type=click.Choice(["duplicate-chunk-hazard", "hang-on-empty-binary"]),
               hidden=True, help="Plant a known bug, to show that `dualmcu fuzz` finds it.")
 @click.option("--once", is_flag=True, help="Exit when an update ends (0 once a new image is confirmed).")
@@ -245,7 +248,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
             battery, min_battery, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, resume, flash_timing,
             power_cut_at,
-            power_cut_seed, power_cut_within, defects, once, as_json, verbose) -> None:
+            power_cut_seed, power_cut_within, trust_keys, device_target, defects, once, as_json, verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
 
     A blank flash needs --provision IMAGE (its factory firmware). The process reboots into
@@ -273,7 +276,15 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy,
                     battery=battery, min_battery=min_battery, prefetch=prefetch, defects=frozenset(defects),
                     timing=FlashTiming(prog, sector, block), window=window, buffer=rx_hold, resume=resume)
-    cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud)
+    from dualmcu.signing import SignError, load_keys
+    from primary.boot import Trust
+
+    try:
+        trust = Trust(load_keys(list(trust_keys)), device_target) if trust_keys else None
+    except SignError as e:
+        raise click.BadParameter(str(e), param_hint="--trust") from None
+    cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud,
+                        trust=trust)
     sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose,
                                         power_cut_at, power_cut_seed, power_cut_within)))
 
@@ -394,12 +405,16 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--pipeline/--no-pipeline", default=True, show_default=True, help="Writes in flight through the extension (off: one at a time, as the real protocol).")
 @click.option("--flash-timing", default="0.4,45,150", show_default=True, metavar="PROG,SECTOR,BLOCK", help="The primary's flash timing in ms (see `dualmcu primary --help`).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Resume an interrupted transfer of the same file (extension).")
+@click.option("--trust", "trust_keys", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Public key the primary trusts (repeatable); signed images only.")
+@click.option("--target", "device_target", default="dualmcu/1", show_default=True, help="The primary's target identity for signed images.")
+@click.option("--key", "sign_key", type=click.Path(exists=True, dir_okay=False), help="Private key that signs the factory image (and the demo shipment) when --trust is given.")
 @link_options
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Give up after this many seconds.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where the demo image, flash and logs go (default: a new temporary directory).")
 @JSON
 def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
-        ota_timeout, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, latency, ber, drop,
+        ota_timeout, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, trust_keys,
+        device_target, sign_key, latency, ber, drop,
         dup, garbage, stall, stall_time, rx_buffer, rx_poll, disconnects, seed, timeout, workdir, as_json) -> None:
     """Run a complete update between an NCP process and a primary process.
 
@@ -408,16 +423,21 @@ def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net
     """
     from dualmcu.runner import Run, RunOptions
 
+    if trust_keys and not sign_key:
+        raise click.UsageError("with --trust the primary boots signed images only: give --key to sign its factory image")
+
     o = RunOptions(firmware=firmware, framing=framing, flash=flash, link=link, baud=baud, chunk_size=chunk_size,
                    prefetch=prefetch, retries=retries, net_rate=net_rate, net_fail_at=net_fail_at, battery=battery,
                    ota_timeout=ota_timeout, slot_size=slot_size, timeout=timeout, kill_primary_at=kill_primary_at,
-                   kill_ncp_at=kill_ncp_at, power_cut_at=power_cut_at, extra_primary=["--heartbeat", str(heartbeat), "--flash-timing", flash_timing],
+                   kill_ncp_at=kill_ncp_at, power_cut_at=power_cut_at, extra_primary=["--heartbeat", str(heartbeat), "--flash-timing", flash_timing, "--target", device_target]
+                   + [x for k in trust_keys for x in ("--trust", os.path.abspath(k))],
                    extra_ncp=(["--write-timeout", str(write_timeout)] if write_timeout else [])
                    + ([] if pipeline else ["--no-pipeline"]) + ([] if resume else ["--no-resume"]),
                    power_cut_seed=seed if power_cut_random else None,
                    link_config=make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer,
                                          rx_poll, seed),
-                   disconnects=[parse_disconnect(d) for d in disconnects], workdir=workdir, as_json=as_json)
+                   disconnects=[parse_disconnect(d) for d in disconnects], workdir=workdir, as_json=as_json,
+                   sign_key=sign_key, target=device_target)
     sys.exit(Run(o).run())
 
 
@@ -493,6 +513,74 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, seed
     finally:
         p.close()
         target.close()
+
+
+# -- signed images -----------------------------------------------------------------------------
+
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+def keygen(out) -> None:
+    """Make an Ed25519 key pair: OUT (private, PEM, readable by you alone) and OUT.pub."""
+    from dualmcu.signing import generate, key_id, load_public
+
+    if os.path.exists(out) or os.path.exists(out + ".pub"):
+        raise click.ClickException(f"{out} or {out}.pub exists already: not overwriting a key")
+    priv, pub = generate()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(priv)
+    with open(out + ".pub", "wb") as f:
+        f.write(pub)
+    click.echo(f"private key {out}, public key {out}.pub, key id {key_id(load_public(pub)).hex()}")
+
+
+@main.command("sign")
+@click.argument("firmware", type=click.Path(exists=True, dir_okay=False))
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="Private key (PEM) from `dualmcu keygen`.")
+@click.option("--counter", required=True, type=click.IntRange(0, 0xFFFFFFFF), help="Security counter: devices refuse images below the highest they confirmed.")
+@click.option("--target", "targets", multiple=True, required=True, help="product/hardware-revision it may be installed on (repeatable; * for any).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the signed image (default: FIRMWARE.signed).")
+def sign_cmd(firmware, key, counter, targets, output) -> None:
+    """Append a signature block to FIRMWARE (see docs/signing.md)."""
+    from dualmcu.signing import SignError, load_private, sign
+
+    try:
+        with open(key, "rb") as f:
+            private = load_private(f.read())
+        with open(firmware, "rb") as f:
+            signed = sign(f.read(), private, counter, list(targets))
+    except SignError as e:
+        raise click.ClickException(str(e)) from None
+    out = output or firmware + ".signed"
+    _write(out, signed, f"a signed image (counter {counter}, targets {', '.join(targets)})")
+
+
+@main.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--pubkey", "pubkeys", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False), help="Trusted public key (repeatable).")
+@click.option("--target", help="Check that the image may be installed on this target.")
+@click.option("--min-counter", type=click.IntRange(0), default=0, help="Refuse images below this security counter.")
+@JSON
+def verify_cmd(file, pubkeys, target, min_counter, as_json) -> None:
+    """Check a signed image: key, signature, digest, target, counter. Exit 0 when it passes."""
+    from dualmcu.signing import SignError, load_keys, verify_bytes
+
+    try:
+        keys = load_keys(list(pubkeys))
+    except SignError as e:
+        raise click.BadParameter(str(e), param_hint="--pubkey") from None
+    with open(file, "rb") as f:
+        v = verify_bytes(f.read(), keys, target, min_counter)
+    sig = v.signature
+    info = {"file": file, "ok": v.ok, "reason": v.reason,
+            "key_id": sig.key_id.hex() if sig else None, "counter": sig.counter if sig else None,
+            "targets": list(sig.targets) if sig else None}
+    if as_json:
+        emit_json(info)
+    else:
+        click.echo(("verified" if v.ok else f"REFUSED: {v.reason}") +
+                   (f" (key {info['key_id']}, counter {info['counter']}, targets {', '.join(info['targets'])})" if sig else ""))
+    sys.exit(0 if v.ok else 1)
 
 
 # -- flash, tags, images -------------------------------------------------------------------------

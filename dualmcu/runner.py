@@ -54,6 +54,8 @@ class RunOptions:
     disconnects: list = field(default_factory=list)
     workdir: str | None = None
     keep: bool = False
+    sign_key: str | None = None  # signs the factory image and the demo shipment
+    target: str = "dualmcu/1"
     as_json: bool = False
     extra_primary: list[str] = field(default_factory=list)
     extra_ncp: list[str] = field(default_factory=list)
@@ -134,7 +136,7 @@ class Run:
         if o.firmware is None:
             o.firmware = os.path.join(self.workdir, "demo-1.1.0.bin")
             with open(o.firmware, "wb") as f:
-                f.write(build_image(make_info("1.1.0", DEMO_TYPE, build="Nov 21 2026 12:00:00"), DEMO_SIZE))
+                f.write(self._signed(build_image(make_info("1.1.0", DEMO_TYPE, build="Nov 21 2026 12:00:00"), DEMO_SIZE), 2))
         if not os.path.isfile(o.firmware):
             raise ValueError(f"no firmware file at {o.firmware}")
         info = read_info_from_file(o.firmware)
@@ -145,9 +147,17 @@ class Run:
         self.factory = os.path.join(self.workdir, "factory.bin")
         old = "1.0.0" if self.new_version != "1.0.0" else "0.9.0"
         with open(self.factory, "wb") as f:
-            f.write(build_image(make_info(old, self.fw_type, build="Nov 20 2026 12:00:00"), 120 * 1024))
+            f.write(self._signed(build_image(make_info(old, self.fw_type, build="Nov 20 2026 12:00:00"), 120 * 1024), 1))
         if o.flash is None:
             o.flash = os.path.join(self.workdir, "primary.flash")
+
+    def _signed(self, image: bytes, counter: int) -> bytes:
+        if not self.o.sign_key:
+            return image
+        from .signing import load_private, sign
+
+        with open(self.o.sign_key, "rb") as f:
+            return sign(image, load_private(f.read()), counter, [self.o.target])
 
     # -- processes ---------------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ was not touched.
     13     2x41  per slot: installed u8, length u32, crc32 u32, sha256[32]
     95     72    the image being received: size u32, file crc32 u32, offset u32 (page
                  aligned), running crc32 u32 of the bytes below offset, version[24], build[32]
-    167    4     CRC-32 of bytes 0..166, LE
+    167    4     security counter u32: the highest of a confirmed signed image (anti-rollback)
+    171    4     CRC-32 of bytes 0..170, LE
 
 Bootloader rules, applied at every boot, in order
 -------------------------------------------------
@@ -34,7 +35,9 @@ Bootloader rules, applied at every boot, in order
     nothing verifies                          no bootable image: stop, say so
 
 "Verify" means: the slot is installed, and the CRC-32 and SHA-256 of its first ``length``
-bytes equal those recorded at install.  The application confirms a trial image after its
+bytes equal those recorded at install; and, when keys are trusted, the image's signature
+verifies with one of them, names this device's target, and carries a security counter no
+lower than the highest confirmed one (signing.py).  The application confirms a trial image after its
 health check; a confirmed image stays until the next install.
 """
 
@@ -48,13 +51,14 @@ from dataclasses import dataclass, field, replace
 from .flash import Flash
 
 MAGIC = b"BOOT"
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 NO_SLOT = 0xFF
 DEFAULT_ATTEMPTS = 3
 _HEAD = struct.Struct("<4sBIBBBB")
 _SLOT = struct.Struct("<BII32s")
 _RX = struct.Struct("<IIII24s32s")  # size, file crc32, offset, running crc32, version, build
-RECORD_SIZE = _HEAD.size + 2 * _SLOT.size + _RX.size + 4
+_SEC = struct.Struct("<I")  # the highest security counter of a confirmed signed image
+RECORD_SIZE = _HEAD.size + 2 * _SLOT.size + _RX.size + _SEC.size + 4
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class BootState:
     attempts: int = 0
     slots: tuple[SlotRecord, SlotRecord] = field(default_factory=lambda: (SlotRecord(), SlotRecord()))
     receiving: Receiving = field(default_factory=Receiving)
+    security_counter: int = 0
 
     def with_slot(self, slot: int, rec: SlotRecord) -> BootState:
         slots = list(self.slots)
@@ -100,6 +105,7 @@ class BootState:
         body += b"".join(_SLOT.pack(int(s.installed), s.length, s.crc32, s.sha256) for s in self.slots)
         r = self.receiving
         body += _RX.pack(r.size, r.file_crc32, r.offset, r.running_crc32, r.version.encode()[:24], r.build.encode()[:32])
+        body += _SEC.pack(self.security_counter)
         return body + zlib.crc32(body).to_bytes(4, "little")
 
     @classmethod
@@ -118,7 +124,8 @@ class BootState:
         size, fcrc, off, rcrc, ver, build = _RX.unpack_from(body, _HEAD.size + 2 * _SLOT.size)
         rx = Receiving(size, fcrc, off, rcrc, ver.rstrip(b"\x00").decode(errors="replace"),
                        build.rstrip(b"\x00").decode(errors="replace"))
-        return cls(seq, active, confirmed, bool(trial), attempts, slots, rx)
+        (counter,) = _SEC.unpack_from(body, _HEAD.size + 2 * _SLOT.size + _RX.size)
+        return cls(seq, active, confirmed, bool(trial), attempts, slots, rx, counter)
 
 
 class BootStore:
@@ -191,11 +198,34 @@ def bootable(flash: Flash) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class Trust:
+    """The public keys this device trusts (by key id) and its own target identity."""
+
+    keys: dict
+    target: str = "dualmcu/1"
+
+
+def check_signature(flash: Flash, slot: int, length: int, trust: Trust, min_counter: int):
+    from dualmcu.signing import verify
+
+    base = flash.geometry.slot_offset(slot)
+    return verify(length, lambda off, n: flash.read(base + off, n), trust.keys, trust.target, min_counter)
+
+
 class Bootloader:
-    def __init__(self, flash: Flash, attempts: int = DEFAULT_ATTEMPTS):
+    def __init__(self, flash: Flash, attempts: int = DEFAULT_ATTEMPTS, trust: Trust | None = None):
         self.flash = flash
         self.store = BootStore(flash)
         self.attempts = attempts
+        self.trust = trust
+
+    def _verifies(self, state: BootState, slot: int) -> bool:
+        if not verify_slot(self.flash, state, slot):
+            return False
+        if self.trust is None or not self.trust.keys:
+            return True
+        return bool(check_signature(self.flash, slot, state.slots[slot].length, self.trust, state.security_counter))
 
     def boot(self) -> BootResult:
         events: list[tuple[str, dict]] = []
@@ -205,7 +235,7 @@ class Bootloader:
 
         def roll_back(why: str) -> BootState | None:
             target = state.confirmed
-            if target == NO_SLOT or not verify_slot(self.flash, state, target):
+            if target == NO_SLOT or not self._verifies(state, target):
                 events.append(("rollback_impossible", {"reason": why}))
                 return None
             events.append(("rollback", {"from_slot": "AB"[state.active], "to_slot": "AB"[target], "reason": why}))
@@ -216,13 +246,13 @@ class Bootloader:
         elif state.trial:
             state = self.store.store(replace(state, attempts=state.attempts - 1))
             events.append(("trial_boot", {"slot": "AB"[state.active], "attempts_left": state.attempts}))
-        if state is not None and not verify_slot(self.flash, state, state.active):
+        if state is not None and not self._verifies(state, state.active):
             events.append(("verify_failed", {"slot": "AB"[state.active]}))
             if state.trial:
                 state = roll_back("trial_image_does_not_verify")
             else:
                 other = 1 - state.active
-                if verify_slot(self.flash, state, other):
+                if self._verifies(state, other):
                     events.append(("fallback", {"to_slot": "AB"[other]}))
                     state = self.store.store(replace(state, active=other, confirmed=other, trial=False, attempts=0))
                 else:
@@ -240,11 +270,18 @@ class Bootloader:
         return self.store.store(replace(state, active=slot, trial=True, attempts=self.attempts, receiving=Receiving()))
 
     def confirm(self) -> BootState:
+        """Keep the running image; a signed one raises the security counter to its own."""
         state = self.store.load()
         assert state is not None
-        if not state.trial and state.confirmed == state.active:
+        counter = state.security_counter
+        if self.trust is not None and self.trust.keys:
+            v = check_signature(self.flash, state.active, state.slots[state.active].length, self.trust, 0)
+            if v.signature is not None and v.ok:
+                counter = max(counter, v.signature.counter)
+        if not state.trial and state.confirmed == state.active and counter == state.security_counter:
             return state
-        return self.store.store(replace(state, confirmed=state.active, trial=False, attempts=0))
+        return self.store.store(replace(state, confirmed=state.active, trial=False, attempts=0,
+                                        security_counter=counter))
 
     def invalidate(self, slot: int, receiving: Receiving | None = None) -> BootState:
         """Forget ``slot``'s image before overwriting it, so a half-written slot never counts;

@@ -25,7 +25,7 @@ from rpc import PRIMARY, Call, Incoming
 from rpc.device import Device
 from rpc.interface import EVENTS, STATES
 
-from .boot import Bootloader, BootResult
+from .boot import Bootloader, BootResult, Trust
 from .flash import Flash
 from .ota import OtaConfig, OtaReceiver
 
@@ -43,6 +43,7 @@ class PrimaryConfig:
     reinit_after: float = 1.0
     answer_unknown: bool = False
     baud: int | None = None  # ask the NCP to switch to this baud rate after initialising
+    trust: Trust | None = None  # keys and target for signed images; None: unsigned accepted
 
 
 class PrimaryDevice(Device):
@@ -53,7 +54,11 @@ class PrimaryDevice(Device):
         self.cfg = config
         self.ready = False
         self._misses = 0
-        self.bootloader = Bootloader(flash, attempts=config.attempts)
+        self.bootloader = Bootloader(flash, attempts=config.attempts, trust=config.trust)
+        if config.trust is None or not config.trust.keys:
+            self.emit("trust", keys=0, note="no key trusted: unsigned images are accepted")
+        else:
+            self.emit("trust", keys=len(config.trust.keys), target=config.trust.target)
         self.boot: BootResult = self.bootloader.boot()
         for kind, fields in self.boot.events:
             self.emit(kind, **fields)

@@ -53,7 +53,7 @@ from typing import Callable
 from dualmcu.firmware import is_newer
 from rpc import DEFER, Call, Endpoint, Incoming
 
-from .boot import Bootloader, BootState, Receiving, slot_digests
+from .boot import Bootloader, BootState, Receiving, check_signature, slot_digests
 from .flash import Flash, FlashError
 from .timing import BLOCK, FlashTiming
 
@@ -429,6 +429,15 @@ class OtaReceiver:
             return fail("crc_mismatch", ours=f"{crc:08x}", ncp=f"{crc_call.values['crc32']:08x}")
         if sha != sha_call.values["sha256"]:
             return fail("sha256_mismatch", ours=sha.hex(), ncp=sha_call.values["sha256"].hex())
+        trust = self.boot.trust
+        if trust is not None and trust.keys:
+            v = check_signature(self.flash, t.slot, t.size, trust, self.boot_state.security_counter)
+            if not v:
+                # Bytes arrived whole but are not an image this device may install.
+                self.state, self.t = Ota.IDLE, None
+                self._refuse("finish", f"signature_{v.reason}", counter=v.signature.counter if v.signature else None)
+                self.emit("ota_cancelled", reason=f"signature_{v.reason}", offset=t.size)
+                return self.ep.reply(inc, False)
         try:
             self.boot_state = self.boot.install(t.slot, t.size)
         except FlashError as e:

@@ -1,0 +1,183 @@
+"""Signed firmware images: Ed25519 over the image's SHA-256, a key id, a security counter and
+the targets it may be installed on, in a block appended to the image.
+
+    image  = body ‖ block
+    body   = the firmware as built, tag included
+    block  = "DMSG" · u8 version (1) · key_id[8] · u32 counter · u8 n · n × (u8 len · target)
+             · sha256(body)[32] · signature[64] · u16 block length · "DMSG"
+
+All integers little-endian.  ``key_id`` is the first 8 bytes of the SHA-256 of the raw 32-byte
+public key.  The signature is Ed25519 over ``"dualmcu-image-v1" ‖`` the block from its first
+"DMSG" through the body's digest, so the counter and the targets are signed along with the
+firmware.  The block's length and magic at the very end let a reader find it from the end.
+
+Nothing here changes the Blynk wire protocol: a signed image is just a file the NCP offers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+MAGIC = b"DMSG"
+VERSION = 1
+CONTEXT = b"dualmcu-image-v1"
+TRAILER = struct.Struct("<H4s")
+MAX_BLOCK = 2048
+
+
+class SignError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Signature:
+    key_id: bytes
+    counter: int
+    targets: tuple[str, ...]
+    body_sha256: bytes
+    signature: bytes
+    signed: bytes  # the bytes the signature covers (after the context)
+    body_length: int
+
+
+def key_id(public: Ed25519PublicKey) -> bytes:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).digest()[:8]
+
+
+def generate() -> tuple[bytes, bytes]:
+    """A new key pair as (private PEM, public PEM)."""
+    priv = Ed25519PrivateKey.generate()
+    return (
+        priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        priv.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+    )
+
+
+def load_private(pem: bytes) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise SignError(f"not an unencrypted PEM private key: {e}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SignError("the private key is not an Ed25519 key")
+    return key
+
+
+def load_public(pem: bytes) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError as e:
+        raise SignError(f"not a PEM public key: {e}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise SignError("the public key is not an Ed25519 key")
+    return key
+
+
+def sign(body: bytes, private: Ed25519PrivateKey, counter: int, targets: list[str]) -> bytes:
+    """``body`` with its signature block appended."""
+    if find_block(len(body), lambda off, n: body[off : off + n]) is not None:
+        raise SignError("the image is signed already; sign the unsigned firmware")
+    if not 0 <= counter <= 0xFFFFFFFF:
+        raise SignError("the counter must fit 32 bits")
+    if not targets or len(targets) > 32:
+        raise SignError("give between 1 and 32 targets (product/hardware-revision, or * for any)")
+    head = MAGIC + bytes([VERSION]) + key_id(private.public_key()) + counter.to_bytes(4, "little")
+    head += bytes([len(targets)])
+    for t in targets:
+        raw = t.encode("utf-8")
+        if not 0 < len(raw) < 256:
+            raise SignError(f"target {t!r} must be 1 to 255 bytes")
+        head += bytes([len(raw)]) + raw
+    signed = head + hashlib.sha256(body).digest()
+    block = signed + private.sign(CONTEXT + signed)
+    block += TRAILER.pack(len(block) + TRAILER.size, MAGIC)
+    return body + block
+
+
+def find_block(length: int, read: Callable[[int, int], bytes]) -> Signature | None:
+    """Parse the signature block at the end of an image of ``length`` bytes (read through
+    ``read(offset, n)``); None when there is none or it is malformed."""
+    if length < TRAILER.size:
+        return None
+    size, magic = TRAILER.unpack(read(length - TRAILER.size, TRAILER.size))
+    if magic != MAGIC or not 4 + 1 + 8 + 4 + 1 + 32 + 64 + TRAILER.size <= size <= min(MAX_BLOCK, length):
+        return None
+    block = read(length - size, size)
+    if block[:4] != MAGIC or block[4] != VERSION:
+        return None
+    pos = 5
+    kid, counter = block[pos : pos + 8], int.from_bytes(block[pos + 8 : pos + 12], "little")
+    pos += 12
+    n = block[pos]
+    pos += 1
+    targets = []
+    for _ in range(n):
+        if pos >= len(block):
+            return None
+        ln = block[pos]
+        targets.append(block[pos + 1 : pos + 1 + ln].decode("utf-8", "replace"))
+        pos += 1 + ln
+    if pos + 32 + 64 + TRAILER.size != size:
+        return None
+    digest, sig = block[pos : pos + 32], block[pos + 32 : pos + 96]
+    return Signature(kid, counter, tuple(targets), digest, sig, block[: pos + 32], length - size)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str  # "ok" or why not: unsigned, unknown_key, bad_signature, digest_mismatch, wrong_target, counter_too_low
+    signature: Signature | None = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def verify(length: int, read: Callable[[int, int], bytes], keys: dict[bytes, Ed25519PublicKey],
+           target: str | None = None, min_counter: int = 0, block: int = 1 << 16) -> Verdict:
+    """Check a signed image read through ``read``; its body is hashed in ``block``-sized reads."""
+    sig = find_block(length, read)
+    if sig is None:
+        return Verdict(False, "unsigned")
+    public = keys.get(sig.key_id)
+    if public is None:
+        return Verdict(False, "unknown_key", sig)
+    try:
+        public.verify(sig.signature, CONTEXT + sig.signed)
+    except InvalidSignature:
+        return Verdict(False, "bad_signature", sig)
+    h = hashlib.sha256()
+    for pos in range(0, sig.body_length, block):
+        h.update(read(pos, min(block, sig.body_length - pos)))
+    if h.digest() != sig.body_sha256:
+        return Verdict(False, "digest_mismatch", sig)
+    if target is not None and target not in sig.targets and "*" not in sig.targets:
+        return Verdict(False, "wrong_target", sig)
+    if sig.counter < min_counter:
+        return Verdict(False, "counter_too_low", sig)
+    return Verdict(True, "ok", sig)
+
+
+def verify_bytes(image: bytes, keys: dict[bytes, Ed25519PublicKey], target: str | None = None,
+                 min_counter: int = 0) -> Verdict:
+    return verify(len(image), lambda off, n: image[off : off + n], keys, target, min_counter)
+
+
+def load_keys(paths: list[str]) -> dict[bytes, Ed25519PublicKey]:
+    keys = {}
+    for p in paths:
+        with open(p, "rb") as f:
+            pub = load_public(f.read())
+        keys[key_id(pub)] = pub
+    return keys

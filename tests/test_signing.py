@@ -1,0 +1,177 @@
+"""Signed images: what installs, what is refused and why, anti-rollback, target binding,
+tampering on flash, key rotation; on the cores and through the commands."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dualmcu import signing as S
+from dualmcu.firmware import build_image, make_info
+from dualmcu.sim import Simulation
+from ncp.update import Shipment
+from primary.boot import Bootloader, BootStore, Trust
+from primary.device import PrimaryConfig
+from primary.flash import Flash, Geometry
+
+B = "Jan  1 2026 00:00:00"
+OLD = build_image(make_info("1.0.0", "TMPLS", build=B), 30_000, seed=1)
+NEW = build_image(make_info("1.1.0", "TMPLS", build=B), 80_000, seed=2)
+
+
+def keypair():
+    priv, pub = S.generate()
+    public = S.load_public(pub)
+    return S.load_private(priv), public, {S.key_id(public): public}
+
+
+K1, P1, KEYS1 = keypair()
+K2, P2, KEYS2 = keypair()
+
+
+def device(keys, counter=1, target="prod/A"):
+    f = Flash.in_memory(Geometry(4096, 256 * 1024))
+    b = Bootloader(f, trust=Trust(keys, target))
+    b.provision(S.sign(OLD, K1, counter, [target]))
+    b.confirm()
+    return f
+
+
+def update(flash, image, keys, target="prod/A"):
+    s = Simulation(flash, Shipment.from_bytes(image, "fw.bin"),
+                   primary_config=PrimaryConfig(trust=Trust(keys, target)))
+    return s, s.run_update()
+
+
+def active(flash):
+    st = BootStore(flash).load()
+    return st, flash.read(flash.geometry.slot_offset(st.active), st.slots[st.active].length)
+
+
+def test_a_valid_signed_image_installs_and_raises_the_counter():
+    f = device(KEYS1)
+    signed = S.sign(NEW, K1, 5, ["prod/A"])
+    s, outcome = update(f, signed, KEYS1)
+    assert outcome == "success"
+    st, img = active(f)
+    assert img == signed and st.security_counter == 5
+
+
+def test_one_flipped_byte_anywhere_is_refused():
+    signed = S.sign(NEW, K1, 5, ["prod/A", "prod/B"])
+    sig = S.find_block(len(signed), lambda o, n: signed[o : o + n])
+    block_start = sig.body_length
+    positions = {
+        "firmware": 5000,
+        "tag": NEW.index(b"blnkinf") + 12,
+        "key id": block_start + 6,
+        "counter": block_start + 13,
+        "targets": block_start + 19,
+        "digest": len(signed) - 6 - 64 - 5,
+        "signature": len(signed) - 6 - 20,
+    }
+    for what, i in positions.items():
+        bad = bytearray(signed)
+        bad[i] ^= 0x01
+        v = S.verify_bytes(bytes(bad), KEYS1, "prod/A")
+        assert not v, what
+    assert S.verify_bytes(signed, KEYS1, "prod/A")
+    # and on the device: a flipped firmware byte arrives whole (its own digests match) but is refused
+    bad = bytearray(signed)
+    bad[5000] ^= 0x01
+    f = device(KEYS1)
+    s, outcome = update(f, bytes(bad), KEYS1)
+    assert outcome == "finish_failed"
+    assert s.find("ota_refused", "primary")[0]["reason"] == "signature_bad_signature" or \
+        s.find("ota_refused", "primary")[0]["reason"] == "signature_digest_mismatch"
+    assert active(f)[1] != bytes(bad)
+
+
+@pytest.mark.parametrize("image,reason", [
+    (lambda: S.sign(NEW, K2, 5, ["prod/A"]), "signature_unknown_key"),
+    (lambda: S.sign(NEW, K1, 5, ["prod/B"]), "signature_wrong_target"),
+    (lambda: S.sign(NEW, K1, 2, ["prod/A"]), "signature_counter_too_low"),
+    (lambda: NEW, "signature_unsigned"),
+])
+def test_refusals(image, reason):
+    f = device(KEYS1, counter=3)
+    s, outcome = update(f, image(), KEYS1)
+    assert outcome == "finish_failed"
+    assert s.find("ota_refused", "primary")[0]["reason"] == reason
+    st, img = active(f)
+    assert st.security_counter == 3 and img.startswith(OLD)
+
+
+def test_a_slot_tampered_with_on_flash_is_not_booted():
+    f = device(KEYS1)
+    signed = S.sign(NEW, K1, 5, ["prod/A"])
+    update(f, signed, KEYS1)
+    st = BootStore(f).load()
+    # rewrite the slot's bytes and its record's digests, as an attacker with the flash could
+    from dataclasses import replace
+
+    from primary.boot import SlotRecord, slot_digests
+
+    base = f.geometry.slot_offset(st.active)
+    for off in range(0, 4096 * 20, 4096):
+        f.erase_page(base + off)
+    evil = bytearray(signed)
+    evil[1000] ^= 0xFF
+    f.write(base, bytes(evil[: 4096 * 20]))
+    crc, sha = slot_digests(f, st.active, len(signed))
+    BootStore(f).store(replace(st, slots=tuple(SlotRecord(True, len(signed), crc, sha) if i == st.active else r
+                                               for i, r in enumerate(st.slots))))
+    r = Bootloader(f, trust=Trust(KEYS1, "prod/A")).boot()
+    assert r.slot != st.active and ("verify_failed", {"slot": "AB"[st.active]}) in r.events
+
+
+def test_key_rotation():
+    both = {**KEYS1, **KEYS2}
+    f = device(both)
+    s, outcome = update(f, S.sign(NEW, K2, 5, ["prod/A"]), both)
+    assert outcome == "success"
+    newer = build_image(make_info("1.2.0", "TMPLS", build=B), 60_000, seed=3)
+    s, outcome = update(f, S.sign(newer, K1, 6, ["prod/A"]), KEYS2)  # the old key is retired
+    assert outcome == "finish_failed"
+    assert s.find("ota_refused", "primary")[0]["reason"] == "signature_unknown_key"
+
+
+def test_with_no_key_trusted_unsigned_images_are_accepted_and_it_says_so():
+    f = Flash.in_memory(Geometry(4096, 256 * 1024))
+    Bootloader(f).provision(OLD)
+    s = Simulation(f, Shipment.from_bytes(NEW))
+    assert s.run_update() == "success"
+    assert s.find("trust", "primary")[0]["keys"] == 0
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "dualmcu", *map(str, args)], capture_output=True, timeout=120, cwd=cwd)
+
+
+def test_keygen_sign_verify_and_run(tmp_path):
+    key = tmp_path / "k"
+    assert cli("keygen", key).returncode == 0
+    assert (key.stat().st_mode & 0o777) == 0o600
+    r = cli("keygen", key)
+    assert r.returncode == 1 and b"not overwriting" in r.stderr
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(NEW)
+    assert cli("sign", fw, "--key", key, "--counter", 4, "--target", "dualmcu/1").returncode == 0
+    signed = tmp_path / "fw.bin.signed"
+    r = cli("verify", signed, "--pubkey", f"{key}.pub", "--target", "dualmcu/1", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["counter"] == 4
+    assert cli("verify", signed, "--pubkey", f"{key}.pub", "--target", "other/1").returncode == 1
+    assert cli("verify", signed, "--pubkey", f"{key}.pub", "--min-counter", 5).returncode == 1
+    r = cli("sign", signed, "--key", key, "--counter", 4, "--target", "x")
+    assert r.returncode == 1 and b"signed already" in r.stderr
+    r = cli("sign", fw, "--key", f"{key}.pub", "--counter", 4, "--target", "x")
+    assert r.returncode == 1 and b"private key" in r.stderr
+    # end to end: the primary process trusts the key
+    flash = tmp_path / "dev.flash"
+    r = cli("run", "--firmware", signed, "--trust", f"{key}.pub", "--key", key, "--flash", flash,
+            "--workdir", tmp_path / "w", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = cli("run", "--firmware", fw, "--trust", f"{key}.pub", "--key", key, "--workdir", tmp_path / "w2", "--json")
+    assert r.returncode == 1
+    assert any(json.loads(x).get("reason") == "signature_unsigned" for x in r.stdout.decode().splitlines() if x.startswith("{"))
