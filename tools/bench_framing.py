@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -23,18 +22,11 @@ from cobs import cobs  # noqa: E402
 
 from framing import get_profile  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchutil import rate  # noqa: E402
+
 SIZES = (64, 1024, 4096)
 WIRE_3M = 3_000_000 / 10
-
-
-def rate(fn, nbytes: int, seconds: float) -> float:
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        dt = time.perf_counter() - t0
-        if dt >= seconds:
-            return nbytes * n / dt / 1e6
 
 
 def bench(name: str, size: int, seconds: float) -> dict:

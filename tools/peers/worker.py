@@ -9,17 +9,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
-
-def rate(fn, nbytes: int, seconds: float) -> float:
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        dt = time.perf_counter() - t0
-        if dt >= seconds:
-            return nbytes * n / dt / 1e6
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchutil import rate  # noqa: E402
 
 
 class FakePort:

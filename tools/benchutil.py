@@ -1,0 +1,18 @@
+"""What the benchmark scripts share; standard library only, so that the peer-framing worker can
+use it from its own environment."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+
+def rate(fn: Callable[[], object], nbytes: int, seconds: float) -> float:
+    """MB/s of ``nbytes`` per call of ``fn``, calling it for at least ``seconds``."""
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return nbytes * n / dt / 1e6
