@@ -29,7 +29,7 @@ import shlex
 import subprocess
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -392,7 +392,6 @@ class Target:
     proc: subprocess.Popen | None = None
     relay: Any = None
     restarts: int = 0
-    log: list[str] = field(default_factory=list)
 
     def open(self):
         if self.target_cmd:

@@ -43,7 +43,6 @@ class Relay:
         self._fds: dict[str, int | None] = {"a": None, "b": None}
         self._backlog: dict[str, bytearray] = {"a": bytearray(), "b": bytearray()}
         self._keep: list[int] = []
-        self._ports: list = []
         self._listeners: dict[str, socket.socket] = {}
         self.paths: dict[str, str] = {}
         self.started = 0.0
@@ -88,7 +87,6 @@ class Relay:
                 fd = sock.fileno() if sock is not None else port.fileno()
             except (AttributeError, OSError):
                 raise ValueError(f"{port.portstr} has no file descriptor to relay (rfc2217 is not supported here)") from None
-            r._ports.append(port)
             r._attach(side, fd)
             r.paths[side] = port.portstr
         return r
