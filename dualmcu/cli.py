@@ -10,6 +10,7 @@ import time
 import click
 
 from dualmcu import __version__
+from dualmcu.firmware import TEST_BEHAVIOURS
 from framing import PROFILE_NAMES, FramingError, get_profile
 from rpc.interface import INTERFACE, INVOKE
 from rpc.message import Invoke, Oneway
@@ -716,7 +717,7 @@ def tag_append(firmware, mcu, fw_type, build, blynk, extra, output) -> None:
 @click.argument("out", type=click.Path(dir_okay=False))
 @tag_options
 @click.option("--size", type=Size(), default="300K", show_default=True, help="Image size.")
-@click.option("--test", "behaviour", type=click.Choice(["fail-health", "crash"]),
+@click.option("--test", "behaviour", type=click.Choice(TEST_BEHAVIOURS),
               help="Make an image that misbehaves on the emulated primary, to test rollback.")
 def image(out, mcu, fw_type, build, blynk, extra, size, behaviour) -> None:
     """Build a tagged test firmware image (deterministic filler after the tag)."""

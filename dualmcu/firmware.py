@@ -26,7 +26,6 @@ from dataclasses import dataclass
 TAG_MAGIC = b"blnkinf\x00"
 TAG_PATTERN = re.compile(rb"blnkinf\x00[\w\s\.,:\-\(\)\x00]*?\x00\x00")
 _VALUE_OK = re.compile(r"[\w\s.,:\-()]+", re.ASCII)
-KEY_ORDER = ("mcu", "fw-type", "build", "blynk")
 TEST_KEY = "dualmcu-test"
 TEST_BEHAVIOURS = ("fail-health", "crash")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -36,10 +36,6 @@ class Faults:
     @property
     def any(self) -> bool:
         return any((self.ber, self.drop, self.dup, self.garbage, self.stall))
-
-    @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
 
 @dataclass
@@ -65,7 +61,6 @@ class Lane:
         self.rng = rng
         self.free_at = 0.0  # when the transmitter has sent everything queued so far
         self.queue: deque[tuple[float, bytes]] = deque()  # (arrival time, bytes), in order
-        self.buffered = 0  # bytes arrived and not read yet (with rx_poll)
         self.next_poll = 0.0
         self.cut_until = -1.0
         self.stats = new_stats()

@@ -56,10 +56,7 @@ class Simulation:
         self.shipment = shipment
         self.network = network
         self.store = Store()
-        self.power_cuts = 0
-        self.boots = 0
         self.halted: str | None = None
-        self.exit: str | None = None
         self.ncp = self._boot_ncp()
         self.primary = self._boot_primary()
 
@@ -74,7 +71,6 @@ class Simulation:
                          self.store, emit=self._emitter("ncp"))
 
     def _boot_primary(self) -> PrimaryDevice:
-        self.boots += 1
         while True:
             try:
                 return PrimaryDevice(self.flash, get_profile(self.framing), self.primary_config, self.now,
@@ -83,7 +79,6 @@ class Simulation:
                 self._power_cut(cut)
 
     def _power_cut(self, cut: PowerCut) -> None:
-        self.power_cuts += 1
         self.events.append(("primary", "power_cut", {"t": self.now, "op": cut.op, "operation": cut.kind,
                                                      "applied": cut.applied}))
 
@@ -130,9 +125,8 @@ class Simulation:
                 self.link.set_baud(arg, self.now)
         while self.ncp.actions:
             kind, arg = self.ncp.actions.pop(0)
-            if kind == "exit":
-                self.exit = arg
-            elif kind == "reboot":
+            # "exit" (an NCP run --once) needs nothing here: callers watch the outcome.
+            if kind == "reboot":
                 self.ncp = self._boot_ncp()
             elif kind == "baud":
                 self.link.set_baud(arg, self.now)

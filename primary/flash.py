@@ -25,7 +25,6 @@ HEADER = struct.Struct("<8sHHII")  # magic, layout version, reserved, page size,
 LAYOUT_VERSION = 1
 DEFAULT_PAGE = 4096
 DEFAULT_SLOT = 1 << 20
-SLOT_NAMES = ("A", "B")
 
 
 class FlashError(Exception):
@@ -202,9 +201,6 @@ class Flash:
             room = self.page_size - (offset + pos) % self.page_size
             self.program(offset + pos, data[pos : pos + room])
             pos += room
-
-    def is_erased(self, offset: int, length: int) -> bool:
-        return self._store.read(offset, length) == b"\xff" * length
 
     def _check(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:

@@ -7,9 +7,9 @@ for their update slots (datasheet, AC electrical characteristics, typical column
     sector erase (4 KiB)           45 ms
     block erase (64 KiB)          150 ms
 
-The primary erases what an offered image needs when it accepts the offer (64 KiB blocks where
-it can, 4 KiB sectors for the rest), before answering, as the reference primary "prepares
-storage"; writes then only program.  ``FlashTiming.instant()`` is a flash that takes no time.
+When it accepts an offer the primary erases, before answering, as much of the image as 3 s of
+erasing allows (the NCP waits 5 s), in 64 KiB blocks; the rest is erased a block at a time as
+the writes reach it (see ota.py).  ``FlashTiming(0, 0, 0)`` is a flash that takes no time.
 """
 
 from __future__ import annotations
@@ -25,10 +25,6 @@ class FlashTiming:
     program_page: float = 0.0004  # seconds per 256-byte page program
     erase_sector: float = 0.045  # seconds per 4 KiB sector erase
     erase_block: float = 0.150  # seconds per 64 KiB block erase
-
-    @classmethod
-    def instant(cls) -> FlashTiming:
-        return cls(0.0, 0.0, 0.0)
 
     def program(self, nbytes: int) -> float:
         return -(-nbytes // 256) * self.program_page

@@ -219,13 +219,6 @@ class Endpoint:
         """Send an INVOKE the table may not know (fuzzing, probing a peer)."""
         self._send(Invoke(uid, msg_id, args).encode())
 
-    def fail_pending(self, status: int = Status.GENERIC) -> None:
-        """Complete every pending call with ``status`` (the link or the peer went away)."""
-        calls = list(self._pending.values())
-        self._pending.clear()
-        for c in calls:
-            self._complete(c, status, None)
-
     # -- answering ---------------------------------------------------------------------------
 
     def reply(self, inc: Incoming, ret: Any = None, status: int = Status.OK) -> None:

@@ -22,6 +22,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from dualmcu.firmware import build_image, make_info  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchutil import report  # noqa: E402
+
 SIZES = (256 * 1024, 4 << 20, 16 << 20)
 
 
@@ -41,18 +44,12 @@ def main() -> None:
             result = [json.loads(x) for x in r.stdout.decode().splitlines() if x.startswith("{")][-1]
             rows.append({"size": size, "exit": result["exit_code"], "seconds": result["seconds"],
                          "ncp_peak_kib": result["peak_rss_kib"]["ncp"], "primary_peak_kib": result["peak_rss_kib"]["primary"]})
-    if a.json:
-        for row in rows:
-            print(json.dumps(row))
-        return
     base = rows[0]
-    print("| image | exit | seconds | NCP peak RSS | primary peak RSS | NCP vs 256 KiB | primary vs 256 KiB |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['size'] // 1024} KiB | {r['exit']} | {r['seconds']} | {r['ncp_peak_kib'] / 1024:.1f} MiB | "
-              f"{r['primary_peak_kib'] / 1024:.1f} MiB | {r['ncp_peak_kib'] / base['ncp_peak_kib']:.2f} | "
-              f"{r['primary_peak_kib'] / base['primary_peak_kib']:.2f} |")
-
+    report(rows, a.json, "", ["image", "exit", "seconds", "NCP peak RSS", "primary peak RSS", "NCP vs 256 KiB",
+                              "primary vs 256 KiB"],
+           lambda r: (f"{r['size'] // 1024} KiB", r["exit"], r["seconds"], f"{r['ncp_peak_kib'] / 1024:.1f} MiB",
+                      f"{r['primary_peak_kib'] / 1024:.1f} MiB", f"{r['ncp_peak_kib'] / base['ncp_peak_kib']:.2f}",
+                      f"{r['primary_peak_kib'] / base['primary_peak_kib']:.2f}"))
 
 if __name__ == "__main__":
     main()

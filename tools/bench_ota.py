@@ -14,12 +14,14 @@ figures are the same on any machine and a 1 MiB update at 115200 baud takes a se
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchutil import report  # noqa: E402
 
 from dualmcu.firmware import build_image, make_info  # noqa: E402
 from dualmcu.link import LinkConfig  # noqa: E402
@@ -65,18 +67,17 @@ def main() -> None:
     a = ap.parse_args()
     rows = [measure(b, s, p, a.chunk, a.framing) for b in BAUDS for s in SIZES for p in (False, True)]
     if a.json:
-        for r in rows:
-            print(json.dumps(r))
-        return
-    print(f"framing {a.framing}, chunk {rows[0]['chunk']}, latency 1 ms each way, W25Q128JV flash timing")
-    print("| baud | image | stop-and-wait | pipelined (window) | target | wire limit |")
-    print("|---|---|---|---|---|---|")
-    for b in BAUDS:
-        for s in SIZES:
-            sw = next(r for r in rows if r["baud"] == b and r["size"] == s and r["mode"] == "stop-and-wait")
-            pl = next(r for r in rows if r["baud"] == b and r["size"] == s and r["mode"] == "pipelined")
-            print(f"| {b} | {s // 1024} KiB | {sw['percent_of_wire']} % ({sw['seconds']} s) | "
-                  f"{pl['percent_of_wire']} % ({pl['seconds']} s, w={pl['window']}) | {TARGETS[b]} % | {pl['wire_seconds']} s |")
+        return report(rows, True, "", [], None)
+    pairs = [(sw, pl) for sw, pl in zip(rows[0::2], rows[1::2])]  # measured in that order
+
+    def cells(pair):
+        sw, pl = pair
+        return (sw["baud"], f"{sw['size'] // 1024} KiB", f"{sw['percent_of_wire']} % ({sw['seconds']} s)",
+                f"{pl['percent_of_wire']} % ({pl['seconds']} s, w={pl['window']})", f"{TARGETS[sw['baud']]} %",
+                f"{pl['wire_seconds']} s")
+
+    report(pairs, False, f"framing {a.framing}, chunk {rows[0]['chunk']}, latency 1 ms each way, W25Q128JV flash timing",
+           ["baud", "image", "stop-and-wait", "pipelined (window)", "target", "wire limit"], cells)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchutil import report  # noqa: E402
 
 from dualmcu.firmware import build_image, make_info  # noqa: E402
 from dualmcu.sim import Simulation  # noqa: E402
@@ -70,15 +72,9 @@ def main() -> None:
     rows = [run(n, a.size) for n in (1, 10, 100, 1000) if n <= a.max]
     for r in rows:
         r["cpu_vs_1"] = round(r["cpu_ms_per_update"] / rows[0]["cpu_ms_per_update"], 2)
-    if a.json:
-        for r in rows:
-            print(json.dumps(r))
-        return
-    print(f"image {a.size // 1024} KiB, unpaced in-memory links, W25Q flash timing (virtual clock)")
-    print("| pairs | succeeded | wall s | updates/s | CPU ms per update | CPU per update vs 1 pair |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['pairs']} | {r['succeeded']} | {r['wall_s']} | {r['updates_per_s']} | {r['cpu_ms_per_update']} | {r['cpu_vs_1']} |")
+    report(rows, a.json, f"image {a.size // 1024} KiB, unpaced in-memory links, W25Q flash timing (virtual clock)",
+           ["pairs", "succeeded", "wall s", "updates/s", "CPU ms per update", "CPU per update vs 1 pair"],
+           lambda r: (r["pairs"], r["succeeded"], r["wall_s"], r["updates_per_s"], r["cpu_ms_per_update"], r["cpu_vs_1"]))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from bench_framing import bench  # noqa: E402
+from benchutil import report  # noqa: E402
 
 VENV = os.path.join(ROOT, ".venv-bench")
 
@@ -50,14 +51,9 @@ def main() -> None:
     cobs = {r["size"]: r for r in rows if r["framing"] == "dualmcu cobs"}
     for r in rows:
         r["cobs_decode_vs_this"] = round(cobs[r["size"]]["decode_MBps"] / r["decode_MBps"], 1)
-    if a.json:
-        for r in rows:
-            print(json.dumps(r))
-        return
-    print("| framing | size | encode MB/s | decode MB/s | dualmcu cobs decode ÷ this |")
-    print("|---|---|---|---|---|")
-    for r in sorted(rows, key=lambda r: (r["size"], r["framing"])):
-        print(f"| {r['framing']} | {r['size']} | {r['encode_MBps']} | {r['decode_MBps']} | {r['cobs_decode_vs_this']} |")
+    report(sorted(rows, key=lambda r: (r["size"], r["framing"])) if not a.json else rows, a.json, "",
+           ["framing", "size", "encode MB/s", "decode MB/s", "dualmcu cobs decode ÷ this"],
+           lambda r: (r["framing"], r["size"], r["encode_MBps"], r["decode_MBps"], r["cobs_decode_vs_this"]))
 
 
 if __name__ == "__main__":

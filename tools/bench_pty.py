@@ -22,8 +22,10 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import serial  # noqa: E402
+from benchutil import report  # noqa: E402
 
 from dualmcu.firmware import build_image, make_info  # noqa: E402
 from dualmcu.relay import Relay  # noqa: E402
@@ -83,15 +85,9 @@ def main() -> None:
                                           for p in (False, True)]
     rows = [{"mode": m, "seconds": round(t, 3), "MB_per_s": round(a.size / t / 1e6, 2),
              "vs_plain_copy": round(copy / t, 3)} for m, t in timed]
-    if a.json:
-        for r in rows:
-            print(json.dumps(r))
-        return
-    print(f"{a.size // 1024} KiB through the pty relay, unpaced")
-    print("| mode | seconds | MB/s | goodput vs plain copy |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['mode']} | {r['seconds']} | {r['MB_per_s']} | {r['vs_plain_copy']} |")
+    report(rows, a.json, f"{a.size // 1024} KiB through the pty relay, unpaced",
+           ["mode", "seconds", "MB/s", "goodput vs plain copy"],
+           lambda r: (r["mode"], r["seconds"], r["MB_per_s"], r["vs_plain_copy"]))
 
 
 if __name__ == "__main__":

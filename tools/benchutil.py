@@ -16,3 +16,19 @@ def rate(fn: Callable[[], object], nbytes: int, seconds: float) -> float:
         dt = time.perf_counter() - t0
         if dt >= seconds:
             return nbytes * n / dt / 1e6
+
+
+def report(rows: list[dict], as_json: bool, title: str, head: list[str], cells) -> None:
+    """Rows as JSON lines, or as a titled markdown table (``cells(row)`` gives one row's cells)."""
+    import json
+
+    if as_json:
+        for r in rows:
+            print(json.dumps(r))
+        return
+    if title:
+        print(title)
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(str(c) for c in cells(r)) + " |")
