@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from framing import Dropped, get_profile
-from rpc.interface import INTERFACE, Function, Interface
-from rpc.message import Invoke, Malformed, Result, parse, status_name
-from rpc.types import ArgsError
+from dualmcu.framing import Dropped, get_profile
+from dualmcu.rpc.interface import INTERFACE, Function, Interface
+from dualmcu.rpc.message import Invoke, Malformed, Result, parse, status_name
+from dualmcu.rpc.types import ArgsError
 
 
 def jsonable(value: Any) -> Any:

@@ -35,10 +35,10 @@ from typing import Any, Callable
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from framing import Frame, get_profile
-from rpc import INTERFACE, NCP, PRIMARY, Endpoint, Incoming
-from rpc import strategies as S
-from rpc.message import Invoke, Oneway, Result, parse
+from dualmcu.framing import Frame, get_profile
+from dualmcu.rpc import INTERFACE, NCP, PRIMARY, Endpoint, Incoming
+from dualmcu.rpc import strategies as S
+from dualmcu.rpc.message import Invoke, Oneway, Result, parse
 
 from .shell import open_port, read_available
 

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .firmware import build_image, make_info, read_info_from_file
+from dualmcu.image.firmware import build_image, make_info, read_info_from_file
 from .link import LinkConfig
 from .relay import Relay
 from .sides import EXIT_POWER_CUT
@@ -154,7 +154,7 @@ class Run:
     def _signed(self, image: bytes, counter: int) -> bytes:
         if not self.o.sign_key:
             return image
-        from .signing import load_private, sign
+        from dualmcu.image.signing import load_private, sign
 
         with open(self.o.sign_key, "rb") as f:
             return sign(image, load_private(f.read()), counter, [self.o.target])

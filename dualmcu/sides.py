@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from framing import get_profile
-from ncp.core import NcpConfig, NcpDevice
-from ncp.update import Network, Shipment, Store
-from primary.boot import Bootloader, BootStore
-from primary.device import PrimaryConfig, PrimaryDevice
-from primary.flash import Flash, Geometry, PowerCut
+from dualmcu.framing import get_profile
+from dualmcu.ncp.core import NcpConfig, NcpDevice
+from dualmcu.ncp.update import Network, Shipment, Store
+from dualmcu.primary.boot import Bootloader, BootStore
+from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
+from dualmcu.primary.flash import Flash, Geometry, PowerCut
 
 from .shell import EventPrinter, PortError, Runner, Stop, open_port
 

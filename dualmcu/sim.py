@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from framing import get_profile
-from ncp.core import NcpConfig, NcpDevice
-from ncp.update import Network, Shipment, Store
-from primary.device import PrimaryConfig, PrimaryDevice
-from primary.flash import Flash, PowerCut
+from dualmcu.framing import get_profile
+from dualmcu.ncp.core import NcpConfig, NcpDevice
+from dualmcu.ncp.update import Network, Shipment, Store
+from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
+from dualmcu.primary.flash import Flash, PowerCut
 
 from .link import Link, LinkConfig
 

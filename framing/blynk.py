@@ -25,7 +25,7 @@ import re
 
 import crcmod
 
-from . import (
+from .base import (
     BAD_CRC,
     BAD_ENCODING,
     EMPTY,

@@ -20,7 +20,7 @@ import zlib
 
 from cobs import cobs as _cobs
 
-from . import (
+from .base import (
     BAD_CRC,
     BAD_ENCODING,
     EMPTY,

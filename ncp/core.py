@@ -50,10 +50,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
-from framing import Profile
-from rpc import DEFER, NCP, Call, Incoming
-from rpc.device import Device
-from rpc.interface import INTERFACE, PREFETCH, STATES
+from dualmcu.framing import Profile
+from dualmcu.rpc import DEFER, NCP, Call, Incoming
+from dualmcu.rpc.device import Device
+from dualmcu.rpc.interface import INTERFACE, PREFETCH, STATES
 
 from .update import Network, Shipment, Store
 

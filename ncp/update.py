@@ -7,7 +7,7 @@ import os
 import zlib
 from dataclasses import dataclass
 
-from dualmcu.firmware import (
+from dualmcu.image.firmware import (
     ImageDigests,
     digests_of_file,
     read_info,

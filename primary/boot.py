@@ -207,7 +207,7 @@ class Trust:
 
 
 def check_signature(flash: Flash, slot: int, length: int, trust: Trust, min_counter: int):
-    from dualmcu.signing import verify
+    from dualmcu.image.signing import verify
 
     base = flash.geometry.slot_offset(slot)
     return verify(length, lambda off, n: flash.read(base + off, n), trust.keys, trust.target, min_counter)

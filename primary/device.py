@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from dualmcu.firmware import TEST_KEY, read_info_streamed
-from framing import Profile
-from rpc import PRIMARY, Call, Incoming
-from rpc.device import Device
-from rpc.interface import EVENTS, STATES
+from dualmcu.image.firmware import TEST_KEY, read_info_streamed
+from dualmcu.framing import Profile
+from dualmcu.rpc import PRIMARY, Call, Incoming
+from dualmcu.rpc.device import Device
+from dualmcu.rpc.interface import EVENTS, STATES
 
 from .boot import Bootloader, BootResult, Trust
 from .flash import Flash

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dualmcu.firmware import read_info_streamed
+from dualmcu.image.firmware import read_info_streamed
 
 from .boot import NO_SLOT, BootStore, slot_digests, verify_slot
 from .flash import Flash

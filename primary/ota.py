@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable
 
-from dualmcu.firmware import is_newer
-from rpc import DEFER, Call, Endpoint, Incoming
+from dualmcu.image.firmware import is_newer
+from dualmcu.rpc import DEFER, Call, Endpoint, Incoming
 
 from .boot import Bootloader, BootState, Receiving, check_signature, slot_digests
 from .flash import Flash, FlashError
@@ -296,7 +296,7 @@ class OtaReceiver:
             self.emit("ota_prefetched")
             self._start()
         else:
-            from rpc.interface import PREFETCH
+            from dualmcu.rpc.interface import PREFETCH
 
             why = PREFETCH.get(c.result, f"status_{c.status:#x}") if c.ok else f"status_{c.status:#x}"
             self._abandon(f"prefetch_failed:{why}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from framing import Profile
+from dualmcu.framing import Profile
 
 from .endpoint import Endpoint
 

@@ -37,10 +37,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from framing import Dropped, Frame, Profile
-from rpc.interface import INTERFACE, INVOKE, ONEWAY, Function, Interface
-from rpc.message import Invoke, Malformed, Oneway, Result, Status, parse
-from rpc.types import ArgsError
+from dualmcu.framing import Dropped, Frame, Profile
+from dualmcu.rpc.interface import INTERFACE, INVOKE, ONEWAY, Function, Interface
+from dualmcu.rpc.message import Invoke, Malformed, Oneway, Result, Status, parse
+from dualmcu.rpc.types import ArgsError
 
 log = logging.getLogger("dualmcu.rpc")
 

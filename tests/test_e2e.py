@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dualmcu.firmware import build_image, make_info
+from dualmcu.image.firmware import build_image, make_info
 
 TIMEOUT = 90
 
@@ -122,8 +122,8 @@ def test_ncp_firmware_without_a_tag_is_refused(tmp_path):
 
 
 def test_python_dash_m_runs_each_side():
-    for mod in ("ncp", "primary"):
-        r = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, timeout=30)
+    for side in ("ncp", "primary"):
+        r = subprocess.run([sys.executable, "-m", "dualmcu", side, "--help"], capture_output=True, timeout=30)
         assert r.returncode == 0 and b"--port" in r.stdout
 
 
@@ -136,9 +136,9 @@ def test_each_side_alone_with_once_over_a_relay(tmp_path, shipment):
     factory.write_bytes(build_image(make_info("2.0.0", "TMPLE2E", build="Jan  1 2026 00:00:00"), 50_000))
     flash = tmp_path / "dev.flash"
     with Relay("pty") as relay:
-        ncp = subprocess.Popen([sys.executable, "-m", "ncp", "--port", relay.paths["a"], "--firmware", str(fw),
+        ncp = subprocess.Popen([sys.executable, "-m", "dualmcu", "ncp", "--port", relay.paths["a"], "--firmware", str(fw),
                                 "--once", "--json", "--store", str(tmp_path / "store")], stdout=subprocess.PIPE)
-        mcu = subprocess.Popen([sys.executable, "-m", "primary", "--port", relay.paths["b"], "--flash", str(flash),
+        mcu = subprocess.Popen([sys.executable, "-m", "dualmcu", "primary", "--port", relay.paths["b"], "--flash", str(flash),
                                 "--provision", str(factory), "--once", "--json", "--prefetch"], stdout=subprocess.PIPE)
         out_mcu, _ = mcu.communicate(timeout=TIMEOUT)
         out_ncp, _ = ncp.communicate(timeout=TIMEOUT)

@@ -4,15 +4,15 @@ import hashlib
 
 import pytest
 
-from dualmcu.firmware import build_image, make_info
+from dualmcu.image.firmware import build_image, make_info
 from dualmcu.sim import Simulation
-from framing import get_profile
-from ncp.update import Network, Shipment
-from primary.boot import Bootloader, BootStore, verify_slot
-from primary.device import PrimaryConfig
-from primary.flash import Flash, Geometry
-from primary.ota import OtaConfig
-from rpc import message as M
+from dualmcu.framing import get_profile
+from dualmcu.ncp.update import Network, Shipment
+from dualmcu.primary.boot import Bootloader, BootStore, verify_slot
+from dualmcu.primary.device import PrimaryConfig
+from dualmcu.primary.flash import Flash, Geometry
+from dualmcu.primary.ota import OtaConfig
+from dualmcu.rpc import message as M
 
 SLOT = 512 * 1024
 OLD = build_image(make_info("1.0.0", "TMPL1", build="Jan  1 2026 00:00:00"), 80_000)
@@ -106,7 +106,7 @@ def test_a_lost_write_result_is_acknowledged_as_a_duplicate_without_rewriting():
 def corrupt_writes(after_offset=0):
     """Flip a byte inside every write chunk at or after ``after_offset``."""
     profile = get_profile("cobs")
-    from rpc.interface import INTERFACE
+    from dualmcu.rpc.interface import INTERFACE
 
     write = INTERFACE["client_otaUpdateWrite"]
 
@@ -263,7 +263,7 @@ def test_an_ncp_reboot_makes_the_primary_initialise_it_again():
 def test_the_rest_of_the_ncp_interface_answers():
     s = sim(new=None)
     s.run_until(lambda s: s.primary.ready)
-    from rpc import INTERFACE, NCP
+    from dualmcu.rpc import INTERFACE, NCP
 
     calls = {fn.name: s.primary.ep.call(fn.name, {p.name: _zero(p.type) for p in fn.args})
              for fn in INTERFACE.served_by(NCP) if fn.kind == "invoke"
@@ -273,7 +273,7 @@ def test_the_rest_of_the_ncp_interface_answers():
     assert failed == {}
     assert calls["ncp_hasUID"].result is False  # uid 0 is served by nobody
     assert calls["blynk_getNcpVersion"].values["version"]
-    from rpc.interface import STATES
+    from dualmcu.rpc.interface import STATES
 
     assert calls["blynk_getState"].result in STATES  # the calls above move the state around
 

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dualmcu.firmware import build_image, make_info
-from primary.boot import RECORD_SIZE, Bootloader, BootState, BootStore, verify_slot
-from primary.flash import Flash, FlashError, Geometry, PowerCut
+from dualmcu.image.firmware import build_image, make_info
+from dualmcu.primary.boot import RECORD_SIZE, Bootloader, BootState, BootStore, verify_slot
+from dualmcu.primary.flash import Flash, FlashError, Geometry, PowerCut
 
 G = Geometry(4096, 64 * 1024)
 OLD = build_image(make_info("1.0.0", "T", build="Jan  1 2026 00:00:00"), 20_000)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from framing import (
+from dualmcu.framing import (
     BAD_CRC,
     BAD_ENCODING,
     EMPTY,
@@ -17,7 +17,7 @@ from framing import (
     FramingError,
     get_profile,
 )
-from framing.blynk import crc8, escape, unescape
+from dualmcu.framing.blynk import crc8, escape, unescape
 
 H = bytes.fromhex
 
@@ -92,7 +92,7 @@ def test_blynk_never_sends_more_than_1536_even_with_a_larger_receive_limit():
 
 
 def test_cobs_flush_delimiter_is_not_an_error():
-    from framing.native import CobsProfile
+    from dualmcu.framing.native import CobsProfile
 
     p = CobsProfile()
     frame = p.encode(b"abc")

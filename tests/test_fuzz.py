@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dualmcu.firmware import build_image, make_info
+from dualmcu.image.firmware import build_image, make_info
 
 
 def dualmcu(*args, timeout=300):

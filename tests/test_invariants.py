@@ -26,15 +26,15 @@ from hypothesis.stateful import (
     rule,
 )
 
-from dualmcu.firmware import build_image, make_info
+from dualmcu.image.firmware import build_image, make_info
 from dualmcu.link import Faults, LinkConfig
 from dualmcu.sim import Simulation
-from ncp.core import NcpConfig
-from ncp.update import Shipment
-from primary.boot import Bootloader, BootStore, bootable, verify_slot
-from primary.device import PrimaryConfig
-from primary.flash import Flash, Geometry
-from primary.ota import OtaConfig
+from dualmcu.ncp.core import NcpConfig
+from dualmcu.ncp.update import Shipment
+from dualmcu.primary.boot import Bootloader, BootStore, bootable, verify_slot
+from dualmcu.primary.device import PrimaryConfig
+from dualmcu.primary.flash import Flash, Geometry
+from dualmcu.primary.ota import OtaConfig
 
 G = Geometry(1024, 96 * 1024)
 OLD = build_image(make_info("1.0.0", "TMPLINV", build="Jan  1 2026 00:00:00"), 20_000, seed=1)

@@ -2,13 +2,13 @@
 
 import pytest
 
-from dualmcu.firmware import build_image, make_info
+from dualmcu.image.firmware import build_image, make_info
 from dualmcu.link import Faults, Link, LinkConfig
 from dualmcu.sim import Simulation
-from ncp.update import Shipment
-from primary.boot import Bootloader
-from primary.device import PrimaryConfig
-from primary.flash import Flash, Geometry
+from dualmcu.ncp.update import Shipment
+from dualmcu.primary.boot import Bootloader
+from dualmcu.primary.device import PrimaryConfig
+from dualmcu.primary.flash import Flash, Geometry
 
 
 def drain(link, side, until):

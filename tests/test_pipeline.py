@@ -5,18 +5,18 @@ import hashlib
 
 import pytest
 
-from dualmcu.firmware import build_image, make_info
+from dualmcu.image.firmware import build_image, make_info
 from dualmcu.link import LinkConfig
 from dualmcu.sim import Simulation
-from framing import get_profile
-from ncp.core import NcpConfig, Sending
-from ncp.update import Shipment
-from primary.boot import Bootloader, BootStore
-from primary.device import PrimaryConfig
-from primary.flash import Flash, Geometry
-from primary.ota import OtaConfig
-from rpc import message as M
-from rpc.interface import INTERFACE
+from dualmcu.framing import get_profile
+from dualmcu.ncp.core import NcpConfig, Sending
+from dualmcu.ncp.update import Shipment
+from dualmcu.primary.boot import Bootloader, BootStore
+from dualmcu.primary.device import PrimaryConfig
+from dualmcu.primary.flash import Flash, Geometry
+from dualmcu.primary.ota import OtaConfig
+from dualmcu.rpc import message as M
+from dualmcu.rpc.interface import INTERFACE
 
 WRITE = INTERFACE["client_otaUpdateWrite"]
 NEW = build_image(make_info("1.1.0", "TMPLP", build="Jan  1 2026 00:00:00"), 150_000)
@@ -138,7 +138,7 @@ def test_a_lost_answer_is_resent_and_acknowledged_without_rewriting():
     (9600, 1, 1024, 2.2, 4.0),  # a 1 KiB write takes ~1.1 s on the wire: never timed out early
 ])
 def test_write_timeouts_come_from_the_work(baud, window, chunk, low, high):
-    from ncp.core import NcpDevice
+    from dualmcu.ncp.core import NcpDevice
 
     ncp = NcpDevice(get_profile("cobs"), NcpConfig(baud=baud))
     sd = Sending(chunk=chunk, started=0, window=window, program_per_kib=0.0016)

@@ -2,13 +2,13 @@
 
 import pytest
 
-from dualmcu.firmware import build_image, make_info
+from dualmcu.image.firmware import build_image, make_info
 from dualmcu.link import LinkConfig
 from dualmcu.sim import Simulation
-from ncp.core import NcpConfig
-from ncp.update import Shipment
-from primary.boot import Bootloader, BootStore
-from primary.flash import Flash, Geometry
+from dualmcu.ncp.core import NcpConfig
+from dualmcu.ncp.update import Shipment
+from dualmcu.primary.boot import Bootloader, BootStore
+from dualmcu.primary.flash import Flash, Geometry
 
 B = "Jan  1 2026 00:00:00"
 NEW = build_image(make_info("1.1.0", "TMPLR", build=B), 300_000, seed=5)
@@ -64,8 +64,8 @@ def test_same_version_and_build_but_other_bytes_is_caught_by_the_file_crc():
 
 @pytest.mark.parametrize("who", ["ncp", "primary"])
 def test_a_plain_peer_starts_over(who):
-    from primary.device import PrimaryConfig
-    from primary.ota import OtaConfig
+    from dualmcu.primary.device import PrimaryConfig
+    from dualmcu.primary.ota import OtaConfig
 
     kw = {"ncp_config": NcpConfig(resume=False)} if who == "ncp" else \
          {"primary_config": PrimaryConfig(ota=OtaConfig(resume=False))}

@@ -5,11 +5,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framing import get_profile
-from rpc import DEFER, INTERFACE, NCP, PRIMARY, ArgsError, Endpoint, Status
-from rpc import message as M
-from rpc import strategies as S
-from rpc import types as T
+from dualmcu.framing import get_profile
+from dualmcu.rpc import DEFER, INTERFACE, NCP, PRIMARY, ArgsError, Endpoint, Status
+from dualmcu.rpc import message as M
+from dualmcu.rpc import strategies as S
+from dualmcu.rpc import types as T
 
 H = bytes.fromhex
 FUNCTIONS = list(INTERFACE)
@@ -86,7 +86,7 @@ def test_type_checks_give_clear_errors():
 
 
 def test_extension_uids_do_not_collide_with_the_real_interface():
-    from rpc.interface import BLYNK_FUNCTIONS, EXTENSION_UIDS
+    from dualmcu.rpc.interface import BLYNK_FUNCTIONS, EXTENSION_UIDS
 
     assert not any(f.uid in EXTENSION_UIDS for f in BLYNK_FUNCTIONS)
     assert all(f.extension for f in INTERFACE if f not in BLYNK_FUNCTIONS)

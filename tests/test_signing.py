@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from dualmcu import signing as S
-from dualmcu.firmware import build_image, make_info
+from dualmcu.image import signing as S
+from dualmcu.image.firmware import build_image, make_info
 from dualmcu.sim import Simulation
-from ncp.update import Shipment
-from primary.boot import Bootloader, BootStore, Trust
-from primary.device import PrimaryConfig
-from primary.flash import Flash, Geometry
+from dualmcu.ncp.update import Shipment
+from dualmcu.primary.boot import Bootloader, BootStore, Trust
+from dualmcu.primary.device import PrimaryConfig
+from dualmcu.primary.flash import Flash, Geometry
 
 B = "Jan  1 2026 00:00:00"
 OLD = build_image(make_info("1.0.0", "TMPLS", build=B), 30_000, seed=1)
@@ -111,7 +111,7 @@ def test_a_slot_tampered_with_on_flash_is_not_booted():
     # rewrite the slot's bytes and its record's digests, as an attacker with the flash could
     from dataclasses import replace
 
-    from primary.boot import SlotRecord, slot_digests
+    from dualmcu.primary.boot import SlotRecord, slot_digests
 
     base = f.geometry.slot_offset(st.active)
     for off in range(0, 4096 * 20, 4096):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from dualmcu.firmware import (
+from dualmcu.image.firmware import (
     TagError,
     build_image,
     create_tag,

@@ -16,11 +16,10 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from cobs import cobs  # noqa: E402
 
-from framing import get_profile  # noqa: E402
+from dualmcu.framing import get_profile  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchutil import rate  # noqa: E402

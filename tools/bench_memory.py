@@ -18,9 +18,8 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from dualmcu.firmware import build_image, make_info  # noqa: E402
+from dualmcu.image.firmware import build_image, make_info  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchutil import report  # noqa: E402

@@ -18,20 +18,19 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchutil import report  # noqa: E402
 
-from dualmcu.firmware import build_image, make_info  # noqa: E402
+from dualmcu.image.firmware import build_image, make_info  # noqa: E402
 from dualmcu.link import LinkConfig  # noqa: E402
 from dualmcu.sim import Simulation  # noqa: E402
-from ncp.core import NcpConfig  # noqa: E402
-from ncp.update import Shipment  # noqa: E402
-from primary.boot import Bootloader  # noqa: E402
-from primary.device import PrimaryConfig  # noqa: E402
-from primary.flash import Flash, Geometry  # noqa: E402
-from primary.ota import OtaConfig  # noqa: E402
+from dualmcu.ncp.core import NcpConfig  # noqa: E402
+from dualmcu.ncp.update import Shipment  # noqa: E402
+from dualmcu.primary.boot import Bootloader  # noqa: E402
+from dualmcu.primary.device import PrimaryConfig  # noqa: E402
+from dualmcu.primary.flash import Flash, Geometry  # noqa: E402
+from dualmcu.primary.ota import OtaConfig  # noqa: E402
 
 BAUDS = (115200, 921600, 3_000_000)
 SIZES = (256 * 1024, 1024 * 1024)

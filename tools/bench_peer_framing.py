@@ -20,7 +20,6 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
-sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from bench_framing import bench  # noqa: E402

@@ -21,13 +21,12 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import serial  # noqa: E402
 from benchutil import report  # noqa: E402
 
-from dualmcu.firmware import build_image, make_info  # noqa: E402
+from dualmcu.image.firmware import build_image, make_info  # noqa: E402
 from dualmcu.relay import Relay  # noqa: E402
 
 

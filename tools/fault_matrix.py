@@ -24,11 +24,10 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
 
-from dualmcu.firmware import build_image, make_info  # noqa: E402
-from primary.boot import BootStore, bootable  # noqa: E402
-from primary.flash import Flash  # noqa: E402
+from dualmcu.image.firmware import build_image, make_info  # noqa: E402
+from dualmcu.primary.boot import BootStore, bootable  # noqa: E402
+from dualmcu.primary.flash import Flash  # noqa: E402
 
 # fault kind -> the run options of each rate tried
 MATRIX: dict[str, list[tuple[str, list[str]]]] = {

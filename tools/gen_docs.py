@@ -11,12 +11,11 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
 
 import click  # noqa: E402
 
 from dualmcu.cli import main  # noqa: E402
-from rpc.interface import EXTENSION_UIDS, INTERFACE, INVOKE, NCP  # noqa: E402
+from dualmcu.rpc.interface import EXTENSION_UIDS, INTERFACE, INVOKE, NCP  # noqa: E402
 
 
 def interface_md() -> str:

@@ -10,11 +10,11 @@ import time
 import click
 
 from dualmcu import __version__
-from dualmcu.firmware import TEST_BEHAVIOURS
-from framing import PROFILE_NAMES, FramingError, get_profile
-from rpc.interface import INTERFACE, INVOKE
-from rpc.message import Invoke, Oneway
-from rpc.types import ArgsError
+from dualmcu.image.firmware import TEST_BEHAVIOURS
+from dualmcu.framing import PROFILE_NAMES, FramingError, get_profile
+from dualmcu.rpc.interface import INTERFACE, INVOKE
+from dualmcu.rpc.message import Invoke, Oneway
+from dualmcu.rpc.types import ArgsError
 
 FRAMING = click.option(
     "--framing",
@@ -205,7 +205,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
     rollback, refused, download_limit, download_failed, prefetch_failed, finish_failed).
     """
     from dualmcu.sides import NcpOptions, run_ncp
-    from ncp.core import NcpConfig
+    from dualmcu.ncp.core import NcpConfig
 
     cfg = NcpConfig(retries=retries, max_chunk=max_chunk, write_timeout=write_timeout, pipeline=pipeline, resume=resume, offers=offers, once=once, answer_unknown=answer_unknown,
                     wall_clock_ms=int(time.time() * 1000))
@@ -258,9 +258,9 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     middle of a flash operation; start it again to see the device come back.
     """
     from dualmcu.sides import PrimaryOptions, run_primary
-    from primary.device import PrimaryConfig
-    from primary.flash import FlashError, Geometry
-    from primary.ota import OtaConfig
+    from dualmcu.primary.device import PrimaryConfig
+    from dualmcu.primary.flash import FlashError, Geometry
+    from dualmcu.primary.ota import OtaConfig
 
     try:
         geometry = Geometry(page_size, slot_size)
@@ -268,7 +268,7 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
         raise click.BadParameter(str(e)) from None
     if os.path.exists(flash):
         geometry = None  # an existing file keeps its own geometry
-    from primary.timing import FlashTiming
+    from dualmcu.primary.timing import FlashTiming
 
     try:
         prog, sector, block = (float(x) / 1000 for x in flash_timing.split(","))
@@ -277,8 +277,8 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy,
                     battery=battery, min_battery=min_battery, prefetch=prefetch, defects=frozenset(defects),
                     timing=FlashTiming(prog, sector, block), window=window, buffer=rx_hold, resume=resume)
-    from dualmcu.signing import SignError, load_keys
-    from primary.boot import Trust
+    from dualmcu.image.signing import SignError, load_keys
+    from dualmcu.primary.boot import Trust
 
     try:
         trust = Trust(load_keys(list(trust_keys)), device_target) if trust_keys else None
@@ -522,7 +522,7 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, seed
 @click.argument("out", type=click.Path(dir_okay=False))
 def keygen(out) -> None:
     """Make an Ed25519 key pair: OUT (private, PEM, readable by you alone) and OUT.pub."""
-    from dualmcu.signing import generate, key_id, load_public
+    from dualmcu.image.signing import generate, key_id, load_public
 
     if os.path.exists(out) or os.path.exists(out + ".pub"):
         raise click.ClickException(f"{out} or {out}.pub exists already: not overwriting a key")
@@ -543,7 +543,7 @@ def keygen(out) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the signed image (default: FIRMWARE.signed).")
 def sign_cmd(firmware, key, counter, targets, output) -> None:
     """Append a signature block to FIRMWARE (see docs/signing.md)."""
-    from dualmcu.signing import SignError, load_private, sign
+    from dualmcu.image.signing import SignError, load_private, sign
 
     try:
         with open(key, "rb") as f:
@@ -564,7 +564,7 @@ def sign_cmd(firmware, key, counter, targets, output) -> None:
 @JSON
 def verify_cmd(file, pubkeys, target, min_counter, as_json) -> None:
     """Check a signed image: key, signature, digest, target, counter. Exit 0 when it passes."""
-    from dualmcu.signing import SignError, load_keys, verify_bytes
+    from dualmcu.image.signing import SignError, load_keys, verify_bytes
 
     try:
         keys = load_keys(list(pubkeys))
@@ -596,8 +596,8 @@ def flash() -> None:
 @JSON
 def flash_show(path, as_json) -> None:
     """The boot state and, for each slot, its image: version, type, length, SHA-256, validity."""
-    from primary.flash import FlashError
-    from primary.inspect import describe, format_description
+    from dualmcu.primary.flash import FlashError
+    from dualmcu.primary.inspect import describe, format_description
 
     try:
         d = describe(path)
@@ -612,7 +612,7 @@ def tag() -> None:
 
 
 def _tag_info(mcu, fw_type, build, blynk, extra=()):
-    from dualmcu.firmware import make_info
+    from dualmcu.image.firmware import make_info
 
     info = make_info(mcu, fw_type, build, blynk)
     for item in extra:
@@ -652,7 +652,7 @@ def tag_options(f):
 @tag_options
 def tag_create(out, mcu, fw_type, build, blynk, extra) -> None:
     """Write a tag alone to OUT."""
-    from dualmcu.firmware import TagError, create_tag
+    from dualmcu.image.firmware import TagError, create_tag
 
     try:
         data = create_tag(_tag_info(mcu, fw_type, build, blynk, extra))
@@ -666,7 +666,7 @@ def tag_create(out, mcu, fw_type, build, blynk, extra) -> None:
 @JSON
 def tag_show(file, as_json) -> None:
     """Show the tag found in a tag file or a firmware image."""
-    from dualmcu.firmware import read_info_from_file
+    from dualmcu.image.firmware import read_info_from_file
 
     info = read_info_from_file(file)
     if info is None:
@@ -683,7 +683,7 @@ def tag_show(file, as_json) -> None:
 @click.argument("out", type=click.Path(dir_okay=False))
 def tag_extract(file, out) -> None:
     """Copy the tag found in FILE to OUT."""
-    from dualmcu.firmware import find_tag
+    from dualmcu.image.firmware import find_tag
 
     with open(file, "rb") as f:
         t = find_tag(f.read())
@@ -698,7 +698,7 @@ def tag_extract(file, out) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of changing FIRMWARE in place.")
 def tag_append(firmware, mcu, fw_type, build, blynk, extra, output) -> None:
     """Append a tag to a firmware image that has none (e.g. a re-packaged image)."""
-    from dualmcu.firmware import TagError, create_tag, find_tag
+    from dualmcu.image.firmware import TagError, create_tag, find_tag
 
     with open(firmware, "rb") as f:
         data = f.read()
@@ -721,7 +721,7 @@ def tag_append(firmware, mcu, fw_type, build, blynk, extra, output) -> None:
               help="Make an image that misbehaves on the emulated primary, to test rollback.")
 def image(out, mcu, fw_type, build, blynk, extra, size, behaviour) -> None:
     """Build a tagged test firmware image (deterministic filler after the tag)."""
-    from dualmcu.firmware import TEST_KEY, TagError, build_image
+    from dualmcu.image.firmware import TEST_KEY, TagError, build_image
 
     info = _tag_info(mcu, fw_type, build, blynk, extra)
     if behaviour:
