@@ -40,7 +40,7 @@ from dualmcu.rpc import INTERFACE, NCP, PRIMARY, Endpoint, Incoming
 from dualmcu.rpc import strategies as S
 from dualmcu.rpc.message import Invoke, Oneway, Result, parse
 
-from .shell import open_port, read_available
+from .shell import Port, open_port
 
 FUZZ_IDS = range(0x8000, 0xFFFF)  # the fuzzer's own msg_ids, apart from its responder's
 SETTLE = 0.03  # how long to listen after a step that expects no answer
@@ -126,7 +126,9 @@ class Session:
             now = time.monotonic()
             if now >= end:
                 return until() if until else True
-            data = read_available(self.port)
+            deadline = self.ep.next_deadline()
+            wait = end - now if deadline is None else min(end, deadline) - now
+            data = self.port.wait_read(min(wait, 0.05))
             now = time.monotonic()
             if data:
                 for item in self.watch.feed(data):
@@ -399,8 +401,8 @@ class Target:
 
             self.relay = Relay("pty").start()
             self._spawn()
-            return open_port(self.relay.paths["a"], self.baud)
-        return open_port(self.port_url, self.baud)
+            return Port(open_port(self.relay.paths["a"], self.baud))
+        return Port(open_port(self.port_url, self.baud))
 
     def _spawn(self) -> None:
         cmd = self.target_cmd.replace("{port}", self.relay.paths["b"])

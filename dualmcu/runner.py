@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from dualmcu.image.firmware import build_image, make_info, read_info_from_file
 from .link import LinkConfig
 from .relay import Relay
-from .sides import EXIT_POWER_CUT
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PROCESS, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+from .exits import ExitCode
 DEMO_TYPE = "TMPL0DEMO01"
 DEMO_SIZE = 300 * 1024
 
@@ -281,12 +279,12 @@ class Run:
                 st["confirmed"] = ev.get("version")
             human = f"primary confirmed version {ev.get('version')} in slot {ev.get('slot')}"
         elif side == "primary" and kind == "halted":
-            return EXIT_FAILED, f"the primary has no bootable image ({ev.get('reason')})"
+            return ExitCode.FAILED, f"the primary has no bootable image ({ev.get('reason')})"
         elif side == "ncp" and kind == "ota_outcome":
             st["ncp_outcome"] = ev.get("outcome")
             human = f"ncp outcome: {ev.get('outcome')}"
             if ev.get("outcome") not in ("success", "up_to_date"):
-                return EXIT_FAILED, f"update failed: {ev.get('outcome')}"
+                return ExitCode.FAILED, f"update failed: {ev.get('outcome')}"
         elif kind == "_eof":
             proc = ev["proc"]
             try:
@@ -295,18 +293,18 @@ class Run:
                 code = None
             if proc in self.killed or (side == "ncp" and st["ncp_outcome"] in ("success", "up_to_date")):
                 return None
-            if side == "primary" and code == EXIT_POWER_CUT:
+            if side == "primary" and code == ExitCode.POWER_CUT:
                 self.spawn("primary", self.relay.paths["b"])  # power comes back: the device boots
                 if not self.o.as_json:
                     self.progress.line("primary powered up again")
                 return None
-            return EXIT_PROCESS, f"the {side} process exited with code {code}:\n{self.tail(side)}"
+            return ExitCode.IO, f"the {side} process exited with code {code}:\n{self.tail(side)}"
         if human and not self.o.as_json:
             self.progress.line(human)
         if st["confirmed"] == self.new_version and st["ncp_outcome"] == "success":
-            return EXIT_OK, f"updated {st['old_version']} -> {self.new_version}, confirmed"
+            return ExitCode.OK, f"updated {st['old_version']} -> {self.new_version}, confirmed"
         if st["ncp_outcome"] == "up_to_date":
-            return EXIT_OK, f"already running {self.new_version}"
+            return ExitCode.OK, f"already running {self.new_version}"
         return None
 
     # -- the whole run -----------------------------------------------------------------------
@@ -316,7 +314,7 @@ class Run:
             self.prepare()
         except (ValueError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.USAGE
         t0 = time.monotonic()
         verdict: tuple[int, str] | None = None
         try:
@@ -332,7 +330,7 @@ class Run:
                 while verdict is None:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        verdict = (EXIT_TIMEOUT, f"no result within {self.o.timeout:.0f} s "
+                        verdict = (ExitCode.TIMEOUT, f"no result within {self.o.timeout:.0f} s "
                                                  f"(at offset {self.state['offset']})")
                         break
                     self.sample_memory()

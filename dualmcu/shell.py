@@ -1,23 +1,27 @@
 """The I/O shell around a core: a serial port (or pyserial URL) and the monotonic clock.
 
 The shell owns the only loop: read what the port has, hand it to the core with the time, let
-the core's deadlines pass, write what the core wants sent, carry out its actions.  pyserial's
-``inter_byte_timeout`` does not work on Linux, so the shell never relies on it: reads return as
-soon as bytes are there and all timing is the core's, against ``time.monotonic()``.
+the core's deadlines pass, write what the core wants sent, carry out its actions.  It waits in
+select() for the next byte or the core's next deadline, whichever comes first, so it adds no
+latency of its own to a round trip; all timing is the core's, against ``time.monotonic()``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
+import socket
 import sys
 import time
 from typing import Any, Callable, Protocol
 
 import serial
 
-POLL = 0.01  # longest wait for a byte; deadlines are honoured to within this
+IDLE_WAKE = 0.5  # with no deadline, wake this often anyway (signals, --once checks, silence)
+FALLBACK_POLL = 0.002  # read timeout for URL handlers without a file descriptor
+MAX_QUEUE = 1 << 20  # bytes queued for a peer that does not read, before the oldest are dropped
 
 
 class Core(Protocol):
@@ -35,7 +39,13 @@ class PortError(Exception):
 
 def open_port(url: str, baud: int) -> serial.SerialBase:
     try:
-        port = serial.serial_for_url(url, baudrate=baud, timeout=POLL, write_timeout=10, do_not_open=True)
+        port = serial.serial_for_url(url, do_not_open=True)
+        port.baudrate = baud
+        port.timeout = IDLE_WAKE
+        # Writes never wait on the peer (see Port.write_some): a real port is non-blocking at
+        # the fd, and only the URL handlers without an fd use a write timeout at all.
+        if not url.startswith("rfc2217://"):
+            port.write_timeout = 10
         if hasattr(port, "exclusive") and "://" not in url:
             port.exclusive = True  # two emulators on one port would garble each other
         port.open()
@@ -51,7 +61,7 @@ def open_port(url: str, baud: int) -> serial.SerialBase:
         if "Connection refused" in text or "Errno 111" in text:
             raise PortError(f"nothing is listening at {url}") from None
         raise PortError(f"cannot open {url}: {text}") from None
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         raise PortError(f"cannot open {url}: {e}") from None
 
 
@@ -83,42 +93,150 @@ class EventPrinter:
         print(f"{self.side:<7} {stamp} {kind:<20} {detail}", file=self.out or sys.stderr, flush=True)
 
 
-def read_available(port: serial.SerialBase) -> bytes:
-    """What the port has now, waiting at most POLL for the first byte."""
-    sock = getattr(port, "_socket", None)
-    try:
-        if sock is not None:
-            # pyserial's socket:// reports at most one byte waiting and reads byte by byte;
-            # take whole segments from the socket instead.
-            ready, _, _ = select.select([sock], [], [], POLL)
-            if not ready:
-                return b""
-            data = sock.recv(65536)
-            if not data:
-                raise PortError("the other side closed the connection")
+class Port:
+    """A pyserial port as the shell uses it: wait for bytes or a deadline, write without waiting.
+
+    A real port and a pty have a file descriptor and a socket:// URL a socket: both are waited
+    on with select(), so a byte is handed to the core the moment it arrives and a deadline is
+    met to the millisecond; nothing polls.  Other URL handlers (loop://, spy://, rfc2217://)
+    have neither and are read with a short timeout instead.
+
+    Writes go to a bounded queue that drains as the peer reads.  A peer that stops reading is
+    its own problem: the emulator keeps running, and past ``max_queue`` bytes the oldest queued
+    bytes are dropped and counted (the framing recovers at the next frame).
+    """
+
+    def __init__(self, port: serial.SerialBase, max_queue: int = MAX_QUEUE):
+        self.serial = port
+        self.max_queue = max_queue
+        self.queue = bytearray()
+        self.dropped = 0
+        self._sock = getattr(port, "_socket", None)
+        fd = None
+        if self._sock is None:
+            try:
+                fd = port.fileno()
+            except (AttributeError, NotImplementedError, ValueError, serial.SerialException):
+                fd = None
+        self._fd = fd
+
+    def wait_read(self, wait: float) -> bytes:
+        """What arrives within ``wait`` seconds (all of it that is there once the first byte is)."""
+        try:
+            if self._sock is not None:
+                # pyserial's socket:// reads byte by byte; take whole segments instead.
+                ready = self._select(wait)
+                if not ready:
+                    return b""
+                data = self._sock.recv(65536)
+                if not data:
+                    raise PortError("the other side closed the connection")
+                return data
+            if self._fd is not None:
+                if not self._select(wait):
+                    return b""
+                data = self.serial.read(max(1, self.serial.in_waiting))
+                return data
+            self.serial.timeout = max(0.0, min(wait, FALLBACK_POLL))
+            data = self.serial.read(1)
+            if data and self.serial.in_waiting:
+                data += self.serial.read(self.serial.in_waiting)
             return data
-        data = port.read(1)
-        if data and port.in_waiting:
-            data += port.read(port.in_waiting)
-        return data
-    except (serial.SerialException, OSError) as e:
-        raise PortError(f"the port failed: {e}") from None
+        except (serial.SerialException, OSError) as e:
+            raise PortError(f"the port failed: {e}") from None
+
+    def _select(self, wait: float) -> bool:
+        handle = self._sock if self._sock is not None else self._fd
+        writers = [handle] if self.queue else []
+        readable, writable, _ = select.select([handle], writers, [], max(0.0, wait))
+        if writable:
+            self._drain()
+        return bool(readable)
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` and send what the peer takes now; never waits for it."""
+        self.queue += data
+        self._drain()
+        over = len(self.queue) - self.max_queue
+        if over > 0:
+            del self.queue[:over]
+            self.dropped += over
+
+    def _drain(self) -> None:
+        try:
+            while self.queue:
+                if self._sock is not None:
+                    n = self._sock.send(self.queue, socket.MSG_DONTWAIT)
+                elif self._fd is not None:
+                    n = os.write(self._fd, self.queue)
+                else:
+                    n = self.serial.write(bytes(self.queue)) or 0
+                if n <= 0:
+                    return
+                del self.queue[:n]
+        except (BlockingIOError, InterruptedError, serial.SerialTimeoutException):
+            return
+        except (serial.SerialException, OSError) as e:
+            raise PortError(f"the port failed: {e}") from None
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Wait until the queue has left (bounded), then until the UART has sent it."""
+        end = time.monotonic() + timeout
+        while self.queue and time.monotonic() < end:
+            handle = self._sock if self._sock is not None else self._fd
+            if handle is None:
+                self._drain()
+                break
+            select.select([], [handle], [], max(0.0, end - time.monotonic()))
+            self._drain()
+        if self._sock is None:
+            try:
+                self.serial.flush()
+            except (serial.SerialException, OSError, termios_error()):
+                pass
+
+    def set_baud(self, baud: int) -> None:
+        self.flush()
+        self.serial.baudrate = baud
+
+    def discard_input(self) -> None:
+        try:
+            self.serial.reset_input_buffer()
+        except (serial.SerialException, OSError, termios_error()):
+            pass
+
+    def close(self) -> None:
+        self.serial.close()
+
+
+def termios_error() -> type[Exception]:
+    try:
+        import termios
+
+        return termios.error
+    except ImportError:  # not a POSIX system
+        return OSError
 
 
 class Runner:
     """Drive a core over a port until told to stop.
 
-    ``on_action(kind, arg, port)`` handles what the core asks for; it returns a new core (after
-    a reboot), None to go on, or raises :class:`Stop` to end the loop.
+    The loop waits for whichever comes first: the next byte, or the core's next deadline.
+    ``on_action(action, port)`` carries out what the core asks for; it returns a new core
+    (after a reboot), None to go on, or raises :class:`Stop` to end the loop.  ``check`` runs
+    after every step and may raise Stop; ``watchdog`` (a :class:`Silence`) is told of every
+    byte and frame so that it can say once when nothing sensible arrives.
     """
 
-    def __init__(self, port: serial.SerialBase, core: Core,
-                 on_action: Callable[[str, Any, serial.SerialBase], Core | None],
-                 check: Callable[[], None] | None = None):
+    def __init__(self, port: Port, core: Core,
+                 on_action: Callable[[Any, Port], Core | None],
+                 check: Callable[[], None] | None = None,
+                 watchdog: Silence | None = None):
         self.port = port
         self.core = core
         self.on_action = on_action
-        self.check = check  # runs after every step; raises Stop to end the loop
+        self.check = check
+        self.watchdog = watchdog
         self._stopping = False
 
     def stop(self, *_: Any) -> None:
@@ -129,35 +247,91 @@ class Runner:
         signal.signal(signal.SIGTERM, self.stop)
         try:
             while not self._stopping:
-                data = read_available(port)
+                deadline = self.core.next_deadline()
+                now = time.monotonic()
+                wait = IDLE_WAKE if deadline is None else min(IDLE_WAKE, deadline - now)
+                data = port.wait_read(wait)
                 now = time.monotonic()
                 core = self.core
                 if data:
                     core.receive(data, now)
+                    if self.watchdog is not None:
+                        self.watchdog.bytes_in(len(data), now)
                 deadline = core.next_deadline()
                 if deadline is not None and deadline <= now:
                     core.tick(now)
                 self._flush()
-                while core.actions:
-                    kind, arg = core.actions.pop(0)
-                    self._flush()
-                    replaced = self.on_action(kind, arg, port)
-                    if replaced is not None:
-                        self.core = core = replaced
-                        self._flush()
+                self._act()
+                if self.watchdog is not None:
+                    self.watchdog.check(core, port, now)
                 if self.check is not None:
                     self.check()
         except Stop:
             self._flush()  # the last answers still go out; after a power cut nothing does
+            port.flush()
             raise
+
+    def start(self) -> None:
+        """Carry out what the core asked for at boot (e.g. a device that halts at once)."""
+        self._act()
+        if self.check is not None:
+            self.check()
+
+    def _act(self) -> None:
+        while self.core.actions:
+            action = self.core.actions.pop(0)
+            self._flush()
+            replaced = self.on_action(action, self.port)
+            if replaced is not None:
+                self.core = replaced
+                self._flush()
 
     def _flush(self) -> None:
         out = self.core.data_to_send()
         if out:
-            try:
-                self.port.write(out)
-            except serial.SerialTimeoutException:
-                raise PortError("the port stopped taking data (is the other side reading?)") from None
+            self.port.write(out)
+
+
+class Silence:
+    """Says once, with counts and the likely cause, when a side hears nothing it can use.
+
+    After ``after`` seconds with no byte at all, or with bytes but no valid frame, it emits one
+    ``no_peer`` event, as esptool says "No serial data received": a user on real hardware
+    learns to check the wiring, the baud rate or the framing instead of waiting.
+    """
+
+    def __init__(self, emit: Callable[..., None], framing: str, baud: int, after: float = 5.0):
+        self.emit = emit
+        self.framing = framing
+        self.baud = baud
+        self.after = after
+        self.started = time.monotonic()
+        self.bytes = 0
+        self.said = False
+
+    def bytes_in(self, n: int, now: float) -> None:
+        self.bytes += n
+
+    def check(self, core: Core, port: Port, now: float) -> None:
+        if self.said or now - self.started < self.after:
+            return
+        ep = getattr(core, "ep", None)
+        frames = ep.decoder_stats.get("frames", 0) if ep is not None else 0
+        if frames:
+            self.said = True  # a peer speaks our framing: nothing to say
+            return
+        self.said = True
+        if self.bytes == 0:
+            self.emit("no_peer", seconds=round(now - self.started, 1), bytes=0,
+                      hint=f"no bytes at all in {self.after:.0f} s: is the peer powered and running, "
+                           "are TX and RX crossed (TX to RX), is it the right port?")
+        else:
+            drops = {k: v for k, v in ep.decoder_stats.items() if k != "frames" and v} if ep is not None else {}
+            self.emit("no_peer", seconds=round(now - self.started, 1), bytes=self.bytes, dropped=drops,
+                      hint=f"{self.bytes} bytes but no valid {self.framing} frame: check --framing "
+                           f"(cobs or blynk) and --baud ({self.baud})")
+        if port.dropped:
+            self.emit("tx_dropped", bytes=port.dropped)
 
 
 class Stop(Exception):

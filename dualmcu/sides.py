@@ -15,19 +15,28 @@ from dualmcu.primary.boot import Bootloader, BootStore
 from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
 from dualmcu.primary.flash import Flash, Geometry, PowerCut
 
-from .shell import EventPrinter, PortError, Runner, Stop, open_port
+from dualmcu.rpc.device import Exit, Halt, Reboot, SetBaud
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PORT = 0, 1, 2, 3
-EXIT_POWER_CUT = 75  # the emulated power failed: whoever runs the process starts it again
+from .exits import ExitCode
+from .paths import default_store
+from .shell import EventPrinter, Port, PortError, Runner, Silence, Stop, open_port
 
 
-def switch_baud(port, baud: int, emit) -> None:
+def switch_baud(port: Port, baud: int, emit) -> None:
     """Switch once what was queued (the RESULT of the request) has left at the old rate."""
-    port.flush()
     try:
-        port.baudrate = baud
+        port.set_baud(baud)
     except (ValueError, OSError) as e:
         emit("baud_change_failed", baud=baud, error=str(e))
+
+
+def reboot_port(port: Port, initial_baud: int, emit) -> None:
+    """A rebooted side's UART comes back at its initial rate and has lost what it held."""
+    port.flush()
+    if port.serial.baudrate != initial_baud:
+        switch_baud(port, initial_baud, emit)
+        emit("baud_reset", baud=initial_baud)
+    port.discard_input()
 
 
 @dataclass
@@ -50,8 +59,8 @@ def run_ncp(o: NcpOptions) -> int:
         shipment = Shipment.from_file(o.firmware) if o.firmware else None
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    store = Store(o.prefetch_store or os.path.join(os.path.expanduser("~"), ".cache", "dualmcu", "ncp-store"))
+        return ExitCode.USAGE
+    store = Store(o.prefetch_store or default_store())
     net = Network(o.net_rate, o.net_fail_at)
     profile = get_profile(o.framing)
 
@@ -67,18 +76,34 @@ def run_ncp(o: NcpOptions) -> int:
     if o.config.baud is None:
         o.config.baud = o.baud
 
-    def on_action(kind: str, arg: Any, port) -> NcpDevice | None:
-        if kind == "baud":
-            o.config.baud = arg  # timeouts are derived from it
-            return switch_baud(port, arg, emit)
-        if kind == "reboot":
-            emit("rebooted")
-            return make(time.monotonic())
-        if kind == "exit":
-            raise Stop(EXIT_OK if arg in ("success", "up_to_date") else EXIT_FAILED, arg)
+    def on_action(action, port: Port) -> NcpDevice | None:
+        match action:
+            case SetBaud(baud):
+                switch_baud(port, baud, emit)
+            case Reboot():
+                reboot_port(port, o.baud, emit)
+                emit("rebooted")
+                return make(time.monotonic())
+            case Exit(outcome):
+                raise Stop(ExitCode.OK if outcome in ("success", "up_to_date") else ExitCode.FAILED, outcome)
         return None
 
-    return _serve(o.port, o.baud, make, on_action, emit)
+    def verdict():
+        # With --once, a peer that closes the port after the outcome (a primary that exits once
+        # confirmed) ends the run with the outcome's code, not as a port failure.
+        out = holder[0].outcome if holder else None
+        if not o.config.once or out is None:
+            return None
+        return (ExitCode.OK if out in ("success", "up_to_date") else ExitCode.FAILED), out
+
+    holder: list[NcpDevice] = []
+    made = make
+
+    def make(now: float) -> NcpDevice:  # noqa: F811 -- keeps the newest core for verdict()
+        holder[:] = [made(now)]
+        return holder[0]
+
+    return _serve(o.port, o.baud, o.framing, make, on_action, emit, verdict=verdict)
 
 
 @dataclass
@@ -141,7 +166,7 @@ def run_primary(o: PrimaryOptions) -> int:
         flash = open_flash(o.flash, o.geometry, o.provision, emit)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     base = flash.ops
     flash.interrupt = power_cut_hook(o.power_cut_at, o.power_cut_seed, o.power_cut_within, base)
     profile = get_profile(o.framing)
@@ -153,28 +178,28 @@ def run_primary(o: PrimaryOptions) -> int:
         if kind == "ota_installed":
             outcome["installed"] = f.get("version")
         elif kind == "confirmed" and outcome.get("installed") == f.get("version"):
-            outcome["end"] = (EXIT_OK, "confirmed")
+            outcome["end"] = (ExitCode.OK, "confirmed")
         elif kind == "rollback":
-            outcome["end"] = (EXIT_FAILED, "rollback")
+            outcome["end"] = (ExitCode.FAILED, "rollback")
         elif kind == "ota_cancelled" and f.get("reason") != "replaced_by_new_offer":
-            outcome["end"] = (EXIT_FAILED, f"cancelled:{f.get('reason')}")
+            outcome["end"] = (ExitCode.FAILED, f"cancelled:{f.get('reason')}")
         elif kind == "ota_refused" and f.get("call") == "available":
-            outcome["end"] = (EXIT_FAILED, f"refused:{f.get('reason')}")
+            outcome["end"] = (ExitCode.FAILED, f"refused:{f.get('reason')}")
 
     emit.watchers.append(watch)
 
     def make(now: float) -> PrimaryDevice:
         return PrimaryDevice(flash, profile, o.config, now, emit=emit)
 
-    def on_action(kind: str, arg: Any, port) -> PrimaryDevice | None:
-        if kind == "baud":
-            return switch_baud(port, arg, emit)
-        if kind == "reboot":
-            port.flush()
-            port.reset_input_buffer()  # a rebooting MCU loses what sat in its UART
-            return make(time.monotonic())
-        if kind == "halt":
-            raise Stop(EXIT_FAILED, arg)
+    def on_action(action, port: Port) -> PrimaryDevice | None:
+        match action:
+            case SetBaud(baud):
+                switch_baud(port, baud, emit)
+            case Reboot():
+                reboot_port(port, o.baud, emit)
+                return make(time.monotonic())
+            case Halt(reason):
+                raise Stop(ExitCode.FAILED, reason)
         return None
 
     def check_once() -> None:
@@ -182,40 +207,40 @@ def run_primary(o: PrimaryOptions) -> int:
             raise Stop(*outcome["end"])
 
     try:
-        return _serve(o.port, o.baud, make, on_action, emit, check_once)
+        return _serve(o.port, o.baud, o.framing, make, on_action, emit, check_once)
     except PowerCut as cut:
         emit("power_cut", op=cut.op - base, operation=cut.kind, applied=cut.applied)
-        return EXIT_POWER_CUT
+        return ExitCode.POWER_CUT
     finally:
         flash.close()
 
 
-def _serve(url: str, baud: int, make, on_action, emit, check=None) -> int:
+def _serve(url: str, baud: int, framing: str, make, on_action, emit, check=None, verdict=None) -> int:
     try:
-        port = open_port(url, baud)
+        port = Port(open_port(url, baud))
     except PortError as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_PORT
+        return ExitCode.IO
     emit("port_open", port=url, baud=baud)
     try:
-        core = make(time.monotonic())
-        runner = Runner(port, core, on_action, check)
-        while core.actions:  # e.g. a device that halts or crashes right at boot
-            kind, arg = core.actions.pop(0)
-            replaced = on_action(kind, arg, port)
-            if replaced is not None:
-                runner.core = core = replaced
-        if check is not None:
-            check()
+        runner = Runner(port, make(time.monotonic()), on_action, check, Silence(emit, framing, baud))
+        runner.start()
         runner.run()
-        return EXIT_OK
+        return ExitCode.OK
     except Stop as s:
-        emit("exit", code=s.code, reason=s.reason)
+        emit("exit", code=int(s.code), reason=s.reason)
         return s.code
     except PortError as e:
+        known = verdict() if verdict is not None else None
+        if known is not None:
+            emit("exit", code=int(known[0]), reason=known[1], note=str(e))
+            return known[0]
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_PORT
+        return ExitCode.IO
     except KeyboardInterrupt:
-        return 130
+        emit("exit", code=int(ExitCode.INTERRUPTED), reason="interrupted")
+        return ExitCode.INTERRUPTED
     finally:
+        if port.dropped:
+            emit("tx_dropped", bytes=port.dropped, note="the peer did not read: the oldest queued bytes were dropped")
         port.close()

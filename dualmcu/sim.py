@@ -21,6 +21,7 @@ from dualmcu.ncp.core import NcpConfig, NcpDevice
 from dualmcu.ncp.update import Network, Shipment, Store
 from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
 from dualmcu.primary.flash import Flash, PowerCut
+from dualmcu.rpc.device import Halt, Reboot, SetBaud
 
 from .link import Link, LinkConfig
 
@@ -116,21 +117,20 @@ class Simulation:
 
     def _actions(self) -> None:
         while self.primary.actions:
-            kind, arg = self.primary.actions.pop(0)
-            if kind == "reboot":
-                self.primary = self._boot_primary()
-            elif kind == "halt":
-                self.halted = arg
-            elif kind == "baud":
-                self.link.set_baud(arg, self.now)
+            match self.primary.actions.pop(0):
+                case Reboot():
+                    self.primary = self._boot_primary()
+                case Halt(reason):
+                    self.halted = reason
+                case SetBaud(baud):
+                    self.link.set_baud(baud, self.now)
         while self.ncp.actions:
-            kind, arg = self.ncp.actions.pop(0)
-            # "exit" (an NCP run --once) needs nothing here: callers watch the outcome.
-            if kind == "reboot":
-                self.ncp = self._boot_ncp()
-            elif kind == "baud":
-                self.link.set_baud(arg, self.now)
-                self.ncp_config.baud = arg
+            match self.ncp.actions.pop(0):
+                # Exit (an NCP run --once) needs nothing here: callers watch the outcome.
+                case Reboot():
+                    self.ncp = self._boot_ncp()
+                case SetBaud(baud):
+                    self.link.set_baud(baud, self.now)
 
     def step(self) -> bool:
         """Advance to the next thing that happens; False when nothing ever will."""

@@ -8,29 +8,17 @@ does.  Same core interface as the primary:
 
 The update sender
 -----------------
-    state         leaves on                                    to
-    IDLE          primary connected, reported a version        OFFERING   (client_otaUpdateAvailable)
-                  other than the shipment's, offers left
-    OFFERING      RESULT true                                  OFFERED
-                  RESULT false                                 DONE refused
-                  no RESULT                                    IDLE, offered again later (offers left)
-    OFFERED       blynk_otaUpdatePrefetch                      PREFETCHING
-                  nothing for stage_timeout                    IDLE, offered again (or DONE start_timeout)
-                  blynk_otaUpdateStart(chunk)                  SENDING    (also accepted in OFFERING:
-                                                                          older drivers call it from
-                                                                          inside the offer handler)
-    PREFETCHING   download complete (answer 1) / failed        OFFERED / DONE prefetch_failed
-    SENDING       all bytes acknowledged                       FINISHING  (client_otaUpdateFinish)
-                  a chunk refused or timed out > retries times DONE download_limit (after Cancel)
-                  the download fails (no prefetch)             DONE download_failed (after Cancel)
-    FINISHING     RESULT true                                  REBOOTING
-                  false / timeout, > retries times             DONE finish_failed (after Cancel)
-    FINISHING     primary reports the new version              DONE success (the RESULT was lost)
-    REBOOTING     primary reports the new version              DONE success
-                  primary reports the old version              DONE rollback
-                  nothing for stage_timeout                    DONE no_report
-    DONE success  primary reports the old version later        DONE rollback (old -> new -> old)
-    any transfer  primary reports a version (it restarted)    IDLE: offered again if offers are left
+Its states and moves are the table ``SENDER`` below, and ``NcpDevice._move`` makes every move:
+an event the current state does not list raises :class:`IllegalMove`.  In words: an offer
+goes out once the primary is connected and has reported a version other than the shipment's;
+a RESULT true leads to OFFERED, false ends it (refused), none offers again later.  Prefetch
+and Start are taken in OFFERED and also in OFFERING (older drivers call Start from inside the
+offer handler).  SENDING ends in FINISHING when every byte is acknowledged, or in DONE after a
+Cancel when a chunk ran out of tries or the download failed.  A Finish answered true leads to
+REBOOTING, where the primary's next firmware report decides success or rollback; a refused
+Finish is sent again, up to ``retries`` times.  A report in the middle of a transfer means the
+primary restarted: back to IDLE, and offered again while offers are left.  DONE success turns
+into DONE rollback when the primary later reports its old version (old -> new -> old).
 
 Writes in flight: one, as the real protocol does, unless the primary answers ``mcu_hasUID``
 for ``dualmcu_otaCapabilities`` with yes; then as many as it says it takes (and its buffer
@@ -52,8 +40,9 @@ from typing import Any, Callable
 
 from dualmcu.framing import Profile
 from dualmcu.rpc import DEFER, NCP, Call, Incoming
-from dualmcu.rpc.device import Device
+from dualmcu.rpc.device import Device, Exit, Reboot, SetBaud
 from dualmcu.rpc.interface import INTERFACE, PREFETCH, STATES
+from dualmcu.rpc.machine import Machine
 
 from .update import Network, Shipment, Store
 
@@ -73,6 +62,47 @@ class Tx(Enum):
     FINISHING = "finishing"
     REBOOTING = "rebooting"
     DONE = "done"
+
+
+class TxEvent(Enum):
+    OFFER = "offer"  # client_otaUpdateAvailable sent
+    OFFER_ACCEPTED = "offer_accepted"  # its RESULT is true
+    OFFER_REFUSED = "offer_refused"  # its RESULT is false: the primary said no
+    OFFER_LOST = "offer_lost"  # no RESULT (offers left): offered again later
+    PREFETCH = "prefetch"  # blynk_otaUpdatePrefetch arrived
+    PREFETCH_DONE = "prefetch_done"
+    PREFETCH_FAILED = "prefetch_failed"
+    START = "start"  # blynk_otaUpdateStart arrived
+    STALLED = "stalled"  # accepted, but no Start within stage_timeout
+    ALL_SENT = "all_sent"  # every byte acknowledged: Finish goes out
+    FINISH_ACCEPTED = "finish_accepted"
+    FINISH_REFUSED = "finish_refused"  # refused or lost, tries left: Finish goes out again
+    GIVE_UP = "give_up"  # out of tries, offers or download: the outcome is final
+    NEW_REPORTED = "new_reported"  # the primary reports the shipment's version
+    OLD_REPORTED = "old_reported"  # the primary reports another version after Finish
+    RESTARTED = "restarted"  # the primary reports a version in the middle of a transfer
+    NO_REPORT = "no_report"  # nothing from the primary within stage_timeout after Finish
+    UP_TO_DATE = "up_to_date"  # the primary already runs the shipment's version
+
+
+_E = TxEvent
+SENDER: dict[Tx, dict[TxEvent, Tx]] = {
+    Tx.IDLE: {_E.OFFER: Tx.OFFERING, _E.UP_TO_DATE: Tx.DONE, _E.GIVE_UP: Tx.DONE},
+    Tx.OFFERING: {_E.OFFER_ACCEPTED: Tx.OFFERED, _E.OFFER_REFUSED: Tx.DONE, _E.OFFER_LOST: Tx.IDLE,
+                  _E.GIVE_UP: Tx.DONE, _E.PREFETCH: Tx.PREFETCHING, _E.START: Tx.SENDING},
+    Tx.OFFERED: {_E.PREFETCH: Tx.PREFETCHING, _E.START: Tx.SENDING, _E.STALLED: Tx.IDLE,
+                 _E.RESTARTED: Tx.IDLE},
+    Tx.PREFETCHING: {_E.PREFETCH_DONE: Tx.OFFERED, _E.PREFETCH_FAILED: Tx.DONE, _E.RESTARTED: Tx.IDLE},
+    Tx.SENDING: {_E.ALL_SENT: Tx.FINISHING, _E.GIVE_UP: Tx.DONE, _E.RESTARTED: Tx.IDLE},
+    Tx.FINISHING: {_E.FINISH_ACCEPTED: Tx.REBOOTING, _E.FINISH_REFUSED: Tx.FINISHING, _E.GIVE_UP: Tx.DONE,
+                   # The Finish RESULT was lost, but the primary came back with the new version.
+                   _E.NEW_REPORTED: Tx.DONE, _E.RESTARTED: Tx.IDLE},
+    Tx.REBOOTING: {_E.NEW_REPORTED: Tx.DONE, _E.OLD_REPORTED: Tx.DONE, _E.NO_REPORT: Tx.DONE},
+    # A success is undone by a later report of the old version (old -> new -> old).
+    Tx.DONE: {_E.OLD_REPORTED: Tx.DONE},
+}
+# The states that wait on the primary, and so may not wait forever (stage_timeout).
+WAITS_ON_PRIMARY = (Tx.OFFERED, Tx.REBOOTING)
 
 
 @dataclass
@@ -148,7 +178,8 @@ class NcpDevice(Device):
         self.max_chunk = min(self.cfg.max_chunk or 0xFFFF, frame_limit - WRITE_OVERHEAD)
         self.state = STATE["not_initialized"]
         self.primary = Primary()
-        self.tx = Tx.IDLE
+        self.baud = self.cfg.baud  # the link's rate now; a reboot starts at the initial one
+        self.sender: Machine[Tx, TxEvent] = Machine("update sender", SENDER, Tx.IDLE, self._moved)
         self.outcome: str | None = None
         self.offers_made = 0
         self.sending: Sending | None = None
@@ -239,7 +270,7 @@ class NcpDevice(Device):
         def reboot() -> None:
             self.ep.notify("client_processEvent", {"event": 1})
             self.emit("rebooting", reason="primary_request")
-            self.actions.append(("reboot", "primary_request"))
+            self.actions.append(Reboot("primary_request"))
 
         inc.then = reboot
         return True
@@ -249,9 +280,13 @@ class NcpDevice(Device):
         if not 300 <= baud <= 10_000_000:
             return False
         # The answer goes out at the old rate; the shell switches once it has been sent.
-        inc.then = lambda: self.actions.append(("baud", baud))
+        inc.then = lambda: self._switch_baud(baud)
         self.emit("baud_change", baud=baud)
         return True
+
+    def _switch_baud(self, baud: int) -> None:
+        self.baud = baud  # write timeouts are derived from it
+        self.actions.append(SetBaud(baud))
 
     def _on_initialize(self, inc: Incoming) -> bool:
         if not self.primary.info:
@@ -319,66 +354,70 @@ class NcpDevice(Device):
 
     # -- the update sender ---------------------------------------------------------------------
 
-    def _finish(self, outcome: str, **fields: Any) -> None:
-        self.tx = Tx.DONE
-        self._timers.pop("stage", None)
+    @property
+    def tx(self) -> Tx:
+        return self.sender.state
+
+    def _move(self, event: TxEvent) -> Tx:
+        return self.sender.fire(event)
+
+    def _moved(self, old: Tx, event: TxEvent, new: Tx) -> None:
+        # A stage that waits on the primary may not wait forever; leaving it disarms the timer.
+        if new in WAITS_ON_PRIMARY and new is not old:
+            self._after("stage", self.cfg.stage_timeout)
+        elif new not in WAITS_ON_PRIMARY:
+            self._timers.pop("stage", None)
+
+    def _finish(self, event: TxEvent, outcome: str, **fields: Any) -> None:
+        self._move(event)
         self.outcome = outcome
         self.sending = None
         if self.state == STATE["ota"]:
             self._set_state("connected")
         self.emit("ota_outcome", outcome=outcome, **fields)
         if self.cfg.once and outcome != "success":  # success waits: a rollback may follow
-            self.actions.append(("exit", outcome))
+            self.actions.append(Exit(outcome))
         elif self.cfg.once:
             self._after("settled", self.cfg.settle)
-
-    def _enter(self, tx: Tx) -> None:
-        """Go to a stage that waits on the primary; it may not wait forever."""
-        self.tx = tx
-        self._after("stage", self.cfg.stage_timeout)
 
     def _timer_stage(self) -> None:
         if self.tx is Tx.OFFERED:
             # The primary accepted but never started (its Prefetch or Start was lost, or it
             # gave up): offer again while offers are left.
             self.emit("ota_stalled", state="offered", waited=self.cfg.stage_timeout)
-            self.tx = Tx.IDLE
+            self._move(TxEvent.STALLED)
             if self.offers_made < self.cfg.offers:
                 self._consider_offer()
             else:
-                self._finish("start_timeout")
+                self._finish(TxEvent.GIVE_UP, "start_timeout")
         elif self.tx is Tx.REBOOTING:
-            self._finish("no_report", waited=self.cfg.stage_timeout)
+            self._finish(TxEvent.NO_REPORT, "no_report", waited=self.cfg.stage_timeout)
 
     def _timer_settled(self) -> None:
         if self.cfg.once and self.outcome:
-            self.actions.append(("exit", self.outcome))
+            self.actions.append(Exit(self.outcome))
 
     def _judge_report(self, version: str) -> None:
         s = self.shipment
         if s is None:
             return
         old = self.primary.versions[0] if self.primary.versions else None
-        if self.tx in (Tx.REBOOTING, Tx.FINISHING) and version == s.version:
-            # (still FINISHING: the Finish RESULT was lost, but the primary came back new)
-            self._finish("success", version=version)
+        if version == s.version and self.sender.can(TxEvent.NEW_REPORTED):
+            self._finish(TxEvent.NEW_REPORTED, "success", version=version)
         elif self.tx is Tx.REBOOTING:
-            if version == s.version:
-                self._finish("success", version=version)
-            else:
-                self._finish("rollback", version=version, new_version_seen=False)
+            self._finish(TxEvent.OLD_REPORTED, "rollback", version=version, new_version_seen=False)
         elif self.tx is Tx.DONE and self.outcome == "success" and version != s.version:
-            self._finish("rollback", version=version, new_version_seen=True)
-        elif self.tx in (Tx.SENDING, Tx.OFFERED, Tx.FINISHING, Tx.PREFETCHING):
+            self._finish(TxEvent.OLD_REPORTED, "rollback", version=version, new_version_seen=True)
+        elif self.sender.can(TxEvent.RESTARTED):
             # The primary restarted in the middle of an update: it is lost on its side.
             self.emit("ota_interrupted", state=self.tx.value, version=version, old=old,
                       offers_left=self.cfg.offers - self.offers_made)
-            self.tx = Tx.IDLE
+            self._move(TxEvent.RESTARTED)
             self.sending = None
             if self.state == STATE["ota"]:
                 self._set_state("connected")
             if self.offers_made >= self.cfg.offers:
-                self._finish("interrupted")
+                self._finish(TxEvent.GIVE_UP, "interrupted")
 
     def _consider_offer(self) -> None:
         s = self.shipment
@@ -387,10 +426,10 @@ class NcpDevice(Device):
             return
         if self.primary.info.get("mcu") == s.version:
             if self.offers_made == 0 and self.outcome is None:
-                self._finish("up_to_date", version=s.version)
+                self._finish(TxEvent.UP_TO_DATE, "up_to_date", version=s.version)
             return
         self.offers_made += 1
-        self.tx = Tx.OFFERING
+        self._move(TxEvent.OFFER)
         self.emit("ota_offer", filename=s.filename, size=s.size, fw_type=s.info.get("fw-type", ""),
                   version=s.version, offer=self.offers_made)
         self.ep.call("client_otaUpdateAvailable", {
@@ -402,27 +441,28 @@ class NcpDevice(Device):
         if self.tx is not Tx.OFFERING:
             return  # Start came first, from inside the offer handler
         if c.ok and c.result:
-            self._enter(Tx.OFFERED)
+            self._move(TxEvent.OFFER_ACCEPTED)
             self.emit("ota_accepted")
             return
         reason = "refused" if c.ok else f"offer_failed:{c.status:#x}"
         if c.ok:
-            self._finish("refused")  # the primary said no: offering again changes nothing
+            # The primary said no: offering again changes nothing.
+            self._finish(TxEvent.OFFER_REFUSED, "refused")
         elif self.offers_made < self.cfg.offers:
-            self.tx = Tx.IDLE
+            self._move(TxEvent.OFFER_LOST)
             self.emit("ota_offer_declined", reason=reason, will_retry_in=self.cfg.reoffer_after)
             self._after("reoffer", self.cfg.reoffer_after)
         else:
-            self._finish("offer_failed", status=c.status)
+            self._finish(TxEvent.GIVE_UP, "offer_failed", status=c.status)
 
     def _timer_reoffer(self) -> None:
         self._consider_offer()
 
     def _on_prefetch(self, inc: Incoming):
-        if self.shipment is None or self.tx not in (Tx.OFFERING, Tx.OFFERED):
+        if self.shipment is None or not self.sender.can(TxEvent.PREFETCH):
             return PREFETCH_CODE["request_fail"]
         s = self.shipment
-        self.tx = Tx.PREFETCHING
+        self._move(TxEvent.PREFETCH)
         started = self.ep.now
         done_at = self.net.ready_at(started, s.size)
         self.emit("prefetch_start", size=s.size)
@@ -439,18 +479,18 @@ class NcpDevice(Device):
         if self.net.fails_before(s.size):
             self.emit("prefetch_failed", at=self.net.fail_at)
             self.ep.reply(inc, PREFETCH_CODE["download_timeout"])
-            self._finish("prefetch_failed", at=self.net.fail_at)
+            self._finish(TxEvent.PREFETCH_FAILED, "prefetch_failed", at=self.net.fail_at)
             return
         self.store.save("ota.bin", s.source, s.size)
         self.serve_from = self.store.source("ota.bin")
         self.prefetched = True
-        self._enter(Tx.OFFERED)
+        self._move(TxEvent.PREFETCH_DONE)
         self.emit("prefetch_done", size=s.size)
         self.ep.reply(inc, PREFETCH_CODE["ok"])
 
     def _on_start(self, inc: Incoming) -> bool:
         asked = inc.args["chunk_size"]
-        if self.shipment is None or self.tx not in (Tx.OFFERING, Tx.OFFERED):
+        if self.shipment is None or not self.sender.can(TxEvent.START):
             self.emit("ota_start_refused", reason="no_update_offered", chunk_size=asked)
             return False
         if asked == 0:
@@ -460,7 +500,7 @@ class NcpDevice(Device):
         # Without prefetch the download from the cloud starts now and runs alongside the writes.
         self.sending = Sending(chunk=chunk, started=self.ep.now)
         self.finish_tries = 0
-        self.tx = Tx.SENDING
+        self._move(TxEvent.START)
         self._set_state("ota")
         self.emit("ota_start", chunk_size=chunk, asked=asked, size=self.shipment.size, prefetched=self.prefetched)
         inc.then = self._discover
@@ -525,6 +565,7 @@ class NcpDevice(Device):
         s = self.shipment
         now = self.ep.now
         if sd.acked >= s.size and not sd.in_flight:
+            self._move(TxEvent.ALL_SENT)
             self._send_finish()
             return
         if sd.suspended_until > now:
@@ -573,9 +614,9 @@ class NcpDevice(Device):
         """
         if self.cfg.write_timeout is not None:
             return self.cfg.write_timeout
-        if not self.cfg.baud:
+        if not self.baud:
             return None  # the table's timeout
-        bit = 10 / self.cfg.baud
+        bit = 10 / self.baud
         frame = sd.chunk + WRITE_OVERHEAD + 16
         work = sd.window * (frame * bit + sd.program_per_kib * sd.chunk / 1024) + 24 * bit
         # A measured round trip longer than the work (a slow bridge) stretches the timeout,
@@ -630,14 +671,13 @@ class NcpDevice(Device):
         self._pump()
 
     def _send_finish(self) -> None:
-        self.tx = Tx.FINISHING
         self.ep.call("client_otaUpdateFinish", on_done=self._finished)
 
     def _finished(self, c: Call) -> None:
         if self.tx is not Tx.FINISHING:
             return
         if c.ok and c.result:
-            self._enter(Tx.REBOOTING)
+            self._move(TxEvent.FINISH_ACCEPTED)
             self.emit("ota_finished", retries=self.sending.total_retries if self.sending else 0)
             return
         self.finish_tries += 1
@@ -646,11 +686,11 @@ class NcpDevice(Device):
         if self.finish_tries > self.cfg.retries:
             self._cancel("finish_failed", reason=why)
         else:
-            self.tx = Tx.SENDING
+            self._move(TxEvent.FINISH_REFUSED)
             self._send_finish()
 
     def _cancel(self, outcome: str, **fields: Any) -> None:
         if self.sending is not None:
             self.sending.in_flight.clear()
         self.ep.call("client_otaUpdateCancel")
-        self._finish(outcome, **fields)
+        self._finish(TxEvent.GIVE_UP, outcome, **fields)

@@ -22,7 +22,7 @@ from typing import Callable
 from dualmcu.image.firmware import TEST_KEY, read_info_streamed
 from dualmcu.framing import Profile
 from dualmcu.rpc import PRIMARY, Call, Incoming
-from dualmcu.rpc.device import Device
+from dualmcu.rpc.device import Device, Halt, Reboot, SetBaud
 from dualmcu.rpc.interface import EVENTS, STATES
 
 from .boot import Bootloader, BootResult, Trust
@@ -65,7 +65,7 @@ class PrimaryDevice(Device):
         self.ota: OtaReceiver | None = None
         if self.boot.slot is None:
             self.emit("halted", reason="no_bootable_image")
-            self.actions.append(("halt", "no_bootable_image"))
+            self.actions.append(Halt("no_bootable_image"))
             return
         rec = self.boot.state.slots[self.boot.slot]
         base = flash.geometry.slot_offset(self.boot.slot)
@@ -76,7 +76,7 @@ class PrimaryDevice(Device):
         behaviour = self.info.get(TEST_KEY)
         if behaviour == "crash":
             self.emit("crashed", reason="test_image_crash")
-            self.actions.append(("reboot", "crash"))
+            self.actions.append(Reboot("crash"))
             return
         for name, handler in (
             ("mcu_ping", lambda inc: None),
@@ -109,7 +109,7 @@ class PrimaryDevice(Device):
 
     def request_reboot(self, reason: str) -> None:
         self.emit("rebooting", reason=reason)
-        self.actions.append(("reboot", reason))
+        self.actions.append(Reboot(reason))
 
     # -- NCP initialisation, as the driver does it ---------------------------------------------
 
@@ -163,7 +163,7 @@ class PrimaryDevice(Device):
             return self._next_step()
         # Both ends switch once the RESULT is through; then ping until the NCP answers at the
         # new rate (the first ping may be lost while the NCP's UART settles).
-        self.actions.append(("baud", self.cfg.baud))
+        self.actions.append(SetBaud(self.cfg.baud))
         self._baud_ping()
 
     def _baud_ping(self) -> None:

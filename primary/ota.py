@@ -9,6 +9,9 @@ States and the calls each accepts
                 offer restarts)
     FINISHING   refuse (busy)        refuse           refuse (busy)     ok, -> IDLE
 
+The moves are the table ``RECEIVER``; ``OtaReceiver._move`` makes each one and raises on a
+move the table does not list.
+
 Rules
 -----
 * An offer is checked against: size (0 < size <= slot), fw-type (must equal the running
@@ -52,6 +55,8 @@ from typing import Callable
 
 from dualmcu.image.firmware import is_newer
 from dualmcu.rpc import DEFER, Call, Endpoint, Incoming
+from dualmcu.rpc.interface import PREFETCH
+from dualmcu.rpc.machine import Machine
 
 from .boot import Bootloader, BootState, Receiving, check_signature, slot_digests
 from .flash import Flash, FlashError
@@ -72,6 +77,27 @@ class Ota(Enum):
     OFFERED = "offered"
     RECEIVING = "receiving"
     FINISHING = "finishing"
+
+
+class OtaEvent(Enum):
+    ACCEPT = "accept"  # an offer passed every check (a new one replaces a transfer)
+    WRITE = "write"  # a chunk at the expected offset was programmed
+    FINISH = "finish"  # every byte is in: ask the NCP for the digests
+    VERIFY_FAILED = "verify_failed"  # digests missing or different: the NCP may finish again
+    INSTALLED = "installed"  # verified and installed as a trial image
+    REJECTED = "rejected"  # arrived whole but not an image this device may install
+    ABANDON = "abandon"  # cancelled by the NCP, timed out, or failed
+
+
+_E = OtaEvent
+RECEIVER: dict[Ota, dict[OtaEvent, Ota]] = {
+    Ota.IDLE: {_E.ACCEPT: Ota.OFFERED},
+    Ota.OFFERED: {_E.ACCEPT: Ota.OFFERED, _E.WRITE: Ota.RECEIVING, _E.ABANDON: Ota.IDLE},
+    Ota.RECEIVING: {_E.ACCEPT: Ota.OFFERED, _E.WRITE: Ota.RECEIVING, _E.FINISH: Ota.FINISHING,
+                    _E.ABANDON: Ota.IDLE},
+    Ota.FINISHING: {_E.VERIFY_FAILED: Ota.RECEIVING, _E.INSTALLED: Ota.IDLE, _E.REJECTED: Ota.IDLE,
+                    _E.ABANDON: Ota.IDLE},
+}
 
 
 @dataclass
@@ -135,7 +161,7 @@ class OtaReceiver:
         self.emit = emit
         self.reboot = reboot
         self.hang = hang
-        self.state = Ota.IDLE
+        self.machine: Machine[Ota, OtaEvent] = Machine("OTA receiver", RECEIVER, Ota.IDLE)
         self.t: Transfer | None = None
         self.deadline: float | None = None
         self.busy_until = 0.0  # when the flash finishes what it was given
@@ -152,6 +178,13 @@ class OtaReceiver:
             ("client_otaUpdateCancel", self.on_cancel),
         ):
             endpoint.handle(name, fn)
+
+    @property
+    def state(self) -> Ota:
+        return self.machine.state
+
+    def _move(self, event: OtaEvent) -> Ota:
+        return self.machine.fire(event)
 
     # -- time --------------------------------------------------------------------------------
 
@@ -273,7 +306,7 @@ class OtaReceiver:
         except FlashError as e:
             return self._refuse("available", "flash_error", error=str(e), **offer)
         self.t = t
-        self.state = Ota.OFFERED
+        self._move(OtaEvent.ACCEPT)
         self._arm()
         self.emit("ota_accepted", slot="AB"[slot], **offer)
         inc.then = self._after_accept
@@ -296,8 +329,6 @@ class OtaReceiver:
             self.emit("ota_prefetched")
             self._start()
         else:
-            from dualmcu.rpc.interface import PREFETCH
-
             why = PREFETCH.get(c.result, f"status_{c.status:#x}") if c.ok else f"status_{c.status:#x}"
             self._abandon(f"prefetch_failed:{why}")
 
@@ -347,7 +378,7 @@ class OtaReceiver:
             t.held[offset] = (inc, chunk)
             t.held_bytes += len(chunk)
             return DEFER
-        self.state = Ota.RECEIVING
+        self._move(OtaEvent.WRITE)
         try:
             done = self._program(t, offset, chunk)
             while t.offset in t.held:  # the gap is filled: write what was held, in order
@@ -396,7 +427,7 @@ class OtaReceiver:
         t = self.t
         if t.offset != t.size:
             return self._refuse("finish", "size_mismatch", received=t.offset, size=t.size)
-        self.state = Ota.FINISHING
+        self._move(OtaEvent.FINISH)
         self.deadline = None
         got: dict[str, Call] = {}
 
@@ -417,7 +448,7 @@ class OtaReceiver:
 
         def fail(reason: str, **fields) -> None:
             # Back to RECEIVING with every byte in place: the NCP may ask to finish again.
-            self.state = Ota.RECEIVING
+            self._move(OtaEvent.VERIFY_FAILED)
             self._arm()
             self._refuse("finish", reason, **fields)
             self.ep.reply(inc, False)
@@ -434,7 +465,8 @@ class OtaReceiver:
             v = check_signature(self.flash, t.slot, t.size, trust, self.boot_state.security_counter)
             if not v:
                 # Bytes arrived whole but are not an image this device may install.
-                self.state, self.t = Ota.IDLE, None
+                self._move(OtaEvent.REJECTED)
+                self.t = None
                 self._refuse("finish", f"signature_{v.reason}", counter=v.signature.counter if v.signature else None)
                 self.emit("ota_cancelled", reason=f"signature_{v.reason}", offset=t.size)
                 return self.ep.reply(inc, False)
@@ -444,7 +476,8 @@ class OtaReceiver:
             return fail("flash_error", error=str(e))
         self.emit("ota_installed", slot="AB"[t.slot], version=t.fw_version, size=t.size, sha256=sha.hex(),
                   duplicates=t.duplicates)
-        self.state, self.t = Ota.IDLE, None
+        self._move(OtaEvent.INSTALLED)
+        self.t = None
         inc.then = lambda: self.reboot("ota_installed")
         self.ep.reply(inc, True)
 
@@ -458,7 +491,8 @@ class OtaReceiver:
         if self.t is not None:
             for held_inc, _ in self.t.held.values():
                 self.ep.reply(held_inc, False)
-        self.state, self.t, self.deadline = Ota.IDLE, None, None
+        self._move(OtaEvent.ABANDON)
+        self.t, self.deadline = None, None
         # The slot was forgotten in the boot state when the offer was accepted; what was
         # written to it is garbage that the next transfer erases page by page.
         self.emit("ota_cancelled", reason=reason, offset=offset)

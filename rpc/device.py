@@ -1,18 +1,50 @@
 """What both emulated sides share: an endpoint, named timers, events and actions.
 
 A device is a sans-IO core.  Its shell calls ``receive``, ``tick``, ``next_deadline`` and
-``data_to_send``, and carries out what the device appends to ``actions`` (reboot, baud
-change, exit).  A subclass arms a timer with ``_after(name, delay)`` and handles it in a
+``data_to_send``, and carries out the :data:`Action` items the device appends to ``actions``:
+only a shell can reboot a process, switch a port's baud rate or end a program.  A subclass arms a timer with ``_after(name, delay)`` and handles it in a
 method ``_timer_<name>``; re-arming a timer replaces it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Union
 
 from dualmcu.framing import Profile
 
 from .endpoint import Endpoint
+
+
+@dataclass(frozen=True)
+class Reboot:
+    """Throw this core away and boot a new one: the UART comes back at its initial rate."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class SetBaud:
+    """Switch the port to ``baud`` now that what was queued has gone out at the old rate."""
+
+    baud: int
+
+
+@dataclass(frozen=True)
+class Exit:
+    """End the program with this outcome (a side run with --once)."""
+
+    outcome: str
+
+
+@dataclass(frozen=True)
+class Halt:
+    """Nothing can run: the bootloader found no bootable image."""
+
+    reason: str
+
+
+Action = Union[Reboot, SetBaud, Exit, Halt]
 
 
 class Device:
@@ -21,7 +53,7 @@ class Device:
         self._emit = emit or (lambda kind, **fields: None)
         self.ep = Endpoint(side, profile, answer_unknown=answer_unknown, on_event=self._wire_event)
         self.ep.now = now
-        self.actions: list[tuple[str, Any]] = []
+        self.actions: list[Action] = []
         self._timers: dict[str, float] = {}
 
     # -- the core interface ------------------------------------------------------------------

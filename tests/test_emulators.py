@@ -13,6 +13,8 @@ from dualmcu.primary.device import PrimaryConfig
 from dualmcu.primary.flash import Flash, Geometry
 from dualmcu.primary.ota import OtaConfig
 from dualmcu.rpc import message as M
+from dualmcu.rpc.device import SetBaud
+from support import active_image, provisioned
 
 SLOT = 512 * 1024
 OLD = build_image(make_info("1.0.0", "TMPL1", build="Jan  1 2026 00:00:00"), 80_000)
@@ -20,9 +22,7 @@ NEW = build_image(make_info("1.1.0", "TMPL1", build="Feb  1 2026 00:00:00"), 200
 
 
 def device(image=OLD, slot=SLOT):
-    f = Flash.in_memory(Geometry(4096, slot))
-    Bootloader(f).provision(image)
-    return f
+    return provisioned(image, slot)
 
 
 def sim(new=NEW, flash=None, **kw):
@@ -30,10 +30,6 @@ def sim(new=NEW, flash=None, **kw):
     return Simulation(flash or device(), ship, **kw)
 
 
-def active_image(flash):
-    st = BootStore(flash).load()
-    rec = st.slots[st.active]
-    return st, flash.read(flash.geometry.slot_offset(st.active), rec.length)
 
 
 @pytest.mark.parametrize("framing", ["cobs", "blynk"])
@@ -235,7 +231,7 @@ def test_baud_change_answers_at_the_old_rate_then_switches():
     c = s.primary.ep.call("hw_setUartBaudRate", {"baud": 921600})
     s.ncp.receive(s.primary.data_to_send(), s.now)
     # the RESULT is already queued when the NCP asks its shell to switch
-    assert s.ncp.actions == [("baud", 921600)] and s.ncp.ep._out
+    assert s.ncp.actions == [SetBaud(921600)] and s.ncp.ep._out
     s.run_until(lambda s: c.done)
     assert c.ok and c.result is True
 

@@ -5,6 +5,7 @@ import pytest
 from dualmcu.image.firmware import build_image, make_info
 from dualmcu.link import Faults, Link, LinkConfig
 from dualmcu.sim import Simulation
+from support import provisioned, tagged
 from dualmcu.ncp.update import Shipment
 from dualmcu.primary.boot import Bootloader
 from dualmcu.primary.device import PrimaryConfig
@@ -67,9 +68,7 @@ def test_a_disconnected_side_loses_everything_for_a_while():
 
 
 def device(slot=512 * 1024):
-    f = Flash.in_memory(Geometry(4096, slot))
-    Bootloader(f).provision(build_image(make_info("1.0.0", "TMPL1", build="Jan  1 2026 00:00:00"), 60_000))
-    return f
+    return provisioned(tagged("1.0.0", "TMPL1", 60_000), slot)
 
 
 NEW = build_image(make_info("1.1.0", "TMPL1", build="Jan  1 2026 00:00:10"), 200_000)  # fixed bytes: fixed faults

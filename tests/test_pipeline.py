@@ -8,6 +8,7 @@ import pytest
 from dualmcu.image.firmware import build_image, make_info
 from dualmcu.link import LinkConfig
 from dualmcu.sim import Simulation
+from support import active_image, provisioned, tagged
 from dualmcu.framing import get_profile
 from dualmcu.ncp.core import NcpConfig, Sending
 from dualmcu.ncp.update import Shipment
@@ -23,14 +24,11 @@ NEW = build_image(make_info("1.1.0", "TMPLP", build="Jan  1 2026 00:00:00"), 150
 
 
 def device():
-    f = Flash.in_memory(Geometry(4096, 256 * 1024))
-    Bootloader(f).provision(build_image(make_info("1.0.0", "TMPLP", build="Jan  1 2026 00:00:00"), 30_000))
-    return f
+    return provisioned(tagged("1.0.0", "TMPLP", 30_000), 256 * 1024)
 
 
 def image(flash):
-    st = BootStore(flash).load()
-    return flash.read(flash.geometry.slot_offset(st.active), st.slots[st.active].length)
+    return active_image(flash)[1]
 
 
 class InFlight:

@@ -5,6 +5,7 @@ import pytest
 from dualmcu.image.firmware import build_image, make_info
 from dualmcu.link import LinkConfig
 from dualmcu.sim import Simulation
+from support import active_image, provisioned, tagged
 from dualmcu.ncp.core import NcpConfig
 from dualmcu.ncp.update import Shipment
 from dualmcu.primary.boot import Bootloader, BootStore
@@ -15,14 +16,11 @@ NEW = build_image(make_info("1.1.0", "TMPLR", build=B), 300_000, seed=5)
 
 
 def device():
-    f = Flash.in_memory(Geometry(4096, 512 * 1024))
-    Bootloader(f).provision(build_image(make_info("1.0.0", "TMPLR", build=B), 30_000))
-    return f
+    return provisioned(tagged("1.0.0", "TMPLR", 30_000), 512 * 1024)
 
 
 def image(flash):
-    st = BootStore(flash).load()
-    return flash.read(flash.geometry.slot_offset(st.active), st.slots[st.active].length)
+    return active_image(flash)[1]
 
 
 def interrupted(ship, flash=None, at=200_000, **kw):

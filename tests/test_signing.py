@@ -10,6 +10,7 @@ import pytest
 from dualmcu.image import signing as S
 from dualmcu.image.firmware import build_image, make_info
 from dualmcu.sim import Simulation
+from support import active_image
 from dualmcu.ncp.update import Shipment
 from dualmcu.primary.boot import Bootloader, BootStore, Trust
 from dualmcu.primary.device import PrimaryConfig
@@ -44,9 +45,7 @@ def update(flash, image, keys, target="prod/A"):
     return s, s.run_update()
 
 
-def active(flash):
-    st = BootStore(flash).load()
-    return st, flash.read(flash.geometry.slot_offset(st.active), st.slots[st.active].length)
+active = active_image
 
 
 def test_a_valid_signed_image_installs_and_raises_the_counter():
