@@ -13,6 +13,17 @@ def test_generated_docs_are_current():
     assert r.returncode == 0, r.stdout
 
 
+def test_generated_docs_do_not_depend_on_who_generates_them(tmp_path):
+    """Another user's HOME (and XDG folders) must give the same pages: no machine paths in docs."""
+    env = dict(os.environ, HOME=str(tmp_path / "alice"), XDG_DATA_HOME=str(tmp_path / "xdg"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gen_docs.py"), "--check"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stdout
+    for name in os.listdir(os.path.join(ROOT, "docs")):
+        text = open(os.path.join(ROOT, "docs", name), errors="replace").read()
+        assert "/root/" not in text and "/home/" not in text, name
+
+
 def test_every_command_is_documented():
     text = open(os.path.join(ROOT, "docs", "cli.md")).read()
     for cmd in ("ports", "decode", "encode", "ncp", "primary", "run", "flash show", "tag create", "tag show",

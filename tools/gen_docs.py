@@ -11,11 +11,16 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Default paths appear in help texts as ~/...: drop per-user overrides so that every machine
+# generates the same text, whatever its HOME or XDG settings.
+for var in ("XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+    os.environ.pop(var, None)
 
 import click  # noqa: E402
 
 from dualmcu.cli import main  # noqa: E402
-from dualmcu.rpc.interface import EXTENSION_UIDS, INTERFACE, INVOKE, NCP  # noqa: E402
+from dualmcu.exits import MEANING  # noqa: E402
+from dualmcu.rpc.interface import EVENTS, EXTENSION_UIDS, INTERFACE, INVOKE, NCP, PREFETCH, STATES  # noqa: E402
 
 
 def interface_md() -> str:
@@ -42,6 +47,14 @@ def interface_md() -> str:
             kind = "INVOKE" if fn.kind == INVOKE else "ONEWAY"
             out.append(f"| 0x{fn.uid:04X} | `{fn.name}` | {kind} | {args} | {outs} | {ret} | {timeout} | {fn.doc} |")
         out.append("")
+    for title, table, what in (
+        ("STATES", STATES, "what `blynk_getState` returns and `client_blynkStateChange` carries"),
+        ("PREFETCH", PREFETCH, "what `blynk_otaUpdatePrefetch` returns"),
+        ("EVENTS", EVENTS, "what `client_processEvent` carries"),
+    ):
+        out += [f"## {title}", "", f"Codes of {what}.", "", "| code | meaning |", "|---|---|"]
+        out += [f"| {code} | {name} |" for code, name in table.items()]
+        out.append("")
     return "\n".join(out)
 
 
@@ -57,8 +70,11 @@ def _walk(cmd: click.Command, path: list[str], out: list[str]) -> None:
 
 def cli_md() -> str:
     out = ["# CLI reference", "", "Generated from the command definitions by `tools/gen_docs.py`; do not edit.", "",
-           "Exit codes used throughout: 0 success, 1 the update (or check) failed, 2 bad usage or input,",
-           "3 a port or process failed, 4 a timeout.", ""]
+           "Every command uses the same exit codes (`dualmcu/exits.py`):", "", "| code | meaning |", "|---|---|"]
+    out += [f"| {int(code)} | {text} |" for code, text in MEANING.items()]
+    out += ["", "Environment: `DUALMCU_PORT` and `DUALMCU_BAUD` stand for `--port` and `--baud`; `--port auto`",
+            "picks the one USB-serial port present. Default files live in the per-user data folder",
+            "(`~/.local/share/dualmcu` on Linux).", ""]
     ctx = click.Context(main, info_name="dualmcu", max_content_width=100, terminal_width=100,
                         help_option_names=["-h", "--help"])
     out += ["```", main.get_help(ctx).rstrip(), "```", ""]

@@ -1,0 +1,140 @@
+"""What every command group shares: the group itself, option types that refuse bad values in
+one line, the port and baud conventions, and the way files are written.
+
+Every option value is checked here, before any command starts work: numbers must be finite
+and in range (nan, inf, negative or zero timeouts are refused), sizes must parse, a port named
+``auto`` must resolve to exactly one USB-serial port.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import click
+
+from dualmcu import __version__
+from dualmcu.exits import MEANING
+from dualmcu.framing import PROFILE_NAMES
+from dualmcu.paths import default_flash, shown
+
+EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text.split(':')[0]}" for code, text in MEANING.items()) + "."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
+@click.version_option(__version__, prog_name="dualmcu")
+def main() -> None:
+    """Emulate a dual-MCU device: a Blynk.NCP network co-processor and the primary MCU it
+    updates, talking RPC over a UART.
+
+    Run `dualmcu run` for a complete firmware update between two emulated processes, and
+    `dualmcu docs` for the manual pages (wire format, hardware, faults, signing, CLI).
+    """
+
+
+# -- option types --------------------------------------------------------------------------------
+
+class Number(click.FloatRange):
+    """A float in a range that is also finite: click's FloatRange lets nan and inf through."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+def seconds(minimum: float = 0.0, open_min: bool = True) -> Number:
+    """Seconds: finite, and above ``minimum`` (a zero or negative timeout is refused)."""
+    return Number(min=minimum, min_open=open_min)
+
+
+PROBABILITY = Number(0.0, 1.0)
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1024, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    try:
+        n = int(t[:-1] if mult > 1 else t, 0) * mult
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size (e.g. 4096, 512K, 1M)") from None
+    if n <= 0:
+        raise click.BadParameter(f"{text!r}: a size must be positive")
+    return n
+
+
+class Size(click.ParamType):
+    name = "SIZE"
+
+    def __init__(self, maximum: int | None = None):
+        self.maximum = maximum
+
+    def convert(self, value, param, ctx):
+        n = value if isinstance(value, int) else parse_size(value)
+        if self.maximum is not None and n > self.maximum:
+            self.fail(f"{value!r} is larger than {self.maximum} bytes", param, ctx)
+        return n
+
+
+def resolve_port(ctx, param, value):
+    """``auto`` stands for the one USB-serial port there is; anything else is used as given."""
+    if value != "auto":
+        return value
+    from serial.tools import list_ports
+
+    usb = [p.device for p in list_ports.comports() if p.vid is not None]
+    if len(usb) != 1:
+        found = ", ".join(usb) if usb else "none"
+        raise click.BadParameter(f"auto needs exactly one USB-serial port; found {found} (dualmcu ports lists them)")
+    return usb[0]
+
+
+# -- shared options ------------------------------------------------------------------------------
+
+FRAMING = click.option(
+    "--framing",
+    type=click.Choice(PROFILE_NAMES),
+    default="cobs",
+    show_default=True,
+    help="cobs: the native COBS+CRC-32 framing; blynk: the real Blynk.NCP UART framing.",
+)
+JSON = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+PORT = click.option("-p", "--port", required=True, envvar="DUALMCU_PORT", show_envvar=True, callback=resolve_port,
+                    help="Port path or pyserial URL (/dev/ttyUSB0, COM3, socket://HOST:PORT, rfc2217://HOST:PORT, "
+                         "loop://), or auto for the one USB-serial port present.")
+BAUD = click.option("-b", "--baud", type=click.IntRange(300, 10_000_000), default=38400, show_default=True,
+                    envvar="DUALMCU_BAUD", show_envvar=True,
+                    help="Initial baud rate (the real NCP starts at 38400); a reboot comes back to it.")
+VERBOSE = click.option("-v", "--verbose", is_flag=True, help="Also show per-chunk progress and link-level events.")
+DEFAULT_FLASH = default_flash()
+FLASH_HELP_DEFAULT = shown(DEFAULT_FLASH)
+
+
+def emit_json(obj: dict) -> None:
+    click.echo(json.dumps(obj, separators=(",", ":")))
+
+
+def write_file(path: str, data: bytes, what: str, mode: int | None = None, exclusive: bool = False) -> None:
+    """Write ``data`` to ``path`` whole, or say in one line why not (a missing folder, say)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, 0o666 if mode is None else mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except FileExistsError:
+        raise click.ClickException(f"{path} exists already: not overwriting it") from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write {path}: {e.strerror}") from None
+    click.echo(f"wrote {what} to {path}")
+
+
+def read_file(path: str, what: str = "file") -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise click.ClickException(f"cannot read {what} {path}: {e.strerror}") from None

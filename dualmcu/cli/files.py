@@ -1,0 +1,147 @@
+"""Files: flash images, firmware tags, test images."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from dualmcu.image.firmware import TEST_BEHAVIOURS
+
+from .common import DEFAULT_FLASH, FLASH_HELP_DEFAULT, JSON, Size, main, write_file
+
+
+@main.group()
+def flash() -> None:
+    """Inspect an emulated flash file."""
+
+
+@flash.command("show")
+@click.option("--flash", "path", type=click.Path(exists=True, dir_okay=False), default=DEFAULT_FLASH, show_default=FLASH_HELP_DEFAULT)
+@JSON
+def flash_show(path, as_json) -> None:
+    """The boot state and, for each slot, its image: version, type, length, SHA-256, validity."""
+    from dualmcu.primary.flash import FlashError
+    from dualmcu.primary.inspect import describe, format_description
+
+    try:
+        d = describe(path)
+    except FlashError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(d) if as_json else format_description(d))
+
+
+@main.group()
+def tag() -> None:
+    """Create, show, extract and append Blynk firmware info tags (blynk_tag.py compatible)."""
+
+
+def _tag_info(mcu, fw_type, build, blynk, extra=()):
+    from dualmcu.image.firmware import make_info
+
+    info = make_info(mcu, fw_type, build, blynk)
+    for item in extra:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        info[k] = v
+    return info
+
+
+TAG_OPTIONS = [
+    click.option("--mcu", required=True, help="Firmware version, e.g. 1.2.3."),
+    click.option("--type", "fw_type", required=True, help="Firmware type (usually the template id)."),
+    click.option("--build", help="Build date and time (default: now, as __DATE__ __TIME__)."),
+    click.option("--blynk", default="0.6.4", show_default=True, help="Library version."),
+    click.option("--set", "extra", multiple=True, metavar="KEY=VALUE", help="Another tag key, e.g. dualmcu-test=fail-health."),
+]
+
+
+def tag_options(f):
+    for opt in reversed(TAG_OPTIONS):
+        f = opt(f)
+    return f
+
+
+@tag.command("create")
+@click.argument("out", type=click.Path(dir_okay=False))
+@tag_options
+def tag_create(out, mcu, fw_type, build, blynk, extra) -> None:
+    """Write a tag alone to OUT."""
+    from dualmcu.image.firmware import TagError, create_tag
+
+    try:
+        data = create_tag(_tag_info(mcu, fw_type, build, blynk, extra))
+    except TagError as e:
+        raise click.BadParameter(str(e)) from None
+    write_file(out, data, f"a {len(data)}-byte tag")
+
+
+@tag.command("show")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@JSON
+def tag_show(file, as_json) -> None:
+    """Show the tag found in a tag file or a firmware image."""
+    from dualmcu.image.firmware import read_info_from_file
+
+    info = read_info_from_file(file)
+    if info is None:
+        raise click.ClickException(f"no Blynk info tag found in {file}")
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        for k, v in info.items():
+            click.echo(f"{k:<10} {v}")
+
+
+@tag.command("extract")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+def tag_extract(file, out) -> None:
+    """Copy the tag found in FILE to OUT."""
+    from dualmcu.image.firmware import find_tag
+
+    with open(file, "rb") as f:
+        t = find_tag(f.read())
+    if t is None:
+        raise click.ClickException(f"no Blynk info tag found in {file}")
+    write_file(out, t, f"a {len(t)}-byte tag")
+
+
+@tag.command("append")
+@click.argument("firmware", type=click.Path(exists=True, dir_okay=False))
+@tag_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of changing FIRMWARE in place.")
+def tag_append(firmware, mcu, fw_type, build, blynk, extra, output) -> None:
+    """Append a tag to a firmware image that has none (e.g. a re-packaged image)."""
+    from dualmcu.image.firmware import TagError, create_tag, find_tag
+
+    with open(firmware, "rb") as f:
+        data = f.read()
+    if find_tag(data) is not None:
+        raise click.ClickException(f"{firmware} already has a tag (see `dualmcu tag show`); the first one found wins")
+    try:
+        t = create_tag(_tag_info(mcu, fw_type, build, blynk, extra))
+    except TagError as e:
+        raise click.BadParameter(str(e)) from None
+    write_file(output or firmware, data + t, f"{len(data)} bytes of firmware + a {len(t)}-byte tag")
+
+
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@tag_options
+@click.option("--size", type=Size(1 << 30), default="300K", show_default=True, help="Image size.")
+@click.option("--test", "behaviour", type=click.Choice(TEST_BEHAVIOURS),
+              help="Make an image that misbehaves on the emulated primary, to test rollback.")
+def image(out, mcu, fw_type, build, blynk, extra, size, behaviour) -> None:
+    """Build a tagged test firmware image (deterministic filler after the tag)."""
+    from dualmcu.image.firmware import TEST_KEY, TagError, build_image
+
+    info = _tag_info(mcu, fw_type, build, blynk, extra)
+    if behaviour:
+        info[TEST_KEY] = behaviour
+    try:
+        data = build_image(info, size)
+    except (TagError, ValueError) as e:
+        raise click.BadParameter(str(e)) from None
+    write_file(out, data, f"{len(data)} bytes, version {mcu}, type {fw_type}" + (f", test: {behaviour}" if behaviour else ""))

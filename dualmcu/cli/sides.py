@@ -1,0 +1,315 @@
+"""The emulators as programs: each side alone on a port, the link between two ports, and a
+whole update between two processes."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import click
+
+from .common import (
+    BAUD,
+    DEFAULT_FLASH,
+    FLASH_HELP_DEFAULT,
+    FRAMING,
+    JSON,
+    PORT,
+    PROBABILITY,
+    VERBOSE,
+    Number,
+    Size,
+    emit_json,
+    main,
+    seconds,
+)
+
+MAX_SLOT = 1 << 30  # a slot of up to 1 GiB; image lengths travel as u32
+MAX_PAGE = 1 << 16
+
+
+@main.command()
+@PORT
+@BAUD
+@FRAMING
+@click.option("--firmware", type=click.Path(dir_okay=False), help="The shipment to offer (a tagged firmware file).")
+@click.option("--store", type=click.Path(file_okay=False), help="The NCP's own store for prefetched images.")
+@click.option("--retries", type=click.IntRange(0, 1000), default=5, show_default=True, help="Resends of a failed or timed-out write before cancelling.")
+@click.option("--max-chunk", type=click.IntRange(1, 0xFFFF), help="Largest chunk the NCP serves (default: what one frame carries).")
+@click.option("--write-timeout", type=seconds(0.001, False), help="Fixed seconds to wait for a write's answer (default: the driver's 5 s for a plain peer; derived from the link and the primary's flash timing for one that offers the extension).")
+@click.option("--pipeline/--no-pipeline", default=True, show_default=True, help="Keep several writes in flight when the primary offers the extension.")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Go on from where an interrupted transfer of the same file stopped, when the primary offers it.")
+@click.option("--offers", type=click.IntRange(1, 100), default=3, show_default=True, help="How often one shipment is offered (an interrupted transfer is offered again).")
+@click.option("--net-rate", type=Number(min=0, min_open=True), help="Simulated download rate from the cloud, bytes/s (default: instant).")
+@click.option("--net-fail-at", type=click.IntRange(0), help="The simulated download fails at this byte offset.")
+@click.option("--answer-unknown", is_flag=True, help="Answer unknown uids with status 0x13 (the real NCP stays silent).")
+@click.option("--once", is_flag=True, help="Exit when the update has an outcome (0 on success).")
+@JSON
+@VERBOSE
+def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout, pipeline, resume, offers, net_rate, net_fail_at,
+        answer_unknown, once, as_json, verbose) -> None:
+    """Run the emulated NCP on a port: it serves the NCP interface and offers --firmware.
+
+    Prefetch is served whenever the primary asks for it: the image is "downloaded" at
+    --net-rate into --store before the first write.
+
+    It stands in for the cloud too: the update is offered once the primary has reported its
+    firmware and its version differs, and the outcome is judged as the cloud would (success,
+    rollback, refused, download_limit, download_failed, prefetch_failed, finish_failed).
+    """
+    from dualmcu.sides import NcpOptions, run_ncp
+    from dualmcu.ncp.core import NcpConfig
+
+    cfg = NcpConfig(retries=retries, max_chunk=max_chunk, write_timeout=write_timeout, pipeline=pipeline, resume=resume, offers=offers, once=once, answer_unknown=answer_unknown,
+                    wall_clock_ms=int(time.time() * 1000))
+    sys.exit(run_ncp(NcpOptions(port, baud, framing, firmware, store, net_rate, net_fail_at, cfg, as_json, verbose)))
+
+
+@main.command()
+@PORT
+@BAUD
+@FRAMING
+@click.option("--flash", type=click.Path(dir_okay=False), default=DEFAULT_FLASH, show_default=FLASH_HELP_DEFAULT, help="The emulated flash file (made when missing).")
+@click.option("--provision", type=click.Path(exists=True, dir_okay=False), help="Factory image written to slot A of a blank flash.")
+@click.option("--slot-size", type=Size(MAX_SLOT), default="1M", show_default=True, help="Slot size when the flash file is made.")
+@click.option("--page-size", type=Size(MAX_PAGE), default="4K", show_default=True, help="Flash page size when the flash file is made.")
+@click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=1024, show_default=True, help="Chunk size asked for in otaUpdateStart.")
+@click.option("--ota-timeout", type=seconds(), default=60.0, show_default=True, help="Seconds without a chunk before the primary cancels.")
+@click.option("--version-policy", type=click.Choice(["newer", "any"]), default="newer", show_default=True, help="Accept only newer versions, or any.")
+@click.option("--battery", type=click.IntRange(0, 100), default=100, show_default=True, help="Battery level, percent.")
+@click.option("--min-battery", type=click.IntRange(0, 100), default=20, show_default=True, help="Offers are refused below this battery level.")
+@click.option("--prefetch", is_flag=True, help="Ask the NCP to download the whole image before the transfer.")
+@click.option("--attempts", type=click.IntRange(1, 255), default=3, show_default=True, help="Boot attempts of a trial image before rollback.")
+@click.option("--heartbeat", type=seconds(), default=10.0, show_default=True, help="Seconds between pings of the NCP.")
+@click.option("--answer-unknown", is_flag=True, help="Answer unknown uids with status 0x13 (the real driver stays silent).")
+@click.option("--switch-baud", type=click.IntRange(300, 10_000_000), help="After initialising, ask the NCP to switch to this baud rate.")
+@click.option("--window", type=click.IntRange(1, 255), default=8, show_default=True, help="Writes taken in flight (offered through an extension uid); 1 turns the extension off.")
+@click.option("--buffer", "rx_hold", type=Size(), default="32K", show_default=True, help="Bytes of chunks held while an earlier one is missing.")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Keep transfer progress in the boot state and offer resume (an extension uid).")
+@click.option("--flash-timing", type=str, default="0.4,45,150", show_default=True, metavar="PROG,SECTOR,BLOCK",
+              help="Milliseconds per 256-byte program, 4 KiB sector erase and 64 KiB block erase (W25Q128JV typical); 0,0,0 for an instant flash.")
+@click.option("--power-cut-at", type=click.IntRange(1), help="Cut the power at this flash operation of the process (exit code 75).")
+@click.option("--power-cut-seed", type=int, help="Cut the power at an operation and torn part drawn from this seed.")
+@click.option("--power-cut-within", type=click.IntRange(1), default=2000, show_default=True, help="With --power-cut-seed: draw the operation from 1..N.")
+@click.option("--trust", "trust_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A public key (PEM) whose signed images this device installs; repeat for rotation. Unsigned images are then refused.")
+@click.option("--target", "device_target", default="dualmcu/1", show_default=True, help="This device's identity (product/hardware revision) for signed images.")
+@click.option("--defect", "defects", multiple=True, type=click.Choice(["duplicate-chunk-hazard", "hang-on-empty-binary"]),
+              hidden=True, help="Plant a known bug, to show that `dualmcu fuzz` finds it.")
+@click.option("--once", is_flag=True, help="Exit when an update ends (0 once a new image is confirmed).")
+@JSON
+@VERBOSE
+def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
+            battery, min_battery, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, resume, flash_timing,
+            power_cut_at,
+            power_cut_seed, power_cut_within, trust_keys, device_target, defects, once, as_json, verbose) -> None:
+    """Run the emulated primary MCU on a port, booting from its flash file.
+
+    A blank flash needs --provision IMAGE (its factory firmware). The process reboots into
+    its bootloader whenever the device reboots; a killed process boots from the same file.
+    A power cut (--power-cut-at, --power-cut-seed) ends the process with exit code 75 in the
+    middle of a flash operation; start it again to see the device come back.
+    """
+    from dualmcu.sides import PrimaryOptions, run_primary
+    from dualmcu.primary.device import PrimaryConfig
+    from dualmcu.primary.flash import FlashError, Geometry
+    from dualmcu.primary.ota import OtaConfig
+
+    try:
+        geometry = Geometry(page_size, slot_size)
+    except FlashError as e:
+        raise click.BadParameter(str(e)) from None
+    if os.path.exists(flash):
+        geometry = None  # an existing file keeps its own geometry
+    from dualmcu.primary.timing import FlashTiming
+
+    prog, sector, block = parse_flash_timing(flash_timing)
+    ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy,
+                    battery=battery, min_battery=min_battery, prefetch=prefetch, defects=frozenset(defects),
+                    timing=FlashTiming(prog, sector, block), window=window, buffer=rx_hold, resume=resume)
+    trust = load_trust(trust_keys, device_target)
+    cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud,
+                        trust=trust)
+    sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose,
+                                        power_cut_at, power_cut_seed, power_cut_within)))
+
+
+def parse_disconnect(text: str) -> tuple[str, float, float]:
+    """SIDE@AT:SECONDS, e.g. b@2.5:1 cuts the primary's end off 2.5 s in, for 1 s."""
+    try:
+        side, rest = text.split("@")
+        at, length = (float(x) for x in rest.split(":"))
+        if side not in ("a", "b", "ncp", "primary") or not (math.isfinite(at) and math.isfinite(length)):
+            raise ValueError
+        if at < 0 or length <= 0:
+            raise ValueError
+        return ({"ncp": "a", "primary": "b"}.get(side, side), at, length)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not SIDE@AT:SECONDS with AT >= 0 and SECONDS > 0 (e.g. b@2.5:1)",
+                                 param_hint="--disconnect") from None
+
+
+def parse_flash_timing(text: str) -> tuple[float, float, float]:
+    """PROG,SECTOR,BLOCK in milliseconds -> seconds; each finite and not negative."""
+    try:
+        values = tuple(float(x) / 1000 for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise click.BadParameter(f"{text!r}: give three finite, non-negative numbers, e.g. 0.4,45,150",
+                                 param_hint="--flash-timing")
+    return values  # type: ignore[return-value]
+
+
+def load_trust(trust_keys, device_target):
+    if not trust_keys:
+        return None
+    from dualmcu.image.signing import SignError, load_keys
+    from dualmcu.primary.boot import Trust
+
+    try:
+        return Trust(load_keys(list(trust_keys)), device_target)
+    except SignError as e:
+        raise click.BadParameter(str(e), param_hint="--trust") from None
+
+
+LINK_OPTIONS = [
+    click.option("--latency", type=seconds(0, False), default=0.0, show_default=True, help="Seconds added to every byte (a USB bridge adds ~1 ms)."),
+    click.option("--ber", type=PROBABILITY, default=0.0, help="Bit error rate."),
+    click.option("--drop", type=PROBABILITY, default=0.0, help="Probability that a byte is lost."),
+    click.option("--dup", type=PROBABILITY, default=0.0, help="Probability that a byte arrives twice."),
+    click.option("--garbage", type=PROBABILITY, default=0.0, help="Probability, per byte, of a burst of noise after it."),
+    click.option("--stall", type=PROBABILITY, default=0.0, help="Probability, per byte, that the line stalls."),
+    click.option("--stall-time", type=seconds(0, False), default=0.05, show_default=True, help="Seconds of a stall."),
+    click.option("--rx-buffer", type=click.IntRange(1), help="Receive buffer size in bytes; with --rx-poll, what overflows it is lost."),
+    click.option("--rx-poll", type=seconds(0, False), default=0.0, help="How often a receiver reads its buffer, seconds (0: at once)."),
+    click.option("--disconnect", "disconnects", multiple=True, metavar="SIDE@AT:SECONDS",
+                 help="Cut side a (ncp) or b (primary) off AT seconds in, for SECONDS. Repeatable."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random fault: the same seed, the same faults."),
+]
+
+
+def link_options(f):
+    for opt in reversed(LINK_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer, rx_poll, seed):
+    from dualmcu.link import Faults, LinkConfig
+
+    faults = Faults(ber=ber, drop=drop, dup=dup, garbage=garbage, stall=stall, stall_time=stall_time)
+    return LinkConfig(baud=baud if pace else None, latency=latency, rx_buffer=rx_buffer, rx_poll=rx_poll,
+                      faults=faults, seed=seed)
+
+
+@main.command()
+@click.option("--a", "port_a", help="Port of side a (pyserial path or URL); a new pty when omitted.")
+@click.option("--b", "port_b", help="Port of side b; a new pty when omitted.")
+@click.option("--baud", type=click.IntRange(300, 10_000_000), default=115200, show_default=True, help="Baud rate of real ports, and of the pacing.")
+@click.option("--pace/--no-pace", default=True, show_default=True, help="Pace bytes at the baud rate (10 bit times each).")
+@link_options
+@click.option("--duration", type=seconds(), help="Stop after this many seconds (default: until Ctrl-C).")
+@JSON
+def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer, rx_poll,
+         disconnects, seed, duration, as_json) -> None:
+    """Relay between two ports through the simulated UART: pacing, latency, buffer, faults.
+
+    Put it between a real device and an emulator, or between two emulators: with no --a or
+    --b it makes ptys and prints their paths. What it injected is counted and printed when it
+    stops (every second too, with --json).
+    """
+    from dualmcu.relay import Relay
+    from dualmcu.shell import PortError, open_port
+
+    cfg = make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer, rx_poll, seed)
+    plan = [parse_disconnect(d) for d in disconnects]
+    ports = []
+    try:
+        for url in (port_a, port_b):
+            ports.append(open_port(url, baud) if url else None)
+        relay = Relay.between(*ports, link=cfg, disconnects=plan)
+    except (PortError, ValueError) as e:
+        for p in ports:
+            if p is not None:
+                p.close()
+        raise click.ClickException(str(e)) from None
+    out = (lambda obj: emit_json(obj)) if as_json else (lambda obj: click.echo(
+        " ".join(f"{k}={v}" for k, v in obj.items()), err=True))
+    out({"event": "link", "a": relay.paths["a"], "b": relay.paths["b"], "baud": baud if pace else None, "seed": seed})
+    t0 = time.monotonic()
+    try:
+        with relay:
+            while duration is None or time.monotonic() - t0 < duration:
+                time.sleep(1.0 if duration is None else min(1.0, max(0.0, duration - (time.monotonic() - t0))))
+                if as_json:
+                    out({"event": "stats", **relay.stats})
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in ports:
+            if p is not None:
+                p.close()
+    out({"event": "summary", "seconds": round(time.monotonic() - t0, 3), **relay.stats})
+
+
+@main.command()
+@click.option("--firmware", type=click.Path(dir_okay=False), help="Shipment to deliver (default: a demo image built on the spot).")
+@FRAMING
+@click.option("--flash", type=click.Path(dir_okay=False), help="The primary's flash file (default: a fresh one in the work directory).")
+@click.option("--link", type=click.Choice(["pty", "socket"]), default="pty", show_default=True, help="Virtual UART: two ptys or two loopback sockets, with a relay between.")
+@click.option("-b", "--baud", type=click.IntRange(300, 10_000_000), default=115200, show_default=True)
+@click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=1024, show_default=True)
+@click.option("--prefetch", is_flag=True, help="Download the whole image into the NCP before the transfer.")
+@click.option("--retries", type=click.IntRange(0, 1000), default=5, show_default=True)
+@click.option("--net-rate", type=Number(min=0, min_open=True), help="Simulated download rate, bytes/s.")
+@click.option("--net-fail-at", type=click.IntRange(0), help="The simulated download fails at this offset.")
+@click.option("--battery", type=click.IntRange(0, 100), default=100, show_default=True)
+@click.option("--ota-timeout", type=seconds(), default=60.0, show_default=True)
+@click.option("--slot-size", type=Size(MAX_SLOT), default="1M", show_default=True)
+@click.option("--kill-primary-at", type=click.IntRange(0), help="Kill the primary process once this many bytes are written, and start it again.")
+@click.option("--kill-ncp-at", type=click.IntRange(0), help="Kill the NCP process once this many bytes are written, and start it again.")
+@click.option("--power-cut-at", type=click.IntRange(1), help="Cut the primary's power at this flash operation (torn: half of it applied); it is restarted.")
+@click.option("--power-cut-random", is_flag=True, help="Cut the power once, at an operation and a torn part drawn from --seed.")
+@click.option("--pace/--no-pace", default=False, show_default=True, help="Pace the link at --baud, as a real wire.")
+@click.option("--heartbeat", type=seconds(), default=10.0, show_default=True, help="Seconds between the primary's checks of the NCP (a restarted NCP is noticed at the next one).")
+@click.option("--write-timeout", type=seconds(0.001, False), help="Fixed seconds the NCP waits for a write's answer (default: derived).")
+@click.option("--pipeline/--no-pipeline", default=True, show_default=True, help="Writes in flight through the extension (off: one at a time, as the real protocol).")
+@click.option("--flash-timing", default="0.4,45,150", show_default=True, metavar="PROG,SECTOR,BLOCK", callback=lambda c, p, v: (parse_flash_timing(v), v)[1], help="The primary's flash timing in ms (see `dualmcu primary --help`).")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Resume an interrupted transfer of the same file (extension).")
+@click.option("--trust", "trust_keys", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Public key the primary trusts (repeatable); signed images only.")
+@click.option("--target", "device_target", default="dualmcu/1", show_default=True, help="The primary's target identity for signed images.")
+@click.option("--key", "sign_key", type=click.Path(exists=True, dir_okay=False), help="Private key that signs the factory image (and the demo shipment) when --trust is given.")
+@link_options
+@click.option("--timeout", type=seconds(), default=300.0, show_default=True, help="Give up after this many seconds.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Where the demo image, flash and logs go (default: a new temporary directory).")
+@JSON
+def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
+        ota_timeout, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, trust_keys,
+        device_target, sign_key, latency, ber, drop,
+        dup, garbage, stall, stall_time, rx_buffer, rx_poll, disconnects, seed, timeout, workdir, as_json) -> None:
+    """Run a complete update between an NCP process and a primary process.
+
+    Exits 0 only when the primary has booted and confirmed the new version; otherwise 1 (the
+    update failed: the reason is printed), 3 (a process or port failed) or 4 (timeout).
+    """
+    from dualmcu.runner import Run, RunOptions
+
+    if trust_keys and not sign_key:
+        raise click.UsageError("with --trust the primary boots signed images only: give --key to sign its factory image")
+
+    o = RunOptions(firmware=firmware, framing=framing, flash=flash, link=link, baud=baud, chunk_size=chunk_size,
+                   prefetch=prefetch, retries=retries, net_rate=net_rate, net_fail_at=net_fail_at, battery=battery,
+                   ota_timeout=ota_timeout, slot_size=slot_size, timeout=timeout, kill_primary_at=kill_primary_at,
+                   kill_ncp_at=kill_ncp_at, power_cut_at=power_cut_at, extra_primary=["--heartbeat", str(heartbeat), "--flash-timing", flash_timing, "--target", device_target]
+                   + [x for k in trust_keys for x in ("--trust", os.path.abspath(k))],
+                   extra_ncp=(["--write-timeout", str(write_timeout)] if write_timeout else [])
+                   + ([] if pipeline else ["--no-pipeline"]) + ([] if resume else ["--no-resume"]),
+                   power_cut_seed=seed if power_cut_random else None,
+                   link_config=make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer,
+                                         rx_poll, seed),
+                   disconnects=[parse_disconnect(d) for d in disconnects], workdir=workdir, as_json=as_json,
+                   sign_key=sign_key, target=device_target)
+    sys.exit(Run(o).run())

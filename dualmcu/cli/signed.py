@@ -1,0 +1,76 @@
+"""Signed images: make keys, sign, verify."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .common import JSON, emit_json, main, write_file
+
+
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+def keygen(out) -> None:
+    """Make an Ed25519 key pair: OUT (private, PEM, readable by you alone) and OUT.pub."""
+    from dualmcu.image.signing import generate, key_id, load_public
+
+    if os.path.exists(out) or os.path.exists(out + ".pub"):
+        raise click.ClickException(f"{out} or {out}.pub exists already: not overwriting a key")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise click.ClickException(f"cannot write {out}: no folder {folder}")
+    priv, pub = generate()
+    write_file(out, priv, "the private key", mode=0o600, exclusive=True)
+    write_file(out + ".pub", pub, "the public key", exclusive=True)
+    click.echo(f"key id {key_id(load_public(pub)).hex()}")
+
+
+@main.command("sign")
+@click.argument("firmware", type=click.Path(exists=True, dir_okay=False))
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="Private key (PEM) from `dualmcu keygen`.")
+@click.option("--counter", required=True, type=click.IntRange(0, 0xFFFFFFFF), help="Security counter: devices refuse images below the highest they confirmed.")
+@click.option("--target", "targets", multiple=True, required=True, help="product/hardware-revision it may be installed on (repeatable; * for any).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the signed image (default: FIRMWARE.signed).")
+def sign_cmd(firmware, key, counter, targets, output) -> None:
+    """Append a signature block to FIRMWARE (see `dualmcu docs signing`)."""
+    from dualmcu.image.signing import SignError, load_private, sign
+
+    try:
+        with open(key, "rb") as f:
+            private = load_private(f.read())
+        with open(firmware, "rb") as f:
+            signed = sign(f.read(), private, counter, list(targets))
+    except SignError as e:
+        raise click.ClickException(str(e)) from None
+    out = output or firmware + ".signed"
+    write_file(out, signed, f"a signed image (counter {counter}, targets {', '.join(targets)})")
+
+
+@main.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--pubkey", "pubkeys", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False), help="Trusted public key (repeatable).")
+@click.option("--target", help="Check that the image may be installed on this target.")
+@click.option("--min-counter", type=click.IntRange(0), default=0, help="Refuse images below this security counter.")
+@JSON
+def verify_cmd(file, pubkeys, target, min_counter, as_json) -> None:
+    """Check a signed image: key, signature, digest, target, counter. Exit 0 when it passes."""
+    from dualmcu.image.signing import SignError, load_keys, verify_bytes
+
+    try:
+        keys = load_keys(list(pubkeys))
+    except SignError as e:
+        raise click.BadParameter(str(e), param_hint="--pubkey") from None
+    with open(file, "rb") as f:
+        v = verify_bytes(f.read(), keys, target, min_counter)
+    sig = v.signature
+    info = {"file": file, "ok": v.ok, "reason": v.reason,
+            "key_id": sig.key_id.hex() if sig else None, "counter": sig.counter if sig else None,
+            "targets": list(sig.targets) if sig else None}
+    if as_json:
+        emit_json(info)
+    else:
+        click.echo(("verified" if v.ok else f"REFUSED: {v.reason}") +
+                   (f" (key {info['key_id']}, counter {info['counter']}, targets {', '.join(info['targets'])})" if sig else ""))
+    sys.exit(0 if v.ok else 1)

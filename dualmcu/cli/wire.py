@@ -1,0 +1,124 @@
+"""Commands for the wire itself: list ports, decode captures, encode frames by hand."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from dualmcu.framing import FramingError, get_profile
+from dualmcu.rpc.interface import INTERFACE, INVOKE
+from dualmcu.rpc.message import Invoke, Oneway
+from dualmcu.rpc.types import ArgsError
+
+from .common import FRAMING, JSON, emit_json, main
+
+
+@main.command()
+@JSON
+def ports(as_json: bool) -> None:
+    """List the serial ports on this machine, with USB VID:PID and description."""
+    from serial.tools import list_ports
+
+    found = sorted(list_ports.comports(), key=lambda p: p.device)
+    for p in found:
+        vidpid = f"{p.vid:04x}:{p.pid:04x}" if p.vid is not None else None
+        if as_json:
+            emit_json(
+                {
+                    "device": p.device,
+                    "vid_pid": vidpid,
+                    "description": p.description,
+                    "manufacturer": p.manufacturer,
+                    "serial_number": p.serial_number,
+                    "hwid": p.hwid,
+                }
+            )
+        else:
+            click.echo(f"{p.device:<20} {vidpid or '-':<10} {p.description}")
+    if not found and not as_json:
+        click.echo("no serial ports found", err=True)
+
+
+@main.command()
+@FRAMING
+@JSON
+@click.option("-f", "--file", "path", type=click.File("rb"), help="Read a raw binary capture from FILE.")
+@click.argument("hexdata", required=False)
+def decode(framing: str, as_json: bool, path, hexdata: str | None) -> None:
+    """Decode captured UART bytes into RPC messages, one per line.
+
+    Give the bytes as a HEX string (spaces allowed), with -f FILE (raw binary), or as '-' to read
+    stdin (hex text if it is only hex digits and spaces, raw bytes otherwise). RESULTs are typed
+    by the INVOKE with the same msg_id seen earlier in the capture; dropped frames are shown
+    with the reason.
+    """
+    from dualmcu.capture import (
+        decode_capture,
+        format_record,
+        jsonable,
+        looks_like_hex,
+        parse_hex,
+    )
+
+    if path is not None and hexdata is not None:
+        raise click.UsageError("give either HEXDATA or --file, not both")
+    try:
+        if path is not None:
+            data = path.read()
+        elif hexdata in (None, "-"):
+            if hexdata is None and sys.stdin.isatty():
+                raise click.UsageError("give HEXDATA, --file FILE or '-' for stdin")
+            raw = sys.stdin.buffer.read()
+            data = parse_hex(raw.decode("ascii")) if looks_like_hex(raw) else raw
+        else:
+            data = parse_hex(hexdata)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="HEXDATA") from None
+    for rec in decode_capture(data, framing):
+        if as_json:
+            emit_json(jsonable(rec))
+        else:
+            click.echo(format_record(rec))
+
+
+@main.command()
+@FRAMING
+@click.option("--msg-id", type=click.IntRange(0, 0xFFFF), default=1, show_default=True)
+@click.argument("name")
+@click.argument("args", nargs=-1, metavar="[ARG=VALUE]...")
+def encode(framing: str, msg_id: int, name: str, args: tuple[str, ...]) -> None:
+    """Print the frame of one call as hex, e.g. for a hand test against hardware.
+
+    NAME is a function of the interface (see `dualmcu docs interface`); arguments are given as
+    ARG=VALUE. Integers take 0x prefixes; Bool takes true/false; Binary takes 0xHEX or text.
+
+    \b
+      dualmcu encode --framing blynk blynk_otaUpdateStart chunk_size=1024 --msg-id 2
+    """
+    fn = INTERFACE.get(name)
+    if fn is None:
+        close = [f.name for f in INTERFACE if name.lower() in f.name.lower()]
+        hint = f" (did you mean {', '.join(close[:5])}?)" if close else ""
+        raise click.BadParameter(f"no function {name!r}{hint}", param_hint="NAME")
+    values = {}
+    types = {p.name: p.type for p in fn.args}
+    for item in args:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not ARG=VALUE", param_hint="ARGS")
+        if key not in types:
+            raise click.BadParameter(
+                f"{fn.name} has no argument {key!r}; it takes: {fn.signature()}", param_hint="ARGS"
+            )
+        try:
+            values[key] = types[key].parse(text)
+        except (ValueError, ArgsError) as e:
+            raise click.BadParameter(f"{key}: {e}", param_hint="ARGS") from None
+    try:
+        body = fn.encode_args(values)
+        msg = Invoke(fn.uid, msg_id, body) if fn.kind == INVOKE else Oneway(fn.uid, body)
+        frame = get_profile(framing).encode(msg.encode())
+    except (ArgsError, FramingError) as e:
+        raise click.UsageError(f"{e}; {fn.signature()}") from None
+    click.echo(frame.hex(" "))
