@@ -80,7 +80,8 @@ def make_info(mcu: str, fw_type: str, build: str | None = None, blynk: str = "0.
 def version_key(v: str) -> tuple:
     """Order firmware versions: dotted numbers compare numerically, anything else as text."""
     parts = re.split(r"[.\-+]", v.strip())
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
+    # isascii: "²".isdigit() is True, but int() refuses it.
+    return tuple((0, int(p), "") if p.isascii() and p.isdigit() else (1, 0, p) for p in parts)
 
 
 def is_newer(candidate: str, current: str) -> bool:

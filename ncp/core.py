@@ -50,6 +50,10 @@ NCP_VERSION = "0.7.0-dualmcu"
 WRITE_OVERHEAD = 6 + 4 + 2 + 4  # INVOKE header, offset, Binary length, crc32
 WRITE_TIMEOUT_CAP = 5.0  # the driver's own timeout for a write: backoff stops there
 STATE = {v: k for k, v in STATES.items()}
+# getTime's dst_status, as the interface defines it.
+DST_NO_INFORMATION, DST_NOT_APPLICABLE, DST_ACTIVE, DST_INACTIVE = 0, 1, 2, 3
+MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the last time an ISO 8601 year holds
+MAX_STORED_TEXT = 64  # bytes of a vendor prefix or server kept: answers that echo them must fit a frame
 PREFETCH_CODE = {v: k for k, v in PREFETCH.items()}
 
 
@@ -141,7 +145,9 @@ class Sending:
     retries: dict[int, int] = field(default_factory=dict)
     total_retries: int = 0
     suspended_until: float = 0.0
-    program_per_kib: float = 0.005  # assumed until the primary says (a slow internal flash)
+    negotiated: bool = False  # the primary advertised its timing (dualmcu_otaCapabilities)
+    program_per_kib: float = 0.0  # what the primary advertised
+    erase_per_block: float = 0.0  # one 64 KiB block erase, as the primary advertised
     srtt: float | None = None  # smoothed round trip of clean writes
     losses: int = 0  # writes refused or timed out so far
     sent_losses: dict[int, int] = field(default_factory=dict)  # offset -> losses when it was sent
@@ -214,8 +220,8 @@ class NcpDevice(Device):
             "hw_getWiFiMAC": lambda inc: ("02:00:00:4e:43:50", True),
             "hw_getEthernetMAC": lambda inc: ("02:00:00:4e:43:51", True),
             "blynk_initialize": self._on_initialize,
-            "blynk_setVendorPrefix": lambda inc: self._set("vendor_prefix", inc.args["name"]),
-            "blynk_setVendorServer": lambda inc: self._set("vendor_server", inc.args["host"]),
+            "blynk_setVendorPrefix": lambda inc: self._set_text("vendor_prefix", inc.args["name"]),
+            "blynk_setVendorServer": lambda inc: self._set_text("vendor_server", inc.args["host"]),
             "blynk_setFirmwareInfo": self._on_firmware_info,
             "blynk_getNcpVersion": lambda inc: (NCP_VERSION, True),
             "blynk_getState": lambda inc: self.state,
@@ -254,6 +260,12 @@ class NcpDevice(Device):
         self.values[key] = value
         return True
 
+    def _set_text(self, key: str, value: str) -> bool:
+        if len(value.encode("utf-8", "surrogateescape")) > MAX_STORED_TEXT:
+            self.emit("value_refused", key=key, length=len(value), limit=MAX_STORED_TEXT)
+            return False
+        return self._set(key, value)
+
     def _set_state(self, name: str) -> bool:
         new = STATE[name]
         if new != self.state:
@@ -289,12 +301,10 @@ class NcpDevice(Device):
         self.actions.append(SetBaud(baud))
 
     def _on_initialize(self, inc: Incoming) -> bool:
+        # The real NCP accepts initialize at any time, with or without a firmware report (the
+        # driver's specification opens with exactly that); only the offer waits for a report.
         if not self.primary.info:
-            # The driver reports its firmware before initialising. An initialize with no report
-            # since this NCP started means the NCP restarted in the middle of the primary's
-            # init: refuse, so that the primary starts over and reports (the cloud needs it).
-            self.emit("initialize_refused", reason="no_firmware_info")
-            return False
+            self.emit("initialize_without_firmware_info", note="no update is offered until the primary reports its firmware")
         self.values["template"] = inc.args["template_id"]
         self.emit("initialize", template_id=inc.args["template_id"], template_name=inc.args["template_name"])
         if self.state in (STATE["not_initialized"], STATE["idle"], STATE["error"]):
@@ -314,14 +324,20 @@ class NcpDevice(Device):
         a = inc.args
         info = {"fw-type": a["type"], "mcu": a["version"], "build": a["build"], "blynk": a["blynk"]}
         self.primary.info = info
-        self.primary.versions.append(a["version"])
+        # The first version reported and the latest: all that judging an outcome needs, and
+        # bounded however often a peer reports.
+        self.primary.versions[1:] = [a["version"]]
         self.emit("primary_firmware", fw_type=a["type"], version=a["version"], build=a["build"])
         self._judge_report(a["version"])
         inc.then = self._consider_offer
         return True
 
     def _on_set_time(self, inc: Incoming) -> bool:
-        self.values["time_offset_ms"] = inc.args["time"] - int(self.ep.now * 1000)
+        ms = inc.args["time"]
+        if not 0 <= ms <= MAX_TIME_MS:
+            self.emit("set_time_refused", time=ms, reason="out_of_range")
+            return False
+        self.values["time_offset_ms"] = ms - int(self.ep.now * 1000)
         return True
 
     def _on_get_time(self, inc: Incoming):
@@ -329,10 +345,10 @@ class NcpDevice(Device):
         if offset is None:
             offset = self.cfg.wall_clock_ms
         if offset == 0:
-            return ("", 0, 0, "", 0, False)  # no time from the cloud and none set
+            return ("", 0, 0, "", DST_NO_INFORMATION, False)  # no time from the cloud and none set
         ms = offset + int(self.ep.now * 1000)
         iso = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return (iso, ms, 0, "UTC", 3, True)
+        return (iso, ms, 0, "UTC", DST_NOT_APPLICABLE, True)  # the emulated NCP keeps UTC
 
     # -- heartbeat -----------------------------------------------------------------------------
 
@@ -372,8 +388,6 @@ class NcpDevice(Device):
         self._move(event)
         self.outcome = outcome
         self.sending = None
-        if self.state == STATE["ota"]:
-            self._set_state("connected")
         self.emit("ota_outcome", outcome=outcome, **fields)
         if self.cfg.once and outcome != "success":  # success waits: a rollback may follow
             self.actions.append(Exit(outcome))
@@ -414,8 +428,6 @@ class NcpDevice(Device):
                       offers_left=self.cfg.offers - self.offers_made)
             self._move(TxEvent.RESTARTED)
             self.sending = None
-            if self.state == STATE["ota"]:
-                self._set_state("connected")
             if self.offers_made >= self.cfg.offers:
                 self._finish(TxEvent.GIVE_UP, "interrupted")
 
@@ -427,6 +439,13 @@ class NcpDevice(Device):
         if self.primary.info.get("mcu") == s.version:
             if self.offers_made == 0 and self.outcome is None:
                 self._finish(TxEvent.UP_TO_DATE, "up_to_date", version=s.version)
+            return
+        if self.primary.info.get("fw-type") != s.info.get("fw-type"):
+            # The cloud matches shipments to devices by fw-type: another product's firmware
+            # is never offered.
+            if self.outcome is None:
+                self._finish(TxEvent.GIVE_UP, "wrong_type", device_type=self.primary.info.get("fw-type"),
+                             shipment_type=s.info.get("fw-type"))
             return
         self.offers_made += 1
         self._move(TxEvent.OFFER)
@@ -500,8 +519,9 @@ class NcpDevice(Device):
         # Without prefetch the download from the cloud starts now and runs alongside the writes.
         self.sending = Sending(chunk=chunk, started=self.ep.now)
         self.finish_tries = 0
+        # The NCP stays "connected" while it updates the primary: state 11 is the NCP
+        # updating its own firmware ("NCP Upgrade" in the driver's examples).
         self._move(TxEvent.START)
-        self._set_state("ota")
         self.emit("ota_start", chunk_size=chunk, asked=asked, size=self.shipment.size, prefetched=self.prefetched)
         inc.then = self._discover
         return True
@@ -526,7 +546,9 @@ class NcpDevice(Device):
         def got_caps(c: Call | None) -> None:
             if c is not None and c.ok and c.result:
                 v = c.values
+                sd.negotiated = True
                 sd.program_per_kib = v["program_us_per_kib"] / 1e6
+                sd.erase_per_block = v["erase_us_per_64kib"] / 1e6
                 # Chunks held behind a missing one must fit the primary's buffer.
                 window[0] = min(v["window"], self.cfg.max_window, v["buffer"] // sd.chunk + 1)
             ask(resume, self.cfg.resume, got_resume)
@@ -607,18 +629,22 @@ class NcpDevice(Device):
     def _write_timeout(self, sd: Sending) -> float | None:
         """How long one write may take to be answered, from the work it stands for.
 
-        Ahead of a write on the wire are at most ``window`` writes (ours), and ahead of it in
-        the primary's flash as many programs; the answer comes back the other way.  Twice that,
-        or twice the measured round trip, plus a margin: a 3 Mbaud link waits milliseconds for
-        a lost answer and a 9600 baud link never times out a write that is merely slow.
+        A peer that did not advertise its flash timing (every real MCU) gets the interface
+        table's 5 s, as the real NCP gives it: a real MCU may erase a whole block inside a write.
+
+        For a peer that did: ahead of a write on the wire are at most ``window`` writes (ours),
+        and ahead of it in the primary's flash as many programs and at most one block erase
+        (the primary erases a block ahead as the writes reach it); the answer comes back the
+        other way.  Twice that, or twice the measured round trip, plus a margin.
         """
         if self.cfg.write_timeout is not None:
             return self.cfg.write_timeout
-        if not self.baud:
+        if not sd.negotiated or not self.baud:
             return None  # the table's timeout
         bit = 10 / self.baud
         frame = sd.chunk + WRITE_OVERHEAD + 16
-        work = sd.window * (frame * bit + sd.program_per_kib * sd.chunk / 1024) + 24 * bit
+        work = (sd.window * (frame * bit + sd.program_per_kib * sd.chunk / 1024) + sd.erase_per_block
+                + 24 * bit)
         # A measured round trip longer than the work (a slow bridge) stretches the timeout,
         # but never past eight times the work.
         return max(2 * work, min(2 * (sd.srtt or 0), 8 * work)) + 0.05

@@ -37,7 +37,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from dualmcu.framing import Dropped, Frame, Profile
+from dualmcu.framing import Dropped, Frame, FramingError, Profile
 from dualmcu.rpc.interface import INTERFACE, INVOKE, ONEWAY, Function, Interface
 from dualmcu.rpc.message import Invoke, Malformed, Oneway, Result, Status, parse
 from dualmcu.rpc.types import ArgsError
@@ -234,7 +234,14 @@ class Endpoint:
             except ArgsError as e:
                 log.error("%s handler returned %r, which does not encode: %s", inc.fn.name, ret, e)
                 status = Status.RESULTS_WRITE
-        self._send(Result(inc.msg_id, status, data).encode())
+        try:
+            self._send(Result(inc.msg_id, status, data).encode())
+        except FramingError:
+            # An answer larger than a frame carries: say so in a RESULT that fits, instead of
+            # letting a peer that asks for it end this side.
+            self.stats["handler_errors"] += 1
+            self.on_event("result_too_large", name=inc.fn.name, msg_id=inc.msg_id, size=len(data))
+            self._send(Result(inc.msg_id, Status.RESULTS_WRITE).encode())
         if inc.then is not None:
             inc.then()
 

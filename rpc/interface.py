@@ -118,7 +118,7 @@ STATES = {
     4: "connecting_cloud",
     5: "connected",
     10: "not_initialized",
-    11: "ota",
+    11: "ncp_upgrade",  # the NCP updating its own firmware ("NCP Upgrade" in the driver's examples)
     12: "error",
 }
 EVENTS = {

@@ -56,7 +56,6 @@ def test_blynk_chunks_never_exceed_what_one_frame_carries():
     "new,cfg,reason",
     [
         (build_image(make_info("2.0.0", "TMPL1", build="Jan  1 2026 00:00:00"), SLOT + 1), OtaConfig(), "too_large"),
-        (build_image(make_info("2.0.0", "OTHER", build="Jan  1 2026 00:00:00"), 50_000), OtaConfig(), "wrong_type"),
         (build_image(make_info("0.9.0", "TMPL1", build="Jan  1 2026 00:00:00"), 50_000), OtaConfig(), "not_newer"),
         (NEW, OtaConfig(battery=10, min_battery=20), "low_battery"),
     ],
@@ -67,6 +66,16 @@ def test_refusals_have_reason_codes_and_touch_nothing(new, cfg, reason):
     assert s.run_update() == "refused"
     assert [e["reason"] for e in s.find("ota_refused", "primary")] == [reason]
     assert bytes(s.flash._store.buf) == before
+
+
+def test_another_products_shipment_is_never_offered():
+    """The cloud matches by fw-type: the NCP does not offer it, and says why."""
+    other = build_image(make_info("2.0.0", "OTHER", build="Jan  1 2026 00:00:00"), 50_000)
+    s = sim(other)
+    before = bytes(s.flash._store.buf)
+    assert s.run_update() == "wrong_type"
+    assert not s.find("ota_offer", "ncp") and bytes(s.flash._store.buf) == before
+    assert s.find("ota_outcome", "ncp")[-1]["device_type"] == "TMPL1"
 
 
 def test_any_version_policy_accepts_a_downgrade():

@@ -132,14 +132,37 @@ def test_a_lost_answer_is_resent_and_acknowledged_without_rewriting():
 
 
 @pytest.mark.parametrize("baud,window,chunk,low,high", [
-    (3_000_000, 8, 4064, 0.05, 0.5),  # milliseconds of work: a lost answer costs well under a second
-    (9600, 1, 1024, 2.2, 4.0),  # a 1 KiB write takes ~1.1 s on the wire: never timed out early
+    # milliseconds of work plus one 150 ms block erase: a lost answer costs well under a second
+    (3_000_000, 8, 4064, 0.3, 0.8),
+    (9600, 1, 1024, 2.2, 4.5),  # a 1 KiB write takes ~1.1 s on the wire: never timed out early
 ])
 def test_write_timeouts_come_from_the_work(baud, window, chunk, low, high):
     from dualmcu.ncp.core import NcpDevice
 
     ncp = NcpDevice(get_profile("cobs"), NcpConfig(baud=baud))
-    sd = Sending(chunk=chunk, started=0, window=window, program_per_kib=0.0016)
+    sd = Sending(chunk=chunk, started=0, window=window, negotiated=True, program_per_kib=0.0016,
+                 erase_per_block=0.150)
     assert low < ncp._write_timeout(sd) < high
     wire = window * (chunk + 32) * 10 / baud
-    assert ncp._write_timeout(sd) > wire  # never shorter than the bytes take
+    assert ncp._write_timeout(sd) > wire + 0.150  # never shorter than the bytes and an erase take
+
+
+@pytest.mark.parametrize("baud", [115200, 230400, 921600, 3_000_000])
+def test_a_plain_peer_gets_the_drivers_five_seconds_per_write(baud):
+    """A real MCU may erase a 64 KiB block (150 ms and more) inside a write: it gets the
+    interface table's 5 s, as from the real NCP, never a timeout derived from the baud rate."""
+    from dualmcu.ncp.core import NcpDevice
+
+    ncp = NcpDevice(get_profile("blynk"), NcpConfig(baud=baud))
+    assert ncp._write_timeout(Sending(chunk=1024, started=0)) is None
+    assert INTERFACE["client_otaUpdateWrite"].timeout == 5.0
+
+
+def test_a_plain_primary_that_erases_inside_a_write_is_never_sent_a_chunk_twice():
+    """window 1 and no resume: the primary offers no extension, as real firmware; every block
+    erase happens inside a write, and no write is resent."""
+    s = Simulation(device(), Shipment.from_bytes(NEW), link=LinkConfig(baud=921600, latency=0.001),
+                   ncp_config=NcpConfig(baud=921600),
+                   primary_config=PrimaryConfig(ota=OtaConfig(window=1, resume=False)))
+    assert s.run_update() == "success"
+    assert not s.find("ota_retry", "ncp") and not s.find("ota_duplicate", "primary")
