@@ -13,7 +13,7 @@ from dualmcu.ncp.core import NcpConfig, NcpDevice
 from dualmcu.ncp.update import Network, Shipment, Store
 from dualmcu.primary.boot import Bootloader, BootStore
 from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
-from dualmcu.primary.flash import Flash, Geometry, PowerCut
+from dualmcu.primary.flash import Flash, FlashError, Geometry, PowerCut
 
 from dualmcu.rpc.device import Exit, Halt, Reboot, SetBaud
 
@@ -164,7 +164,7 @@ def run_primary(o: PrimaryOptions) -> int:
     emit = EventPrinter("primary", o.as_json, o.verbose)
     try:
         flash = open_flash(o.flash, o.geometry, o.provision, emit)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, FlashError) as e:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.USAGE
     base = flash.ops

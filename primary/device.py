@@ -70,7 +70,11 @@ class PrimaryDevice(Device):
         rec = self.boot.state.slots[self.boot.slot]
         base = flash.geometry.slot_offset(self.boot.slot)
         info = read_info_streamed(lambda pos, n: flash.read(base + pos, n), rec.length)
-        self.info = dict(info) if info else dict(UNKNOWN_INFO)
+        # An image whose tag lacks the version or the type cannot describe itself to the NCP:
+        # it runs with placeholders, and on trial it fails its health check (a rollback),
+        # never a crash at every boot.
+        self.described = bool(info and info.get("mcu") and info.get("fw-type"))
+        self.info = {**UNKNOWN_INFO, **{k: v for k, v in (info or {}).items() if v}}
         self.emit("booted", slot="AB"[self.boot.slot], trial=self.boot.trial, version=self.info["mcu"],
                   fw_type=self.info["fw-type"], tagged=info is not None)
         behaviour = self.info.get(TEST_KEY)
@@ -183,7 +187,7 @@ class PrimaryDevice(Device):
     def _health_check(self) -> None:
         if not self.boot.trial:
             return
-        if self.info.get(TEST_KEY) == "fail-health":
+        if self.info.get(TEST_KEY) == "fail-health" or not self.described:
             self.emit("health_check_failed", version=self.info["mcu"])
             self.request_reboot("health_check_failed")
             return

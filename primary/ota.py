@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable
 
-from dualmcu.image.firmware import is_newer
+from dualmcu.image.firmware import is_newer, read_info_streamed
 from dualmcu.rpc import DEFER, Call, Endpoint, Incoming
 from dualmcu.rpc.interface import PREFETCH
 from dualmcu.rpc.machine import Machine
@@ -64,6 +64,15 @@ from .timing import BLOCK, FlashTiming
 
 # Seconds of erasing a primary may spend before answering an offer (the NCP waits 5 s).
 ERASE_AT_OFFER = 3.0
+
+
+def _clean_text(text: str, limit: int = 255) -> bool:
+    """Printable UTF-8 of a sane length: what an offer's strings must be."""
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as surrogates
+        return False
+    return len(raw) <= limit and text.isprintable()
 
 
 def slot_crc(flash: Flash, start: int, length: int, crc: int = 0, block: int = 1 << 16) -> int:
@@ -263,6 +272,11 @@ class OtaReceiver:
         a = inc.args
         offer = {"size": a["size"], "fw_type": a["fw_type"], "fw_version": a["fw_version"]}
         self.emit("ota_offer", filename=a["filename"], fw_build=a["fw_build"], **offer)
+        bad = [k for k in ("filename", "fw_type", "fw_version", "fw_build") if not _clean_text(a[k])]
+        if bad:
+            # Checked before anything touches the flash: the boot state records version and
+            # build, and text that is not printable UTF-8 cannot be recorded.
+            return self._refuse("available", "bad_offer", fields=bad)
         if self.state is Ota.FINISHING:
             return self._refuse("available", "busy", **offer)
         slot_size = self.flash.geometry.slot_size
@@ -460,6 +474,15 @@ class OtaReceiver:
             return fail("crc_mismatch", ours=f"{crc:08x}", ncp=f"{crc_call.values['crc32']:08x}")
         if sha != sha_call.values["sha256"]:
             return fail("sha256_mismatch", ours=sha.hex(), ncp=sha_call.values["sha256"].hex())
+        why = self._tag_refusal(t)
+        if why is not None:
+            # The bytes arrived whole, but the image is not the one offered, or not one this
+            # device may run: the offer's claims are checked against what was received.
+            self._move(OtaEvent.REJECTED)
+            self.t = None
+            self._refuse("finish", why[0], **why[1])
+            self.emit("ota_cancelled", reason=why[0], offset=t.size)
+            return self.ep.reply(inc, False)
         trust = self.boot.trust
         if trust is not None and trust.keys:
             v = check_signature(self.flash, t.slot, t.size, trust, self.boot_state.security_counter)
@@ -480,6 +503,22 @@ class OtaReceiver:
         self.t = None
         inc.then = lambda: self.reboot("ota_installed")
         self.ep.reply(inc, True)
+
+    def _tag_refusal(self, t: Transfer) -> tuple[str, dict] | None:
+        """Every gate of the offer, applied again to the tag of the image in the slot."""
+        base = self.flash.geometry.slot_offset(t.slot)
+        tag = read_info_streamed(lambda pos, n: self.flash.read(base + pos, n), t.size)
+        if not tag or not tag.get("mcu") or not tag.get("fw-type"):
+            return "image_untagged", {}
+        own_type, own_version = self.own.get("fw-type"), self.own.get("mcu", "")
+        if tag["fw-type"] != own_type:
+            return "image_wrong_type", {"image_type": tag["fw-type"], "own_type": own_type}
+        if tag["mcu"] != t.fw_version or tag["fw-type"] != t.fw_type:
+            return "image_not_as_offered", {"image_version": tag["mcu"], "offered_version": t.fw_version,
+                                            "image_type": tag["fw-type"], "offered_type": t.fw_type}
+        if self.cfg.version_policy == "newer" and not is_newer(tag["mcu"], own_version):
+            return "image_not_newer", {"image_version": tag["mcu"], "own_version": own_version}
+        return None
 
     def on_cancel(self, inc: Incoming):
         if self.state is not Ota.IDLE:

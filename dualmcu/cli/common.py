@@ -15,7 +15,7 @@ import os
 import click
 
 from dualmcu import __version__
-from dualmcu.exits import MEANING
+from dualmcu.exits import MEANING, ExitCode
 from dualmcu.framing import PROFILE_NAMES
 from dualmcu.paths import default_flash, shown
 
@@ -31,6 +31,18 @@ def main() -> None:
     Run `dualmcu run` for a complete firmware update between two emulated processes, and
     `dualmcu docs` for the manual pages (wire format, hardware, faults, signing, CLI).
     """
+
+
+class InputError(click.ClickException):
+    """A bad input file or destination: one line, exit code 2 (nothing was started)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class IOFailure(click.ClickException):
+    """A port, peer or process that cannot be used: one line, exit code 3."""
+
+    exit_code = ExitCode.IO
 
 
 # -- option types --------------------------------------------------------------------------------
@@ -126,9 +138,9 @@ def write_file(path: str, data: bytes, what: str, mode: int | None = None, exclu
         with os.fdopen(fd, "wb") as f:
             f.write(data)
     except FileExistsError:
-        raise click.ClickException(f"{path} exists already: not overwriting it") from None
+        raise InputError(f"{path} exists already: not overwriting it") from None
     except OSError as e:
-        raise click.ClickException(f"cannot write {path}: {e.strerror}") from None
+        raise InputError(f"cannot write {path}: {e.strerror}") from None
     click.echo(f"wrote {what} to {path}")
 
 
@@ -137,4 +149,4 @@ def read_file(path: str, what: str = "file") -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise click.ClickException(f"cannot read {what} {path}: {e.strerror}") from None
+        raise InputError(f"cannot read {what} {path}: {e.strerror}") from None

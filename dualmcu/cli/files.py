@@ -8,7 +8,7 @@ import click
 
 from dualmcu.image.firmware import TEST_BEHAVIOURS
 
-from .common import DEFAULT_FLASH, FLASH_HELP_DEFAULT, JSON, Size, main, write_file
+from .common import DEFAULT_FLASH, FLASH_HELP_DEFAULT, InputError, JSON, Size, main, write_file
 
 
 @main.group()
@@ -27,7 +27,7 @@ def flash_show(path, as_json) -> None:
     try:
         d = describe(path)
     except FlashError as e:
-        raise click.ClickException(str(e)) from None
+        raise InputError(str(e)) from None
     click.echo(json.dumps(d) if as_json else format_description(d))
 
 
@@ -86,7 +86,7 @@ def tag_show(file, as_json) -> None:
 
     info = read_info_from_file(file)
     if info is None:
-        raise click.ClickException(f"no Blynk info tag found in {file}")
+        raise InputError(f"no Blynk info tag found in {file}")
     if as_json:
         click.echo(json.dumps(info))
     else:
@@ -104,7 +104,7 @@ def tag_extract(file, out) -> None:
     with open(file, "rb") as f:
         t = find_tag(f.read())
     if t is None:
-        raise click.ClickException(f"no Blynk info tag found in {file}")
+        raise InputError(f"no Blynk info tag found in {file}")
     write_file(out, t, f"a {len(t)}-byte tag")
 
 
@@ -119,7 +119,7 @@ def tag_append(firmware, mcu, fw_type, build, blynk, extra, output) -> None:
     with open(firmware, "rb") as f:
         data = f.read()
     if find_tag(data) is not None:
-        raise click.ClickException(f"{firmware} already has a tag (see `dualmcu tag show`); the first one found wins")
+        raise InputError(f"{firmware} already has a tag (see `dualmcu tag show`); the first one found wins")
     try:
         t = create_tag(_tag_info(mcu, fw_type, build, blynk, extra))
     except TagError as e:

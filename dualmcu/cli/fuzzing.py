@@ -7,7 +7,7 @@ import time
 
 import click
 
-from .common import FRAMING, JSON, emit_json, main
+from .common import FRAMING, JSON, IOFailure, emit_json, main
 
 
 @main.command()
@@ -47,7 +47,7 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, seed
         p = target.open()
     except PortError as e:
         target.close()
-        raise click.ClickException(str(e)) from None
+        raise IOFailure(str(e)) from None
     session = F.Session(p, framing, target_side)
     try:
         session.pump(0.5 if target_cmd else 0.1)
@@ -66,7 +66,7 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, seed
         try:
             found, n = F.fuzz(session, target, examples, seed, progress)
         except F.TargetDown as e:
-            raise click.ClickException(str(e)) from None
+            raise IOFailure(str(e)) from None
         result = {"event": "result", "cases": n, "seconds": round(time.monotonic() - t0, 2),
                   "target_restarts": target.restarts, "failure": found.reason if found else None}
         if found:

@@ -11,6 +11,7 @@ import time
 import click
 
 from .common import (
+    IOFailure,
     BAUD,
     DEFAULT_FLASH,
     FLASH_HELP_DEFAULT,
@@ -235,7 +236,7 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
         for p in ports:
             if p is not None:
                 p.close()
-        raise click.ClickException(str(e)) from None
+        raise IOFailure(str(e)) from None
     out = (lambda obj: emit_json(obj)) if as_json else (lambda obj: click.echo(
         " ".join(f"{k}={v}" for k, v in obj.items()), err=True))
     out({"event": "link", "a": relay.paths["a"], "b": relay.paths["b"], "baud": baud if pace else None, "seed": seed})

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .common import JSON, emit_json, main, write_file
+from .common import InputError, JSON, emit_json, main, write_file
 
 
 @main.command()
@@ -17,10 +17,10 @@ def keygen(out) -> None:
     from dualmcu.image.signing import generate, key_id, load_public
 
     if os.path.exists(out) or os.path.exists(out + ".pub"):
-        raise click.ClickException(f"{out} or {out}.pub exists already: not overwriting a key")
+        raise InputError(f"{out} or {out}.pub exists already: not overwriting a key")
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
-        raise click.ClickException(f"cannot write {out}: no folder {folder}")
+        raise InputError(f"cannot write {out}: no folder {folder}")
     priv, pub = generate()
     write_file(out, priv, "the private key", mode=0o600, exclusive=True)
     write_file(out + ".pub", pub, "the public key", exclusive=True)
@@ -43,7 +43,7 @@ def sign_cmd(firmware, key, counter, targets, output) -> None:
         with open(firmware, "rb") as f:
             signed = sign(f.read(), private, counter, list(targets))
     except SignError as e:
-        raise click.ClickException(str(e)) from None
+        raise InputError(str(e)) from None
     out = output or firmware + ".signed"
     write_file(out, signed, f"a signed image (counter {counter}, targets {', '.join(targets)})")
 

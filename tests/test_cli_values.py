@@ -1,0 +1,72 @@
+"""Every option value is checked before a command starts: nan, inf, zero and negative numbers
+where they make no sense get one line and exit code 2, never a traceback or a hang."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dualmcu.cli import main
+
+# (command prefix, option) for every float option whose value must be finite and positive.
+POSITIVE = [
+    (["primary", "-p", "/dev/null"], "--ota-timeout"),
+    (["primary", "-p", "/dev/null"], "--heartbeat"),
+    (["ncp", "-p", "/dev/null"], "--net-rate"),
+    (["ncp", "-p", "/dev/null"], "--write-timeout"),
+    (["run"], "--timeout"),
+    (["run"], "--ota-timeout"),
+    (["run"], "--net-rate"),
+    (["run"], "--heartbeat"),
+    (["link"], "--duration"),
+]
+NON_NEGATIVE = [(["run"], "--latency"), (["run"], "--stall-time"), (["run"], "--rx-poll"), (["link"], "--latency")]
+PROBABILITIES = [(["run"], o) for o in ("--ber", "--drop", "--dup", "--garbage", "--stall")]
+
+
+def invoke(args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def one_line_refusal(r):
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and "Error: " in r.output
+
+
+@pytest.mark.parametrize("cmd,opt", POSITIVE, ids=[f"{c[0]}{o}" for c, o in POSITIVE])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-5", "x"])
+def test_positive_numbers_refuse_nan_inf_zero_and_negatives(cmd, opt, value):
+    one_line_refusal(invoke(cmd + [opt, value]))
+
+
+@pytest.mark.parametrize("cmd,opt", NON_NEGATIVE + PROBABILITIES)
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_other_numbers_refuse_nan_inf_and_negatives(cmd, opt, value):
+    one_line_refusal(invoke(cmd + [opt, value]))
+
+
+@pytest.mark.parametrize("args", [
+    ["primary", "-p", "/dev/null", "--flash-timing", "nan,1,1"],
+    ["primary", "-p", "/dev/null", "--flash-timing", "1,2"],
+    ["primary", "-p", "/dev/null", "--flash-timing", "-1,2,3"],
+    ["run", "--flash-timing", "inf,0,0"],
+    ["run", "--disconnect", "b@nan:1"],
+    ["run", "--disconnect", "b@1:0"],
+    ["run", "--disconnect", "b@-1:1"],
+    ["primary", "-p", "/dev/null", "--slot-size", "4096M"],
+    ["primary", "-p", "/dev/null", "--slot-size", "0"],
+    ["image", "x.bin", "--mcu", "1.0.0", "--type", "T", "--size", "-5"],
+])
+def test_compound_values_are_checked_too(args):
+    one_line_refusal(invoke(args))
+
+
+@given(st.sampled_from(["--heartbeat", "--ota-timeout"]), st.one_of(st.text(max_size=12), st.floats().map(repr)))
+def test_any_text_as_a_number_is_a_value_or_a_one_line_refusal(tmp_path_factory, opt, text):
+    # A valid value gets as far as the blank flash, which needs --provision: exit 2 as well.
+    flash = tmp_path_factory.mktemp("f") / "blank.flash"
+    r = CliRunner().invoke(main, ["primary", "-p", "/dev/null", "--flash", str(flash), opt, text])
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    assert r.exit_code == 2 and "Traceback" not in r.output

@@ -1,0 +1,79 @@
+"""What a hostile NCP or a careless image cannot do: install what was not offered, touch the
+flash with a malformed offer, crash the primary with a tag it cannot read."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from dualmcu.framing import get_profile
+from dualmcu.image.firmware import build_image
+from dualmcu.ncp.update import Shipment
+from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
+from dualmcu.primary.ota import OtaConfig
+from dualmcu.rpc import Incoming
+from dualmcu.rpc.interface import INTERFACE
+from dualmcu.sim import Simulation
+from support import active_image, provisioned, tagged
+
+OLD = tagged("1.0.0", "TMPL1", 30_000)
+
+
+def lying(image: bytes, **claims) -> Shipment:
+    """A shipment whose offer claims what the image's own tag does not say."""
+    s = Shipment.from_bytes(image, "fw.bin")
+    s.info.update(claims)
+    return s
+
+
+@pytest.mark.parametrize("image,claims,reason", [
+    (tagged("0.5.0", "TMPL1", 60_000), {"mcu": "9.9.9"}, "image_not_as_offered"),  # a downgrade in disguise
+    (tagged("2.0.0", "TMPLX", 60_000), {"fw-type": "TMPL1"}, "image_wrong_type"),  # another product's firmware
+    (tagged("1.0.0", "TMPL1", 60_000, build="Feb  2 2026 00:00:00"), {"mcu": "1.0.1"}, "image_not_as_offered"),
+])
+def test_the_primary_checks_the_image_it_received_not_the_offer(image, claims, reason):
+    flash = provisioned(OLD)
+    s = Simulation(flash, lying(image, **claims))
+    s.run_update()
+    refused = [e["reason"] for e in s.find("ota_refused", "primary")]
+    assert reason in refused and not s.find("ota_installed", "primary")
+    st, running = active_image(flash)
+    assert hashlib.sha256(running).digest() == hashlib.sha256(OLD).digest() and st.active == 0
+
+
+def test_a_version_policy_applies_to_the_received_tag():
+    older = tagged("0.9.0", "TMPL1", 60_000)
+    s = Simulation(provisioned(OLD), lying(older, mcu="0.9.0"),
+                   primary_config=PrimaryConfig(ota=OtaConfig(version_policy="newer")))
+    s.run_update()
+    assert not s.find("ota_installed", "primary")
+
+
+def receiver():
+    dev = PrimaryDevice(provisioned(OLD, 256 * 1024), get_profile("cobs"), PrimaryConfig(), 0.0)
+    return dev
+
+
+@pytest.mark.parametrize("field,value", [("fw_version", "1.1\udcff"), ("fw_build", "b\udc80"),
+                                         ("filename", "a\nforged line"), ("fw_version", "1." * 200)])
+def test_a_malformed_offer_is_refused_before_any_flash_operation(field, value):
+    dev = receiver()
+    before = bytes(dev.flash._store.buf)
+    ops = dev.flash.ops
+    args = {"filename": "f.bin", "size": 4096, "fw_type": "TMPL1", "fw_version": "1.1.0", "fw_build": "b", field: value}
+    events = []
+    dev.ota.emit = lambda kind, **f: events.append((kind, f))
+    assert dev.ota.on_available(Incoming(INTERFACE["client_otaUpdateAvailable"], 1, args, 0.0)) is False
+    assert ("ota_refused", "bad_offer") in [(k, f.get("reason")) for k, f in events]
+    assert dev.flash.ops == ops and bytes(dev.flash._store.buf) == before
+
+
+def test_an_image_whose_tag_lacks_its_version_boots_and_is_never_installed_by_ota():
+    no_version = build_image({"fw-type": "TMPL1", "build": "Jan  1 2026 00:00:00"}, 30_000)
+    flash = provisioned(no_version)
+    dev = PrimaryDevice(flash, get_profile("cobs"), PrimaryConfig(), 0.0)  # no crash at boot
+    assert dev.ota is not None and not dev.described
+    s = Simulation(provisioned(OLD), lying(build_image({"fw-type": "TMPL1", "build": "x"}, 40_000), mcu="2.0.0"))
+    s.run_update()
+    assert "image_untagged" in [e["reason"] for e in s.find("ota_refused", "primary")]
