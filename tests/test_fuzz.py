@@ -75,4 +75,4 @@ def test_fuzz_needs_a_target():
     r = dualmcu("fuzz", "--target", "primary")
     assert r.returncode == 2 and b"--port or --target-cmd" in r.stderr
     r = dualmcu("fuzz", "--target", "primary", "--port", "/dev/nope")
-    assert r.returncode == 1 and b"no port at /dev/nope" in r.stderr
+    assert r.returncode == 3 and b"no port at /dev/nope" in r.stderr

@@ -153,7 +153,7 @@ def test_keygen_sign_verify_and_run(tmp_path):
     assert cli("keygen", key).returncode == 0
     assert (key.stat().st_mode & 0o777) == 0o600
     r = cli("keygen", key)
-    assert r.returncode == 1 and b"not overwriting" in r.stderr
+    assert r.returncode == 2 and b"not overwriting" in r.stderr
     fw = tmp_path / "fw.bin"
     fw.write_bytes(NEW)
     assert cli("sign", fw, "--key", key, "--counter", 4, "--target", "dualmcu/1").returncode == 0
@@ -163,9 +163,9 @@ def test_keygen_sign_verify_and_run(tmp_path):
     assert cli("verify", signed, "--pubkey", f"{key}.pub", "--target", "other/1").returncode == 1
     assert cli("verify", signed, "--pubkey", f"{key}.pub", "--min-counter", 5).returncode == 1
     r = cli("sign", signed, "--key", key, "--counter", 4, "--target", "x")
-    assert r.returncode == 1 and b"signed already" in r.stderr
+    assert r.returncode == 2 and b"signed already" in r.stderr
     r = cli("sign", fw, "--key", f"{key}.pub", "--counter", 4, "--target", "x")
-    assert r.returncode == 1 and b"private key" in r.stderr
+    assert r.returncode == 2 and b"private key" in r.stderr
     # end to end: the primary process trusts the key
     flash = tmp_path / "dev.flash"
     r = cli("run", "--firmware", signed, "--trust", f"{key}.pub", "--key", key, "--flash", flash,

@@ -52,10 +52,10 @@ def test_tag_commands(tmp_path):
     assert t.read_bytes() == b"blnkinf\x00mcu\x000.1.2\x00fw-type\x00TMPL0123456\x00build\x00Apr 19 2023 12:01:07\x00blynk\x000.3.0\x00\x00"
     fw = tmp_path / "fw.bin"
     fw.write_bytes(b"\x01\x02" * 5000)
-    assert run("tag", "show", fw).returncode == 1
+    assert run("tag", "show", fw).returncode == 2
     r = run("tag", "append", fw, "--mcu", "2.0.0", "--type", "TMPLX", "--build", "b")
     assert r.returncode == 0 and fw.read_bytes().endswith(create_tag(make_info("2.0.0", "TMPLX", build="b")))
-    assert run("tag", "append", fw, "--mcu", "2.0.1", "--type", "TMPLX").returncode == 1  # already tagged
+    assert run("tag", "append", fw, "--mcu", "2.0.1", "--type", "TMPLX").returncode == 2  # already tagged
     r = run("tag", "show", fw, "--json")
     assert b'"mcu": "2.0.0"' in r.stdout
     out = tmp_path / "x.tag"
