@@ -43,6 +43,7 @@ from dualmcu.rpc import DEFER, NCP, Call, Incoming
 from dualmcu.rpc.device import Device, Exit, Reboot, SetBaud
 from dualmcu.rpc.interface import INTERFACE, PREFETCH, STATES
 from dualmcu.rpc.machine import Machine
+from dualmcu.rpc.message import Status
 
 from .update import Network, Shipment, Store
 
@@ -673,7 +674,7 @@ class NcpDevice(Device):
         else:
             sd.total_retries += 1
             sd.losses += 1
-            why = "refused" if c.ok else ("timeout" if c.status == 0x11 else f"status_{c.status:#x}")
+            why = "refused" if c.ok else ("timeout" if c.status == Status.TIMEOUT else f"status_{c.status:#x}")
             if c.ok or offset == sd.acked:
                 n = sd.retries[offset] = sd.retries.get(offset, 0) + 1
             else:
@@ -683,7 +684,7 @@ class NcpDevice(Device):
                 n = sd.retries.get(offset, 0)
                 why = "timeout_behind_gap"
             self.emit("ota_retry", offset=offset, attempt=n, reason=why)
-            if c.status == 0x11:
+            if c.status == Status.TIMEOUT:
                 # The writes behind a lost one are most likely held by the primary until it
                 # arrives: give them the time of its resend instead of resending them too.
                 later = self.ep.now + (self._write_timeout(sd) or c.fn.timeout)

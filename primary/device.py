@@ -29,7 +29,6 @@ from .boot import Bootloader, BootResult, Trust
 from .flash import Flash
 from .ota import OtaConfig, OtaReceiver
 
-STATE_NOT_INITIALISED = 10
 UNKNOWN_INFO = {"mcu": "0.0.0", "fw-type": "unknown", "build": "unknown", "blynk": "0.0.0"}
 
 
@@ -202,7 +201,7 @@ class PrimaryDevice(Device):
         def beat(c: Call) -> None:
             if c.ok:
                 self._misses = 0
-                if c.result == STATE_NOT_INITIALISED:
+                if STATES.get(c.result) == "not_initialized":
                     self.emit("ncp_restarted")
                     self._init()
                     return

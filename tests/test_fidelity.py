@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+import select
 import termios
 import tty
 
@@ -137,3 +138,25 @@ def test_firmware_reports_do_not_grow_the_ncp():
             {"type": "T", "version": f"1.0.{i}", "build": "b", "blynk": "0.6.4"})).encode()), 0.0)
         ncp.data_to_send()
     assert ncp.primary.versions == ["1.0.0", "1.0.1999"]
+
+
+def test_a_peer_that_stops_reading_costs_bytes_never_the_emulator():
+    """Nobody reads the other end of the pty: writes queue up to the bound, then the oldest
+    queued bytes are dropped and counted; write never blocks or raises."""
+    master, slave = pty.openpty()
+    tty.setraw(master)
+    try:
+        port = Port(open_port(os.ttyname(slave), 115200), max_queue=64 * 1024)
+        for _ in range(64):
+            port.write(bytes(16 * 1024))  # 1 MiB in all; a pty holds a few KiB
+        assert len(port.queue) <= 64 * 1024 and port.dropped > 0
+        before = len(port.queue)
+        for _ in range(50):  # the peer reads again: the queue drains
+            while select.select([master], [], [], 0.01)[0]:
+                os.read(master, 65536)
+            port.write(b"")
+        assert len(port.queue) < before
+        port.close()
+    finally:
+        os.close(master)
+        os.close(slave)
