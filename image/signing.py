@@ -19,14 +19,13 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+# cryptography is imported by the functions that use it, not here: reading a signature block
+# needs none of it, and a primary that trusts no key should not carry its 7 MiB.
 
 MAGIC = b"DMSG"
 VERSION = 1
@@ -51,12 +50,17 @@ class Signature:
 
 
 def key_id(public: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).digest()[:8]
 
 
 def generate() -> tuple[bytes, bytes]:
     """A new key pair as (private PEM, public PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     priv = Ed25519PrivateKey.generate()
     return (
         priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
@@ -65,6 +69,9 @@ def generate() -> tuple[bytes, bytes]:
 
 
 def load_private(pem: bytes) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as e:
@@ -75,6 +82,9 @@ def load_private(pem: bytes) -> Ed25519PrivateKey:
 
 
 def load_public(pem: bytes) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(pem)
     except ValueError as e:
@@ -153,6 +163,8 @@ def verify(length: int, read: Callable[[int, int], bytes], keys: dict[bytes, Ed2
     public = keys.get(sig.key_id)
     if public is None:
         return Verdict(False, "unknown_key", sig)
+    from cryptography.exceptions import InvalidSignature
+
     try:
         public.verify(sig.signature, CONTEXT + sig.signed)
     except InvalidSignature:

@@ -145,3 +145,13 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     bad.write_text("def f():\n    from dualmcu.ncp.core import NcpDevice\n")
     deps = imports_of("dualmcu.framing.bad", str(bad), set(MODULES))
     assert "dualmcu.ncp.core" in deps and layer_of("dualmcu.ncp.core") > layer_of("dualmcu.framing.bad")
+
+
+def test_a_primary_that_trusts_no_key_does_not_load_cryptography():
+    """7 MiB of RSS for nothing: the sides and the shells import it only when a key is used."""
+    import subprocess
+
+    code = ("import sys, dualmcu.sides, dualmcu.sim, dualmcu.primary.device, dualmcu.ncp.core; "
+            "print(any(m == 'cryptography' or m.startswith('cryptography.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
