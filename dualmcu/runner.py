@@ -345,14 +345,23 @@ class Run:
                 counts = relay.stats
         except KeyboardInterrupt:
             self.stop_all()
-            return 130
+            self.progress.line("")  # close the progress line before saying anything else
+            self.say({"side": "run", "event": "result", "exit_code": int(ExitCode.INTERRUPTED),
+                      "reason": "interrupted", "workdir": self.workdir})
+            print(f"interrupted; work files kept in {self.workdir}", file=sys.stderr)
+            return ExitCode.INTERRUPTED
         code, reason = verdict
+        # A temporary work directory goes once the run succeeded, unless --keep: a failed run
+        # keeps it, for its logs and flash.
+        remove = self.o.workdir is None and not self.o.keep and code == ExitCode.OK
+        flash_inside = os.path.dirname(os.path.abspath(self.o.flash)) == os.path.abspath(self.workdir)
         wall = time.monotonic() - t0
         moved = counts.get("a_to_b", 0)
         summary = {"side": "run", "event": "result", "exit_code": code, "reason": reason,
                    "old_version": self.state["old_version"], "new_version": self.new_version,
                    "confirmed": self.state["confirmed"], "ncp_outcome": self.state["ncp_outcome"],
-                   "flash": self.o.flash, "seconds": round(wall, 3), "link": counts,
+                   "flash": None if remove and flash_inside else self.o.flash,
+                   "workdir": None if remove else self.workdir, "seconds": round(wall, 3), "link": counts,
                    "power_cuts": self.state["power_cuts"], "primary_kills": self.state["primary_kills"],
                    "ncp_kills": self.state["ncp_kills"], "retries": self.state["retries"],
                    "peak_rss_kib": dict(self.peak_rss)}
@@ -368,9 +377,10 @@ class Run:
             injected.update({k: self.state[k] for k in ("power_cuts", "primary_kills", "ncp_kills") if self.state[k]})
             if injected:
                 print("injected: " + ", ".join(f"{k} {v}" for k, v in injected.items()))
-            print(f"flash: {self.o.flash}  (inspect with: dualmcu flash show --flash {self.o.flash})", flush=True)
-        if not self.o.keep and self.o.workdir is None and code == 0:
-            keep_flash = os.path.dirname(os.path.abspath(self.o.flash)) != os.path.abspath(self.workdir)
-            if keep_flash:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+            if remove and flash_inside:
+                print("work files removed (--keep keeps them, with the flash to inspect)", flush=True)
+            else:
+                print(f"flash: {self.o.flash}  (inspect with: dualmcu flash show --flash {self.o.flash})", flush=True)
+        if remove:
+            shutil.rmtree(self.workdir, ignore_errors=True)
         return code

@@ -251,3 +251,15 @@ def test_the_relay_waits_for_a_slow_reader_instead_of_losing_bytes():
         a.close()
         b.close()
         assert got == data and relay.counts["lost"] == 0
+
+
+@pytest.mark.slow
+def test_run_removes_its_temporary_work_files_after_success_unless_kept(tmp_path):
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "dualmcu", "run", "--json"], capture_output=True, timeout=TIMEOUT, env=env)
+    assert r.returncode == 0 and events(r.stdout)[-1]["workdir"] is None
+    assert not list(tmp_path.glob("dualmcu-run-*"))
+    r = subprocess.run([sys.executable, "-m", "dualmcu", "run", "--json", "--keep"], capture_output=True, timeout=TIMEOUT,
+                       env=env)
+    kept = events(r.stdout)[-1]["workdir"]
+    assert r.returncode == 0 and kept and os.path.exists(os.path.join(kept, "primary.flash"))

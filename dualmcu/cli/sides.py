@@ -285,12 +285,13 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--key", "sign_key", type=click.Path(exists=True, dir_okay=False), help="Private key that signs the factory image (and the demo shipment) when --trust is given.")
 @link_options
 @click.option("--timeout", type=seconds(), default=300.0, show_default=True, help="Give up after this many seconds.")
-@click.option("--workdir", type=click.Path(file_okay=False), help="Where the demo image, flash and logs go (default: a new temporary directory).")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Where the demo image, flash and logs go (default: a new temporary directory, removed after a successful run).")
+@click.option("--keep", is_flag=True, help="Keep the temporary work directory after a successful run (a failed run always keeps it).")
 @JSON
 def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
         ota_timeout, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, trust_keys,
         device_target, sign_key, latency, ber, drop,
-        dup, garbage, stall, stall_time, rx_buffer, rx_poll, disconnects, seed, timeout, workdir, as_json) -> None:
+        dup, garbage, stall, stall_time, rx_buffer, rx_poll, disconnects, seed, timeout, workdir, keep, as_json) -> None:
     """Run a complete update between an NCP process and a primary process.
 
     Exits 0 only when the primary has booted and confirmed the new version; otherwise 1 (the
@@ -311,6 +312,6 @@ def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net
                    power_cut_seed=seed if power_cut_random else None,
                    link_config=make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer,
                                          rx_poll, seed),
-                   disconnects=[parse_disconnect(d) for d in disconnects], workdir=workdir, as_json=as_json,
+                   disconnects=[parse_disconnect(d) for d in disconnects], workdir=workdir, keep=keep, as_json=as_json,
                    sign_key=sign_key, target=device_target)
     sys.exit(Run(o).run())
