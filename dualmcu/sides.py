@@ -10,6 +10,7 @@ from typing import Any
 
 from dualmcu.framing import get_profile
 from dualmcu.ncp.core import NcpConfig, NcpDevice
+from dualmcu.image.firmware import read_info
 from dualmcu.ncp.update import Network, Shipment, Store
 from dualmcu.primary.boot import Bootloader, BootStore
 from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
@@ -145,25 +146,41 @@ def power_cut_hook(at: int | None, seed: int | None, within: int, base: int = 0)
     return interrupt
 
 
-def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit) -> Flash:
+def read_factory_image(path: str) -> bytes:
+    """The factory image, refused before the flash is touched when the device could not run it."""
+    with open(path, "rb") as f:
+        image = f.read()
+    info = read_info(image)
+    if not image or not info or not info.get("mcu") or not info.get("fw-type"):
+        raise ValueError(f"{path} is not a factory image the device can describe: it needs a firmware tag "
+                         "with mcu and fw-type (dualmcu tag show / tag append)")
+    return image
+
+
+def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit, trust=None) -> Flash:
     """Open (or make) the flash file; give a blank one its factory image."""
+    image = read_factory_image(provision) if provision else None
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     flash = Flash.open(path, geometry)
-    if BootStore(flash).load() is None:
-        if provision is None:
-            flash.close()
-            raise ValueError(f"{path} holds no firmware: give --provision IMAGE for its factory image")
-        with open(provision, "rb") as f:
-            image = f.read()
-        Bootloader(flash).provision(image)
-        emit("provisioned", image=provision, size=len(image))
+    try:
+        if BootStore(flash).load() is None:
+            if image is None:
+                raise ValueError(f"{path} holds no firmware: give --provision IMAGE for its factory image")
+            Bootloader(flash, trust=trust).provision(image)
+            emit("provisioned", image=provision, size=len(image))
+        elif provision:
+            emit("provision_ignored", image=provision,
+                 note=f"{path} already holds firmware; to provision again, delete it or give another --flash")
+    except BaseException:
+        flash.close()
+        raise
     return flash
 
 
 def run_primary(o: PrimaryOptions) -> int:
     emit = EventPrinter("primary", o.as_json, o.verbose)
     try:
-        flash = open_flash(o.flash, o.geometry, o.provision, emit)
+        flash = open_flash(o.flash, o.geometry, o.provision, emit, o.config.trust)
     except (ValueError, OSError, FlashError) as e:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.USAGE

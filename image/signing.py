@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 # needs none of it, and a primary that trusts no key should not carry its 7 MiB.
 
 MAGIC = b"DMSG"
+ANY = "*"  # the target of an image signed for every product
 VERSION = 1
 CONTEXT = b"dualmcu-image-v1"
 TRAILER = struct.Struct("<H4s")
@@ -155,7 +156,8 @@ class Verdict:
 
 
 def verify(length: int, read: Callable[[int, int], bytes], keys: dict[bytes, Ed25519PublicKey],
-           target: str | None = None, min_counter: int = 0, block: int = 1 << 16) -> Verdict:
+           target: str | None = None, min_counter: int = 0, block: int = 1 << 16,
+           any_target: bool = False) -> Verdict:
     """Check a signed image read through ``read``; its body is hashed in ``block``-sized reads."""
     sig = find_block(length, read)
     if sig is None:
@@ -174,7 +176,9 @@ def verify(length: int, read: Callable[[int, int], bytes], keys: dict[bytes, Ed2
         h.update(read(pos, min(block, sig.body_length - pos)))
     if h.digest() != sig.body_sha256:
         return Verdict(False, "digest_mismatch", sig)
-    if target is not None and target not in sig.targets and "*" not in sig.targets:
+    if target is not None and target not in sig.targets and not (any_target and ANY in sig.targets):
+        # "*" (any target) is honoured only where the verifier says so: an image signed for
+        # every product must not install on a device that was never meant to take it.
         return Verdict(False, "wrong_target", sig)
     if sig.counter < min_counter:
         return Verdict(False, "counter_too_low", sig)
@@ -182,8 +186,9 @@ def verify(length: int, read: Callable[[int, int], bytes], keys: dict[bytes, Ed2
 
 
 def verify_bytes(image: bytes, keys: dict[bytes, Ed25519PublicKey], target: str | None = None,
-                 min_counter: int = 0) -> Verdict:
-    return verify(len(image), lambda off, n: image[off : off + n], keys, target, min_counter)
+                 min_counter: int = 0, any_target: bool = False) -> Verdict:
+    return verify(len(image), lambda off, n: image[off : off + n], keys, target, min_counter,
+                  any_target=any_target)
 
 
 def load_keys(paths: list[str]) -> dict[bytes, Ed25519PublicKey]:

@@ -204,13 +204,15 @@ class Trust:
 
     keys: dict
     target: str = "dualmcu/1"
+    any_target: bool = False  # install images signed for target "*" (off: only this target)
 
 
 def check_signature(flash: Flash, slot: int, length: int, trust: Trust, min_counter: int):
     from dualmcu.image.signing import verify
 
     base = flash.geometry.slot_offset(slot)
-    return verify(length, lambda off, n: flash.read(base + off, n), trust.keys, trust.target, min_counter)
+    return verify(length, lambda off, n: flash.read(base + off, n), trust.keys, trust.target, min_counter,
+                  any_target=trust.any_target)
 
 
 class Bootloader:
@@ -304,10 +306,21 @@ class Bootloader:
         g = self.flash.geometry
         if len(image) > g.slot_size:
             raise ValueError(f"factory image of {len(image)} bytes does not fit a {g.slot_size}-byte slot")
+        counter = 0
+        if self.trust is not None and self.trust.keys:
+            # Checked before a byte is written: a factory image this device would not boot is
+            # refused, and a signed one's counter is where anti-rollback starts.
+            from dualmcu.image.signing import verify_bytes
+
+            v = verify_bytes(image, self.trust.keys, self.trust.target, any_target=self.trust.any_target)
+            if not v.ok:
+                raise ValueError(f"factory image refused: {v.reason}")
+            counter = v.signature.counter
         base = g.slot_offset(0)
         for off in range(0, len(image), g.page_size):
             self.flash.erase_page(base + off)
         self.flash.write(base, image)
         crc, sha = slot_digests(self.flash, 0, len(image))
         state = BootState().with_slot(0, SlotRecord(True, len(image), crc, sha))
-        return self.store.store(replace(state, active=0, confirmed=0, trial=False, attempts=0))
+        return self.store.store(replace(state, active=0, confirmed=0, trial=False, attempts=0,
+                                        security_counter=counter))

@@ -174,3 +174,54 @@ def test_keygen_sign_verify_and_run(tmp_path):
     r = cli("run", "--firmware", fw, "--trust", f"{key}.pub", "--key", key, "--workdir", tmp_path / "w2", "--json")
     assert r.returncode == 1
     assert any(json.loads(x).get("reason") == "signature_unsigned" for x in r.stdout.decode().splitlines() if x.startswith("{"))
+
+
+# -- what a device that trusts keys refuses, from its first boot on ----------------------------
+
+def test_an_image_signed_for_any_target_installs_only_where_that_is_allowed():
+    for any_target in (False, True):
+        flash = device(KEYS1)
+        s = Simulation(flash, Shipment.from_bytes(S.sign(NEW, K1, 2, ["*"]), "fw.bin"),
+                       primary_config=PrimaryConfig(trust=Trust(KEYS1, "prod/A", any_target)))
+        s.run_update()
+        installed = bool(s.find("ota_installed", "primary"))
+        assert installed is any_target, any_target
+        if not any_target:
+            assert "signature_wrong_target" in [e["reason"] for e in s.find("ota_refused", "primary")]
+
+
+def test_provisioning_records_the_factory_counter_and_it_never_drops():
+    flash = Flash.in_memory(Geometry(4096, 256 * 1024))
+    Bootloader(flash, trust=Trust(KEYS1, "prod/A")).provision(S.sign(OLD, K1, 5, ["prod/A"]))
+    assert BootStore(flash).load().security_counter == 5
+    s = Simulation(flash, Shipment.from_bytes(S.sign(NEW, K1, 2, ["prod/A"]), "fw.bin"),
+                   primary_config=PrimaryConfig(trust=Trust(KEYS1, "prod/A")))
+    s.run_update()
+    assert not s.find("ota_installed", "primary")
+    assert BootStore(flash).load().security_counter == 5
+
+
+@pytest.mark.parametrize("image,why", [(OLD, "unsigned"), (None, "wrong_target")])
+def test_a_factory_image_the_device_would_not_boot_is_refused_before_writing(image, why):
+    flash = Flash.in_memory(Geometry(4096, 256 * 1024))
+    image = image if image is not None else S.sign(OLD, K1, 1, ["other/B"])
+    with pytest.raises(ValueError, match=why):
+        Bootloader(flash, trust=Trust(KEYS1, "prod/A")).provision(image)
+    assert flash.ops == 0 and BootStore(flash).load() is None
+
+
+def test_a_tagless_factory_image_is_refused_and_a_second_provision_is_reported(tmp_path):
+    from dualmcu.sides import open_flash
+
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(bytes(5000))
+    with pytest.raises(ValueError, match="firmware tag"):
+        open_flash(str(tmp_path / "a.flash"), Geometry(4096, 256 * 1024), str(raw), lambda *a, **k: None)
+    assert not (tmp_path / "a.flash").exists()  # refused before the flash file was made
+    good = tmp_path / "good.bin"
+    good.write_bytes(OLD)
+    seen = []
+    emit = lambda kind, **f: seen.append(kind)  # noqa: E731
+    open_flash(str(tmp_path / "b.flash"), Geometry(4096, 256 * 1024), str(good), emit).close()
+    open_flash(str(tmp_path / "b.flash"), None, str(good), emit).close()
+    assert seen == ["provisioned", "provision_ignored"]

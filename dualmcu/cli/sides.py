@@ -97,6 +97,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--trust", "trust_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="A public key (PEM) whose signed images this device installs; repeat for rotation. Unsigned images are then refused.")
 @click.option("--target", "device_target", default="dualmcu/1", show_default=True, help="This device's identity (product/hardware revision) for signed images.")
+@click.option("--accept-any-target", "any_target", is_flag=True, help="Also install images signed for target * (any product); off by default.")
 @click.option("--defect", "defects", multiple=True, type=click.Choice(["duplicate-chunk-hazard", "hang-on-empty-binary"]),
               hidden=True, help="Plant a known bug, to show that `dualmcu fuzz` finds it.")
 @click.option("--once", is_flag=True, help="Exit when an update ends (0 once a new image is confirmed).")
@@ -105,7 +106,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
             battery, min_battery, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, resume, flash_timing,
             power_cut_at,
-            power_cut_seed, power_cut_within, trust_keys, device_target, defects, once, as_json, verbose) -> None:
+            power_cut_seed, power_cut_within, trust_keys, device_target, any_target, defects, once, as_json, verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
 
     A blank flash needs --provision IMAGE (its factory firmware). The process reboots into
@@ -130,7 +131,7 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy,
                     battery=battery, min_battery=min_battery, prefetch=prefetch, defects=frozenset(defects),
                     timing=FlashTiming(prog, sector, block), window=window, buffer=rx_hold, resume=resume)
-    trust = load_trust(trust_keys, device_target)
+    trust = load_trust(trust_keys, device_target, any_target)
     cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud,
                         trust=trust)
     sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose,
@@ -164,14 +165,14 @@ def parse_flash_timing(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def load_trust(trust_keys, device_target):
+def load_trust(trust_keys, device_target, any_target=False):
     if not trust_keys:
         return None
     from dualmcu.image.signing import SignError, load_keys
     from dualmcu.primary.boot import Trust
 
     try:
-        return Trust(load_keys(list(trust_keys)), device_target)
+        return Trust(load_keys(list(trust_keys)), device_target, any_target)
     except SignError as e:
         raise click.BadParameter(str(e), param_hint="--trust") from None
 

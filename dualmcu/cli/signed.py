@@ -53,8 +53,9 @@ def sign_cmd(firmware, key, counter, targets, output) -> None:
 @click.option("--pubkey", "pubkeys", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False), help="Trusted public key (repeatable).")
 @click.option("--target", help="Check that the image may be installed on this target.")
 @click.option("--min-counter", type=click.IntRange(0), default=0, help="Refuse images below this security counter.")
+@click.option("--accept-any-target", "any_target", is_flag=True, help="With --target: also pass an image signed for target * (any product).")
 @JSON
-def verify_cmd(file, pubkeys, target, min_counter, as_json) -> None:
+def verify_cmd(file, pubkeys, target, min_counter, any_target, as_json) -> None:
     """Check a signed image: key, signature, digest, target, counter. Exit 0 when it passes."""
     from dualmcu.image.signing import SignError, load_keys, verify_bytes
 
@@ -63,7 +64,7 @@ def verify_cmd(file, pubkeys, target, min_counter, as_json) -> None:
     except SignError as e:
         raise click.BadParameter(str(e), param_hint="--pubkey") from None
     with open(file, "rb") as f:
-        v = verify_bytes(f.read(), keys, target, min_counter)
+        v = verify_bytes(f.read(), keys, target, min_counter, any_target=any_target)
     sig = v.signature
     info = {"file": file, "ok": v.ok, "reason": v.reason,
             "key_id": sig.key_id.hex() if sig else None, "counter": sig.counter if sig else None,
