@@ -90,8 +90,13 @@ def test_run_refused_update_says_why(tmp_path, shipment):
 
 
 def test_side_alone_on_a_missing_port_fails_clearly(tmp_path):
-    r = dualmcu("primary", "--port", "/dev/does-not-exist", "--flash", tmp_path / "f", "--provision", __file__)
+    factory = tmp_path / "factory.bin"
+    factory.write_bytes(build_image(make_info("2.0.0", "TMPLE2E", build="Jan  1 2026 00:00:00"), 20_000))
+    r = dualmcu("primary", "--port", "/dev/does-not-exist", "--flash", tmp_path / "f", "--provision", factory)
     assert r.returncode == 3 and b"no port at /dev/does-not-exist" in r.stderr
+    # A factory image the device could not describe is refused first, before port and flash.
+    r = dualmcu("primary", "--port", "/dev/does-not-exist", "--flash", tmp_path / "g", "--provision", __file__)
+    assert r.returncode == 2 and b"firmware tag" in r.stderr and not (tmp_path / "g").exists()
     r = dualmcu("ncp", "--port", "socket://127.0.0.1:1")
     assert r.returncode == 3 and b"nothing is listening" in r.stderr
 
