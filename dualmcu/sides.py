@@ -65,8 +65,11 @@ def run_ncp(o: NcpOptions) -> int:
     net = Network(o.net_rate, o.net_fail_at)
     profile = get_profile(o.framing)
 
+    current: list[NcpDevice] = []  # the core now running: verdict() reads its outcome
+
     def make(now: float) -> NcpDevice:
-        return NcpDevice(profile, o.config, now, shipment, net, store, emit=emit)
+        current[:] = [NcpDevice(profile, o.config, now, shipment, net, store, emit=emit)]
+        return current[0]
 
     if shipment:
         emit("shipment", file=o.firmware, size=shipment.size, version=shipment.version,
@@ -92,17 +95,10 @@ def run_ncp(o: NcpOptions) -> int:
     def verdict():
         # With --once, a peer that closes the port after the outcome (a primary that exits once
         # confirmed) ends the run with the outcome's code, not as a port failure.
-        out = holder[0].outcome if holder else None
+        out = current[0].outcome if current else None
         if not o.config.once or out is None:
             return None
         return (ExitCode.OK if out in ("success", "up_to_date") else ExitCode.FAILED), out
-
-    holder: list[NcpDevice] = []
-    made = make
-
-    def make(now: float) -> NcpDevice:  # noqa: F811 -- keeps the newest core for verdict()
-        holder[:] = [made(now)]
-        return holder[0]
 
     return _serve(o.port, o.baud, o.framing, make, on_action, emit, verdict=verdict)
 

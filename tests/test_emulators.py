@@ -8,9 +8,8 @@ from dualmcu.image.firmware import build_image, make_info
 from dualmcu.sim import Simulation
 from dualmcu.framing import get_profile
 from dualmcu.ncp.update import Network, Shipment
-from dualmcu.primary.boot import Bootloader, BootStore, verify_slot
+from dualmcu.primary.boot import verify_slot
 from dualmcu.primary.device import PrimaryConfig
-from dualmcu.primary.flash import Flash, Geometry
 from dualmcu.primary.ota import OtaConfig
 from dualmcu.rpc import message as M
 from dualmcu.rpc.device import SetBaud

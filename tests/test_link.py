@@ -7,9 +7,7 @@ from dualmcu.link import Faults, Link, LinkConfig
 from dualmcu.sim import Simulation
 from support import provisioned, tagged
 from dualmcu.ncp.update import Shipment
-from dualmcu.primary.boot import Bootloader
 from dualmcu.primary.device import PrimaryConfig
-from dualmcu.primary.flash import Flash, Geometry
 
 
 def drain(link, side, until):

@@ -12,9 +12,7 @@ from support import active_image, provisioned, tagged
 from dualmcu.framing import get_profile
 from dualmcu.ncp.core import NcpConfig, Sending
 from dualmcu.ncp.update import Shipment
-from dualmcu.primary.boot import Bootloader, BootStore
 from dualmcu.primary.device import PrimaryConfig
-from dualmcu.primary.flash import Flash, Geometry
 from dualmcu.primary.ota import OtaConfig
 from dualmcu.rpc import message as M
 from dualmcu.rpc.interface import INTERFACE

@@ -8,8 +8,7 @@ from dualmcu.sim import Simulation
 from support import active_image, provisioned, tagged
 from dualmcu.ncp.core import NcpConfig
 from dualmcu.ncp.update import Shipment
-from dualmcu.primary.boot import Bootloader, BootStore
-from dualmcu.primary.flash import Flash, Geometry
+from dualmcu.primary.boot import BootStore
 
 B = "Jan  1 2026 00:00:00"
 NEW = build_image(make_info("1.1.0", "TMPLR", build=B), 300_000, seed=5)
