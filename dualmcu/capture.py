@@ -56,7 +56,47 @@ def decode_capture(data: bytes, framing: str, interface: Interface = INTERFACE) 
         yield _record(parse(item.message), item.message, waiting, interface)
 
 
-def _record(msg, payload: bytes, waiting: dict, interface: Interface) -> dict:
+def decode_directions(one: bytes, other: bytes, framing: str, interface: Interface = INTERFACE) -> Iterator[dict]:
+    """Both directions of a link, captured apart: each RESULT is typed by the INVOKE that went
+    the other way.  Both sides number their calls from 1, so pairing within one direction
+    would give plausible but wrong names.  Records of ``one`` come first, then ``other``, each
+    with ``dir`` set to "one" or "other" (a capture of each direction has no common clock)."""
+    streams = {"one": _frames(one, framing), "other": _frames(other, framing)}
+    asked: dict[str, dict[int, list]] = {name: {} for name in streams}
+    for name, items in streams.items():
+        for item in items:
+            msg = parse(item.message) if not isinstance(item, Dropped) else None
+            if isinstance(msg, Invoke):
+                asked[name].setdefault(msg.msg_id, []).append(interface.get(msg.uid))
+    for name, items in streams.items():
+        answers = _FirstUnanswered(asked["other" if name == "one" else "one"])
+        for item in items:
+            if isinstance(item, Dropped):
+                rec = {"kind": "error", "reason": item.reason, "size": item.size, "raw": item.raw.hex()}
+            else:
+                rec = _record(parse(item.message), item.message, answers, interface, track=False)
+            rec["dir"] = name
+            yield rec
+
+
+class _FirstUnanswered(dict):
+    """msg_id -> the earliest INVOKE of the other direction not yet answered."""
+
+    def __init__(self, asked: dict[int, list]):
+        super().__init__()
+        self.asked = asked
+
+    def pop(self, msg_id, default=None):
+        queue = self.asked.get(msg_id)
+        return queue.pop(0) if queue else default
+
+
+def _frames(data: bytes, framing: str) -> list:
+    dec = get_profile(framing, max_message=0xFFFF).decoder()
+    return dec.feed(data) + dec.close()
+
+
+def _record(msg, payload: bytes, waiting: dict, interface: Interface, track: bool = True) -> dict:
     rec: dict[str, Any] = {"kind": None, "uid": None, "name": None, "msg_id": None, "args": None, "status": None}
     if isinstance(msg, Malformed):
         rec.update(kind="error", reason=msg.reason)
@@ -78,7 +118,8 @@ def _record(msg, payload: bytes, waiting: dict, interface: Interface) -> dict:
         rec.update(kind=kind, uid=msg.uid, name=fn.name if fn else None)
         if isinstance(msg, Invoke):
             rec["msg_id"] = msg.msg_id
-            waiting[msg.msg_id] = fn
+            if track:
+                waiting[msg.msg_id] = fn
         if fn is None:
             rec.update(reason="unknown uid", data=msg.args.hex())
         else:
@@ -102,7 +143,7 @@ def format_record(rec: dict) -> str:
         return f"dropped  {rec['reason']:<14} {rec['size']} bytes  {rec['raw']}"
     if kind == "error":
         return f"error    {rec['reason']:<14} {rec['raw']}"
-    parts = [f"{kind:<8}"]
+    parts = ([f"[{rec['dir']}]"] if rec.get("dir") else []) + [f"{kind:<8}"]
     parts.append(f"0x{rec['uid']:04X}" if rec["uid"] is not None else "------")
     parts.append(f"{rec['name'] or '?':<26}")
     if rec["msg_id"] is not None:

@@ -85,3 +85,26 @@ def test_ports_runs():
     for line in r.output.splitlines():
         if line.startswith("{"):
             assert "device" in json.loads(line)
+
+
+def test_decode_pairs_each_result_with_the_invoke_that_went_the_other_way(tmp_path):
+    """Both sides number from 1: msg_id 1 of the MCU's hasUID answer must not be labelled with
+    the MCU's own msg_id 1 call. A real capture had it printed as setFirmwareInfo."""
+    from dualmcu.framing import get_profile
+    from dualmcu.rpc.interface import INTERFACE
+    from dualmcu.rpc.message import Invoke, Result
+
+    p = get_profile("blynk")
+    fw, has = INTERFACE["blynk_setFirmwareInfo"], INTERFACE["mcu_hasUID"]
+    mcu_to_ncp = p.encode(Invoke(fw.uid, 1, fw.encode_args({"type": "T", "version": "1", "build": "b", "blynk": "0"})).encode())
+    mcu_to_ncp += p.encode(Result(1, 0, has.encode_result(False)).encode())  # answers the NCP's msg_id 1
+    ncp_to_mcu = p.encode(Invoke(has.uid, 1, has.encode_args({"uid": 0xE002})).encode())
+    ncp_to_mcu += p.encode(Result(1, 0, fw.encode_result(True)).encode())
+    a, b = tmp_path / "mcu.bin", tmp_path / "ncp.bin"
+    a.write_bytes(mcu_to_ncp)
+    b.write_bytes(ncp_to_mcu)
+    r = run("decode", "--framing", "blynk", "--json", "-f", str(a), "--other", str(b))
+    recs = [json.loads(line) for line in r.output.splitlines()]
+    results = {(x["dir"], x["msg_id"]): x for x in recs if x["kind"] == "result"}
+    assert results[("one", 1)]["name"] == "mcu_hasUID" and results[("one", 1)]["args"] == {"return": False}
+    assert results[("other", 1)]["name"] == "blynk_setFirmwareInfo"

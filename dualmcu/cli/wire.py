@@ -44,17 +44,25 @@ def ports(as_json: bool) -> None:
 @FRAMING
 @JSON
 @click.option("-f", "--file", "path", type=click.File("rb"), help="Read a raw binary capture from FILE.")
+@click.option("--other", "other", type=click.File("rb"),
+              help="A raw capture of the other direction: RESULTs are then typed by the INVOKE that went the other way.")
 @click.argument("hexdata", required=False)
-def decode(framing: str, as_json: bool, path, hexdata: str | None) -> None:
+def decode(framing: str, as_json: bool, path, other, hexdata: str | None) -> None:
     """Decode captured UART bytes into RPC messages, one per line.
 
     Give the bytes as a HEX string (spaces allowed), with -f FILE (raw binary), or as '-' to read
-    stdin (hex text if it is only hex digits and spaces, raw bytes otherwise). RESULTs are typed
-    by the INVOKE with the same msg_id seen earlier in the capture; dropped frames are shown
-    with the reason.
+    stdin (hex text if it is only hex digits and spaces, raw bytes otherwise). Dropped frames
+    are shown with the reason.
+
+    Both sides number their calls from 1, so a RESULT answers the INVOKE with its msg_id that
+    went the other way. Give each direction's capture apart, the second with --other FILE,
+    and every RESULT is typed by the right call. With one capture alone, a RESULT is typed by
+    the latest INVOKE with its msg_id in that same capture: a guess, right only when the
+    capture holds one side's calls and the other side's answers.
     """
     from dualmcu.capture import (
         decode_capture,
+        decode_directions,
         format_record,
         jsonable,
         looks_like_hex,
@@ -75,7 +83,8 @@ def decode(framing: str, as_json: bool, path, hexdata: str | None) -> None:
             data = parse_hex(hexdata)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="HEXDATA") from None
-    for rec in decode_capture(data, framing):
+    records = decode_directions(data, other.read(), framing) if other is not None else decode_capture(data, framing)
+    for rec in records:
         if as_json:
             emit_json(jsonable(rec))
         else:
