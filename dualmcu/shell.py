@@ -21,6 +21,10 @@ import serial
 
 IDLE_WAKE = 0.5  # with no deadline, wake this often anyway (signals, --once checks, silence)
 FALLBACK_POLL = 0.002  # read timeout for URL handlers without a file descriptor
+try:  # tcdrain and tcflush raise termios.error, which is no OSError
+    from termios import error as TERMIOS_ERROR
+except ImportError:  # not a POSIX system
+    TERMIOS_ERROR = OSError
 MAX_QUEUE = 1 << 20  # bytes queued for a peer that does not read, before the oldest are dropped
 
 
@@ -192,7 +196,7 @@ class Port:
         if self._sock is None:
             try:
                 self.serial.flush()
-            except (serial.SerialException, OSError, termios_error()):
+            except (serial.SerialException, OSError, TERMIOS_ERROR):
                 pass
 
     def set_baud(self, baud: int) -> None:
@@ -202,20 +206,11 @@ class Port:
     def discard_input(self) -> None:
         try:
             self.serial.reset_input_buffer()
-        except (serial.SerialException, OSError, termios_error()):
+        except (serial.SerialException, OSError, TERMIOS_ERROR):
             pass
 
     def close(self) -> None:
         self.serial.close()
-
-
-def termios_error() -> type[Exception]:
-    try:
-        import termios
-
-        return termios.error
-    except ImportError:  # not a POSIX system
-        return OSError
 
 
 class Runner:
@@ -224,8 +219,8 @@ class Runner:
     The loop waits for whichever comes first: the next byte, or the core's next deadline.
     ``on_action(action, port)`` carries out what the core asks for; it returns a new core
     (after a reboot), None to go on, or raises :class:`Stop` to end the loop.  ``check`` runs
-    after every step and may raise Stop; ``watchdog`` (a :class:`Silence`) is told of every
-    byte and frame so that it can say once when nothing sensible arrives.
+    after every step and may raise Stop; ``watchdog`` (a :class:`Silence`) counts the bytes
+    that arrive and reads the core's frame count, to say once when nothing sensible arrives.
     """
 
     def __init__(self, port: Port, core: Core,
@@ -256,14 +251,14 @@ class Runner:
                 if data:
                     core.receive(data, now)
                     if self.watchdog is not None:
-                        self.watchdog.bytes_in(len(data), now)
+                        self.watchdog.bytes += len(data)
                 deadline = core.next_deadline()
                 if deadline is not None and deadline <= now:
                     core.tick(now)
                 self._flush()
                 self._act()
                 if self.watchdog is not None:
-                    self.watchdog.check(core, port, now)
+                    self.watchdog.check(core, now)
                 if self.check is not None:
                     self.check()
         except Stop:
@@ -309,10 +304,7 @@ class Silence:
         self.bytes = 0
         self.said = False
 
-    def bytes_in(self, n: int, now: float) -> None:
-        self.bytes += n
-
-    def check(self, core: Core, port: Port, now: float) -> None:
+    def check(self, core: Core, now: float) -> None:
         if self.said or now - self.started < self.after:
             return
         ep = getattr(core, "ep", None)
@@ -330,8 +322,6 @@ class Silence:
             self.emit("no_peer", seconds=round(now - self.started, 1), bytes=self.bytes, dropped=drops,
                       hint=f"{self.bytes} bytes but no valid {self.framing} frame: check --framing "
                            f"(cobs or blynk) and --baud ({self.baud})")
-        if port.dropped:
-            self.emit("tx_dropped", bytes=port.dropped)
 
 
 class Stop(Exception):

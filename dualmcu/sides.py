@@ -33,10 +33,11 @@ def switch_baud(port: Port, baud: int, emit) -> None:
 
 def reboot_port(port: Port, initial_baud: int, emit) -> None:
     """A rebooted side's UART comes back at its initial rate and has lost what it held."""
-    port.flush()
     if port.serial.baudrate != initial_baud:
-        switch_baud(port, initial_baud, emit)
+        switch_baud(port, initial_baud, emit)  # sends what was queued at the old rate first
         emit("baud_reset", baud=initial_baud)
+    else:
+        port.flush()
     port.discard_input()
 
 

@@ -160,3 +160,22 @@ def test_a_peer_that_stops_reading_costs_bytes_never_the_emulator():
     finally:
         os.close(master)
         os.close(slave)
+
+
+@pytest.mark.parametrize("fed,hint", [(b"", "no bytes at all"), (b"\x55" * 300, "no valid blynk frame")])
+def test_a_side_that_hears_nothing_usable_says_so_once_with_the_likely_cause(fed, hint):
+    from dualmcu.shell import Silence
+
+    said = []
+    ncp = NcpDevice(BLYNK, NcpConfig(), 0.0)
+    watch = Silence(lambda kind, **f: said.append((kind, f)), "blynk", 38400, after=5.0)
+    watch.started = 0.0
+    if fed:
+        ncp.receive(fed, 1.0)
+        watch.bytes += len(fed)
+    watch.check(ncp, 4.0)
+    assert said == []  # not yet
+    watch.check(ncp, 6.0)
+    watch.check(ncp, 9.0)
+    assert [k for k, _ in said] == ["no_peer"] and hint in said[0][1]["hint"]
+    assert said[0][1]["bytes"] == len(fed)

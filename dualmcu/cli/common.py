@@ -142,11 +142,3 @@ def write_file(path: str, data: bytes, what: str, mode: int | None = None, exclu
     except OSError as e:
         raise InputError(f"cannot write {path}: {e.strerror}") from None
     click.echo(f"wrote {what} to {path}")
-
-
-def read_file(path: str, what: str = "file") -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise InputError(f"cannot read {what} {path}: {e.strerror}") from None
