@@ -27,12 +27,25 @@ most ``retries`` times each.  Chunks are never larger than what the primary aske
 than what the framing can carry; a chunk is sent only once the simulated download has reached
 its end.  ``blynk_otaUpdateSuspend`` pauses sending.  A write's timeout is derived from the
 baud rate, the window and the primary's flash timing (see ``_write_timeout``).
+
+The cloud's records
+-------------------
+A primary that accepts an offer and then calls ``blynk_otaUpdateSuspend`` before Start has
+deferred the update (install window, battery): the wait is recorded, the stage timer is
+stretched by it, and after ``max_defer`` seconds of deferral in all the outcome is
+``deferred``.  A shipment marked mandatory, or a minimum version, is told to the primary
+just before the offer, as a write of virtual pin ``POLICY_VPIN`` ("mandatory" or
+"optional", then "min=VERSION").  Telemetry arrives as ``blynk_setMetadata`` of the field
+``dualmcu_telemetry`` (a JSON object; docs/device.md lists its keys); the latest is kept,
+printed with the outcome, and with ``--once`` a rollback waits (up to ``settle``) for the
+primary's telemetry from its old image before the program ends.
 """
 
 from __future__ import annotations
 
 import bisect
 import datetime
+import json
 import zlib
 from dataclasses import dataclass, field
 from enum import Enum
@@ -46,6 +59,9 @@ from dualmcu.rpc.machine import Machine
 from dualmcu.rpc.message import Status
 
 from .update import Network, Shipment, Store
+
+POLICY_VPIN = 250  # the virtual pin a shipment's policy is written to before the offer
+TELEMETRY_FIELD = "dualmcu_telemetry"  # the metadata field the primary reports telemetry in
 
 NCP_VERSION = "0.7.0-dualmcu"
 WRITE_OVERHEAD = 6 + 4 + 2 + 4  # INVOKE header, offset, Binary length, crc32
@@ -96,7 +112,7 @@ SENDER: dict[Tx, dict[TxEvent, Tx]] = {
     Tx.OFFERING: {_E.OFFER_ACCEPTED: Tx.OFFERED, _E.OFFER_REFUSED: Tx.DONE, _E.OFFER_LOST: Tx.IDLE,
                   _E.GIVE_UP: Tx.DONE, _E.PREFETCH: Tx.PREFETCHING, _E.START: Tx.SENDING},
     Tx.OFFERED: {_E.PREFETCH: Tx.PREFETCHING, _E.START: Tx.SENDING, _E.STALLED: Tx.IDLE,
-                 _E.RESTARTED: Tx.IDLE},
+                 _E.RESTARTED: Tx.IDLE, _E.GIVE_UP: Tx.DONE},  # give up: deferred too long
     Tx.PREFETCHING: {_E.PREFETCH_DONE: Tx.OFFERED, _E.PREFETCH_FAILED: Tx.DONE, _E.RESTARTED: Tx.IDLE},
     Tx.SENDING: {_E.ALL_SENT: Tx.FINISHING, _E.GIVE_UP: Tx.DONE, _E.RESTARTED: Tx.IDLE},
     Tx.FINISHING: {_E.FINISH_ACCEPTED: Tx.REBOOTING, _E.FINISH_REFUSED: Tx.FINISHING, _E.GIVE_UP: Tx.DONE,
@@ -128,6 +144,9 @@ class NcpConfig:
     primary_idle_ping: float = 25.0
     answer_unknown: bool = False
     wall_clock_ms: int = 0  # what getTime reports at t=0 (ms since the epoch)
+    max_defer: float = 7 * 86400.0  # seconds of deferral the cloud waits for, in all
+    mandatory: bool = False  # the shipment must be installed (past the version policy and window)
+    min_version: str | None = None  # devices below it must update
 
 
 @dataclass
@@ -192,6 +211,11 @@ class NcpDevice(Device):
         self.sending: Sending | None = None
         self.finish_tries = 0
         self._idle_pings = 0
+        self.telemetry: dict[str, Any] = {}  # the primary's latest report
+        self.deferred_for = 0.0  # seconds of deferral asked for this shipment
+        self.deferrals = 0
+        self._await_telemetry = False
+        self._prefetch_reply: Incoming | None = None
         self.values: dict[str, Any] = {"vendor_prefix": "Blynk", "vendor_server": "blynk.cloud", "configured": True,
                                        "time_offset_ms": None}
         self._serve_interface()
@@ -276,8 +300,29 @@ class NcpDevice(Device):
         return True
 
     def _log_oneway(self, inc: Incoming) -> None:
+        if inc.fn.name == "blynk_setMetadata" and inc.args["field"] == TELEMETRY_FIELD:
+            return self._on_telemetry(inc.args["value"])
         self.emit("primary_" + inc.fn.name.removeprefix("blynk_"),
                   **{k: v.hex() if isinstance(v, bytes) else v for k, v in inc.args.items()})
+
+    def _on_telemetry(self, text: str) -> None:
+        try:
+            report = json.loads(text)
+        except ValueError:
+            report = None
+        if not isinstance(report, dict):
+            self.emit("telemetry_refused", reason="not_a_json_object", length=len(text))
+            return
+        self.telemetry = report
+        self.emit("telemetry", **{k: v for k, v in report.items() if k not in ("t", "event", "side")})
+        if self._await_telemetry:
+            self._await_telemetry = False
+            self._exit()
+
+    def _exit(self) -> None:
+        self.emit("cloud_record", outcome=self.outcome, telemetry=self.telemetry, deferrals=self.deferrals,
+                  deferred_seconds=self.deferred_for)
+        self.actions.append(Exit(self.outcome or "none"))
 
     def _on_reboot(self, inc: Incoming) -> bool:
         def reboot() -> None:
@@ -389,10 +434,16 @@ class NcpDevice(Device):
         self._move(event)
         self.outcome = outcome
         self.sending = None
-        self.emit("ota_outcome", outcome=outcome, **fields)
-        if self.cfg.once and outcome != "success":  # success waits: a rollback may follow
-            self.actions.append(Exit(outcome))
-        elif self.cfg.once:
+        self.emit("ota_outcome", outcome=outcome, telemetry=self.telemetry, **fields)
+        if not self.cfg.once:
+            return
+        if outcome == "rollback":
+            # The old image reports why it is back once it is up: wait for that, briefly.
+            self._await_telemetry = True
+            self._after("settled", self.cfg.settle)
+        elif outcome != "success":
+            self._exit()
+        else:  # success waits: a rollback may follow
             self._after("settled", self.cfg.settle)
 
     def _timer_stage(self) -> None:
@@ -410,7 +461,8 @@ class NcpDevice(Device):
 
     def _timer_settled(self) -> None:
         if self.cfg.once and self.outcome:
-            self.actions.append(Exit(self.outcome))
+            self._await_telemetry = False
+            self._exit()
 
     def _judge_report(self, version: str) -> None:
         s = self.shipment
@@ -450,6 +502,11 @@ class NcpDevice(Device):
             return
         self.offers_made += 1
         self._move(TxEvent.OFFER)
+        if self.cfg.mandatory or self.cfg.min_version:
+            words = ["mandatory" if self.cfg.mandatory else "optional"]
+            if self.cfg.min_version:
+                words.append(f"min={self.cfg.min_version}")
+            self.ep.notify("client_blynkVPinChange", {"vpin": POLICY_VPIN, "value": " ".join(words).encode()})
         self.emit("ota_offer", filename=s.filename, size=s.size, fw_type=s.info.get("fw-type", ""),
                   version=s.version, offer=self.offers_made)
         self.ep.call("client_otaUpdateAvailable", {
@@ -574,6 +631,21 @@ class NcpDevice(Device):
         seconds = inc.args["seconds"]
         if seconds > 18 * 3600:
             return False
+        if self.tx is Tx.OFFERED:
+            # Accepted but not started: the primary defers the update (window, battery).
+            if seconds:
+                self.deferrals += 1
+                self.deferred_for += seconds
+                self.emit("ota_deferred", seconds=seconds, deferrals=self.deferrals, total_seconds=self.deferred_for)
+                if self.deferred_for > self.cfg.max_defer:
+                    inc.then = lambda: self._cancel("deferred", deferrals=self.deferrals,
+                                                    deferred_seconds=self.deferred_for)
+                    return True
+                self._after("stage", seconds + self.cfg.stage_timeout)
+            else:
+                self.emit("ota_undeferred", deferrals=self.deferrals)
+                self._after("stage", self.cfg.stage_timeout)
+            return True
         if self.sending is not None:
             self.sending.suspended_until = self.ep.now + seconds if seconds else 0.0
             self.emit("ota_suspend", seconds=seconds)

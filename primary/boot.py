@@ -2,11 +2,8 @@
 
 Boot state
 ----------
-One record, kept in two copies (flash pages 1 and 2), each with a sequence number and a
-CRC-32.  A reader takes the valid copy with the higher sequence number.  A writer always
-overwrites the *other* copy (erase, then program), so a power cut at any point of a write
-damages at most the copy being written, and the previous state survives in the copy that
-was not touched.
+One record, kept in two copies (flash pages 1 and 2) as records.py describes: a power cut
+during a write loses at most the copy being written, never the state before it.
 
     offset size  field
     0      4     magic "BOOT"
@@ -20,13 +17,22 @@ was not touched.
     95     72    the image being received: size u32, file crc32 u32, offset u32 (page
                  aligned), running crc32 u32 of the bytes below offset, version[24], build[32]
     167    4     security counter u32: the highest of a confirmed signed image (anti-rollback)
-    171    4     CRC-32 of bytes 0..170, LE
+    171    4     boots u32: every boot the bootloader made
+    175    2     crash loop u16: boots in a row that never reached a healthy application
+    177    2     rollbacks u16
+    179    2     trial failure u16: why the image on trial failed (reasons.py), 0 while none
+    181    2     last failure u16: the reason of the latest failure of any kind, kept
+    183    4     CRC-32 of bytes 0..182, LE
 
 Bootloader rules, applied at every boot, in order
 -------------------------------------------------
     state                                     action
     no valid copy                             blank: nothing to boot (provision a factory image)
-    trial, attempts left == 0                 roll back to the confirmed slot, trial off
+    every boot                                boots + 1 and crash loop + 1 (the application
+                                          sets crash loop to 0 once it is healthy)
+    trial, attempts left == 0                 roll back to the confirmed slot, trial off; the
+                                              reason is the trial failure if one was recorded
+                                              (health check, commit timer), else attempts spent
     trial, attempts left > 0                  attempts - 1, written *before* the image runs,
                                               so an image that crashes still spends its tries
     active image does not verify, trial       roll back to the confirmed slot
@@ -49,16 +55,19 @@ import zlib
 from dataclasses import dataclass, field, replace
 
 from .flash import Flash
+from .reasons import code_of, name_of
+from .records import Redundant
 
 MAGIC = b"BOOT"
-RECORD_VERSION = 3
+RECORD_VERSION = 4
 NO_SLOT = 0xFF
 DEFAULT_ATTEMPTS = 3
 _HEAD = struct.Struct("<4sBIBBBB")
 _SLOT = struct.Struct("<BII32s")
 _RX = struct.Struct("<IIII24s32s")  # size, file crc32, offset, running crc32, version, build
 _SEC = struct.Struct("<I")  # the highest security counter of a confirmed signed image
-RECORD_SIZE = _HEAD.size + 2 * _SLOT.size + _RX.size + _SEC.size + 4
+_CNT = struct.Struct("<IHHHH")  # boots, crash loop, rollbacks, trial failure, last failure
+RECORD_SIZE = _HEAD.size + 2 * _SLOT.size + _RX.size + _SEC.size + _CNT.size + 4
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,20 @@ class BootState:
     slots: tuple[SlotRecord, SlotRecord] = field(default_factory=lambda: (SlotRecord(), SlotRecord()))
     receiving: Receiving = field(default_factory=Receiving)
     security_counter: int = 0
+    boots: int = 0
+    crash_loop: int = 0
+    rollbacks: int = 0
+    trial_failure: int = 0  # a reason code (reasons.py)
+    last_failure: int = 0
+
+    @property
+    def last_failure_reason(self) -> str:
+        return name_of(self.last_failure)
+
+    def failed(self, reason: str, trial: bool = False) -> BootState:
+        """This state with ``reason`` recorded as the latest failure (and the trial's own)."""
+        code = code_of(reason)
+        return replace(self, last_failure=code, trial_failure=code if trial else self.trial_failure)
 
     def with_slot(self, slot: int, rec: SlotRecord) -> BootState:
         slots = list(self.slots)
@@ -106,6 +129,8 @@ class BootState:
         r = self.receiving
         body += _RX.pack(r.size, r.file_crc32, r.offset, r.running_crc32, r.version.encode()[:24], r.build.encode()[:32])
         body += _SEC.pack(self.security_counter)
+        body += _CNT.pack(min(self.boots, 0xFFFFFFFF), min(self.crash_loop, 0xFFFF), min(self.rollbacks, 0xFFFF),
+                          self.trial_failure, self.last_failure)
         return body + zlib.crc32(body).to_bytes(4, "little")
 
     @classmethod
@@ -124,35 +149,18 @@ class BootState:
         size, fcrc, off, rcrc, ver, build = _RX.unpack_from(body, _HEAD.size + 2 * _SLOT.size)
         rx = Receiving(size, fcrc, off, rcrc, ver.rstrip(b"\x00").decode(errors="replace"),
                        build.rstrip(b"\x00").decode(errors="replace"))
-        (counter,) = _SEC.unpack_from(body, _HEAD.size + 2 * _SLOT.size + _RX.size)
-        return cls(seq, active, confirmed, bool(trial), attempts, slots, rx, counter)
+        at = _HEAD.size + 2 * _SLOT.size + _RX.size
+        (counter,) = _SEC.unpack_from(body, at)
+        boots, loop, rollbacks, trial_failure, last_failure = _CNT.unpack_from(body, at + _SEC.size)
+        return cls(seq, active, confirmed, bool(trial), attempts, slots, rx, counter, boots, loop, rollbacks,
+                   trial_failure, last_failure)
 
 
-class BootStore:
-    """Reads and writes the boot state redundantly; see the module doc for the rules."""
+class BootStore(Redundant[BootState]):
+    """The boot state in flash pages 1 and 2 (records.py keeps it redundantly)."""
 
     def __init__(self, flash: Flash):
-        self.flash = flash
-        self._offsets = flash.geometry.state_offsets
-
-    def copies(self) -> list[BootState | None]:
-        return [BootState.decode(self.flash.read(off, RECORD_SIZE)) for off in self._offsets]
-
-    def load(self) -> BootState | None:
-        valid = [s for s in self.copies() if s is not None]
-        return max(valid, key=lambda s: s.seq) if valid else None
-
-    def store(self, state: BootState) -> BootState:
-        copies = self.copies()
-        valid = [(s.seq, i) for i, s in enumerate(copies) if s is not None]
-        newest = max(valid)[1] if valid else 1
-        target = 1 - newest
-        seq = max((s for s, _ in valid), default=0) + 1
-        state = replace(state, seq=seq)
-        off = self._offsets[target]
-        self.flash.erase_page(off)
-        self.flash.program(off, state.encode())
-        return state
+        super().__init__(flash, flash.geometry.state_offsets, BootState.decode)
 
 
 @dataclass(frozen=True)
@@ -234,6 +242,14 @@ class Bootloader:
         state = self.store.load()
         if state is None:
             return BootResult(None, False, None, (("blank", {}),))
+        # Counted in the same write as the trial's attempt, so a boot costs one write.
+        state = replace(state, boots=state.boots + 1, crash_loop=state.crash_loop + 1)
+        written = False
+
+        def save(new: BootState) -> BootState:
+            nonlocal written
+            written = True
+            return self.store.store(new)
 
         def roll_back(why: str) -> BootState | None:
             target = state.confirmed
@@ -241,12 +257,15 @@ class Bootloader:
                 events.append(("rollback_impossible", {"reason": why}))
                 return None
             events.append(("rollback", {"from_slot": "AB"[state.active], "to_slot": "AB"[target], "reason": why}))
-            return self.store.store(replace(state, active=target, trial=False, attempts=0))
+            return save(replace(state.failed(why), active=target, trial=False, attempts=0, trial_failure=0,
+                                rollbacks=state.rollbacks + 1))
 
         if state.trial and state.attempts == 0:
-            state = roll_back("trial_attempts_spent")
+            # The image's own verdict (a failed health check, the commit timer) names the
+            # rollback; without one, it crashed or hung through every attempt.
+            state = roll_back(name_of(state.trial_failure) if state.trial_failure else "trial_attempts_spent")
         elif state.trial:
-            state = self.store.store(replace(state, attempts=state.attempts - 1))
+            state = save(replace(state, attempts=state.attempts - 1))
             events.append(("trial_boot", {"slot": "AB"[state.active], "attempts_left": state.attempts}))
         if state is not None and not self._verifies(state, state.active):
             events.append(("verify_failed", {"slot": "AB"[state.active]}))
@@ -256,20 +275,45 @@ class Bootloader:
                 other = 1 - state.active
                 if self._verifies(state, other):
                     events.append(("fallback", {"to_slot": "AB"[other]}))
-                    state = self.store.store(replace(state, active=other, confirmed=other, trial=False, attempts=0))
+                    state = save(replace(state.failed("image_does_not_verify"), active=other, confirmed=other,
+                                         trial=False, attempts=0))
                 else:
                     state = None
         if state is None:
             events.append(("no_bootable_image", {}))
             return BootResult(None, False, self.store.load(), tuple(events))
+        if not written:
+            state = save(state)
         return BootResult(state.active, state.trial, state, tuple(events))
+
+    def reject(self, reason: str) -> BootState:
+        """The image on trial failed its own check (health, commit timer): the next boot rolls
+        back at once, naming ``reason``, instead of spending the attempts left."""
+        state = self.store.load()
+        assert state is not None and state.trial
+        return self.store.store(replace(state.failed(reason, trial=True), attempts=0))
+
+    def record_failure(self, reason: str) -> BootState:
+        """Keep ``reason`` as the latest failure (written only when it changes: an offer
+        flood of the same refusal costs no flash wear)."""
+        state = self.store.load()
+        assert state is not None
+        new = state.failed(reason)
+        return state if new == state else self.store.store(new)
+
+    def healthy(self) -> BootState:
+        """The application reached its health point: the crash loop is over."""
+        state = self.store.load()
+        assert state is not None
+        return state if not state.crash_loop else self.store.store(replace(state, crash_loop=0))
 
     def install(self, slot: int, length: int) -> BootState:
         """Make ``slot`` (already written) the active image, on trial."""
         state = self.store.load() or BootState()
         crc, sha = slot_digests(self.flash, slot, length)
         state = state.with_slot(slot, SlotRecord(True, length, crc, sha))
-        return self.store.store(replace(state, active=slot, trial=True, attempts=self.attempts, receiving=Receiving()))
+        return self.store.store(replace(state, active=slot, trial=True, attempts=self.attempts, receiving=Receiving(),
+                                        trial_failure=0))
 
     def confirm(self) -> BootState:
         """Keep the running image; a signed one raises the security counter to its own."""
@@ -280,10 +324,11 @@ class Bootloader:
             v = check_signature(self.flash, state.active, state.slots[state.active].length, self.trust, 0)
             if v.signature is not None and v.ok:
                 counter = max(counter, v.signature.counter)
-        if not state.trial and state.confirmed == state.active and counter == state.security_counter:
+        if (not state.trial and state.confirmed == state.active and counter == state.security_counter
+                and not state.crash_loop):
             return state
         return self.store.store(replace(state, confirmed=state.active, trial=False, attempts=0,
-                                        security_counter=counter))
+                                        security_counter=counter, crash_loop=0))
 
     def invalidate(self, slot: int, receiving: Receiving | None = None) -> BootState:
         """Forget ``slot``'s image before overwriting it, so a half-written slot never counts;

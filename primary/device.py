@@ -12,12 +12,33 @@ setFirmwareInfo (the tag's values, so report and tag always agree), initialize, 
 A successful initialisation is the health check; an image on trial is confirmed after it.
 The heartbeat asks the NCP's state every ``heartbeat`` seconds and starts over after three
 misses, or at once when the NCP says it is not initialised (it restarted).
+
+Before any of that the application loads its configuration (config.py): on the first boot
+of a new image it is carried forward from the confirmed image's store and migrated.
+
+The commit timer
+----------------
+An image on trial that neither confirms nor crashes (it hangs, or its health check never
+ends) is rolled back when ``commit_timeout`` seconds pass after its boot, as Mongoose OS's
+commit timeout and ESP-IDF's rollback do: the timer is the bootloader's (a watchdog), so it
+fires even when the application reads nothing.  A failed health check rolls back at once,
+without spending the boot attempts that are meant for crashes.
+
+Telemetry
+---------
+Once the NCP is initialised, and whenever the update state changes, the primary reports to
+the cloud through ``blynk_setMetadata("dualmcu_telemetry", JSON)``: version, rollback index,
+update state (idle, deferred, downloading, written, trial, confirmed, rolled_back, refused,
+failed) with its reason, boot and crash-loop counters, rollbacks, the last failure (kept in
+the boot state across reboots), hardware revision, bootloader and configuration schema.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
+
+import json
 
 from dualmcu.image.firmware import TEST_KEY, read_info_streamed
 from dualmcu.framing import Profile
@@ -26,8 +47,9 @@ from dualmcu.rpc.device import Device, Halt, Reboot, SetBaud
 from dualmcu.rpc.interface import EVENTS, STATES
 
 from .boot import Bootloader, BootResult, Trust
+from .config import ConfigRecord, ConfigStore, load_for_boot, schema_of
 from .flash import Flash
-from .ota import OtaConfig, OtaReceiver
+from .ota import POLICY_VPIN, OtaConfig, OtaReceiver, Policy
 
 UNKNOWN_INFO = {"mcu": "0.0.0", "fw-type": "unknown", "build": "unknown", "blynk": "0.0.0"}
 
@@ -43,6 +65,21 @@ class PrimaryConfig:
     answer_unknown: bool = False
     baud: int | None = None  # ask the NCP to switch to this baud rate after initialising
     trust: Trust | None = None  # keys and target for signed images; None: unsigned accepted
+    commit_timeout: float = 60.0  # seconds an image on trial has to confirm before it is rolled back
+
+
+TELEMETRY_FIELD = "dualmcu_telemetry"
+
+
+def behaviour_of(info: dict[str, str]) -> tuple[str, float]:
+    """A test image's behaviour (image/firmware.py), and its argument (slow-confirm:SECONDS)."""
+    text = info.get(TEST_KEY, "")
+    name, _, arg = text.partition(":")
+    try:
+        seconds = float(arg) if arg else 0.0
+    except ValueError:
+        seconds = 0.0
+    return name, seconds
 
 
 class PrimaryDevice(Device):
@@ -52,7 +89,12 @@ class PrimaryDevice(Device):
         self.flash = flash
         self.cfg = config
         self.ready = False
+        self.hung = False  # a test image that hangs reads nothing
         self._misses = 0
+        self._steps: list[tuple[str, dict | None]] = []
+        self._baud_done = False
+        self.ota_state, self.ota_reason = "idle", ""
+        self.config: ConfigRecord | None = None
         self.bootloader = Bootloader(flash, attempts=config.attempts, trust=config.trust)
         if config.trust is None or not config.trust.keys:
             self.emit("trust", keys=0, note="no key trusted: unsigned images are accepted")
@@ -61,11 +103,17 @@ class PrimaryDevice(Device):
         self.boot: BootResult = self.bootloader.boot()
         for kind, fields in self.boot.events:
             self.emit(kind, **fields)
+            if kind == "rollback":
+                self.ota_state, self.ota_reason = "rolled_back", fields["reason"]
         self.ota: OtaReceiver | None = None
         if self.boot.slot is None:
             self.emit("halted", reason="no_bootable_image")
             self.actions.append(Halt("no_bootable_image"))
             return
+        if self.boot.trial:
+            self.ota_state = "trial"
+            # The bootloader's watchdog: armed before the image runs a single instruction.
+            self._after("commit", config.commit_timeout)
         rec = self.boot.state.slots[self.boot.slot]
         base = flash.geometry.slot_offset(self.boot.slot)
         info = read_info_streamed(lambda pos, n: flash.read(base + pos, n), rec.length)
@@ -74,12 +122,19 @@ class PrimaryDevice(Device):
         # never a crash at every boot.
         self.described = bool(info and info.get("mcu") and info.get("fw-type"))
         self.info = {**UNKNOWN_INFO, **{k: v for k, v in (info or {}).items() if v}}
+        self.behaviour, self.behaviour_arg = behaviour_of(self.info)
         self.emit("booted", slot="AB"[self.boot.slot], trial=self.boot.trial, version=self.info["mcu"],
-                  fw_type=self.info["fw-type"], tagged=info is not None)
-        behaviour = self.info.get(TEST_KEY)
-        if behaviour == "crash":
+                  fw_type=self.info["fw-type"], tagged=info is not None, boots=self.boot.state.boots,
+                  crash_loop=self.boot.state.crash_loop, hw_rev=flash.identity.hw_rev,
+                  bootloader=flash.identity.bootloader)
+        if self.behaviour == "crash":
             self.emit("crashed", reason="test_image_crash")
             self.actions.append(Reboot("crash"))
+            return
+        self._load_config()
+        if self.behaviour == "hang":
+            self.emit("hung", note="a test image that never confirms and never crashes")
+            self.hung = True
             return
         for name, handler in (
             ("mcu_ping", lambda inc: None),
@@ -91,8 +146,65 @@ class PrimaryDevice(Device):
         ):
             self.ep.handle(name, handler)
         self.ota = OtaReceiver(self.ep, flash, self.bootloader, self.boot.state, self.info, config.ota,
-                               self.emit, self.request_reboot, self._hang)
+                               self.emit, self.request_reboot, self._hang, self._report)
         self._init()
+
+    def _load_config(self) -> None:
+        state, slot = self.boot.state, self.boot.slot
+        other = 1 - slot
+        other_ok = state.confirmed == other and state.slots[other].installed
+        schema = schema_of(self.info)
+        loaded = load_for_boot(self.flash, slot, other_ok, state.slots[slot].sha256, schema,
+                               state.slots[other].sha256 if other_ok else None)
+        if loaded.record is None:
+            # Written by a newer schema than this image reads: never guess at it.
+            self.emit("config_unreadable", schema=loaded.from_schema, own_schema=schema)
+            self._fail("config_unreadable")
+            if not self.boot.trial:
+                self.config = ConfigStore(self.flash, slot).store(ConfigRecord(schema, state.slots[slot].sha256[:8],
+                                                                               {"device_name": "dualmcu"}))
+            return
+        self.config = loaded.record
+        self.emit("config_loaded", schema=loaded.record.schema, source=loaded.source, from_schema=loaded.from_schema,
+                  keys=len(loaded.record.values))
+        if self.behaviour == "breaking-migration" and self.boot.trial:
+            # The defect this image stands for: a migration the old image could not read
+            # (a key renamed, a unit changed), written over its own store only.
+            values = dict(self.config.values)
+            values["report_interval_ms"] = str(int(values.pop("report_interval_s", "60")) * 1000)
+            self.config = ConfigStore(self.flash, slot).store(ConfigRecord(schema, self.config.owner, values))
+            self.emit("config_migrated", schema=schema, breaking=True)
+
+    def _fail(self, reason: str) -> None:
+        """Keep ``reason`` as the last failure in the boot state."""
+        state = self.bootloader.record_failure(reason)
+        if self.ota is not None:
+            self.ota.boot_state = state
+
+    def _report(self, state: str, reason: str) -> None:
+        """The OTA receiver's update state: persisted when it is a failure, then reported."""
+        self.ota_state, self.ota_reason = state, reason
+        # A malformed offer is not persisted: a broken or hostile sender must not be able to
+        # make the device write its flash at will.
+        if state in ("refused", "failed") and reason and reason != "bad_offer":
+            self._fail(reason)
+        self._send_telemetry()
+
+    def _send_telemetry(self) -> None:
+        if not self.ready:
+            return
+        st = self.bootloader.store.load()
+        report = {
+            "version": self.info["mcu"], "rollback_index": st.security_counter if st else 0,
+            "ota_state": self.ota_state, "ota_reason": self.ota_reason,
+            "boots": st.boots if st else 0, "crash_loop": st.crash_loop if st else 0,
+            "rollbacks": st.rollbacks if st else 0, "last_failure": st.last_failure_reason if st else "none",
+            "hw_rev": self.flash.identity.hw_rev, "bootloader": self.flash.identity.bootloader,
+            "config_schema": self.config.schema if self.config else None,
+        }
+        self.ep.notify("blynk_setMetadata", {"field": TELEMETRY_FIELD,
+                                             "value": json.dumps(report, separators=(",", ":"))})
+        self.emit("telemetry_sent", ota_state=self.ota_state, ota_reason=self.ota_reason)
 
     # -- the core interface ------------------------------------------------------------------
 
@@ -100,8 +212,15 @@ class PrimaryDevice(Device):
         self.hung = True
 
     def receive(self, data: bytes, now: float) -> None:
-        if not getattr(self, "hung", False):  # a hung MCU reads nothing (a planted defect)
+        if not self.hung:  # a hung MCU reads nothing (a test image, or a planted defect)
             super().receive(data, now)
+
+    def _timer_commit(self) -> None:
+        if not self.boot.trial:
+            return
+        self.emit("commit_timeout", waited=self.cfg.commit_timeout, version=self.info["mcu"])
+        self.bootloader.reject("commit_timeout")
+        self.actions.append(Reboot("commit_timeout"))
 
     def _tick(self, now: float) -> None:
         if self.ota is not None:
@@ -151,7 +270,7 @@ class PrimaryDevice(Device):
             name, args = self._steps.pop(0)
             self.ep.call(name, args, on_done=self._next_step)
             return
-        if self.cfg.baud and not getattr(self, "_baud_done", False):
+        if self.cfg.baud and not self._baud_done:
             self.ep.call("hw_setUartBaudRate", {"baud": self.cfg.baud}, on_done=self._baud_set)
             return
         self.ready = True
@@ -185,15 +304,34 @@ class PrimaryDevice(Device):
 
     def _health_check(self) -> None:
         if not self.boot.trial:
+            if self.boot.state.crash_loop:
+                self.ota.boot_state = self.bootloader.healthy()
+            self._send_telemetry()
             return
-        if self.info.get(TEST_KEY) == "fail-health" or not self.described:
+        if self.behaviour in ("fail-health", "breaking-migration") or not self.described:
             self.emit("health_check_failed", version=self.info["mcu"])
+            # Rolled back at the next boot, naming the reason; the attempts are for crashes.
+            self.bootloader.reject("health_check_failed")
             self.request_reboot("health_check_failed")
             return
+        if self.behaviour == "slow-confirm" and self.behaviour_arg > 0 and "confirm" not in self._timers:
+            self.emit("health_check_running", seconds=self.behaviour_arg)
+            self._after("confirm", self.behaviour_arg)
+            return
+        self._confirm()
+
+    def _timer_confirm(self) -> None:
+        if self.boot.trial:
+            self._confirm()
+
+    def _confirm(self) -> None:
+        self._timers.pop("commit", None)
         self.boot = BootResult(self.boot.slot, False, self.bootloader.confirm(), ())
         if self.ota is not None:
             self.ota.boot_state = self.boot.state
+        self.ota_state, self.ota_reason = "confirmed", ""
         self.emit("confirmed", slot="AB"[self.boot.slot], version=self.info["mcu"])
+        self._send_telemetry()
 
     def _timer_heartbeat(self) -> None:
         # getState rather than a bare ping: an NCP that restarted answers "not initialised",
@@ -225,7 +363,22 @@ class PrimaryDevice(Device):
         self.emit("ncp_state", state=STATES.get(inc.args["state"], inc.args["state"]))
 
     def _on_vpin(self, inc: Incoming) -> None:
-        self.emit("vpin_change", vpin=inc.args["vpin"], value=inc.args["value"].hex())
+        vpin, value = inc.args["vpin"], inc.args["value"]
+        if vpin == POLICY_VPIN and self.ota is not None:
+            self.ota.policy = Policy.parse(value.decode("utf-8", "replace"))
+            self.emit("ota_policy", mandatory=self.ota.policy.mandatory, min_version=self.ota.policy.min_version)
+            return
+        self.emit("vpin_change", vpin=vpin, value=value.hex())
+        # A setting from the cloud lives in the configuration store (written only on change).
+        key = f"V{vpin}"
+        text = value.decode("utf-8", "replace")[:64]
+        if self.config is not None and self.config.values.get(key) != text and len(self.config.values) < 32:
+            values = {**self.config.values, key: text}
+            try:
+                self.config = ConfigStore(self.flash, self.boot.slot).store(
+                    ConfigRecord(self.config.schema, self.config.owner, values))
+            except ValueError:  # more than a flash page holds
+                self.emit("config_full", key=key)
 
     def _on_event(self, inc: Incoming) -> None:
         event = inc.args["event"]

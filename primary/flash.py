@@ -1,7 +1,10 @@
 """Emulated NOR flash in one file, and the layout the primary MCU gives it.
 
-    page 0                     geometry header (written once, when the file is made)
-    page 1, page 2             boot-state record, copy 0 and copy 1 (see bootstate.py)
+    page 0                     header: geometry and the device's identity (hardware
+                               revision, bootloader version), written when the file is made
+    page 1, page 2             boot-state record, copy 0 and copy 1 (see boot.py)
+    page 3, page 4             configuration store of slot A, copy 0 and copy 1 (config.py)
+    page 5, page 6             configuration store of slot B, copy 0 and copy 1
     slot A                     slot_size bytes, page aligned
     slot B                     slot_size bytes, page aligned
 
@@ -21,14 +24,29 @@ from dataclasses import dataclass
 from typing import Callable
 
 HEADER_MAGIC = b"DMCUFLSH"
-HEADER = struct.Struct("<8sHHII")  # magic, layout version, reserved, page size, slot size
-LAYOUT_VERSION = 1
+# magic, layout version, reserved, page size, slot size, hardware revision, bootloader version
+HEADER = struct.Struct("<8sHHII8s16s")
+LAYOUT_VERSION = 2
 DEFAULT_PAGE = 4096
 DEFAULT_SLOT = 1 << 20
+META_PAGES = 7  # header, two boot-state copies, two configuration copies per slot
 
 
 class FlashError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the device is, fixed in its info page: checked before an image is written."""
+
+    hw_rev: str = "A"
+    bootloader: str = "1.0.0"
+
+    def __post_init__(self) -> None:
+        for what, text, limit in (("hardware revision", self.hw_rev, 8), ("bootloader version", self.bootloader, 16)):
+            if not text or len(text.encode()) > limit or not text.isascii() or not text.isprintable() or " " in text:
+                raise FlashError(f"{what} {text!r} must be 1 to {limit} printable ASCII characters, no spaces")
 
 
 class PowerCut(BaseException):
@@ -63,12 +81,16 @@ class Geometry:
     def state_offsets(self) -> tuple[int, int]:
         return (self.page_size, 2 * self.page_size)
 
+    def config_offsets(self, slot: int) -> tuple[int, int]:
+        first = (3 + 2 * slot) * self.page_size
+        return (first, first + self.page_size)
+
     def slot_offset(self, slot: int) -> int:
-        return 3 * self.page_size + slot * self.slot_size
+        return META_PAGES * self.page_size + slot * self.slot_size
 
     @property
     def total(self) -> int:
-        return 3 * self.page_size + 2 * self.slot_size
+        return META_PAGES * self.page_size + 2 * self.slot_size
 
 
 class MemoryStore:
@@ -112,9 +134,11 @@ class FileStore:
 class Flash:
     """Byte-addressed NOR flash over a store (a file, or memory in tests)."""
 
-    def __init__(self, store, geometry: Geometry, interrupt: Interrupt | None = None):
+    def __init__(self, store, geometry: Geometry, interrupt: Interrupt | None = None,
+                 identity: Identity = Identity()):
         self._store = store
         self.geometry = geometry
+        self.identity = identity
         self.page_size = geometry.page_size
         self.size = geometry.total
         self.interrupt = interrupt
@@ -123,16 +147,20 @@ class Flash:
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
-    def in_memory(cls, geometry: Geometry = Geometry(), interrupt: Interrupt | None = None) -> Flash:
+    def in_memory(cls, geometry: Geometry = Geometry(), interrupt: Interrupt | None = None,
+                  identity: Identity = Identity()) -> Flash:
         buf = bytearray(b"\xff" * geometry.total)
-        head = _header(geometry)
+        head = _header(geometry, identity)
         buf[: len(head)] = head
-        return cls(MemoryStore(buf), geometry, interrupt)
+        return cls(MemoryStore(buf), geometry, interrupt, identity)
 
     @classmethod
     def open(cls, path: str | os.PathLike, geometry: Geometry | None = None, create: bool = True,
-             interrupt: Interrupt | None = None) -> Flash:
-        """Open a flash file; make it (erased, with ``geometry``) when missing and allowed."""
+             interrupt: Interrupt | None = None, identity: Identity | None = None) -> Flash:
+        """Open a flash file; make it (erased, with ``geometry`` and ``identity``) when missing
+        and allowed.  An existing file keeps its hardware revision (asking for another is an
+        error); a different bootloader version is written to its header, as a bootloader
+        update through a debug probe would."""
         exists = os.path.exists(path)
         if not exists and not create:
             raise FlashError(f"no flash file at {path}")
@@ -140,7 +168,7 @@ class Flash:
             g = geometry or Geometry()
             tmp = f"{path}.new"
             with open(tmp, "wb") as f:
-                f.write(_header(g).ljust(g.page_size, b"\xff"))
+                f.write(_header(g, identity or Identity()).ljust(g.page_size, b"\xff"))
                 blank = b"\xff" * (1 << 16)
                 left = g.total - g.page_size
                 while left > 0:
@@ -150,7 +178,15 @@ class Flash:
         f = open(path, "r+b")
         try:
             head = f.read(HEADER.size + 4)
-            g = read_header(head, path)
+            g, ident = read_header(head, path)
+            if identity is not None and identity.hw_rev != ident.hw_rev:
+                raise FlashError(f"{path} is a device of hardware revision {ident.hw_rev}, not {identity.hw_rev}: "
+                                 "hardware does not change; use another --flash path")
+            if identity is not None and identity.bootloader != ident.bootloader:
+                ident = identity
+                f.seek(0)
+                f.write(_header(g, ident))
+                f.flush()
             if geometry is not None and geometry != g:
                 raise FlashError(
                     f"{path} has pages of {g.page_size} and slots of {g.slot_size} bytes, "
@@ -162,7 +198,7 @@ class Flash:
         except Exception:
             f.close()
             raise
-        return cls(FileStore(f), g, interrupt)
+        return cls(FileStore(f), g, interrupt, ident)
 
     def close(self) -> None:
         self._store.close()
@@ -221,18 +257,29 @@ class Flash:
             raise PowerCut(self.ops, kind, applied)
 
 
-def _header(g: Geometry) -> bytes:
-    body = HEADER.pack(HEADER_MAGIC, LAYOUT_VERSION, 0, g.page_size, g.slot_size)
+def _header(g: Geometry, ident: Identity) -> bytes:
+    body = HEADER.pack(HEADER_MAGIC, LAYOUT_VERSION, 0, g.page_size, g.slot_size, ident.hw_rev.encode(),
+                       ident.bootloader.encode())
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
-def read_header(head: bytes, where: object = "flash") -> Geometry:
-    if len(head) < HEADER.size + 4 or head[:8] != HEADER_MAGIC:
+def read_header(head: bytes, where: object = "flash") -> tuple[Geometry, Identity]:
+    if len(head) < 10 or head[:8] != HEADER_MAGIC:
         raise FlashError(f"{where} is not a dualmcu flash file (no {HEADER_MAGIC.decode()} header)")
+    (version,) = struct.unpack_from("<H", head, 8)
+    if version != LAYOUT_VERSION:
+        # Layout 1 had no configuration pages: its slots sit elsewhere, so it cannot be read
+        # as this layout, and guessing would boot garbage.
+        raise FlashError(f"{where} has flash layout {version}; this dualmcu reads layout {LAYOUT_VERSION}: "
+                         "make a new flash file (delete it, or use another --flash path)")
+    if len(head) < HEADER.size + 4:
+        raise FlashError(f"{where}: the flash header is cut short")
     body, crc = head[: HEADER.size], head[HEADER.size : HEADER.size + 4]
     if zlib.crc32(body).to_bytes(4, "little") != crc:
         raise FlashError(f"{where}: the flash header is damaged")
-    _, version, _, page, slot = HEADER.unpack(body)
-    if version != LAYOUT_VERSION:
-        raise FlashError(f"{where}: flash layout version {version} is not supported")
-    return Geometry(page, slot)
+    _, _, _, page, slot, hw, boot = HEADER.unpack(body)
+    try:
+        ident = Identity(hw.rstrip(b"\x00").decode("ascii"), boot.rstrip(b"\x00").decode("ascii"))
+    except (UnicodeDecodeError, FlashError):
+        raise FlashError(f"{where}: the flash header's identity is damaged") from None
+    return Geometry(page, slot), ident

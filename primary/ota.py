@@ -4,6 +4,8 @@ States and the calls each accepts
 ---------------------------------
     state       otaUpdateAvailable   otaUpdateWrite   otaUpdateFinish   otaUpdateCancel
     IDLE        check, -> OFFERED    refuse           refuse            ok (nothing to drop)
+                or DEFERRED
+    DEFERRED    check again          refuse           refuse            ok, -> IDLE
     OFFERED     check again          accept, -> RECV  refuse            ok, -> IDLE
     RECEIVING   check again (a new   accept/refuse    verify, install   ok, -> IDLE
                 offer restarts)
@@ -15,9 +17,24 @@ move the table does not list.
 Rules
 -----
 * An offer is checked against: size (0 < size <= slot), fw-type (must equal the running
-  image's), version (policy ``newer``: strictly newer; ``any``: anything), battery (refused
-  below the threshold), and the flash: a device still running a trial image refuses, because
-  the only slot it could write holds its confirmed fallback.
+  image's), version (policy ``newer``: strictly newer; ``any``: anything; ``mandatory-only``:
+  only what the cloud marked mandatory), and the flash: a device still running a trial image
+  refuses, because the only slot it could write holds its confirmed fallback.  A shipment the
+  cloud marked mandatory (or any shipment while the running version is below the cloud's
+  minimum) passes the version policy, so a recall to an older build installs; signatures
+  and their anti-rollback counter still apply.  Every refusal is final.
+* Deferral: an offer that passes every check but arrives outside the install window (UTC
+  hours; the time comes from the NCP's ``blynk_getTime``) or while the battery is below
+  ``min_battery`` is accepted and deferred: DEFERRED, nothing written, and
+  ``blynk_otaUpdateSuspend`` tells the NCP how long (at most 18 h at a time).  When the
+  window opens or the battery has recovered (its level follows ``battery_rate``), the
+  receiver resumes the NCP (Suspend 0) and starts; if not yet, it suspends again.  A
+  mandatory update ignores the window, never the battery.
+* Compatibility: the image's tag is searched in the chunks as they arrive, and checked before
+  the chunk holding it is programmed (for images built by dualmcu that is the first chunk):
+  ``hw-rev`` lists the hardware revisions it runs on, ``min-bootloader`` the oldest
+  bootloader it needs.  A mismatch abandons the transfer with its reason.  Finish checks the
+  whole image's tag again.
 * Accepting an offer first forgets the inactive slot's old image in the boot state, so a
   half-written slot can never be taken for a bootable one.  Pages are erased as writes reach
   them.  After the RESULT of the offer the receiver calls ``blynk_otaUpdatePrefetch`` (when
@@ -53,17 +70,21 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable
 
-from dualmcu.image.firmware import is_newer, read_info_streamed
+from dualmcu.image.firmware import find_tag, is_newer, parse_tag, read_info_streamed, version_key
 from dualmcu.rpc import DEFER, Call, Endpoint, Incoming
 from dualmcu.rpc.interface import PREFETCH
 from dualmcu.rpc.machine import Machine
 
 from .boot import Bootloader, BootState, Receiving, check_signature, slot_digests
+from .config import ConfigStore
 from .flash import Flash, FlashError
 from .timing import BLOCK, FlashTiming
 
 # Seconds of erasing a primary may spend before answering an offer (the NCP waits 5 s).
 ERASE_AT_OFFER = 3.0
+MAX_SUSPEND = 18 * 3600  # the longest pause blynk_otaUpdateSuspend takes
+BATTERY_RECHECK = 3600.0  # a battery that is not charging is looked at again this often
+TAG_CARRY = 4096  # bytes kept from the previous chunk, so a tag split by a chunk edge is found
 
 
 def _clean_text(text: str, limit: int = 255) -> bool:
@@ -83,6 +104,7 @@ def slot_crc(flash: Flash, start: int, length: int, crc: int = 0, block: int = 1
 
 class Ota(Enum):
     IDLE = "idle"
+    DEFERRED = "deferred"
     OFFERED = "offered"
     RECEIVING = "receiving"
     FINISHING = "finishing"
@@ -90,6 +112,7 @@ class Ota(Enum):
 
 class OtaEvent(Enum):
     ACCEPT = "accept"  # an offer passed every check (a new one replaces a transfer)
+    DEFER = "defer"  # an offer passed every check, but it is not the time to install
     WRITE = "write"  # a chunk at the expected offset was programmed
     FINISH = "finish"  # every byte is in: ask the NCP for the digests
     VERIFY_FAILED = "verify_failed"  # digests missing or different: the NCP may finish again
@@ -100,10 +123,11 @@ class OtaEvent(Enum):
 
 _E = OtaEvent
 RECEIVER: dict[Ota, dict[OtaEvent, Ota]] = {
-    Ota.IDLE: {_E.ACCEPT: Ota.OFFERED},
-    Ota.OFFERED: {_E.ACCEPT: Ota.OFFERED, _E.WRITE: Ota.RECEIVING, _E.ABANDON: Ota.IDLE},
-    Ota.RECEIVING: {_E.ACCEPT: Ota.OFFERED, _E.WRITE: Ota.RECEIVING, _E.FINISH: Ota.FINISHING,
-                    _E.ABANDON: Ota.IDLE},
+    Ota.IDLE: {_E.ACCEPT: Ota.OFFERED, _E.DEFER: Ota.DEFERRED},
+    Ota.DEFERRED: {_E.ACCEPT: Ota.OFFERED, _E.DEFER: Ota.DEFERRED, _E.ABANDON: Ota.IDLE},
+    Ota.OFFERED: {_E.ACCEPT: Ota.OFFERED, _E.DEFER: Ota.DEFERRED, _E.WRITE: Ota.RECEIVING, _E.ABANDON: Ota.IDLE},
+    Ota.RECEIVING: {_E.ACCEPT: Ota.OFFERED, _E.DEFER: Ota.DEFERRED, _E.WRITE: Ota.RECEIVING,
+                    _E.FINISH: Ota.FINISHING, _E.ABANDON: Ota.IDLE},
     Ota.FINISHING: {_E.VERIFY_FAILED: Ota.RECEIVING, _E.INSTALLED: Ota.IDLE, _E.REJECTED: Ota.IDLE,
                     _E.ABANDON: Ota.IDLE},
 }
@@ -113,9 +137,11 @@ RECEIVER: dict[Ota, dict[OtaEvent, Ota]] = {
 class OtaConfig:
     chunk_size: int = 1024
     ota_timeout: float = 60.0
-    version_policy: str = "newer"  # or "any"
-    battery: int = 100  # percent
-    min_battery: int = 20
+    version_policy: str = "newer"  # or "any", or "mandatory-only"
+    battery: float = 100.0  # percent, at time 0
+    battery_rate: float = 0.0  # percent per hour: > 0 charging, < 0 discharging
+    min_battery: int = 20  # below it an update is deferred
+    install_window: tuple[int, int] | None = None  # UTC hours [start, end); None: any time
     prefetch: bool = False
     timing: FlashTiming = field(default_factory=FlashTiming)
     window: int = 8  # writes taken in flight (dualmcu_otaCapabilities); 1: the plain protocol only
@@ -146,6 +172,61 @@ class Transfer:
     file_crc32: int | None = None  # the file's CRC-32 as the NCP reported it (resume)
     checkpoint: int = 0  # how far progress was last persisted (page aligned)
     checkpoint_crc: int = 0  # CRC-32 of the slot's bytes below ``checkpoint``
+    mandatory: bool = False
+    tag_checked: bool = False  # the image's tag was found in the arriving chunks and checked
+    carry: bytes = b""  # the end of the previous chunk, for a tag that spans two
+
+
+@dataclass
+class Policy:
+    """What the cloud said of the shipment it offers (client_blynkVPinChange on POLICY_VPIN)."""
+
+    mandatory: bool = False
+    min_version: str | None = None
+
+    def mandatory_for(self, offered: str, own: str) -> bool:
+        below = self.min_version is not None and version_key(own) < version_key(self.min_version)
+        return self.mandatory or below
+
+    @classmethod
+    def parse(cls, text: str) -> Policy:
+        """``mandatory`` or ``optional``, then optionally ``min=VERSION``, space separated."""
+        words = text.split()
+        mins = [w[4:] for w in words if w.startswith("min=") and w[4:]]
+        return cls("mandatory" in words, mins[-1] if mins else None)
+
+
+# The virtual pin the cloud writes the policy of a shipment to, just before it offers it.
+POLICY_VPIN = 250
+
+
+def battery_level(cfg: OtaConfig, now: float) -> float:
+    return max(0.0, min(100.0, cfg.battery + cfg.battery_rate * now / 3600))
+
+
+def in_window(window: tuple[int, int], utc: float) -> float:
+    """Seconds until the install window opens at UTC time ``utc`` (0: it is open)."""
+    start, end = window
+    day = utc % 86400
+    hour = day / 3600
+    inside = start <= hour < end if start < end else (hour >= start or hour < end)
+    if inside:
+        return 0.0
+    wait = (start * 3600 - day) % 86400
+    return wait
+
+
+def compat_refusal(tag: dict[str, str], hw_rev: str, bootloader: str) -> tuple[str, dict] | None:
+    """Whether an image's tag lets it run on this hardware and bootloader (None: it does)."""
+    revs = tag.get("hw-rev")
+    if revs is not None:
+        allowed = [r for r in revs.replace(",", " ").split() if r]
+        if hw_rev not in allowed:
+            return "hw_rev_mismatch", {"image_hw_rev": revs, "hw_rev": hw_rev}
+    need = tag.get("min-bootloader")
+    if need is not None and version_key(bootloader) < version_key(need):
+        return "bootloader_too_old", {"min_bootloader": need, "bootloader": bootloader}
+    return None
 
 
 class OtaReceiver:
@@ -160,6 +241,7 @@ class OtaReceiver:
         emit: Callable[..., None],
         reboot: Callable[[str], None],
         hang: Callable[[], None] = lambda: None,
+        report: Callable[[str, str], None] = lambda state, reason: None,
     ):
         self.ep = endpoint
         self.flash = flash
@@ -170,6 +252,11 @@ class OtaReceiver:
         self.emit = emit
         self.reboot = reboot
         self.hang = hang
+        self.report = report  # (update state, reason): telemetry and the persisted last failure
+        self.policy = Policy()  # what the cloud said of the shipment on offer
+        self.utc_offset: float | None = None  # UTC seconds at time 0, from the NCP's getTime
+        self.defer_until: float | None = None  # when a deferred update is looked at again
+        self.deferred: dict | None = None  # the offer waiting, while DEFERRED
         self.machine: Machine[Ota, OtaEvent] = Machine("OTA receiver", RECEIVER, Ota.IDLE)
         self.t: Transfer | None = None
         self.deadline: float | None = None
@@ -198,7 +285,8 @@ class OtaReceiver:
     # -- time --------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        ds = [d for d in (self.deadline, self.replies[0][0] if self.replies else None) if d is not None]
+        ds = [d for d in (self.deadline, self.defer_until, self.replies[0][0] if self.replies else None)
+              if d is not None]
         return min(ds) if ds else None
 
     def tick(self, now: float) -> None:
@@ -207,6 +295,9 @@ class OtaReceiver:
             self.ep.reply(inc, value)
         if self.deadline is not None and now >= self.deadline:
             self._abandon("timeout")
+        if self.defer_until is not None and now >= self.defer_until:
+            self.defer_until = None
+            self._reconsider()
 
     def _work(self, seconds: float) -> float:
         """Give the flash ``seconds`` of work; when it will be done."""
@@ -237,6 +328,8 @@ class OtaReceiver:
 
     def _refuse(self, call: str, reason: str, **fields) -> bool:
         self.emit("ota_refused", call=call, reason=reason, **fields)
+        if call == "available":
+            self.report("refused", reason)
         return False
 
     def on_resume(self, inc: Incoming):
@@ -287,16 +380,89 @@ class OtaReceiver:
         if a["fw_type"] != self.own.get("fw-type"):
             return self._refuse("available", "wrong_type", own_type=self.own.get("fw-type"), **offer)
         own_version = self.own.get("mcu", "")
-        if self.cfg.version_policy == "newer" and not is_newer(a["fw_version"], own_version):
+        mandatory = self.policy.mandatory_for(a["fw_version"], own_version)
+        self.policy = Policy()  # the cloud's word holds for the offer it came with
+        if self.cfg.version_policy == "mandatory-only" and not mandatory:
+            return self._refuse("available", "not_mandatory", **offer)
+        if (self.cfg.version_policy == "newer" and not mandatory
+                and not is_newer(a["fw_version"], own_version)):
             return self._refuse("available", "not_newer", own_version=own_version, **offer)
-        if self.cfg.battery < self.cfg.min_battery:
-            return self._refuse("available", "low_battery", battery=self.cfg.battery, **offer)
         if self.boot_state.trial:
             return self._refuse("available", "trial_pending", **offer)
+        if mandatory:
+            self.emit("ota_mandatory", version=a["fw_version"], min_version=self.policy.min_version)
+        self.deferred = {"args": dict(a), "mandatory": mandatory}
+        if self.cfg.install_window is not None and not mandatory and self.utc_offset is None:
+            # The window is in UTC, and only the NCP knows the time: ask, and answer the
+            # offer once it has said (the NCP waits 5 s for that answer).
+            def timed(c: Call) -> None:
+                if c.ok and c.result:
+                    self.utc_offset = c.values["time"] / 1000 - self.ep.now
+                self.ep.reply(inc, self._decide(inc))
+
+            self.ep.call("blynk_getTime", on_done=timed)
+            return DEFER
+        return self._decide(inc)
+
+    def _wait(self, mandatory: bool) -> tuple[float, str] | None:
+        """How long to defer an update, and why (None: install now)."""
+        now = self.ep.now
+        level = battery_level(self.cfg, now)
+        if level < self.cfg.min_battery:
+            rate = self.cfg.battery_rate
+            wait = (self.cfg.min_battery - level) / rate * 3600 if rate > 0 else BATTERY_RECHECK
+            return max(1.0, wait), "low_battery"
+        if self.cfg.install_window is not None and not mandatory:
+            if self.utc_offset is None:
+                return BATTERY_RECHECK, "no_time"
+            wait = in_window(self.cfg.install_window, self.utc_offset + now)
+            if wait > 0:
+                return wait, "install_window"
+        return None
+
+    def _decide(self, inc: Incoming):
+        """Install now, or accept and defer (the answer to an offer that passed every check)."""
+        held = self.deferred
+        wait = self._wait(held["mandatory"])
+        if wait is None:
+            return self._accept(inc, held["args"], held["mandatory"])
+        seconds, why = wait
+        if self.t is not None:
+            self.emit("ota_cancelled", reason="replaced_by_new_offer", offset=self.t.offset)
+            self.t, self.deadline = None, None
+        self._move(OtaEvent.DEFER)
+        self._defer(seconds, why)
+        return True
+
+    def _defer(self, seconds: float, why: str) -> None:
+        suspend = int(min(MAX_SUSPEND, max(1, -(-seconds // 1))))
+        self.defer_until = self.ep.now + suspend
+        self.emit("ota_deferred", reason=why, seconds=suspend, battery=round(battery_level(self.cfg, self.ep.now), 1))
+        self.report("deferred", why)
+        # The NCP learns to wait: a real one pauses the update, the dualmcu one records it.
+        self.ep.call("blynk_otaUpdateSuspend", {"seconds": suspend})
+
+    def _reconsider(self) -> None:
+        if self.state is not Ota.DEFERRED or self.deferred is None:
+            return
+        wait = self._wait(self.deferred["mandatory"])
+        if wait is not None:
+            self._move(OtaEvent.DEFER)
+            return self._defer(*wait)
+        self.emit("ota_undeferred")
+        self.ep.call("blynk_otaUpdateSuspend", {"seconds": 0})
+        if self._accept(None, self.deferred["args"], self.deferred["mandatory"]) is not False:
+            self._after_accept()
+
+    def _accept(self, inc: Incoming | None, a: dict, mandatory: bool):
+        """Take the offer: forget the inactive slot, prepare storage, then Start.  ``inc`` is
+        the offer being answered (None: a deferred one, answered long ago)."""
+        offer = {"size": a["size"], "fw_type": a["fw_type"], "fw_version": a["fw_version"]}
         if self.t is not None:
             self.emit("ota_cancelled", reason="replaced_by_new_offer", offset=self.t.offset)
         slot = 1 - self.boot_state.active
-        t = Transfer(a["filename"], a["size"], a["fw_type"], a["fw_version"], a["fw_build"], slot)
+        t = Transfer(a["filename"], a["size"], a["fw_type"], a["fw_version"], a["fw_build"], slot,
+                     mandatory=mandatory)
         rx = self.boot_state.receiving
         if self.cfg.resume and rx.offset and rx.same_image(t.size, t.fw_version, t.fw_build):
             # Maybe the same image as a transfer cut short: keep what it wrote until the NCP
@@ -307,6 +473,7 @@ class OtaReceiver:
             receiving = Receiving(t.size, 0, 0, 0, t.fw_version[:24], t.fw_build[:32])
         try:
             self.boot_state = self.boot.invalidate(slot, receiving)
+            ConfigStore(self.flash, slot).erase()  # the slot's configuration goes with its image
         except FlashError as e:
             return self._refuse("available", "flash_error", error=str(e), **offer)
         # Prepare storage: erase now as much of the image as fits in the offer's answer time
@@ -320,11 +487,15 @@ class OtaReceiver:
         except FlashError as e:
             return self._refuse("available", "flash_error", error=str(e), **offer)
         self.t = t
+        self.deferred, self.defer_until = None, None
         self._move(OtaEvent.ACCEPT)
         self._arm()
         self.emit("ota_accepted", slot="AB"[slot], **offer)
-        inc.then = self._after_accept
+        self.report("downloading", "")
         done = self._work(self.cfg.timing.erase(t.erased_to - t.kept))
+        if inc is None:
+            return True
+        inc.then = self._after_accept
         if done <= self.ep.now:
             return True
         self._reply_at(done, inc, True)
@@ -380,6 +551,12 @@ class OtaReceiver:
                 self.emit("ota_duplicate", offset=offset)
                 return True
             return self._refuse("write", "offset_mismatch", offset=offset, expected=t.offset)
+        if offset == t.offset:
+            why = self._incompatible(t, chunk)
+            if why is not None:
+                self._refuse("write", why[0], offset=offset, **why[1])
+                self._abandon(why[0])
+                return False
         if offset != t.offset:
             # Ahead of a missing chunk: hold it, within the buffer, until the gap is filled.
             if offset in t.held and t.held[offset][1] == chunk:
@@ -398,6 +575,12 @@ class OtaReceiver:
             while t.offset in t.held:  # the gap is filled: write what was held, in order
                 held_inc, held_chunk = t.held.pop(t.offset)
                 t.held_bytes -= len(held_chunk)
+                why = self._incompatible(t, held_chunk)
+                if why is not None:
+                    self.ep.reply(held_inc, False)
+                    self._refuse("write", why[0], offset=t.offset, **why[1])
+                    self._abandon(why[0])
+                    break
                 self._reply_at(self._program(t, t.offset, held_chunk), held_inc, True)
         except FlashError as e:
             return self._refuse("write", "flash_error", offset=offset, error=str(e))
@@ -405,6 +588,22 @@ class OtaReceiver:
             return True
         self._reply_at(done, inc, True)
         return DEFER
+
+    def _incompatible(self, t: Transfer, chunk: bytes) -> tuple[str, dict] | None:
+        """Look for the image's tag in the next in-order chunk; once found, whether this
+        device may run the image (checked before the chunk is programmed)."""
+        if t.tag_checked:
+            return None
+        window = t.carry + chunk
+        tag = find_tag(window)
+        if tag is None:
+            # A tag cut by the chunk edge is found whole in the next window (a tag is far
+            # shorter than what is kept).
+            t.carry = window[-TAG_CARRY:]
+            return None
+        t.tag_checked, t.carry = True, b""
+        ident = self.flash.identity
+        return compat_refusal(parse_tag(tag), ident.hw_rev, ident.bootloader)
 
     def _program(self, t: Transfer, offset: int, chunk: bytes) -> float:
         """Write one chunk at the next offset; when the flash will have done it."""
@@ -482,6 +681,7 @@ class OtaReceiver:
             self.t = None
             self._refuse("finish", why[0], **why[1])
             self.emit("ota_cancelled", reason=why[0], offset=t.size)
+            self.report("failed", why[0])
             return self.ep.reply(inc, False)
         trust = self.boot.trust
         if trust is not None and trust.keys:
@@ -492,6 +692,7 @@ class OtaReceiver:
                 self.t = None
                 self._refuse("finish", f"signature_{v.reason}", counter=v.signature.counter if v.signature else None)
                 self.emit("ota_cancelled", reason=f"signature_{v.reason}", offset=t.size)
+                self.report("failed", f"signature_{v.reason}")
                 return self.ep.reply(inc, False)
         try:
             self.boot_state = self.boot.install(t.slot, t.size)
@@ -499,6 +700,7 @@ class OtaReceiver:
             return fail("flash_error", error=str(e))
         self.emit("ota_installed", slot="AB"[t.slot], version=t.fw_version, size=t.size, sha256=sha.hex(),
                   duplicates=t.duplicates)
+        self.report("written", "")
         self._move(OtaEvent.INSTALLED)
         self.t = None
         inc.then = lambda: self.reboot("ota_installed")
@@ -516,8 +718,12 @@ class OtaReceiver:
         if tag["mcu"] != t.fw_version or tag["fw-type"] != t.fw_type:
             return "image_not_as_offered", {"image_version": tag["mcu"], "offered_version": t.fw_version,
                                             "image_type": tag["fw-type"], "offered_type": t.fw_type}
-        if self.cfg.version_policy == "newer" and not is_newer(tag["mcu"], own_version):
+        if self.cfg.version_policy == "newer" and not t.mandatory and not is_newer(tag["mcu"], own_version):
             return "image_not_newer", {"image_version": tag["mcu"], "own_version": own_version}
+        ident = self.flash.identity
+        why = compat_refusal(tag, ident.hw_rev, ident.bootloader)
+        if why is not None:
+            return "image_" + why[0], why[1]
         return None
 
     def on_cancel(self, inc: Incoming):
@@ -527,6 +733,8 @@ class OtaReceiver:
 
     def _abandon(self, reason: str) -> None:
         offset = self.t.offset if self.t else 0
+        self.deferred, self.defer_until = None, None
+        self.report("failed", reason)
         if self.t is not None:
             for held_inc, _ in self.t.held.values():
                 self.ep.reply(held_inc, False)

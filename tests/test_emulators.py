@@ -8,7 +8,9 @@ from dualmcu.image.firmware import build_image, make_info
 from dualmcu.sim import Simulation
 from dualmcu.framing import get_profile
 from dualmcu.ncp.update import Network, Shipment
-from dualmcu.primary.boot import verify_slot
+from dataclasses import replace
+
+from dualmcu.primary.boot import BootStore, verify_slot
 from dualmcu.primary.device import PrimaryConfig
 from dualmcu.primary.ota import OtaConfig
 from dualmcu.rpc import message as M
@@ -56,24 +58,43 @@ def test_blynk_chunks_never_exceed_what_one_frame_carries():
     [
         (build_image(make_info("2.0.0", "TMPL1", build="Jan  1 2026 00:00:00"), SLOT + 1), OtaConfig(), "too_large"),
         (build_image(make_info("0.9.0", "TMPL1", build="Jan  1 2026 00:00:00"), 50_000), OtaConfig(), "not_newer"),
-        (NEW, OtaConfig(battery=10, min_battery=20), "low_battery"),
+        (build_image(make_info("2.0.0", "TMPL1", build="Jan  1 2026 00:00:00", **{"hw-rev": "B C"}), 50_000),
+         OtaConfig(), "hw_rev_mismatch"),
+        (build_image(make_info("2.0.0", "TMPL1", build="Jan  1 2026 00:00:00", **{"min-bootloader": "2.1"}), 50_000),
+         OtaConfig(), "bootloader_too_old"),
     ],
 )
-def test_refusals_have_reason_codes_and_touch_nothing(new, cfg, reason):
+def test_refusals_have_reason_codes_and_write_only_the_reason(new, cfg, reason):
+    """A refusal leaves both images and the boot choice alone; the boot state keeps the
+    reason code (it survives a reboot and travels in telemetry)."""
     s = sim(new, primary_config=PrimaryConfig(ota=cfg))
-    before = bytes(s.flash._store.buf)
-    assert s.run_update() == "refused"
-    assert [e["reason"] for e in s.find("ota_refused", "primary")] == [reason]
-    assert bytes(s.flash._store.buf) == before
+    before = BootStore(s.flash).load()
+    slots = s.flash.read(s.flash.geometry.slot_offset(0), 2 * s.flash.geometry.slot_size)
+    outcome = s.run_update()
+    reasons = [e["reason"] for e in s.find("ota_refused", "primary")]
+    after = BootStore(s.flash).load()
+    assert after.last_failure_reason == reason
+    assert (after.active, after.confirmed, after.trial, after.slots[0]) == (0, 0, False, before.slots[0])
+    if reason in ("hw_rev_mismatch", "bootloader_too_old"):
+        # Known only from the image's tag, in its first chunk: refused before it is written.
+        assert outcome == "download_limit" and reasons[0] == reason
+        assert s.find("ota_accepted", "primary") and s.flash.read(
+            s.flash.geometry.slot_offset(1), 1024) == b"\xff" * 1024
+    else:
+        assert outcome == "refused" and reasons == [reason]
+        assert replace(after, seq=0, last_failure=0) == replace(before, seq=0, crash_loop=0)
+        assert s.flash.read(s.flash.geometry.slot_offset(0), 2 * s.flash.geometry.slot_size) == slots
+    assert s.find("telemetry", "ncp")[-1]["last_failure"] == reason
 
 
 def test_another_products_shipment_is_never_offered():
     """The cloud matches by fw-type: the NCP does not offer it, and says why."""
     other = build_image(make_info("2.0.0", "OTHER", build="Jan  1 2026 00:00:00"), 50_000)
     s = sim(other)
-    before = bytes(s.flash._store.buf)
+    g = s.flash.geometry
+    before = s.flash.read(g.slot_offset(0), 2 * g.slot_size)
     assert s.run_update() == "wrong_type"
-    assert not s.find("ota_offer", "ncp") and bytes(s.flash._store.buf) == before
+    assert not s.find("ota_offer", "ncp") and s.flash.read(g.slot_offset(0), 2 * g.slot_size) == before
     assert s.find("ota_outcome", "ncp")[-1]["device_type"] == "TMPL1"
 
 
@@ -193,7 +214,10 @@ def test_an_image_that_never_confirms_is_rolled_back(behaviour):
     bad = build_image(make_info("1.1.0", "TMPL1", build="Jan  1 2026 00:00:00", **{"dualmcu-test": behaviour}), 120_000)
     s = sim(bad)
     assert s.run_update() == "rollback"
-    assert s.find("rollback", "primary")[0]["reason"] == "trial_attempts_spent"
+    # A failed health check rolls back at once and says so; a crash spends every attempt.
+    expected = {"fail-health": "health_check_failed", "crash": "trial_attempts_spent"}[behaviour]
+    assert s.find("rollback", "primary")[0]["reason"] == expected
+    assert BootStore(s.flash).load().last_failure_reason == expected
     st, image = active_image(s.flash)
     assert image == OLD and st.active == 0 and st.confirmed == 0 and not st.trial
     outcome = s.find("ota_outcome", "ncp")[-1]
