@@ -40,7 +40,7 @@ class RunOptions:
     retries: int = 5
     net_rate: float | None = None
     net_fail_at: int | None = None
-    battery: int = 100
+    battery: float = 100.0
     ota_timeout: float = 60.0
     slot_size: int = 1 << 20
     timeout: float = 300.0
@@ -269,8 +269,17 @@ class Run:
             human = f"primary booted slot {ev.get('slot')} version {ev.get('version')}" + (" (trial)" if ev.get("trial") else "")
         elif side == "ncp" and kind == "ota_offer":
             human = f"ncp offers {ev.get('filename')} version {ev.get('version')}, {ev.get('size')} bytes"
-        elif side == "primary" and kind in ("ota_refused", "ota_cancelled", "rollback", "health_check_failed", "crashed"):
+        elif side == "primary" and kind in ("ota_refused", "ota_cancelled", "rollback", "health_check_failed", "crashed",
+                                            "commit_timeout", "ota_deferred", "hung"):
+            if kind == "rollback":
+                st["rollback_reason"] = ev.get("reason")
+            elif kind == "ota_deferred":
+                st["deferred_reason"] = ev.get("reason")
             human = f"primary {kind}: " + " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("side", "event", "t"))
+        elif side == "primary" and kind == "ready" and st["ncp_outcome"] == "rollback":
+            # The old image is back, confirmed, and talking to the NCP: the rollback is done.
+            return ExitCode.FAILED, (f"rolled back to {ev.get('version')} "
+                                     f"({st.get('rollback_reason') or 'reason unknown'}); the old image runs, confirmed")
         elif side == "primary" and kind == "ota_installed":
             st["installed"] = ev.get("version")
             human = f"primary installed version {ev.get('version')} in slot {ev.get('slot')}, sha256 {ev.get('sha256')}"
@@ -283,7 +292,9 @@ class Run:
         elif side == "ncp" and kind == "ota_outcome":
             st["ncp_outcome"] = ev.get("outcome")
             human = f"ncp outcome: {ev.get('outcome')}"
-            if ev.get("outcome") not in ("success", "up_to_date"):
+            if ev.get("outcome") == "deferred":
+                return ExitCode.FAILED, f"update deferred by the device ({st.get('deferred_reason')}) past --max-defer"
+            if ev.get("outcome") not in ("success", "up_to_date", "rollback"):
                 return ExitCode.FAILED, f"update failed: {ev.get('outcome')}"
         elif kind == "_eof":
             proc = ev["proc"]
@@ -291,7 +302,7 @@ class Run:
                 code = proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 code = None
-            if proc in self.killed or (side == "ncp" and st["ncp_outcome"] in ("success", "up_to_date")):
+            if proc in self.killed or (side == "ncp" and st["ncp_outcome"] in ("success", "up_to_date", "rollback")):
                 return None
             if side == "primary" and code == ExitCode.POWER_CUT:
                 self.spawn("primary", self.relay.paths["b"])  # power comes back: the device boots
@@ -360,6 +371,8 @@ class Run:
         summary = {"side": "run", "event": "result", "exit_code": code, "reason": reason,
                    "old_version": self.state["old_version"], "new_version": self.new_version,
                    "confirmed": self.state["confirmed"], "ncp_outcome": self.state["ncp_outcome"],
+                   "rollback_reason": self.state.get("rollback_reason"),
+                   "deferred_reason": self.state.get("deferred_reason"),
                    "flash": None if remove and flash_inside else self.o.flash,
                    "workdir": None if remove else self.workdir, "seconds": round(wall, 3), "link": counts,
                    "power_cuts": self.state["power_cuts"], "primary_kills": self.state["primary_kills"],

@@ -14,7 +14,7 @@ from dualmcu.image.firmware import read_info
 from dualmcu.ncp.update import Network, Shipment, Store
 from dualmcu.primary.boot import Bootloader, BootStore
 from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
-from dualmcu.primary.flash import Flash, FlashError, Geometry, PowerCut
+from dualmcu.primary.flash import Flash, FlashError, Geometry, Identity, PowerCut
 
 from dualmcu.rpc.device import Exit, Halt, Reboot, SetBaud
 
@@ -119,6 +119,7 @@ class PrimaryOptions:
     power_cut_at: int | None = None  # cut the power at this flash operation of this process
     power_cut_seed: int | None = None  # or at one drawn from this seed (op and torn part)
     power_cut_within: int = 2000
+    identity: Identity | None = None  # hardware revision and bootloader (None: the file's own)
 
 
 def power_cut_hook(at: int | None, seed: int | None, within: int, base: int = 0):
@@ -154,11 +155,12 @@ def read_factory_image(path: str) -> bytes:
     return image
 
 
-def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit, trust=None) -> Flash:
+def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit, trust=None,
+               identity: Identity | None = None) -> Flash:
     """Open (or make) the flash file; give a blank one its factory image."""
     image = read_factory_image(provision) if provision else None
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    flash = Flash.open(path, geometry)
+    flash = Flash.open(path, geometry, identity=identity)
     try:
         if BootStore(flash).load() is None:
             if image is None:
@@ -177,7 +179,7 @@ def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit
 def run_primary(o: PrimaryOptions) -> int:
     emit = EventPrinter("primary", o.as_json, o.verbose)
     try:
-        flash = open_flash(o.flash, o.geometry, o.provision, emit, o.config.trust)
+        flash = open_flash(o.flash, o.geometry, o.provision, emit, o.config.trust, o.identity)
     except (ValueError, OSError, FlashError) as e:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.USAGE

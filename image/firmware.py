@@ -8,9 +8,19 @@ It is found in an image with the same pattern as the public ``blynk_tag.py`` too
 that tool cannot find (empty, or with characters outside ``[\\w\\s.,:\\-()]``) are refused here
 when a tag is made, not discovered later when an update is offered.
 
-Test images may carry the key ``dualmcu-test``, honoured by the emulated primary only:
-``fail-health`` boots but fails its health check (never confirms), ``crash`` faults right
-after boot.  Both exist to exercise rollback.
+Keys the emulated primary reads besides Blynk's own (docs/device.md):
+
+    hw-rev          hardware revisions the image runs on, separated by spaces or commas
+    min-bootloader  the oldest bootloader version it needs (dotted numbers)
+    config-schema   the configuration schema it reads and writes (1 when absent)
+    dualmcu-test    a test behaviour, honoured by the emulated primary only:
+                    fail-health         boots, fails its health check (never confirms)
+                    crash               faults right after boot, at every boot
+                    hang                never confirms and never crashes: the commit timer
+                                        rolls it back
+                    slow-confirm:S      confirms S seconds after its health check starts
+                    breaking-migration  migrates the configuration to a schema the old image
+                                        cannot read, then fails its health check
 """
 
 from __future__ import annotations
@@ -27,7 +37,8 @@ TAG_MAGIC = b"blnkinf\x00"
 TAG_PATTERN = re.compile(rb"blnkinf\x00[\w\s\.,:\-\(\)\x00]*?\x00\x00")
 _VALUE_OK = re.compile(r"[\w\s.,:\-()]+", re.ASCII)
 TEST_KEY = "dualmcu-test"
-TEST_BEHAVIOURS = ("fail-health", "crash")
+TEST_BEHAVIOURS = ("fail-health", "crash", "hang", "slow-confirm", "breaking-migration")
+COMPAT_KEYS = ("hw-rev", "min-bootloader", "config-schema")
 
 
 class TagError(ValueError):

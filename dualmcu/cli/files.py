@@ -11,6 +11,29 @@ from dualmcu.image.firmware import TEST_BEHAVIOURS
 from .common import DEFAULT_FLASH, FLASH_HELP_DEFAULT, InputError, JSON, Size, main, write_file
 
 
+class TestBehaviour(click.ParamType):
+    """A test behaviour; slow-confirm takes its seconds after a colon (slow-confirm:30)."""
+
+    name = "behaviour"
+
+    def convert(self, value, param, ctx):
+        name, sep, arg = str(value).partition(":")
+        if name not in TEST_BEHAVIOURS:
+            self.fail(f"{value!r} is not one of {', '.join(TEST_BEHAVIOURS)}", param, ctx)
+        if name != "slow-confirm":
+            if sep:
+                self.fail(f"{name} takes no argument", param, ctx)
+            return name
+        try:
+            seconds = float(arg)
+        except ValueError:
+            seconds = float("nan")
+        if not (0 < seconds < 1e6):
+            self.fail(f"{value!r}: give slow-confirm:SECONDS with 0 < SECONDS < 1000000, e.g. slow-confirm:30",
+                      param, ctx)
+        return f"slow-confirm:{arg}"
+
+
 @main.group()
 def flash() -> None:
     """Inspect an emulated flash file."""
@@ -131,13 +154,24 @@ def tag_append(firmware, mcu, fw_type, build, blynk, extra, output) -> None:
 @click.argument("out", type=click.Path(dir_okay=False))
 @tag_options
 @click.option("--size", type=Size(1 << 30), default="300K", show_default=True, help="Image size.")
-@click.option("--test", "behaviour", type=click.Choice(TEST_BEHAVIOURS),
-              help="Make an image that misbehaves on the emulated primary, to test rollback.")
-def image(out, mcu, fw_type, build, blynk, extra, size, behaviour) -> None:
+@click.option("--test", "behaviour", type=TestBehaviour(), metavar="BEHAVIOUR",
+              help="Make an image that misbehaves on the emulated primary: " + ", ".join(
+                  b + (":SECONDS" if b == "slow-confirm" else "") for b in TEST_BEHAVIOURS) + ".")
+@click.option("--hw-rev", help="Hardware revisions the image runs on, e.g. 'A B' (tag key hw-rev).")
+@click.option("--min-bootloader", help="Oldest bootloader version the image needs (tag key min-bootloader).")
+@click.option("--config-schema", type=click.IntRange(1, 0xFFFF),
+              help="Configuration schema of the image (tag key config-schema; breaking-migration: 2 by default).")
+def image(out, mcu, fw_type, build, blynk, extra, size, behaviour, hw_rev, min_bootloader, config_schema) -> None:
     """Build a tagged test firmware image (deterministic filler after the tag)."""
     from dualmcu.image.firmware import TEST_KEY, TagError, build_image
 
     info = _tag_info(mcu, fw_type, build, blynk, extra)
+    if behaviour == "breaking-migration" and config_schema is None:
+        config_schema = 2
+    for key, value in (("hw-rev", hw_rev), ("min-bootloader", min_bootloader),
+                       ("config-schema", str(config_schema) if config_schema else None)):
+        if value is not None:
+            info[key] = value
     if behaviour:
         info[TEST_KEY] = behaviour
     try:

@@ -46,11 +46,15 @@ MAX_PAGE = 1 << 16
 @click.option("--net-rate", type=Number(min=0, min_open=True), help="Simulated download rate from the cloud, bytes/s (default: instant).")
 @click.option("--net-fail-at", type=click.IntRange(0), help="The simulated download fails at this byte offset.")
 @click.option("--answer-unknown", is_flag=True, help="Answer unknown uids with status 0x13 (the real NCP stays silent).")
+@click.option("--mandatory", is_flag=True, help="Mark the shipment mandatory: it passes the primary's version policy and install window.")
+@click.option("--min-version", help="The lowest version the cloud allows: a primary below it must update.")
+@click.option("--max-defer", type=seconds(), default=7 * 86400.0, show_default=True, help="Seconds of deferral by the primary the cloud waits for before the outcome is 'deferred'.")
+@click.option("--clock", "clock", metavar="UTC", help="The time getTime reports at start, ISO 8601 (e.g. 2026-11-21T01:00:00Z; default: now).")
 @click.option("--once", is_flag=True, help="Exit when the update has an outcome (0 on success).")
 @JSON
 @VERBOSE
 def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout, pipeline, resume, offers, net_rate, net_fail_at,
-        answer_unknown, once, as_json, verbose) -> None:
+        answer_unknown, mandatory, min_version, max_defer, clock, once, as_json, verbose) -> None:
     """Run the emulated NCP on a port: it serves the NCP interface and offers --firmware.
 
     Prefetch is served whenever the primary asks for it: the image is "downloaded" at
@@ -64,7 +68,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
     from dualmcu.ncp.core import NcpConfig
 
     cfg = NcpConfig(retries=retries, max_chunk=max_chunk, write_timeout=write_timeout, pipeline=pipeline, resume=resume, offers=offers, once=once, answer_unknown=answer_unknown,
-                    wall_clock_ms=int(time.time() * 1000))
+                    wall_clock_ms=parse_clock(clock), mandatory=mandatory, min_version=min_version, max_defer=max_defer)
     sys.exit(run_ncp(NcpOptions(port, baud, framing, firmware, store, net_rate, net_fail_at, cfg, as_json, verbose)))
 
 
@@ -78,9 +82,15 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--page-size", type=Size(MAX_PAGE), default="4K", show_default=True, help="Flash page size when the flash file is made.")
 @click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=1024, show_default=True, help="Chunk size asked for in otaUpdateStart.")
 @click.option("--ota-timeout", type=seconds(), default=60.0, show_default=True, help="Seconds without a chunk before the primary cancels.")
-@click.option("--version-policy", type=click.Choice(["newer", "any"]), default="newer", show_default=True, help="Accept only newer versions, or any.")
-@click.option("--battery", type=click.IntRange(0, 100), default=100, show_default=True, help="Battery level, percent.")
-@click.option("--min-battery", type=click.IntRange(0, 100), default=20, show_default=True, help="Offers are refused below this battery level.")
+@click.option("--version-policy", type=click.Choice(["newer", "any", "mandatory-only"]), default="newer", show_default=True, help="Accept only newer versions, any, or only what the cloud marks mandatory.")
+@click.option("--battery", type=Number(min=0, max=100), default=100.0, show_default=True, help="Battery level at start, percent.")
+@click.option("--battery-rate", type=Number(min=-1000, max=1000), default=0.0, show_default=True, help="Percent per hour the battery gains (charging) or, negative, loses.")
+@click.option("--min-battery", type=click.IntRange(0, 100), default=20, show_default=True, help="Below this battery level an update is deferred until it has recovered.")
+@click.option("--install-window", metavar="START-END", callback=lambda c, p, v: parse_window(v),
+              help="UTC hours an update may install in, e.g. 2-5 or 22-4 (time from the NCP's getTime); outside, it is deferred.")
+@click.option("--commit-timeout", type=seconds(), default=60.0, show_default=True, help="Seconds a new image on trial has to confirm before the bootloader rolls it back.")
+@click.option("--hw-rev", help="Hardware revision, fixed when the flash file is made (default A).")
+@click.option("--bootloader-version", help="Bootloader version (default 1.0.0 for a new flash file; given for an existing one, it updates the bootloader).")
 @click.option("--prefetch", is_flag=True, help="Ask the NCP to download the whole image before the transfer.")
 @click.option("--attempts", type=click.IntRange(1, 255), default=3, show_default=True, help="Boot attempts of a trial image before rollback.")
 @click.option("--heartbeat", type=seconds(), default=10.0, show_default=True, help="Seconds between pings of the NCP.")
@@ -104,7 +114,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @JSON
 @VERBOSE
 def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
-            battery, min_battery, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, resume, flash_timing,
+            battery, battery_rate, min_battery, install_window, commit_timeout, hw_rev, bootloader_version, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, resume, flash_timing,
             power_cut_at,
             power_cut_seed, power_cut_within, trust_keys, device_target, any_target, defects, once, as_json, verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
@@ -116,26 +126,65 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     """
     from dualmcu.sides import PrimaryOptions, run_primary
     from dualmcu.primary.device import PrimaryConfig
-    from dualmcu.primary.flash import FlashError, Geometry
+    from dualmcu.primary.flash import FlashError, Geometry, Identity
     from dualmcu.primary.ota import OtaConfig
 
     try:
         geometry = Geometry(page_size, slot_size)
     except FlashError as e:
         raise click.BadParameter(str(e)) from None
+    identity = None
+    if hw_rev is not None or bootloader_version is not None:
+        try:
+            identity = Identity(hw_rev or "A", bootloader_version or "1.0.0")
+        except FlashError as e:
+            raise click.BadParameter(str(e), param_hint="--hw-rev/--bootloader-version") from None
     if os.path.exists(flash):
         geometry = None  # an existing file keeps its own geometry
     from dualmcu.primary.timing import FlashTiming
 
     prog, sector, block = parse_flash_timing(flash_timing)
     ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy,
-                    battery=battery, min_battery=min_battery, prefetch=prefetch, defects=frozenset(defects),
+                    battery=battery, battery_rate=battery_rate, min_battery=min_battery, install_window=install_window, prefetch=prefetch, defects=frozenset(defects),
                     timing=FlashTiming(prog, sector, block), window=window, buffer=rx_hold, resume=resume)
     trust = load_trust(trust_keys, device_target, any_target)
     cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud,
-                        trust=trust)
+                        trust=trust, commit_timeout=commit_timeout)
     sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose,
-                                        power_cut_at, power_cut_seed, power_cut_within)))
+                                        power_cut_at, power_cut_seed, power_cut_within, identity)))
+
+
+def parse_window(text: str | None) -> tuple[int, int] | None:
+    """START-END in whole UTC hours (0-23, 1-24), START != END; END < START wraps midnight."""
+    if text is None:
+        return None
+    try:
+        start, end = (int(x) for x in text.split("-"))
+        if not (0 <= start <= 23 and 1 <= end <= 24 and start != end % 24):
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not START-END in UTC hours, e.g. 2-5 or 22-4 (START and END differ)",
+                                 param_hint="--install-window") from None
+    return start, end
+
+
+def parse_clock(text: str | None) -> int:
+    """An ISO 8601 UTC time as ms since the epoch (None: now)."""
+    import datetime
+
+    if text is None:
+        return int(time.time() * 1000)
+    try:
+        t = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=datetime.timezone.utc)
+        ms = int(t.timestamp() * 1000)
+        if not 0 < ms <= 253402300799999:
+            raise ValueError
+    except (ValueError, OverflowError):
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time after 1970, e.g. 2026-11-21T01:00:00Z",
+                                 param_hint="--clock") from None
+    return ms
 
 
 def parse_disconnect(text: str) -> tuple[str, float, float]:
@@ -268,8 +317,10 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--retries", type=click.IntRange(0, 1000), default=5, show_default=True)
 @click.option("--net-rate", type=Number(min=0, min_open=True), help="Simulated download rate, bytes/s.")
 @click.option("--net-fail-at", type=click.IntRange(0), help="The simulated download fails at this offset.")
-@click.option("--battery", type=click.IntRange(0, 100), default=100, show_default=True)
+@click.option("--battery", type=Number(min=0, max=100), default=100.0, show_default=True, help="The primary's battery level, percent (below 20 the update is deferred).")
 @click.option("--ota-timeout", type=seconds(), default=60.0, show_default=True)
+@click.option("--commit-timeout", type=seconds(), default=60.0, show_default=True, help="Seconds a new image has to confirm before the bootloader rolls it back.")
+@click.option("--max-defer", type=seconds(), default=30.0, show_default=True, help="Seconds of deferral the NCP waits for before the outcome is 'deferred'.")
 @click.option("--slot-size", type=Size(MAX_SLOT), default="1M", show_default=True)
 @click.option("--kill-primary-at", type=click.IntRange(0), help="Kill the primary process once this many bytes are written, and start it again.")
 @click.option("--kill-ncp-at", type=click.IntRange(0), help="Kill the NCP process once this many bytes are written, and start it again.")
@@ -290,7 +341,7 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--keep", is_flag=True, help="Keep the temporary work directory after a successful run (a failed run always keeps it).")
 @JSON
 def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
-        ota_timeout, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, trust_keys,
+        ota_timeout, commit_timeout, max_defer, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, trust_keys,
         device_target, sign_key, latency, ber, drop,
         dup, garbage, stall, stall_time, rx_buffer, rx_poll, disconnects, seed, timeout, workdir, keep, as_json) -> None:
     """Run a complete update between an NCP process and a primary process.
@@ -306,9 +357,10 @@ def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net
     o = RunOptions(firmware=firmware, framing=framing, flash=flash, link=link, baud=baud, chunk_size=chunk_size,
                    prefetch=prefetch, retries=retries, net_rate=net_rate, net_fail_at=net_fail_at, battery=battery,
                    ota_timeout=ota_timeout, slot_size=slot_size, timeout=timeout, kill_primary_at=kill_primary_at,
-                   kill_ncp_at=kill_ncp_at, power_cut_at=power_cut_at, extra_primary=["--heartbeat", str(heartbeat), "--flash-timing", flash_timing, "--target", device_target]
+                   kill_ncp_at=kill_ncp_at, power_cut_at=power_cut_at, extra_primary=["--heartbeat", str(heartbeat), "--flash-timing", flash_timing, "--target", device_target,
+                                  "--commit-timeout", str(commit_timeout)]
                    + [x for k in trust_keys for x in ("--trust", os.path.abspath(k))],
-                   extra_ncp=(["--write-timeout", str(write_timeout)] if write_timeout else [])
+                   extra_ncp=["--max-defer", str(max_defer)] + (["--write-timeout", str(write_timeout)] if write_timeout else [])
                    + ([] if pipeline else ["--no-pipeline"]) + ([] if resume else ["--no-resume"]),
                    power_cut_seed=seed if power_cut_random else None,
                    link_config=make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer,
