@@ -431,7 +431,8 @@ class OtaReceiver:
             self.emit("ota_cancelled", reason="replaced_by_new_offer", offset=self.t.offset)
             self.t, self.deadline = None, None
         self._move(OtaEvent.DEFER)
-        self._defer(seconds, why)
+        # After the RESULT: the NCP takes a Suspend for an offer it knows was accepted.
+        inc.then = lambda: self._defer(seconds, why)
         return True
 
     def _defer(self, seconds: float, why: str) -> None:
