@@ -295,7 +295,8 @@ class Run:
             if ev.get("outcome") == "deferred":
                 return ExitCode.FAILED, f"update deferred by the device ({st.get('deferred_reason')}) past --max-defer"
             if ev.get("outcome") not in ("success", "up_to_date", "rollback"):
-                return ExitCode.FAILED, f"update failed: {ev.get('outcome')}"
+                why = f" ({ev['reason']})" if ev.get("reason") else ""
+                return ExitCode.FAILED, f"update failed: {ev.get('outcome')}{why}"
         elif kind == "_eof":
             proc = ev["proc"]
             try:

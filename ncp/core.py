@@ -37,7 +37,9 @@ stretched by it, and after ``max_defer`` seconds of deferral in all the outcome 
 just before the offer, as a write of virtual pin ``POLICY_VPIN`` ("mandatory" or
 "optional", then "min=VERSION").  Telemetry arrives as ``blynk_setMetadata`` of the field
 ``dualmcu_telemetry`` (a JSON object; docs/device.md lists its keys); the latest is kept,
-printed with the outcome, and with ``--once`` a rollback waits (up to ``settle``) for the
+printed with the outcome; a report that the transfer failed on the device (an incompatible
+image, say) ends the update as ``device_failed`` with the device's reason.  With ``--once``
+a rollback waits (up to ``settle``) for the
 primary's telemetry from its old image before the program ends.
 """
 
@@ -315,6 +317,10 @@ class NcpDevice(Device):
             return
         self.telemetry = report
         self.emit("telemetry", **{k: v for k, v in report.items() if k not in ("t", "event", "side")})
+        if report.get("ota_state") == "failed" and self.tx in (Tx.OFFERED, Tx.SENDING):
+            # The device abandoned the transfer and said why: sending on would only collect
+            # refusals until the download limit, and record the wrong reason.
+            self._cancel("device_failed", reason=str(report.get("ota_reason", "")))
         if self._await_telemetry:
             self._await_telemetry = False
             self._exit()

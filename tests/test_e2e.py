@@ -82,11 +82,31 @@ def test_run_reports_a_rollback_with_a_non_zero_exit(tmp_path):
 
 def test_run_refused_update_says_why(tmp_path, shipment):
     fw, _ = shipment
-    r = dualmcu("run", "--firmware", fw, "--battery", "5", "--workdir", tmp_path / "w", "--json")
+    r = dualmcu("run", "--firmware", fw, "--battery", "5", "--max-defer", "1", "--workdir", tmp_path / "w", "--json")
     assert r.returncode == 1
     evs = events(r.stdout)
-    assert any(e["event"] == "ota_refused" and e["reason"] == "low_battery" for e in evs)
-    assert evs[-1]["reason"] == "update failed: refused"
+    assert any(e["event"] == "ota_deferred" and e["reason"] == "low_battery" for e in evs)
+    assert evs[-1]["reason"] == "update deferred by the device (low_battery) past --max-defer"
+    assert evs[-1]["deferred_reason"] == "low_battery"
+    old = tmp_path / "old.bin"
+    old.write_bytes(build_image(make_info("0.1.0", "TMPLE2E", build="Jan  1 2026 00:00:00"), 20_000))
+    r = dualmcu("run", "--firmware", old, "--workdir", tmp_path / "w2", "--json")
+    assert r.returncode == 1 and events(r.stdout)[-1]["reason"] == "update failed: refused"
+
+
+def test_run_with_a_hanging_build_ends_once_the_old_image_runs_again(tmp_path):
+    hang = tmp_path / "hang.bin"
+    r = dualmcu("image", hang, "--mcu", "9.0.0", "--type", "TMPLE2E", "--test", "hang", "--size", "40K")
+    assert r.returncode == 0
+    flash = tmp_path / "dev.flash"
+    r = dualmcu("run", "--firmware", hang, "--commit-timeout", "2", "--flash", flash, "--workdir", tmp_path / "w",
+                "--json")
+    assert r.returncode == 1
+    result = events(r.stdout)[-1]
+    assert result["ncp_outcome"] == "rollback" and result["rollback_reason"] == "commit_timeout"
+    d = flash_show(flash)
+    assert d["active_slot"] == "A" and d["confirmed"] and d["last_failure"] == "commit_timeout"
+    assert d["counters"]["rollbacks"] == 1 and d["config"]["schema"] == 1
 
 
 def test_side_alone_on_a_missing_port_fails_clearly(tmp_path):

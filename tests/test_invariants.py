@@ -51,7 +51,7 @@ NEWS = {kind: build_image(make_info("1.1.0", "TMPLINV", build="Jan  1 2026 00:00
         for kind in ("good", "breaking-migration", "hang")}
 SCHEMA = {hashlib.sha256(OLD).digest(): 1, **{hashlib.sha256(n).digest(): 2 for n in NEWS.values()}}
 ENDINGS = {"success", "up_to_date", "rollback", "refused", "download_limit", "download_failed", "finish_failed",
-           "interrupted", "offer_failed", "prefetch_failed", "start_timeout", "no_report"}
+           "interrupted", "offer_failed", "prefetch_failed", "start_timeout", "no_report", "device_failed"}
 
 rates = st.sampled_from([0.0, 1e-5, 1e-4, 1e-3])
 

@@ -41,12 +41,27 @@ MATRIX: dict[str, list[tuple[str, list[str]]]] = {
     "kill primary": [("at 30 KB", ["--kill-primary-at", "30000"]), ("at 90 KB", ["--kill-primary-at", "90000"])],
     "kill ncp": [("at 30 KB", ["--kill-ncp-at", "30000"]), ("at 90 KB", ["--kill-ncp-at", "90000"])],
     "all link faults": [("1e-5 each", ["--ber", "1e-5", "--drop", "1e-5", "--dup", "1e-5", "--garbage", "1e-5"])],
+    # The device-side checklist: builds that misbehave, and a device that may not install now.
+    # "@NAME" ships that build instead of the good one (see SHIPMENTS).
+    "hanging build": [("commit timer 3 s", ["@hang", "--commit-timeout", "3"])],
+    "slow confirm": [("2 s of 3 s", ["@slow", "--commit-timeout", "3"])],
+    "breaking migration": [("schema 2", ["@breaking"])],
+    "wrong hardware": [("hw-rev B only", ["@hw-b"])],
+    "low battery": [("5 %, 2 s allowed", ["--battery", "5", "--max-defer", "2"])],
+}
+SHIPMENTS = {  # name -> extra tag keys of the shipment
+    "hang": {"dualmcu-test": "hang"},
+    "slow": {"dualmcu-test": "slow-confirm:2"},
+    "breaking": {"dualmcu-test": "breaking-migration", "config-schema": "2"},
+    "hw-b": {"hw-rev": "B"},
 }
 INJECTED = ("bit_errors", "dropped", "duplicated", "garbage_bursts", "stalls", "disconnects")  # events, not bytes
 
 
 def one_run(kind: str, rate: str, opts: list[str], seed: int, framing: str, fw: str, root: str) -> dict:
-    work = os.path.join(root, f"{kind}-{rate}-{seed}".replace(" ", "_"))
+    work = os.path.join(root, f"{kind}-{rate}-{seed}".replace(" ", "_").replace("%", "pc").replace(",", ""))
+    if opts and opts[0].startswith("@"):
+        fw, opts = os.path.join(root, f"shipment-{opts[0][1:]}.bin"), opts[1:]
     flash = os.path.join(work, "dev.flash")
     cmd = [sys.executable, "-m", "dualmcu", "run", "--firmware", fw, "--flash", flash, "--workdir", work, "--json",
            "--framing", framing, "--pace", "--baud", "921600", "--seed", str(seed), "--write-timeout", "0.5",
@@ -72,7 +87,9 @@ def one_run(kind: str, rate: str, opts: list[str], seed: int, framing: str, fw: 
     if r.returncode == 0:
         ending = "installed"
     elif outcome == "rollback":
-        ending = "rolled back"
+        ending = f"rolled back: {result.get('rollback_reason')}"
+    elif outcome == "deferred":
+        ending = f"cancelled: deferred ({result.get('deferred_reason')})"
     else:
         ending = f"cancelled: {outcome or result.get('reason', 'no result')}"
     return {"kind": kind, "rate": rate, "seed": seed, "exit": r.returncode, "ending": ending, "injected": injected,
@@ -86,12 +103,20 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--size", type=int, default=100 * 1024, help="Shipment size in bytes.")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--only", action="append", metavar="FAULT", help="Run only this fault kind (repeatable).")
     a = ap.parse_args()
+    unknown = set(a.only or ()) - set(MATRIX)
+    if unknown:
+        ap.error(f"no fault kind {', '.join(sorted(unknown))}; the kinds: {', '.join(MATRIX)}")
+    matrix = {k: v for k, v in MATRIX.items() if not a.only or k in a.only}
     root = tempfile.mkdtemp(prefix="dualmcu-matrix-")
     fw = os.path.join(root, "shipment.bin")
     with open(fw, "wb") as f:
         f.write(build_image(make_info("2.0.0", "TMPLMATRIX", build="Nov 21 2026 00:00:00"), a.size))
-    jobs = [(k, rate, opts, s) for k, cells in MATRIX.items() for rate, opts in cells for s in range(1, a.seeds + 1)]
+    for name, keys in SHIPMENTS.items():
+        with open(os.path.join(root, f"shipment-{name}.bin"), "wb") as f:
+            f.write(build_image(make_info("2.0.0", "TMPLMATRIX", build="Nov 21 2026 00:00:00", **keys), a.size))
+    jobs = [(k, rate, opts, s) for k, cells in matrix.items() for rate, opts in cells for s in range(1, a.seeds + 1)]
     t0 = time.monotonic()
     with cf.ThreadPoolExecutor(a.jobs) as pool:
         runs = list(pool.map(lambda j: one_run(*j, a.framing, fw, root), jobs))
@@ -100,15 +125,18 @@ def main() -> int:
         for r in runs:
             print(json.dumps(r))
     rows = []
-    for kind, cells in MATRIX.items():
+    for kind, cells in matrix.items():
         for rate, _ in cells:
             rs = [r for r in runs if r["kind"] == kind and r["rate"] == rate]
             cancelled = sorted({r["ending"][11:] for r in rs if r["ending"].startswith("cancelled")})
+            rolled = sorted({r["ending"][13:] for r in rs if r["ending"].startswith("rolled back")})
+            n_rolled = sum(r["ending"].startswith("rolled back") for r in rs)
             rows.append((kind, rate, len(rs), sum(r["injected"] for r in rs),
-                         sum(r["ending"] == "installed" for r in rs), sum(r["ending"] == "rolled back" for r in rs),
+                         sum(r["ending"] == "installed" for r in rs),
+                         f"{n_rolled} ({', '.join(rolled)})" if n_rolled else "0",
                          ", ".join(cancelled) or "-", sum(r["bricked"] for r in rs),
                          sum(r["corrupt_accepted"] for r in rs), round(sum(r["seconds"] for r in rs), 1)))
-    head = ("fault", "rate", "runs", "faults injected", "installed", "rolled back", "cancelled (reason)", "bricked",
+    head = ("fault", "rate", "runs", "faults injected", "installed", "rolled back (reason)", "cancelled (reason)", "bricked",
             "corrupt accepted", "wall s")
     print(f"framing {a.framing}, link 921600 baud paced, {a.size // 1024} KiB image, {a.seeds} seeds, "
           f"{len(runs)} runs in {wall:.0f} s with {a.jobs} jobs")
@@ -117,7 +145,7 @@ def main() -> int:
     for row in rows:
         print("| " + " | ".join(str(x) for x in row) + " |")
     total = (len(runs), sum(r["injected"] for r in runs), sum(r["ending"] == "installed" for r in runs),
-             sum(r["ending"] == "rolled back" for r in runs), sum(r["ending"].startswith("cancelled") for r in runs),
+             sum(r["ending"].startswith("rolled back") for r in runs), sum(r["ending"].startswith("cancelled") for r in runs),
              sum(r["bricked"] for r in runs), sum(r["corrupt_accepted"] for r in runs))
     print(f"| all | | {total[0]} | {total[1]} | {total[2]} | {total[3]} | {total[4]} | {total[5]} | {total[6]} | {wall:.0f} |")
     return 1 if total[5] or total[6] else 0
