@@ -14,8 +14,7 @@ REASONS: dict[int, str] = {
     # after a reboot: why a trial image was rolled back, or what the running image did
     1: "health_check_failed",
     2: "commit_timeout",
-    3: "crashed",
-    4: "trial_attempts_spent",
+    4: "trial_attempts_spent",  # (3 is kept free: a crash cannot write its own reason)
     5: "trial_image_does_not_verify",
     6: "image_does_not_verify",
     7: "config_unreadable",

@@ -29,3 +29,13 @@ def test_every_command_is_documented():
     for cmd in ("ports", "decode", "encode", "ncp", "primary", "run", "flash show", "tag create", "tag show",
                 "tag extract", "tag append", "image"):
         assert f"## `dualmcu {cmd}`" in text
+
+
+def test_every_reason_code_is_documented_and_nothing_else():
+    import re
+
+    from dualmcu.primary.reasons import REASONS
+
+    text = open(os.path.join(ROOT, "docs", "device.md")).read()
+    table = {int(c): n for c, n in re.findall(r"^\| (\d+) \| `([a-z_0-9]+)` \|$", text, re.M)}
+    assert table == REASONS
