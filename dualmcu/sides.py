@@ -159,6 +159,9 @@ def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit
                identity: Identity | None = None) -> Flash:
     """Open (or make) the flash file; give a blank one its factory image."""
     image = read_factory_image(provision) if provision else None
+    if image is None and not os.path.exists(path):
+        # Refused before anything is made: a blank flash file would only hide the mistake.
+        raise ValueError(f"no flash file at {path}: give --provision IMAGE to make one with its factory image")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     flash = Flash.open(path, geometry, identity=identity)
     try:

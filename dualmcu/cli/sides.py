@@ -136,7 +136,8 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     identity = None
     if hw_rev is not None or bootloader_version is not None:
         try:
-            identity = Identity(hw_rev or "A", bootloader_version or "1.0.0")
+            identity = Identity("A" if hw_rev is None else hw_rev,
+                                "1.0.0" if bootloader_version is None else bootloader_version)
         except FlashError as e:
             raise click.BadParameter(str(e), param_hint="--hw-rev/--bootloader-version") from None
     if os.path.exists(flash):
