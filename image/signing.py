@@ -3,8 +3,13 @@ the targets it may be installed on, in a block appended to the image.
 
     image  = body ‖ block
     body   = the firmware as built, tag included
-    block  = "DMSG" · u8 version (1) · key_id[8] · u32 counter · u8 n · n × (u8 len · target)
+    block  = "DMSG" · u8 version (1 or 2) · key_id[8] · u32 counter · u8 n · n × (u8 len · target)
+             · [version 2: u8 len · minimum bootloader version]
              · sha256(body)[32] · signature[64] · u16 block length · "DMSG"
+
+Version 2 adds the oldest bootloader the image needs; an image signed without one gets a
+version 1 block, which every reader takes.  Targets name the product and hardware revision
+the image may be installed on ("dualmcu/1"), so both compatibility checks are signed.
 
 All integers little-endian.  ``key_id`` is the first 8 bytes of the SHA-256 of the raw 32-byte
 public key.  The signature is Ed25519 over ``"dualmcu-image-v1" ‖`` the block from its first
@@ -29,7 +34,8 @@ if TYPE_CHECKING:
 
 MAGIC = b"DMSG"
 ANY = "*"  # the target of an image signed for every product
-VERSION = 1
+VERSION = 1  # a block without a minimum bootloader
+VERSION_BOOTLOADER = 2  # a block with one
 CONTEXT = b"dualmcu-image-v1"
 TRAILER = struct.Struct("<H4s")
 MAX_BLOCK = 2048
@@ -48,6 +54,7 @@ class Signature:
     signature: bytes
     signed: bytes  # the bytes the signature covers (after the context)
     body_length: int
+    min_bootloader: str | None = None
 
 
 def key_id(public: Ed25519PublicKey) -> bytes:
@@ -95,7 +102,8 @@ def load_public(pem: bytes) -> Ed25519PublicKey:
     return key
 
 
-def sign(body: bytes, private: Ed25519PrivateKey, counter: int, targets: list[str]) -> bytes:
+def sign(body: bytes, private: Ed25519PrivateKey, counter: int, targets: list[str],
+         min_bootloader: str | None = None) -> bytes:
     """``body`` with its signature block appended."""
     if find_block(len(body), lambda off, n: body[off : off + n]) is not None:
         raise SignError("the image is signed already; sign the unsigned firmware")
@@ -103,12 +111,18 @@ def sign(body: bytes, private: Ed25519PrivateKey, counter: int, targets: list[st
         raise SignError("the counter must fit 32 bits")
     if not targets or len(targets) > 32:
         raise SignError("give between 1 and 32 targets (product/hardware-revision, or * for any)")
-    head = MAGIC + bytes([VERSION]) + key_id(private.public_key()) + counter.to_bytes(4, "little")
+    version = VERSION if min_bootloader is None else VERSION_BOOTLOADER
+    head = MAGIC + bytes([version]) + key_id(private.public_key()) + counter.to_bytes(4, "little")
     head += bytes([len(targets)])
     for t in targets:
         raw = t.encode("utf-8")
         if not 0 < len(raw) < 256:
             raise SignError(f"target {t!r} must be 1 to 255 bytes")
+        head += bytes([len(raw)]) + raw
+    if min_bootloader is not None:
+        raw = min_bootloader.encode("utf-8")
+        if not 0 < len(raw) < 256 or not min_bootloader.isprintable():
+            raise SignError(f"minimum bootloader {min_bootloader!r} must be 1 to 255 printable bytes")
         head += bytes([len(raw)]) + raw
     signed = head + hashlib.sha256(body).digest()
     block = signed + private.sign(CONTEXT + signed)
@@ -125,7 +139,7 @@ def find_block(length: int, read: Callable[[int, int], bytes]) -> Signature | No
     if magic != MAGIC or not 4 + 1 + 8 + 4 + 1 + 32 + 64 + TRAILER.size <= size <= min(MAX_BLOCK, length):
         return None
     block = read(length - size, size)
-    if block[:4] != MAGIC or block[4] != VERSION:
+    if block[:4] != MAGIC or block[4] not in (VERSION, VERSION_BOOTLOADER):
         return None
     pos = 5
     kid, counter = block[pos : pos + 8], int.from_bytes(block[pos + 8 : pos + 12], "little")
@@ -139,16 +153,24 @@ def find_block(length: int, read: Callable[[int, int], bytes]) -> Signature | No
         ln = block[pos]
         targets.append(block[pos + 1 : pos + 1 + ln].decode("utf-8", "replace"))
         pos += 1 + ln
+    min_bootloader = None
+    if block[4] == VERSION_BOOTLOADER:
+        if pos >= len(block):
+            return None
+        ln = block[pos]
+        min_bootloader = block[pos + 1 : pos + 1 + ln].decode("utf-8", "replace")
+        pos += 1 + ln
     if pos + 32 + 64 + TRAILER.size != size:
         return None
     digest, sig = block[pos : pos + 32], block[pos + 32 : pos + 96]
-    return Signature(kid, counter, tuple(targets), digest, sig, block[: pos + 32], length - size)
+    return Signature(kid, counter, tuple(targets), digest, sig, block[: pos + 32], length - size, min_bootloader)
 
 
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
-    reason: str  # "ok" or why not: unsigned, unknown_key, bad_signature, digest_mismatch, wrong_target, counter_too_low
+    reason: str  # "ok" or why not: unsigned, unknown_key, bad_signature, digest_mismatch, wrong_target,
+    # counter_too_low, bootloader_too_old
     signature: Signature | None = None
 
     def __bool__(self) -> bool:
@@ -157,7 +179,7 @@ class Verdict:
 
 def verify(length: int, read: Callable[[int, int], bytes], keys: dict[bytes, Ed25519PublicKey],
            target: str | None = None, min_counter: int = 0, block: int = 1 << 16,
-           any_target: bool = False) -> Verdict:
+           any_target: bool = False, bootloader: str | None = None) -> Verdict:
     """Check a signed image read through ``read``; its body is hashed in ``block``-sized reads."""
     sig = find_block(length, read)
     if sig is None:
@@ -182,13 +204,18 @@ def verify(length: int, read: Callable[[int, int], bytes], keys: dict[bytes, Ed2
         return Verdict(False, "wrong_target", sig)
     if sig.counter < min_counter:
         return Verdict(False, "counter_too_low", sig)
+    if bootloader is not None and sig.min_bootloader is not None:
+        from .firmware import version_key
+
+        if version_key(bootloader) < version_key(sig.min_bootloader):
+            return Verdict(False, "bootloader_too_old", sig)
     return Verdict(True, "ok", sig)
 
 
 def verify_bytes(image: bytes, keys: dict[bytes, Ed25519PublicKey], target: str | None = None,
-                 min_counter: int = 0, any_target: bool = False) -> Verdict:
+                 min_counter: int = 0, any_target: bool = False, bootloader: str | None = None) -> Verdict:
     return verify(len(image), lambda off, n: image[off : off + n], keys, target, min_counter,
-                  any_target=any_target)
+                  any_target=any_target, bootloader=bootloader)
 
 
 def load_keys(paths: list[str]) -> dict[bytes, Ed25519PublicKey]:

@@ -220,7 +220,7 @@ def check_signature(flash: Flash, slot: int, length: int, trust: Trust, min_coun
 
     base = flash.geometry.slot_offset(slot)
     return verify(length, lambda off, n: flash.read(base + off, n), trust.keys, trust.target, min_counter,
-                  any_target=trust.any_target)
+                  any_target=trust.any_target, bootloader=flash.identity.bootloader)
 
 
 class Bootloader:
@@ -357,7 +357,8 @@ class Bootloader:
             # refused, and a signed one's counter is where anti-rollback starts.
             from dualmcu.image.signing import verify_bytes
 
-            v = verify_bytes(image, self.trust.keys, self.trust.target, any_target=self.trust.any_target)
+            v = verify_bytes(image, self.trust.keys, self.trust.target, any_target=self.trust.any_target,
+                             bootloader=self.flash.identity.bootloader)
             if not v.ok:
                 raise ValueError(f"factory image refused: {v.reason}")
             counter = v.signature.counter

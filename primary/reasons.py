@@ -59,6 +59,7 @@ REASONS: dict[int, str] = {
     62: "signature_counter_too_low",
     63: "image_hw_rev_mismatch",
     64: "image_bootloader_too_old",
+    65: "signature_bootloader_too_old",
     255: "other",
 }
 CODES: dict[str, int] = {name: code for code, name in REASONS.items()}

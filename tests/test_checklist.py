@@ -282,3 +282,28 @@ def test_a_device_that_installs_only_mandatory_updates_refuses_an_optional_one()
     assert s.find("ota_refused", "primary")[0]["reason"] == "not_mandatory"
     s2 = sim(new(), ota=OtaConfig(version_policy="mandatory-only"), ncp=NcpConfig(mandatory=True))
     assert s2.run_update() == "success"
+
+
+def test_a_signed_minimum_bootloader_is_checked_under_the_signature():
+    from dualmcu.image.signing import generate, load_keys, load_private, sign, verify_bytes
+
+    priv, pub = generate()
+    import tempfile, os
+    d = tempfile.mkdtemp()
+    with open(os.path.join(d, "k.pub"), "wb") as f:
+        f.write(pub)
+    keys = load_keys([os.path.join(d, "k.pub")])
+    image = sign(new(), load_private(priv), 5, ["dualmcu/1"], min_bootloader="2.0")
+    assert verify_bytes(image, keys, "dualmcu/1", bootloader="1.9.9").reason == "bootloader_too_old"
+    assert verify_bytes(image, keys, "dualmcu/1", bootloader="2.0.0").ok
+    # A device whose bootloader is too old refuses the signed image at Finish, by its reason.
+    from dualmcu.primary.boot import Trust
+
+    factory = sign(OLD, load_private(priv), 1, ["dualmcu/1"])
+    f = Flash.in_memory(Geometry(4096, 256 * 1024), identity=Identity("A", "1.5.0"))
+    trust = Trust(keys, "dualmcu/1")
+    Bootloader(f, trust=trust).provision(factory)
+    s = Simulation(f, Shipment.from_bytes(image, "fw.bin"), primary_config=PrimaryConfig(trust=trust))
+    s.run_update()
+    assert "signature_bootloader_too_old" in [e["reason"] for e in s.find("ota_refused", "primary")]
+    assert running(s)[0].active == 0

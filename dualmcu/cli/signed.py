@@ -32,8 +32,9 @@ def keygen(out) -> None:
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="Private key (PEM) from `dualmcu keygen`.")
 @click.option("--counter", required=True, type=click.IntRange(0, 0xFFFFFFFF), help="Security counter: devices refuse images below the highest they confirmed.")
 @click.option("--target", "targets", multiple=True, required=True, help="product/hardware-revision it may be installed on (repeatable; * for any).")
+@click.option("--min-bootloader", help="Oldest bootloader version the image needs, signed with it (a version 2 block).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the signed image (default: FIRMWARE.signed).")
-def sign_cmd(firmware, key, counter, targets, output) -> None:
+def sign_cmd(firmware, key, counter, targets, min_bootloader, output) -> None:
     """Append a signature block to FIRMWARE (see `dualmcu docs signing`)."""
     from dualmcu.image.signing import SignError, load_private, sign
 
@@ -41,7 +42,7 @@ def sign_cmd(firmware, key, counter, targets, output) -> None:
         with open(key, "rb") as f:
             private = load_private(f.read())
         with open(firmware, "rb") as f:
-            signed = sign(f.read(), private, counter, list(targets))
+            signed = sign(f.read(), private, counter, list(targets), min_bootloader)
     except SignError as e:
         raise InputError(str(e)) from None
     out = output or firmware + ".signed"
@@ -54,8 +55,9 @@ def sign_cmd(firmware, key, counter, targets, output) -> None:
 @click.option("--target", help="Check that the image may be installed on this target.")
 @click.option("--min-counter", type=click.IntRange(0), default=0, help="Refuse images below this security counter.")
 @click.option("--accept-any-target", "any_target", is_flag=True, help="With --target: also pass an image signed for target * (any product).")
+@click.option("--bootloader", help="Check that the image runs on this bootloader version.")
 @JSON
-def verify_cmd(file, pubkeys, target, min_counter, any_target, as_json) -> None:
+def verify_cmd(file, pubkeys, target, min_counter, any_target, bootloader, as_json) -> None:
     """Check a signed image: key, signature, digest, target, counter. Exit 0 when it passes."""
     from dualmcu.image.signing import SignError, load_keys, verify_bytes
 
@@ -64,11 +66,11 @@ def verify_cmd(file, pubkeys, target, min_counter, any_target, as_json) -> None:
     except SignError as e:
         raise click.BadParameter(str(e), param_hint="--pubkey") from None
     with open(file, "rb") as f:
-        v = verify_bytes(f.read(), keys, target, min_counter, any_target=any_target)
+        v = verify_bytes(f.read(), keys, target, min_counter, any_target=any_target, bootloader=bootloader)
     sig = v.signature
     info = {"file": file, "ok": v.ok, "reason": v.reason,
             "key_id": sig.key_id.hex() if sig else None, "counter": sig.counter if sig else None,
-            "targets": list(sig.targets) if sig else None}
+            "targets": list(sig.targets) if sig else None, "min_bootloader": sig.min_bootloader if sig else None}
     if as_json:
         emit_json(info)
     else:
