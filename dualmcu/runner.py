@@ -24,6 +24,7 @@ from dualmcu.image.firmware import build_image, make_info, read_info_from_file
 from .link import LinkConfig
 from .relay import Relay
 from .exits import ExitCode
+from .shell import detail, shown
 DEMO_TYPE = "TMPL0DEMO01"
 DEMO_SIZE = 300 * 1024
 
@@ -268,14 +269,14 @@ class Run:
                 st["old_version"] = ev.get("version")
             human = f"primary booted slot {ev.get('slot')} version {ev.get('version')}" + (" (trial)" if ev.get("trial") else "")
         elif side == "ncp" and kind == "ota_offer":
-            human = f"ncp offers {ev.get('filename')} version {ev.get('version')}, {ev.get('size')} bytes"
+            human = f"ncp offers {shown(ev.get('filename'))} version {shown(ev.get('version'))}, {ev.get('size')} bytes"
         elif side == "primary" and kind in ("ota_refused", "ota_cancelled", "rollback", "health_check_failed", "crashed",
                                             "commit_timeout", "ota_deferred", "hung"):
             if kind == "rollback":
                 st["rollback_reason"] = ev.get("reason")
             elif kind == "ota_deferred":
                 st["deferred_reason"] = ev.get("reason")
-            human = f"primary {kind}: " + " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("side", "event", "t"))
+            human = f"primary {kind}: " + detail({k: v for k, v in ev.items() if k not in ("side", "event", "t")})
         elif side == "primary" and kind == "ready" and st["ncp_outcome"] == "rollback":
             # The old image is back, confirmed, and talking to the NCP: the rollback is done.
             return ExitCode.FAILED, (f"rolled back to {ev.get('version')} "

@@ -69,6 +69,17 @@ def open_port(url: str, baud: int) -> serial.SerialBase:
         raise PortError(f"cannot open {url}: {e}") from None
 
 
+def shown(value: Any) -> str:
+    """A field as a readable line shows it: text from a peer (a filename, a version) may hold
+    control characters, and an escape sequence must not reach the user's terminal."""
+    text = value if isinstance(value, str) else str(value)
+    return text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
+def detail(fields: dict[str, Any]) -> str:
+    return " ".join(f"{k}={shown(v)}" for k, v in fields.items())
+
+
 class EventPrinter:
     """Events as JSON lines on stdout, or as readable lines on stderr."""
 
@@ -92,9 +103,8 @@ class EventPrinter:
         if kind in self.QUIET and not self.verbose:
             return
         t = fields.pop("t", None)
-        detail = " ".join(f"{k}={v}" for k, v in fields.items())
         stamp = f"{t:9.3f}" if isinstance(t, (int, float)) else " " * 9
-        print(f"{self.side:<7} {stamp} {kind:<20} {detail}", file=self.out or sys.stderr, flush=True)
+        print(f"{self.side:<7} {stamp} {kind:<20} {detail(fields)}", file=self.out or sys.stderr, flush=True)
 
 
 class Port:

@@ -63,6 +63,11 @@ def run_ncp(o: NcpOptions) -> int:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.USAGE
     store = Store(o.prefetch_store or default_store())
+    try:
+        store.check()
+    except OSError as e:
+        print(f"error: cannot use {store.directory} as the NCP's store: {e.strerror or e}", file=sys.stderr)
+        return ExitCode.USAGE
     net = Network(o.net_rate, o.net_fail_at)
     profile = get_profile(o.framing)
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import bisect
 import datetime
+import errno
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -564,7 +565,16 @@ class NcpDevice(Device):
             self.ep.reply(inc, PREFETCH_CODE["download_timeout"])
             self._finish(TxEvent.PREFETCH_FAILED, "prefetch_failed", at=self.net.fail_at)
             return
-        self.store.save("ota.bin", s.source, s.size)
+        try:
+            self.store.save("ota.bin", s.source, s.size)
+        except OSError as e:
+            # The NCP's own storage failed (full, read-only): the cloud's answer for a
+            # download that did not land.
+            why = "no_fs_space" if e.errno == errno.ENOSPC else "fs_write_fail"
+            self.emit("prefetch_failed", reason=why, error=e.strerror or str(e))
+            self.ep.reply(inc, PREFETCH_CODE[why])
+            self._finish(TxEvent.PREFETCH_FAILED, "prefetch_failed", reason=why)
+            return
         self.serve_from = self.store.source("ota.bin")
         self.prefetched = True
         self._move(TxEvent.PREFETCH_DONE)

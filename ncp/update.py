@@ -86,6 +86,16 @@ class Network:
         return self.fail_at is not None and self.fail_at < upto
 
 
+def _create(path: str) -> int:
+    """Open ``path`` for writing, new and empty, never through a symlink someone planted there
+    (the store may be a shared directory)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+
+
 class Store:
     """The NCP's own file system, where prefetch keeps the image (a directory, or memory)."""
 
@@ -93,13 +103,23 @@ class Store:
         self.directory = directory
         self._mem: dict[str, bytearray] = {}
 
+    def check(self) -> None:
+        """Make the directory and prove it takes a file, before any update starts (OSError)."""
+        if self.directory is None:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        probe = os.path.join(self.directory, ".dualmcu-probe")
+        os.close(_create(probe))
+        os.unlink(probe)
+
     def save(self, name: str, source: Source, length: int, block: int = 1 << 16) -> None:
+        """Keep ``length`` bytes of ``source`` as ``name`` (OSError when the disk says no)."""
         if self.directory is None:
             self._mem[name] = bytearray(source.read(0, length))
             return
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, name)
-        with open(path + ".part", "wb") as f:
+        with os.fdopen(_create(path + ".part"), "wb") as f:
             for pos in range(0, length, block):
                 f.write(source.read(pos, min(block, length - pos)))
         os.replace(path + ".part", path)

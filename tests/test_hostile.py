@@ -77,3 +77,61 @@ def test_an_image_whose_tag_lacks_its_version_boots_and_is_never_installed_by_ot
     s = Simulation(provisioned(OLD), lying(build_image({"fw-type": "TMPL1", "build": "x"}, 40_000), mcu="2.0.0"))
     s.run_update()
     assert "image_untagged" in [e["reason"] for e in s.find("ota_refused", "primary")]
+
+
+def test_peer_text_never_reaches_the_terminal_as_control_characters():
+    """A filename or version from a peer is shown escaped: an escape sequence in it would
+    otherwise clear, recolour or rewrite the user's terminal."""
+    import io
+
+    from dualmcu.shell import EventPrinter
+
+    out = io.StringIO()
+    EventPrinter("primary", as_json=False, out=out)("ota_offer", t=1.0, filename="a\x1b[2Jb\r\nforged", size=1)
+    line = out.getvalue()
+    assert "\x1b" not in line and "\r" not in line and line.count("\n") == 1
+    assert "a\\x1b[2Jb\\r\\nforged" in line
+
+
+def test_an_unusable_store_is_refused_at_start(tmp_path):
+    import subprocess
+    import sys
+
+    from dualmcu.ncp.update import Store
+
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")  # a file where the store's parent directory should be
+    with pytest.raises(OSError):
+        Store(blocker / "store").check()
+    r = subprocess.run([sys.executable, "-m", "dualmcu", "ncp", "-p", "/dev/null", "--store", str(blocker / "s")],
+                       capture_output=True)
+    assert r.returncode == 2 and r.stderr.decode().startswith("error: cannot use") and b"Traceback" not in r.stderr
+
+
+def test_a_symlink_planted_in_the_store_is_replaced_not_followed(tmp_path):
+    import os
+
+    from dualmcu.ncp.update import Source, Store
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    store = tmp_path / "store"
+    store.mkdir()
+    os.symlink(victim, store / "ota.bin.part")
+    Store(store).save("ota.bin", Source(data=b"x" * 100), 100)
+    assert victim.read_bytes() == b"keep me" and (store / "ota.bin").read_bytes() == b"x" * 100
+
+
+def test_a_failing_store_ends_prefetch_with_the_interfaces_code():
+    from dualmcu.ncp.update import Store
+
+    class Full(Store):
+        def save(self, *a, **k):
+            raise OSError(28, "No space left on device")
+
+    s = Simulation(provisioned(OLD), Shipment.from_bytes(tagged("1.1.0", "TMPL1", 30_000), "n.bin"),
+                   primary_config=PrimaryConfig(ota=OtaConfig(prefetch=True)))
+    s.store = s.ncp.store = Full()
+    assert s.run_update() == "prefetch_failed"
+    assert s.find("prefetch_failed", "ncp")[0]["reason"] == "no_fs_space"
+    assert s.find("ota_cancelled", "primary")[0]["reason"] == "prefetch_failed:no_fs_space"

@@ -225,3 +225,23 @@ def test_a_tagless_factory_image_is_refused_and_a_second_provision_is_reported(t
     open_flash(str(tmp_path / "b.flash"), Geometry(4096, 256 * 1024), str(good), emit).close()
     open_flash(str(tmp_path / "b.flash"), None, str(good), emit).close()
     assert seen == ["provisioned", "provision_ignored"]
+
+
+def test_signing_with_a_key_others_can_read_warns(tmp_path):
+    import os
+
+    from click.testing import CliRunner
+
+    from dualmcu.cli import main
+    from dualmcu.image.firmware import build_image, make_info
+
+    r = CliRunner()
+    assert r.invoke(main, ["keygen", str(tmp_path / "k")]).exit_code == 0
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(build_image(make_info("1.0.0", "T", build="Jan  1 2026 00:00:00"), 4096))
+    args = ["sign", str(fw), "--key", str(tmp_path / "k"), "--counter", "1", "--target", "dualmcu/1"]
+    quiet = r.invoke(main, args + ["-o", str(tmp_path / "a")])
+    assert quiet.exit_code == 0 and "warning" not in quiet.output
+    os.chmod(tmp_path / "k", 0o644)
+    loud = r.invoke(main, args + ["-o", str(tmp_path / "b")])
+    assert loud.exit_code == 0 and "can be read by others (mode 0644)" in loud.output

@@ -38,6 +38,11 @@ def sign_cmd(firmware, key, counter, targets, min_bootloader, output) -> None:
     """Append a signature block to FIRMWARE (see `dualmcu docs signing`)."""
     from dualmcu.image.signing import SignError, load_private, sign
 
+    mode = os.stat(key).st_mode & 0o777
+    if mode & 0o077:
+        # Signing still works; a key others can read is a key others can sign with.
+        click.echo(f"warning: the private key {key} can be read by others (mode {mode:04o}); "
+                   f"`chmod 600 {key}`", err=True)
     try:
         with open(key, "rb") as f:
             private = load_private(f.read())
