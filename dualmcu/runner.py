@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from dualmcu.image.firmware import build_image, make_info, read_info_from_file
+from dualmcu.primary.ota import DEFAULT_CHUNK
 from .link import LinkConfig
 from .relay import Relay
 from .exits import ExitCode
@@ -36,7 +37,7 @@ class RunOptions:
     flash: str | None = None
     link: str = "pty"
     baud: int = 115200
-    chunk_size: int = 1024
+    chunk_size: int = DEFAULT_CHUNK
     prefetch: bool = False
     retries: int = 5
     net_rate: float | None = None

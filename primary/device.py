@@ -51,6 +51,7 @@ from .config import ConfigRecord, ConfigStore, load_for_boot, schema_of
 from .flash import Flash
 from .ota import POLICY_VPIN, OtaConfig, OtaReceiver, Policy
 
+DEFAULT_COMMIT_TIMEOUT = 60.0  # seconds a trial image has to confirm
 UNKNOWN_INFO = {"mcu": "0.0.0", "fw-type": "unknown", "build": "unknown", "blynk": "0.0.0"}
 
 
@@ -65,7 +66,7 @@ class PrimaryConfig:
     answer_unknown: bool = False
     baud: int | None = None  # ask the NCP to switch to this baud rate after initialising
     trust: Trust | None = None  # keys and target for signed images; None: unsigned accepted
-    commit_timeout: float = 60.0  # seconds an image on trial has to confirm before it is rolled back
+    commit_timeout: float = DEFAULT_COMMIT_TIMEOUT  # seconds an image on trial has to confirm before it is rolled back
 
 
 TELEMETRY_FIELD = "dualmcu_telemetry"

@@ -82,6 +82,7 @@ from .timing import BLOCK, FlashTiming
 
 # Seconds of erasing a primary may spend before answering an offer (the NCP waits 5 s).
 ERASE_AT_OFFER = 3.0
+DEFAULT_CHUNK = 1024  # what the primary asks for in otaUpdateStart unless told otherwise
 MAX_SUSPEND = 18 * 3600  # the longest pause blynk_otaUpdateSuspend takes
 BATTERY_RECHECK = 3600.0  # a battery that is not charging is looked at again this often
 TAG_CARRY = 4096  # bytes kept from the previous chunk, so a tag split by a chunk edge is found
@@ -135,7 +136,7 @@ RECEIVER: dict[Ota, dict[OtaEvent, Ota]] = {
 
 @dataclass
 class OtaConfig:
-    chunk_size: int = 1024
+    chunk_size: int = DEFAULT_CHUNK
     ota_timeout: float = 60.0
     version_policy: str = "newer"  # or "any", or "mandatory-only"
     battery: float = 100.0  # percent, at time 0

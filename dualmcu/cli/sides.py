@@ -27,6 +27,9 @@ from .common import (
     seconds,
 )
 
+from dualmcu.primary.device import DEFAULT_COMMIT_TIMEOUT
+from dualmcu.primary.ota import DEFAULT_CHUNK
+
 MAX_SLOT = 1 << 30  # a slot of up to 1 GiB; image lengths travel as u32
 MAX_PAGE = 1 << 16
 
@@ -80,7 +83,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--provision", type=click.Path(exists=True, dir_okay=False), help="Factory image written to slot A of a blank flash.")
 @click.option("--slot-size", type=Size(MAX_SLOT), default="1M", show_default=True, help="Slot size when the flash file is made.")
 @click.option("--page-size", type=Size(MAX_PAGE), default="4K", show_default=True, help="Flash page size when the flash file is made.")
-@click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=1024, show_default=True, help="Chunk size asked for in otaUpdateStart.")
+@click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=DEFAULT_CHUNK, show_default=True, help="Chunk size asked for in otaUpdateStart.")
 @click.option("--ota-timeout", type=seconds(), default=60.0, show_default=True, help="Seconds without a chunk before the primary cancels.")
 @click.option("--version-policy", type=click.Choice(["newer", "any", "mandatory-only"]), default="newer", show_default=True, help="Accept only newer versions, any, or only what the cloud marks mandatory.")
 @click.option("--battery", type=Number(min=0, max=100), default=100.0, show_default=True, help="Battery level at start, percent.")
@@ -88,7 +91,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--min-battery", type=click.IntRange(0, 100), default=20, show_default=True, help="Below this battery level an update is deferred until it has recovered.")
 @click.option("--install-window", metavar="START-END", callback=lambda c, p, v: parse_window(v),
               help="UTC hours an update may install in, e.g. 2-5 or 22-4 (time from the NCP's getTime); outside, it is deferred.")
-@click.option("--commit-timeout", type=seconds(), default=60.0, show_default=True, help="Seconds a new image on trial has to confirm before the bootloader rolls it back.")
+@click.option("--commit-timeout", type=seconds(), default=DEFAULT_COMMIT_TIMEOUT, show_default=True, help="Seconds a new image on trial has to confirm before the bootloader rolls it back.")
 @click.option("--hw-rev", help="Hardware revision, fixed when the flash file is made (default A).")
 @click.option("--bootloader-version", help="Bootloader version (default 1.0.0 for a new flash file; given for an existing one, it updates the bootloader).")
 @click.option("--prefetch", is_flag=True, help="Ask the NCP to download the whole image before the transfer.")
@@ -313,14 +316,14 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--flash", type=click.Path(dir_okay=False), help="The primary's flash file (default: a fresh one in the work directory).")
 @click.option("--link", type=click.Choice(["pty", "socket"]), default="pty", show_default=True, help="Virtual UART: two ptys or two loopback sockets, with a relay between.")
 @click.option("-b", "--baud", type=click.IntRange(300, 10_000_000), default=115200, show_default=True)
-@click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=1024, show_default=True)
+@click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=DEFAULT_CHUNK, show_default=True)
 @click.option("--prefetch", is_flag=True, help="Download the whole image into the NCP before the transfer.")
 @click.option("--retries", type=click.IntRange(0, 1000), default=5, show_default=True)
 @click.option("--net-rate", type=Number(min=0, min_open=True), help="Simulated download rate, bytes/s.")
 @click.option("--net-fail-at", type=click.IntRange(0), help="The simulated download fails at this offset.")
 @click.option("--battery", type=Number(min=0, max=100), default=100.0, show_default=True, help="The primary's battery level, percent (below 20 the update is deferred).")
 @click.option("--ota-timeout", type=seconds(), default=60.0, show_default=True)
-@click.option("--commit-timeout", type=seconds(), default=60.0, show_default=True, help="Seconds a new image has to confirm before the bootloader rolls it back.")
+@click.option("--commit-timeout", type=seconds(), default=DEFAULT_COMMIT_TIMEOUT, show_default=True, help="Seconds a new image has to confirm before the bootloader rolls it back.")
 @click.option("--max-defer", type=seconds(), default=30.0, show_default=True, help="Seconds of deferral the NCP waits for before the outcome is 'deferred'.")
 @click.option("--slot-size", type=Size(MAX_SLOT), default="1M", show_default=True)
 @click.option("--kill-primary-at", type=click.IntRange(0), help="Kill the primary process once this many bytes are written, and start it again.")
