@@ -69,6 +69,7 @@ TELEMETRY_FIELD = "dualmcu_telemetry"  # the metadata field the primary reports 
 NCP_VERSION = "0.7.0-dualmcu"
 WRITE_OVERHEAD = 6 + 4 + 2 + 4  # INVOKE header, offset, Binary length, crc32
 WRITE_TIMEOUT_CAP = 5.0  # the driver's own timeout for a write: backoff stops there
+REFUSED_BACKOFF = 0.05  # seconds before the first resend of a refused write; doubles each time
 STATE = {v: k for k, v in STATES.items()}
 # getTime's dst_status, as the interface defines it.
 DST_NO_INFORMATION, DST_NOT_APPLICABLE, DST_ACTIVE, DST_INACTIVE = 0, 1, 2, 3
@@ -772,6 +773,13 @@ class NcpDevice(Device):
                 n = sd.retries.get(offset, 0)
                 why = "timeout_behind_gap"
             self.emit("ota_retry", offset=offset, attempt=n, reason=why)
+            if c.ok and n <= self.cfg.retries:
+                # A refusal comes back at once: resent at once, the tries would all be spent
+                # within a few milliseconds, before a primary that restarted mid-transfer has
+                # reported its firmware (which ends the transfer cleanly). Back off instead,
+                # 50 ms doubling, so the tries span about 1.5 s.
+                sd.suspended_until = max(sd.suspended_until,
+                                         self.ep.now + min(REFUSED_BACKOFF * 2 ** (n - 1), WRITE_TIMEOUT_CAP))
             if c.status == Status.TIMEOUT:
                 # The writes behind a lost one are most likely held by the primary until it
                 # arrives: give them the time of its resend instead of resending them too.
