@@ -309,6 +309,7 @@ class PrimaryDevice(Device):
                 self.ota.boot_state = self.bootloader.healthy()
             self._send_telemetry()
             return
+        self._send_telemetry()  # the cloud sees the trial before its verdict
         if self.behaviour in ("fail-health", "breaking-migration") or not self.described:
             self.emit("health_check_failed", version=self.info["mcu"])
             # Rolled back at the next boot, naming the reason; the attempts are for crashes.

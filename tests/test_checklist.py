@@ -230,7 +230,7 @@ def test_telemetry_reaches_the_cloud_with_counters_and_the_update_state():
     assert t["version"] == "1.1.0" and t["hw_rev"] == "A" and t["bootloader"] == "1.0.0"
     assert t["boots"] == 2 and t["crash_loop"] == 0 and t["rollbacks"] == 0 and t["config_schema"] == 1
     states = [e["ota_state"] for e in s.find("telemetry", "ncp")]
-    assert states.index("downloading") < states.index("written") < states.index("confirmed")
+    assert states.index("downloading") < states.index("written") < states.index("trial") < states.index("confirmed")
 
 
 def test_the_last_failure_survives_reboots():

@@ -90,3 +90,13 @@ def test_any_text_as_a_number_is_a_value_or_a_one_line_refusal(tmp_path_factory,
     r = CliRunner().invoke(main, ["primary", "-p", "/dev/null", "--flash", str(flash), opt, text])
     assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_slow_confirm_takes_its_seconds_as_the_next_word_or_after_a_colon(tmp_path):
+    from dualmcu.image.firmware import read_info_from_file
+
+    for i, words in enumerate((["slow-confirm", "30"], ["slow-confirm:30"])):
+        out = tmp_path / f"{i}.bin"
+        r = invoke(["image", str(out), "--mcu", "1.1.0", "--type", "T", "--size", "8K", "--test", *words])
+        assert r.exit_code == 0, r.output
+        assert read_info_from_file(out)["dualmcu-test"] == "slow-confirm:30"

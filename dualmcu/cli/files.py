@@ -11,6 +11,19 @@ from dualmcu.image.firmware import TEST_BEHAVIOURS
 from .common import DEFAULT_FLASH, FLASH_HELP_DEFAULT, InputError, JSON, Size, main, write_file
 
 
+class ImageCommand(click.Command):
+    """``--test slow-confirm SECONDS`` as well as ``--test slow-confirm:SECONDS``: an option
+    takes one value, so the seconds that follow are joined to it before parsing."""
+
+    def parse_args(self, ctx, args):
+        args = list(args)
+        for i, a in enumerate(args[:-2]):
+            if a == "--test" and args[i + 1] == "slow-confirm" and not args[i + 2].startswith("-"):
+                args[i + 1 : i + 3] = [f"slow-confirm:{args[i + 2]}"]
+                break
+        return super().parse_args(ctx, args)
+
+
 class TestBehaviour(click.ParamType):
     """A test behaviour; slow-confirm takes its seconds after a colon (slow-confirm:30)."""
 
@@ -29,7 +42,7 @@ class TestBehaviour(click.ParamType):
         except ValueError:
             seconds = float("nan")
         if not (0 < seconds < 1e6):
-            self.fail(f"{value!r}: give slow-confirm:SECONDS with 0 < SECONDS < 1000000, e.g. slow-confirm:30",
+            self.fail(f"{value!r}: give slow-confirm SECONDS (or slow-confirm:SECONDS) with 0 < SECONDS < 1000000, e.g. slow-confirm 30",
                       param, ctx)
         return f"slow-confirm:{arg}"
 
@@ -150,13 +163,13 @@ def tag_append(firmware, mcu, fw_type, build, blynk, extra, output) -> None:
     write_file(output or firmware, data + t, f"{len(data)} bytes of firmware + a {len(t)}-byte tag")
 
 
-@main.command()
+@main.command(cls=ImageCommand)
 @click.argument("out", type=click.Path(dir_okay=False))
 @tag_options
 @click.option("--size", type=Size(1 << 30), default="300K", show_default=True, help="Image size.")
 @click.option("--test", "behaviour", type=TestBehaviour(), metavar="BEHAVIOUR",
               help="Make an image that misbehaves on the emulated primary: " + ", ".join(
-                  b + (":SECONDS" if b == "slow-confirm" else "") for b in TEST_BEHAVIOURS) + ".")
+                  b + (" SECONDS" if b == "slow-confirm" else "") for b in TEST_BEHAVIOURS) + ".")
 @click.option("--hw-rev", help="Hardware revisions the image runs on, e.g. 'A B' (tag key hw-rev).")
 @click.option("--min-bootloader", help="Oldest bootloader version the image needs (tag key min-bootloader).")
 @click.option("--config-schema", type=click.IntRange(1, 0xFFFF),
