@@ -57,14 +57,12 @@ from typing import Any, Callable
 from dualmcu.framing import Profile
 from dualmcu.rpc import DEFER, NCP, Call, Incoming
 from dualmcu.rpc.device import Device, Exit, Reboot, SetBaud
-from dualmcu.rpc.interface import INTERFACE, PREFETCH, STATES
+from dualmcu.rpc.interface import INTERFACE, POLICY_VPIN, PREFETCH, STATES, TELEMETRY_FIELD
 from dualmcu.rpc.machine import Machine
 from dualmcu.rpc.message import Status
 
 from .update import Network, Shipment, Store
 
-POLICY_VPIN = 250  # the virtual pin a shipment's policy is written to before the offer
-TELEMETRY_FIELD = "dualmcu_telemetry"  # the metadata field the primary reports telemetry in
 
 NCP_VERSION = "0.7.0-dualmcu"
 WRITE_OVERHEAD = 6 + 4 + 2 + 4  # INVOKE header, offset, Binary length, crc32

@@ -110,7 +110,6 @@ class Loaded:
     record: ConfigRecord | None  # None: unreadable
     source: str  # own | migrated | carried | defaults | unreadable
     from_schema: int | None = None
-    wrote: bool = False
 
 
 def load_for_boot(flash: Flash, slot: int, other_ok: bool, owner: bytes, schema: int,
@@ -126,10 +125,10 @@ def load_for_boot(flash: Flash, slot: int, other_ok: bool, owner: bytes, schema:
         if rec.schema > schema:
             return Loaded(None, "unreadable", rec.schema)
         new = own.store(ConfigRecord(schema, owner[:8], migrate(rec.values, rec.schema, schema)))
-        return Loaded(new, "migrated", rec.schema, True)
+        return Loaded(new, "migrated", rec.schema)
     src = ConfigStore(flash, 1 - slot).load() if other_ok else None
     if src is not None and other_owner is not None and src.owner == other_owner[:8] and src.schema <= schema:
         new = own.store(ConfigRecord(schema, owner[:8], migrate(src.values, src.schema, schema)))
-        return Loaded(new, "carried", src.schema, True)
+        return Loaded(new, "carried", src.schema)
     new = own.store(ConfigRecord(schema, owner[:8], migrate(DEFAULTS, 1, schema)))
-    return Loaded(new, "defaults", src.schema if src is not None else None, True)
+    return Loaded(new, "defaults", src.schema if src is not None else None)

@@ -44,12 +44,12 @@ from dualmcu.image.firmware import TEST_KEY, read_info_streamed
 from dualmcu.framing import Profile
 from dualmcu.rpc import PRIMARY, Call, Incoming
 from dualmcu.rpc.device import Device, Halt, Reboot, SetBaud
-from dualmcu.rpc.interface import EVENTS, STATES
+from dualmcu.rpc.interface import EVENTS, POLICY_VPIN, STATES, TELEMETRY_FIELD
 
 from .boot import Bootloader, BootResult, Trust
 from .config import ConfigRecord, ConfigStore, load_for_boot, schema_of
 from .flash import Flash
-from .ota import POLICY_VPIN, OtaConfig, OtaReceiver, Policy
+from .ota import OtaConfig, OtaReceiver, Policy
 
 DEFAULT_COMMIT_TIMEOUT = 60.0  # seconds a trial image has to confirm
 UNKNOWN_INFO = {"mcu": "0.0.0", "fw-type": "unknown", "build": "unknown", "blynk": "0.0.0"}
@@ -69,7 +69,6 @@ class PrimaryConfig:
     commit_timeout: float = DEFAULT_COMMIT_TIMEOUT  # seconds an image on trial has to confirm before it is rolled back
 
 
-TELEMETRY_FIELD = "dualmcu_telemetry"
 
 
 def behaviour_of(info: dict[str, str]) -> tuple[str, float]:

@@ -185,7 +185,7 @@ class Policy:
     mandatory: bool = False
     min_version: str | None = None
 
-    def mandatory_for(self, offered: str, own: str) -> bool:
+    def mandatory_for(self, own: str) -> bool:
         below = self.min_version is not None and version_key(own) < version_key(self.min_version)
         return self.mandatory or below
 
@@ -195,10 +195,6 @@ class Policy:
         words = text.split()
         mins = [w[4:] for w in words if w.startswith("min=") and w[4:]]
         return cls("mandatory" in words, mins[-1] if mins else None)
-
-
-# The virtual pin the cloud writes the policy of a shipment to, just before it offers it.
-POLICY_VPIN = 250
 
 
 def battery_level(cfg: OtaConfig, now: float) -> float:
@@ -211,10 +207,7 @@ def in_window(window: tuple[int, int], utc: float) -> float:
     day = utc % 86400
     hour = day / 3600
     inside = start <= hour < end if start < end else (hour >= start or hour < end)
-    if inside:
-        return 0.0
-    wait = (start * 3600 - day) % 86400
-    return wait
+    return 0.0 if inside else (start * 3600 - day) % 86400
 
 
 def compat_refusal(tag: dict[str, str], hw_rev: str, bootloader: str) -> tuple[str, dict] | None:
@@ -381,8 +374,8 @@ class OtaReceiver:
         if a["fw_type"] != self.own.get("fw-type"):
             return self._refuse("available", "wrong_type", own_type=self.own.get("fw-type"), **offer)
         own_version = self.own.get("mcu", "")
-        mandatory = self.policy.mandatory_for(a["fw_version"], own_version)
-        self.policy = Policy()  # the cloud's word holds for the offer it came with
+        policy, self.policy = self.policy, Policy()  # the cloud's word holds for the offer it came with
+        mandatory = policy.mandatory_for(own_version)
         if self.cfg.version_policy == "mandatory-only" and not mandatory:
             return self._refuse("available", "not_mandatory", **offer)
         if (self.cfg.version_policy == "newer" and not mandatory
@@ -391,7 +384,7 @@ class OtaReceiver:
         if self.boot_state.trial:
             return self._refuse("available", "trial_pending", **offer)
         if mandatory:
-            self.emit("ota_mandatory", version=a["fw_version"], min_version=self.policy.min_version)
+            self.emit("ota_mandatory", version=a["fw_version"], min_version=policy.min_version)
         self.deferred = {"args": dict(a), "mandatory": mandatory}
         if self.cfg.install_window is not None and not mandatory and self.utc_offset is None:
             # The window is in UTC, and only the NCP knows the time: ask, and answer the

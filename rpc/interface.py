@@ -110,6 +110,12 @@ _PRIMARY_EXTENSIONS = """
 0xE001 dualmcu_otaCapabilities  I (out UInt16 window, out UInt32 buffer, out UInt32 program_us_per_kib, out UInt32 erase_us_per_64kib) -> Bool | writes the primary takes in flight, its buffer for them, its flash timing
 """
 
+# Conventions of this project on the real interface (docs/device.md): the virtual pin the
+# cloud writes a shipment's policy to just before it offers it, and the metadata field the
+# primary reports its telemetry in.  One place, because both sides must agree.
+POLICY_VPIN = 250
+TELEMETRY_FIELD = "dualmcu_telemetry"
+
 STATES = {
     0: "unknown",
     1: "idle",

@@ -267,6 +267,7 @@ def test_a_mandatory_recall_installs_an_older_build():
 def test_a_minimum_version_makes_the_update_mandatory_for_devices_below_it():
     s = sim(new("0.9.5"), ncp=NcpConfig(min_version="1.0.1"))
     assert s.run_update() == "success"
+    assert s.find("ota_mandatory", "primary")[0]["min_version"] == "1.0.1"
 
 
 def test_mandatory_skips_the_window_but_never_the_battery():
