@@ -99,20 +99,48 @@ def is_newer(candidate: str, current: str) -> bool:
     return version_key(candidate) > version_key(current)
 
 
-def build_image(info: dict[str, str], size: int = 300 * 1024, seed: int | None = None) -> bytes:
+HEAD = b"\x00\x20\x00\x20" + bytes(252)  # stack pointer + zeroed vectors, like a Cortex-M
+CONTENTS = ("random", "code")
+
+
+def build_image(info: dict[str, str], size: int = 300 * 1024, seed: int | None = None,
+                content: str = "random") -> bytes:
     """A test firmware image: a vector-table-like header, the tag, then seeded filler.
 
     The filler is deterministic for a given seed (by default derived from the tag), so the
     same command builds the same bytes and digests can be quoted in docs and tests.
+    ``content="code"`` fills with code-like bytes (image/synth.py) seeded by the fw-type
+    instead, so that two versions of one product share a program and a delta between them
+    behaves as it does between real builds.
     """
+    from .synth import code_body
+
     tag = create_tag(info)
-    head = b"\x00\x20\x00\x20" + bytes(252)  # stack pointer + zeroed vectors, like a Cortex-M
-    if size < len(head) + len(tag):
-        raise ValueError(f"an image needs at least {len(head) + len(tag)} bytes for its header and tag")
-    rng = random.Random(zlib.crc32(tag) if seed is None else seed)
-    body = rng.randbytes(size - len(head) - len(tag))
+    if size < len(HEAD) + len(tag):
+        raise ValueError(f"an image needs at least {len(HEAD) + len(tag)} bytes for its header and tag")
+    if content not in CONTENTS:
+        raise ValueError(f"content is one of {', '.join(CONTENTS)}, not {content!r}")
+    n = size - len(HEAD) - len(tag)
+    if content == "code":
+        body = code_body(n, zlib.crc32(info.get("fw-type", "").encode()) if seed is None else seed)
+    else:
+        body = random.Random(zlib.crc32(tag) if seed is None else seed).randbytes(n)
     # Filler must not accidentally contain a tag of its own ahead of the real one.
-    return head + tag + body.replace(TAG_MAGIC, b"blnkinF\x00")
+    return HEAD + tag + body.replace(TAG_MAGIC, b"blnkinF\x00")
+
+
+def next_image(old: bytes, info: dict[str, str], change: float, seed: int | None = None) -> bytes:
+    """The next build of ``old`` under the tag ``info``: what follows the old tag, edited at
+    scattered sites (about ``change`` of its bytes) and relinked (image/synth.py)."""
+    from .synth import next_build
+
+    old_tag = find_tag(old)
+    if old_tag is None:
+        raise ValueError("the base image has no firmware tag (blnkinf)")
+    at = old.index(old_tag)
+    tag = create_tag(info)
+    body = next_build(old[at + len(old_tag):], change, zlib.crc32(tag) if seed is None else seed)
+    return old[:at] + tag + body.replace(TAG_MAGIC, b"blnkinF\x00")
 
 
 @dataclass(frozen=True)

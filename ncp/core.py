@@ -61,13 +61,14 @@ from dualmcu.rpc.interface import INTERFACE, POLICY_VPIN, PREFETCH, STATES, TELE
 from dualmcu.rpc.machine import Machine
 from dualmcu.rpc.message import Status
 
-from .update import Network, Shipment, Store
+from .update import FALLBACK_OUTCOMES, Catalog, Network, Shipment, Store
 
 
 NCP_VERSION = "0.7.0-dualmcu"
 WRITE_OVERHEAD = 6 + 4 + 2 + 4  # INVOKE header, offset, Binary length, crc32
 WRITE_TIMEOUT_CAP = 5.0  # the driver's own timeout for a write: backoff stops there
 REFUSED_BACKOFF = 0.05  # seconds before the first resend of a refused write; doubles each time
+FALLBACK_PAUSE = 0.5  # seconds between a package failing and the offer of the next file
 STATE = {v: k for k, v in STATES.items()}
 # getTime's dst_status, as the interface defines it.
 DST_NO_INFORMATION, DST_NOT_APPLICABLE, DST_ACTIVE, DST_INACTIVE = 0, 1, 2, 3
@@ -106,6 +107,7 @@ class TxEvent(Enum):
     RESTARTED = "restarted"  # the primary reports a version in the middle of a transfer
     NO_REPORT = "no_report"  # nothing from the primary within stage_timeout after Finish
     UP_TO_DATE = "up_to_date"  # the primary already runs the shipment's version
+    FALL_BACK = "fall_back"  # a package failed on the device: offer the next file of the release
 
 
 _E = TxEvent
@@ -114,12 +116,13 @@ SENDER: dict[Tx, dict[TxEvent, Tx]] = {
     Tx.OFFERING: {_E.OFFER_ACCEPTED: Tx.OFFERED, _E.OFFER_REFUSED: Tx.DONE, _E.OFFER_LOST: Tx.IDLE,
                   _E.GIVE_UP: Tx.DONE, _E.PREFETCH: Tx.PREFETCHING, _E.START: Tx.SENDING},
     Tx.OFFERED: {_E.PREFETCH: Tx.PREFETCHING, _E.START: Tx.SENDING, _E.STALLED: Tx.IDLE,
-                 _E.RESTARTED: Tx.IDLE, _E.GIVE_UP: Tx.DONE},  # give up: deferred too long
+                 _E.RESTARTED: Tx.IDLE, _E.GIVE_UP: Tx.DONE,  # give up: deferred too long
+                 _E.FALL_BACK: Tx.IDLE},
     Tx.PREFETCHING: {_E.PREFETCH_DONE: Tx.OFFERED, _E.PREFETCH_FAILED: Tx.DONE, _E.RESTARTED: Tx.IDLE},
-    Tx.SENDING: {_E.ALL_SENT: Tx.FINISHING, _E.GIVE_UP: Tx.DONE, _E.RESTARTED: Tx.IDLE},
+    Tx.SENDING: {_E.ALL_SENT: Tx.FINISHING, _E.GIVE_UP: Tx.DONE, _E.RESTARTED: Tx.IDLE, _E.FALL_BACK: Tx.IDLE},
     Tx.FINISHING: {_E.FINISH_ACCEPTED: Tx.REBOOTING, _E.FINISH_REFUSED: Tx.FINISHING, _E.GIVE_UP: Tx.DONE,
                    # The Finish RESULT was lost, but the primary came back with the new version.
-                   _E.NEW_REPORTED: Tx.DONE, _E.RESTARTED: Tx.IDLE},
+                   _E.NEW_REPORTED: Tx.DONE, _E.RESTARTED: Tx.IDLE, _E.FALL_BACK: Tx.IDLE},
     Tx.REBOOTING: {_E.NEW_REPORTED: Tx.DONE, _E.OLD_REPORTED: Tx.DONE, _E.NO_REPORT: Tx.DONE},
     # A success is undone by a later report of the old version (old -> new -> old).
     Tx.DONE: {_E.OLD_REPORTED: Tx.DONE},
@@ -189,13 +192,18 @@ class NcpDevice(Device):
         profile: Profile,
         config: NcpConfig | None = None,
         now: float = 0.0,
-        shipment: Shipment | None = None,
+        shipment: Shipment | Catalog | None = None,
         network: Network | None = None,
         store: Store | None = None,
         emit: Callable[..., None] | None = None,
     ):
         self.cfg = config or NcpConfig()
         super().__init__(NCP, profile, now, emit, self.cfg.answer_unknown)
+        # A release of several files (a Catalog) is offered one file at a time: ``shipment``
+        # is the one on offer now (picked for the primary's version, see _consider_offer).
+        self.catalog = shipment if isinstance(shipment, Catalog) else None
+        if self.catalog is not None:
+            shipment = self.catalog.pick("") or self.catalog.shipments[0]
         self.shipment = shipment
         self.net = network or Network()
         self.store = store or Store()
@@ -437,6 +445,8 @@ class NcpDevice(Device):
             self._timers.pop("stage", None)
 
     def _finish(self, event: TxEvent, outcome: str, **fields: Any) -> None:
+        if self._fall_back(outcome, fields):
+            return
         self._move(event)
         self.outcome = outcome
         self.sending = None
@@ -451,6 +461,25 @@ class NcpDevice(Device):
             self._exit()
         else:  # success waits: a rollback may follow
             self._after("settled", self.cfg.settle)
+
+    def _fall_back(self, outcome: str, fields: dict) -> bool:
+        """A package that failed on the device is not the end: the next file of the release
+        (the compressed package, then the image) is offered instead."""
+        s, cat = self.shipment, self.catalog
+        if (cat is None or s is None or s.package is None or outcome not in FALLBACK_OUTCOMES
+                or not self.sender.can(TxEvent.FALL_BACK)):
+            return False
+        cat.failed.add(s.filename)
+        nxt = cat.pick(self.primary.info.get("mcu", ""))
+        if nxt is None:
+            return False
+        self.emit("ota_fallback", failed=s.filename, file_kind=s.kind, outcome=outcome, next=nxt.filename,
+                  next_kind=nxt.kind, **fields)
+        self._move(TxEvent.FALL_BACK)
+        self.sending, self.offers_made, self.finish_tries = None, 0, 0
+        # Give the primary a moment to take the Cancel before the next offer.
+        self._after("reoffer", FALLBACK_PAUSE)
+        return True
 
     def _timer_stage(self) -> None:
         if self.tx is Tx.OFFERED:
@@ -491,6 +520,12 @@ class NcpDevice(Device):
                 self._finish(TxEvent.GIVE_UP, "interrupted")
 
     def _consider_offer(self) -> None:
+        if self.catalog is not None and self.tx is Tx.IDLE and self.primary.info:
+            # The file for this device: the delta from the version it reported, if there is one.
+            pick = self.catalog.pick(self.primary.info.get("mcu", ""))
+            if pick is not None and pick is not self.shipment:
+                self.shipment = pick
+                self.serve_from, self.prefetched = pick.source, False
         s = self.shipment
         if (s is None or self.tx is not Tx.IDLE or self.state != STATE["connected"]
                 or not self.primary.info or self.offers_made >= self.cfg.offers):
@@ -514,7 +549,7 @@ class NcpDevice(Device):
                 words.append(f"min={self.cfg.min_version}")
             self.ep.notify("client_blynkVPinChange", {"vpin": POLICY_VPIN, "value": " ".join(words).encode()})
         self.emit("ota_offer", filename=s.filename, size=s.size, fw_type=s.info.get("fw-type", ""),
-                  version=s.version, offer=self.offers_made)
+                  version=s.version, offer=self.offers_made, file_kind=s.kind)
         self.ep.call("client_otaUpdateAvailable", {
             "filename": s.filename, "size": s.size, "fw_type": s.info.get("fw-type", ""),
             "fw_version": s.version, "fw_build": s.info.get("build", ""),

@@ -1,4 +1,11 @@
-"""What the emulated NCP offers: a shipment (firmware file), its simulated download, its store."""
+"""What the emulated NCP offers: a shipment (firmware file), its simulated download, its store.
+
+A release may come as several files (``Catalog``): the image, a compressed package of it, and
+delta packages from the versions devices run (image/package.py).  For each device the cloud
+stand-in picks the delta for the version it reported, else the compressed package, else the
+image; a file that failed on the device is not offered to it again, so the image is always
+the last resort.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,9 @@ from dualmcu.image.firmware import (
     digests_of_file,
     read_info,
     read_info_from_file,
+    version_key,
 )
+from dualmcu.image.package import Header, PackageError, parse_header
 
 
 class Source:
@@ -42,10 +51,15 @@ class Shipment:
     info: dict[str, str]
     digests: ImageDigests
     source: Source
+    package: Header | None = None  # a dualmcu package (compressed or delta), not an image
 
     @property
     def size(self) -> int:
         return self.digests.size
+
+    @property
+    def kind(self) -> str:
+        return "image" if self.package is None else ("delta" if self.package.delta else "compressed")
 
     @property
     def version(self) -> str:
@@ -57,7 +71,7 @@ class Shipment:
         if info is None:
             raise ValueError(f"{filename} has no firmware tag (blnkinf): tag it with `dualmcu tag append`")
         d = ImageDigests(len(data), zlib.crc32(data), hashlib.md5(data).digest(), hashlib.sha256(data).digest())
-        return cls(filename, info, d, Source(data=data))
+        return cls(filename, info, d, Source(data=data), _package_header(data[:8192], filename))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Shipment:
@@ -68,7 +82,87 @@ class Shipment:
             raise ValueError(f"{path} has no firmware tag (blnkinf): tag it with `dualmcu tag append`")
         if not info.get("mcu") or not info.get("fw-type"):
             raise ValueError(f"the tag of {path} lacks 'mcu' or 'fw-type': {info}")
-        return cls(os.path.basename(path), info, digests_of_file(path), Source(path=path))
+        with open(path, "rb") as f:
+            head = f.read(8192)
+        return cls(os.path.basename(path), info, digests_of_file(path), Source(path=path),
+                   _package_header(head, path))
+
+
+def _package_header(head: bytes, name: object) -> Header | None:
+    if head[:4] != b"DMPK":
+        return None
+    try:
+        h = parse_header(head)
+    except PackageError as e:
+        raise ValueError(f"{name}: {e}") from None
+    if h is None:
+        raise ValueError(f"{name}: the package ends inside its header")
+    return h
+
+
+FALLBACK_OUTCOMES = ("device_failed", "download_limit", "finish_failed")
+
+
+class Catalog:
+    """One release as the cloud holds it: the image and packages of one version."""
+
+    def __init__(self, shipments: list[Shipment]):
+        if not shipments:
+            raise ValueError("no firmware given")
+        newest = max(version_key(s.version) for s in shipments)
+        chosen = [s for s in shipments if version_key(s.version) == newest]
+        types = {s.info.get("fw-type") for s in chosen}
+        if len(types) > 1:
+            raise ValueError(f"firmware files of version {chosen[0].version} name several types: {', '.join(sorted(types))}")
+        self.skipped = [s.filename for s in shipments if s not in chosen]
+        self.image = next((s for s in chosen if s.package is None), None)
+        self.compressed = next((s for s in chosen if s.package is not None and not s.package.delta), None)
+        self.deltas: dict[str, Shipment] = {}
+        for s in chosen:
+            if s.package is not None and s.package.delta:
+                if s.package.base_version in self.deltas:
+                    raise ValueError(f"two deltas from {s.package.base_version}: "
+                                     f"{self.deltas[s.package.base_version].filename} and {s.filename}")
+                self.deltas[s.package.base_version] = s
+        self.failed: set[str] = set()  # files that failed on the device: not offered again
+
+    @property
+    def shipments(self) -> list[Shipment]:
+        return [s for s in (self.image, self.compressed, *self.deltas.values()) if s is not None]
+
+    def pick(self, base_version: str) -> Shipment | None:
+        """What to offer a device running ``base_version``: None once everything failed."""
+        for s in (self.deltas.get(base_version), self.compressed, self.image):
+            if s is not None and s.filename not in self.failed:
+                return s
+        return None
+
+    def describe(self) -> str:
+        parts = [f"{s.filename} ({s.kind}{', from ' + s.package.base_version if s.kind == 'delta' else ''}, "
+                 f"{s.size} bytes)" for s in self.shipments]
+        return f"version {self.shipments[0].version}: " + ", ".join(parts)
+
+    @classmethod
+    def from_paths(cls, paths: list[str]) -> Catalog:
+        """Files, or directories of them (a directory's untagged files are passed over)."""
+        shipments = []
+        for path in paths:
+            if os.path.isdir(path):
+                for name in sorted(os.listdir(path)):
+                    full = os.path.join(path, name)
+                    if name.startswith(".") or name.endswith(".part") or not os.path.isfile(full):
+                        continue
+                    if read_info_from_file(full) is None:
+                        continue
+                    shipments.append(Shipment.from_file(full))
+                if not shipments:
+                    raise ValueError(f"no tagged firmware file in {path}")
+            else:
+                shipments.append(Shipment.from_file(path))
+        names = [s.filename for s in shipments]
+        if len(set(names)) != len(names):
+            raise ValueError("two firmware files share a name: " + ", ".join(sorted({n for n in names if names.count(n) > 1})))
+        return cls(shipments)
 
 
 @dataclass

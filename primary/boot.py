@@ -59,15 +59,19 @@ from .reasons import code_of, name_of
 from .records import Redundant
 
 MAGIC = b"BOOT"
-RECORD_VERSION = 4
+RECORD_VERSION = 5  # 5 added the package fields of Receiving; a version-4 record still reads
 NO_SLOT = 0xFF
 DEFAULT_ATTEMPTS = 3
 _HEAD = struct.Struct("<4sBIBBBB")
 _SLOT = struct.Struct("<BII32s")
 _RX = struct.Struct("<IIII24s32s")  # size, file crc32, offset, running crc32, version, build
+# A package being applied (version 5): image offset and the CRC-32 of the slot below it, and
+# the image the package rebuilds (size, CRC-32, SHA-256), which a resumed transfer checks.
+_PKG = struct.Struct("<IIII32s")
 _SEC = struct.Struct("<I")  # the highest security counter of a confirmed signed image
 _CNT = struct.Struct("<IHHHH")  # boots, crash loop, rollbacks, trial failure, last failure
-RECORD_SIZE = _HEAD.size + 2 * _SLOT.size + _RX.size + _SEC.size + _CNT.size + 4
+RECORD_SIZE_V4 = _HEAD.size + 2 * _SLOT.size + _RX.size + _SEC.size + _CNT.size + 4
+RECORD_SIZE = RECORD_SIZE_V4 + _PKG.size
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,22 @@ class Receiving:
     running_crc32: int = 0  # CRC-32 of those bytes
     version: str = ""
     build: str = ""
+    # When the file is a package (image/package.py), ``offset`` and ``running_crc32`` are the
+    # package's, at a segment boundary, and these say where the image it rebuilds stands:
+    image_offset: int = 0  # image bytes in the slot, page aligned
+    image_crc32_so_far: int = 0  # CRC-32 of those bytes
+    image_size: int = 0  # 0: not a package
+    image_crc32: int = 0
+    image_sha256: bytes = bytes(32)
+
+    @property
+    def package(self) -> bool:
+        return self.image_size > 0
+
+    @property
+    def in_slot(self) -> int:
+        """Bytes at the start of the slot that this record vouches for."""
+        return self.image_offset if self.package else self.offset
 
     def same_image(self, size: int, version: str, build: str) -> bool:
         return self.size == size and self.version == version[:24] and self.build == build[:32] and size > 0
@@ -131,24 +151,30 @@ class BootState:
         body += _SEC.pack(self.security_counter)
         body += _CNT.pack(min(self.boots, 0xFFFFFFFF), min(self.crash_loop, 0xFFFF), min(self.rollbacks, 0xFFFF),
                           self.trial_failure, self.last_failure)
+        body += _PKG.pack(r.image_offset, r.image_crc32_so_far, r.image_size, r.image_crc32, r.image_sha256)
         return body + zlib.crc32(body).to_bytes(4, "little")
 
     @classmethod
     def decode(cls, data: bytes) -> BootState | None:
-        if len(data) < RECORD_SIZE or data[:4] != MAGIC:
+        if len(data) < RECORD_SIZE_V4 or data[:4] != MAGIC:
             return None
-        body, crc = data[: RECORD_SIZE - 4], data[RECORD_SIZE - 4 : RECORD_SIZE]
+        version = data[4]
+        size = {RECORD_VERSION: RECORD_SIZE, 4: RECORD_SIZE_V4}.get(version, 0)
+        if not size or len(data) < size:
+            return None
+        body, crc = data[: size - 4], data[size - 4 : size]
         if zlib.crc32(body).to_bytes(4, "little") != crc:
             return None
         _, version, seq, active, confirmed, trial, attempts = _HEAD.unpack_from(body)
-        if version != RECORD_VERSION or active > 1 or confirmed not in (0, 1, NO_SLOT):
+        if active > 1 or confirmed not in (0, 1, NO_SLOT):
             return None
         slots = tuple(
             SlotRecord(bool(i), n, c, h) for i, n, c, h in (_SLOT.unpack_from(body, _HEAD.size + k * _SLOT.size) for k in (0, 1))
         )
         size, fcrc, off, rcrc, ver, build = _RX.unpack_from(body, _HEAD.size + 2 * _SLOT.size)
+        pkg = _PKG.unpack_from(body, RECORD_SIZE_V4 - 4) if version == RECORD_VERSION else (0, 0, 0, 0, bytes(32))
         rx = Receiving(size, fcrc, off, rcrc, ver.rstrip(b"\x00").decode(errors="replace"),
-                       build.rstrip(b"\x00").decode(errors="replace"))
+                       build.rstrip(b"\x00").decode(errors="replace"), *pkg)
         at = _HEAD.size + 2 * _SLOT.size + _RX.size
         (counter,) = _SEC.unpack_from(body, at)
         boots, loop, rollbacks, trial_failure, last_failure = _CNT.unpack_from(body, at + _SEC.size)

@@ -65,12 +65,14 @@ Rules
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable
 
 from dualmcu.image.firmware import find_tag, is_newer, parse_tag, read_info_streamed, version_key
+from dualmcu.image.package import PIECE, Applier, Header, PackageError, check_base, is_package
 from dualmcu.rpc import DEFER, Call, Endpoint, Incoming
 from dualmcu.rpc.interface import PREFETCH
 from dualmcu.rpc.machine import Machine
@@ -86,6 +88,8 @@ DEFAULT_CHUNK = 1024  # what the primary asks for in otaUpdateStart unless told 
 MAX_SUSPEND = 18 * 3600  # the longest pause blynk_otaUpdateSuspend takes
 BATTERY_RECHECK = 3600.0  # a battery that is not charging is looked at again this often
 TAG_CARRY = 4096  # bytes kept from the previous chunk, so a tag split by a chunk edge is found
+DEFAULT_PACKAGE_RAM = 64 * 1024  # bytes of buffers a package may need while it is applied
+RECENT = 64  # chunks whose CRC is kept, to recognise a resend of one already taken
 
 
 def _clean_text(text: str, limit: int = 255) -> bool:
@@ -149,6 +153,8 @@ class OtaConfig:
     resume: bool = True  # offer dualmcu_otaResume and keep progress in the boot state
     checkpoint_every: int = 64 * 1024  # persist progress at least this often
     buffer: int = 32 * 1024  # bytes of chunks held while an earlier one is missing
+    # RAM for applying a package: decompressor state, one chunk and one output piece must fit.
+    package_ram: int = DEFAULT_PACKAGE_RAM
     # Planted bugs, for showing that `dualmcu fuzz` finds them; never on by default:
     # "duplicate-chunk-hazard" refuses the resend of the last chunk as the reference primary
     # does; "hang-on-empty-binary" stops answering after a write with an empty chunk.
@@ -176,6 +182,23 @@ class Transfer:
     mandatory: bool = False
     tag_checked: bool = False  # the image's tag was found in the arriving chunks and checked
     carry: bytes = b""  # the end of the previous chunk, for a tag that spans two
+    # What the slot holds: the file itself (an image) or what a package rebuilds.
+    kind: str | None = None  # "image" or "package", once the first 4 bytes are in
+    sniff: bytes = b""  # the file's first bytes, held until its kind is known
+    written: int = 0  # bytes programmed into the slot
+    kept_slot: int = 0  # bytes of the slot an earlier transfer left, until resume confirms
+    applier: Applier | None = None
+    claims: Header | None = None  # a package's header: the image it rebuilds
+    file_crc: int = 0  # CRC-32 of the file's bytes taken so far, in order
+    file_sha: object = field(default_factory=hashlib.sha256)  # None after a resume (not persistable)
+    checkpoint_slot: int = 0  # a package's image offset at its last checkpoint
+    checkpoint_slot_crc: int = 0
+    recent: dict = field(default_factory=dict)  # offset -> (length, crc32) of the latest chunks taken
+
+    @property
+    def length(self) -> int:
+        """Bytes of image in the slot once the transfer is complete."""
+        return self.claims.image_size if self.claims is not None else self.size
 
 
 @dataclass
@@ -334,11 +357,25 @@ class OtaReceiver:
         crc = inc.args["crc32"]
         rx = self.boot_state.receiving
         base = self.flash.geometry.slot_offset(t.slot)
-        if t.kept and crc == rx.file_crc32 and slot_crc(self.flash, base, t.kept) == rx.running_crc32:
+        vouched = rx.image_crc32_so_far if rx.package else rx.running_crc32
+        if t.kept and crc == rx.file_crc32 and slot_crc(self.flash, base, t.kept_slot) == vouched:
             t.offset = t.checkpoint = t.kept
-            t.checkpoint_crc = rx.running_crc32
-            t.kept, t.file_crc32 = 0, crc
-            self.emit("ota_resumed", offset=t.offset, size=t.size)
+            t.checkpoint_crc = t.file_crc = rx.running_crc32
+            t.written = t.checkpoint_slot = t.kept_slot
+            t.file_sha = None  # the file's SHA-256 so far cannot be persisted: its CRC-32 is checked
+            if rx.package:
+                # Goes on at the segment boundary the checkpoint recorded; the base is still
+                # the running image (installing another would have cleared this record).
+                t.kind, t.checkpoint_slot_crc = "package", rx.image_crc32_so_far
+                t.claims = Header(0, 0, rx.image_size, rx.image_crc32, rx.image_sha256, 0, bytes(32), 0, 0, "", b"", 0)
+                active = self.boot_state.active
+                t.applier = Applier.resumed(self._base_reader(active), self.boot_state.slots[active].length,
+                                            rx.offset, rx.image_offset, rx.image_size)
+            else:
+                t.kind = "image"
+            t.kept = t.kept_slot = 0
+            t.file_crc32 = crc
+            self.emit("ota_resumed", offset=t.offset, size=t.size, image_offset=t.written)
             return (t.offset, True)
         self._drop_kept(t)
         t.file_crc32 = crc
@@ -350,10 +387,10 @@ class OtaReceiver:
         if not t.kept:
             return
         base, page = self.flash.geometry.slot_offset(t.slot), self.flash.page_size
-        for off in range(0, t.kept, page):
+        for off in range(0, t.kept_slot, page):
             self.flash.erase_page(base + off)
-        self._work(self.cfg.timing.erase(t.kept))
-        t.kept = 0
+        self._work(self.cfg.timing.erase(t.kept_slot))
+        t.kept = t.kept_slot = 0
 
     def on_available(self, inc: Incoming):
         a = inc.args
@@ -462,7 +499,8 @@ class OtaReceiver:
         if self.cfg.resume and rx.offset and rx.same_image(t.size, t.fw_version, t.fw_build):
             # Maybe the same image as a transfer cut short: keep what it wrote until the NCP
             # confirms the file (dualmcu_otaResume); any other first write erases it.
-            t.kept = t.erased_to = rx.offset
+            t.kept, t.kept_slot = rx.offset, rx.in_slot
+            t.erased_to = rx.in_slot
             receiving = None
         else:
             receiving = Receiving(t.size, 0, 0, 0, t.fw_version[:24], t.fw_build[:32])
@@ -474,8 +512,8 @@ class OtaReceiver:
         # Prepare storage: erase now as much of the image as fits in the offer's answer time
         # (whole 64 KiB blocks), so that most writes only program; the rest is erased a block
         # at a time as the writes reach it.
-        ahead = t.kept
-        while ahead < t.size and self.cfg.timing.erase(ahead - t.kept + BLOCK) <= ERASE_AT_OFFER:
+        ahead = t.kept_slot
+        while ahead < t.size and self.cfg.timing.erase(ahead - t.kept_slot + BLOCK) <= ERASE_AT_OFFER:
             ahead += BLOCK
         try:
             self._erase_to(t, min(ahead, t.size))
@@ -487,7 +525,7 @@ class OtaReceiver:
         self._arm()
         self.emit("ota_accepted", slot="AB"[slot], **offer)
         self.report("downloading", "")
-        done = self._work(self.cfg.timing.erase(t.erased_to - t.kept))
+        done = self._work(self.cfg.timing.erase(t.erased_to - t.kept_slot))
         if inc is None:
             return True
         inc.then = self._after_accept
@@ -541,7 +579,11 @@ class OtaReceiver:
             # Acknowledge it when it matches the flash, without writing again.
             base = self.flash.geometry.slot_offset(t.slot)
             hazard = "duplicate-chunk-hazard" in self.cfg.defects
-            if not hazard and self.flash.read(base + offset, len(chunk)) == chunk:
+            if t.kind == "image":
+                same = self.flash.read(base + offset, len(chunk)) == chunk
+            else:  # a package's bytes are not in the slot: the CRC of the chunk taken there is
+                same = t.recent.get(offset) == (len(chunk), crc)
+            if not hazard and same:
                 t.duplicates += 1
                 self.emit("ota_duplicate", offset=offset)
                 return True
@@ -579,6 +621,12 @@ class OtaReceiver:
                 self._reply_at(self._program(t, t.offset, held_chunk), held_inc, True)
         except FlashError as e:
             return self._refuse("write", "flash_error", offset=offset, error=str(e))
+        except PackageError as e:
+            # Not applied further: nothing of it is installed, and the NCP may fall back
+            # to the full image.
+            self._refuse("write", e.reason, offset=offset, error=str(e))
+            self._abandon(e.reason)
+            return False
         if done <= self.ep.now:
             return True
         self._reply_at(done, inc, True)
@@ -601,27 +649,99 @@ class OtaReceiver:
         return compat_refusal(parse_tag(tag), ident.hw_rev, ident.bootloader)
 
     def _program(self, t: Transfer, offset: int, chunk: bytes) -> float:
-        """Write one chunk at the next offset; when the flash will have done it."""
+        """Take one chunk at the next offset; when the flash will have done its part."""
         if t.kept:
-            self._drop_kept(t)  # the NCP started over without confirming: not the same image
-        erased = t.erased_to
-        if erased < offset + len(chunk):
-            # Erase ahead a block at a time (or to the image's end) before programming.
-            self._erase_to(t, min(max(offset + len(chunk), erased + BLOCK), t.size))
-            self._work(self.cfg.timing.erase(t.erased_to - erased))
-        base = self.flash.geometry.slot_offset(t.slot)
-        self.flash.write(base + offset, chunk)
+            self._drop_kept(t)  # the NCP started over without confirming: not the same file
+        crc_before = t.file_crc
+        t.recent[offset] = (len(chunk), zlib.crc32(chunk))
+        if len(t.recent) > RECENT:
+            del t.recent[next(iter(t.recent))]
         t.offset += len(chunk)
-        done = self._work(self.cfg.timing.program(len(chunk)))
-        if t.file_crc32 is not None and t.offset - t.checkpoint >= self.cfg.checkpoint_every:
-            # Persist progress at a page boundary, with the CRC of what the flash holds below
-            # it (read back, so a torn page can never be vouched for).
-            aligned = t.offset - t.offset % self.flash.page_size
+        t.file_crc = zlib.crc32(chunk, t.file_crc)
+        if t.file_sha is not None:
+            t.file_sha.update(chunk)
+        if t.kind is None:
+            # An image is programmed as it is; a package (DMPK) is applied. Its first bytes
+            # say which, so at most 3 bytes wait here.
+            t.sniff += chunk
+            if len(t.sniff) < 4:
+                return self.busy_until
+            chunk, t.sniff = t.sniff, b""
+            if is_package(chunk):
+                t.kind = "package"
+                active = self.boot_state.active
+                t.applier = Applier(self._base_reader(active), self.boot_state.slots[active].length,
+                                    self.cfg.package_ram - self.cfg.chunk_size - PIECE,
+                                    on_header=lambda h: self._check_package(t, h))
+            else:
+                t.kind = "image"
+        if t.kind == "image":
+            self._put(t, chunk)
+            if t.file_crc32 is not None and t.written - t.checkpoint >= self.cfg.checkpoint_every:
+                self._checkpoint(t, t.written - t.written % self.flash.page_size, None)
+            return self.busy_until
+        a = t.applier
+        seen = len(a.boundaries)
+        for piece in a.feed(chunk):
+            self._put(t, piece)
+        start = t.offset - len(chunk)
+        for at, out in a.boundaries[seen:]:
+            # A segment ends here: a point a later transfer of the same package may resume
+            # from, when the image offset is page aligned (the pages above it are erased again).
+            if (t.file_crc32 is not None and out % self.flash.page_size == 0
+                    and out - t.checkpoint_slot >= self.cfg.checkpoint_every):
+                self._checkpoint(t, out, (at, zlib.crc32(chunk[: at - start], crc_before)))
+        return self.busy_until
+
+    def _base_reader(self, slot: int) -> Callable[[int, int], bytes]:
+        base = self.flash.geometry.slot_offset(slot)
+        return lambda pos, n: self.flash.read(base + pos, n)
+
+    def _check_package(self, t: Transfer, h: Header) -> None:
+        """Before a byte of a package is applied: the image fits, and a delta's base is the
+        image this device runs (its bytes, read back from the flash)."""
+        slot_size = self.flash.geometry.slot_size
+        if h.image_size > slot_size:
+            raise PackageError(f"the package rebuilds {h.image_size} bytes, the slot holds {slot_size}", "too_large")
+        if h.delta:
+            active = self.boot_state.active
+            rec = self.boot_state.slots[active]
+            crc, sha = slot_digests(self.flash, active, rec.length) if rec.installed else (0, bytes(32))
+            check_base(h, rec.length if rec.installed else 0, sha)
+        t.claims = h
+        self.emit("ota_package", package=h.describe()["kind"], compression=h.describe()["compression"],
+                  image_size=h.image_size, base_version=h.base_version or None)
+
+    def _put(self, t: Transfer, data: bytes) -> None:
+        """Program ``data`` at the slot's next byte, erasing ahead a block at a time (or to the
+        image's end)."""
+        end = t.written + len(data)
+        erased = t.erased_to
+        if erased < end:
+            self._erase_to(t, min(max(end, erased + BLOCK), max(end, t.length)))
+            self._work(self.cfg.timing.erase(t.erased_to - erased))
+        self.flash.write(self.flash.geometry.slot_offset(t.slot) + t.written, data)
+        t.written = end
+        self._work(self.cfg.timing.program(len(data)))
+
+    def _checkpoint(self, t: Transfer, aligned: int, package: tuple[int, int] | None) -> None:
+        """Persist progress: ``aligned`` bytes of the slot, with the CRC of what the flash holds
+        below it (read back, so a torn page can never be vouched for); for a package also the
+        package offset and CRC-32 it resumes from, and the image it rebuilds."""
+        base = self.flash.geometry.slot_offset(t.slot)
+        if package is None:
             t.checkpoint_crc = slot_crc(self.flash, base + t.checkpoint, aligned - t.checkpoint, t.checkpoint_crc)
             t.checkpoint = aligned
-            self.boot_state = self.boot.checkpoint(
-                Receiving(t.size, t.file_crc32, aligned, t.checkpoint_crc, t.fw_version[:24], t.fw_build[:32]))
-        return done
+            rx = Receiving(t.size, t.file_crc32, aligned, t.checkpoint_crc, t.fw_version[:24], t.fw_build[:32])
+        else:
+            t.checkpoint_slot_crc = slot_crc(self.flash, base + t.checkpoint_slot, aligned - t.checkpoint_slot,
+                                             t.checkpoint_slot_crc)
+            t.checkpoint_slot = aligned
+            t.checkpoint, t.checkpoint_crc = package
+            h = t.claims
+            rx = Receiving(t.size, t.file_crc32, t.checkpoint, t.checkpoint_crc, t.fw_version[:24], t.fw_build[:32],
+                           aligned, t.checkpoint_slot_crc, h.image_size, h.image_crc32, h.image_sha256)
+        self.boot_state = self.boot.checkpoint(rx)
 
     def _erase_to(self, t: Transfer, end: int) -> None:
         base, page = self.flash.geometry.slot_offset(t.slot), self.flash.page_size
@@ -635,6 +755,10 @@ class OtaReceiver:
         t = self.t
         if t.offset != t.size:
             return self._refuse("finish", "size_mismatch", received=t.offset, size=t.size)
+        if t.kind == "package" and not t.applier.done:
+            self._move(OtaEvent.FINISH)
+            self._reject(t, "package_corrupt", error="the package ends before its image is whole")
+            return False
         self._move(OtaEvent.FINISH)
         self.deadline = None
         got: dict[str, Call] = {}
@@ -663,48 +787,64 @@ class OtaReceiver:
 
         if not (crc_call.ok and crc_call.result and sha_call.ok and sha_call.result):
             return fail("digest_unavailable", crc_status=crc_call.status, sha_status=sha_call.status)
-        crc, sha = slot_digests(self.flash, t.slot, t.size)
-        if crc != crc_call.values["crc32"]:
-            return fail("crc_mismatch", ours=f"{crc:08x}", ncp=f"{crc_call.values['crc32']:08x}")
-        if sha != sha_call.values["sha256"]:
-            return fail("sha256_mismatch", ours=sha.hex(), ncp=sha_call.values["sha256"].hex())
+        ncp_crc, ncp_sha = crc_call.values["crc32"], sha_call.values["sha256"]
+        if t.kind == "package":
+            # The file's digests are the package's: CRC-32 as it arrived, SHA-256 too unless
+            # the transfer resumed; then the image it rebuilt, read back from the flash, must
+            # be the one its header names (length, CRC-32, SHA-256).
+            if t.file_crc != ncp_crc:
+                return fail("crc_mismatch", ours=f"{t.file_crc:08x}", ncp=f"{ncp_crc:08x}")
+            if t.file_sha is not None and t.file_sha.digest() != ncp_sha:
+                return fail("sha256_mismatch", ours=t.file_sha.hexdigest(), ncp=ncp_sha.hex())
+            crc, sha = slot_digests(self.flash, t.slot, t.length)
+            h = t.claims
+            if (t.written, crc, sha) != (h.image_size, h.image_crc32, h.image_sha256):
+                return self._reject(t, "package_image_mismatch", inc, crc32=f"{crc:08x}",
+                                    expected=f"{h.image_crc32:08x}")
+        else:
+            crc, sha = slot_digests(self.flash, t.slot, t.size)
+            if crc != ncp_crc:
+                return fail("crc_mismatch", ours=f"{crc:08x}", ncp=f"{ncp_crc:08x}")
+            if sha != ncp_sha:
+                return fail("sha256_mismatch", ours=sha.hex(), ncp=ncp_sha.hex())
         why = self._tag_refusal(t)
         if why is not None:
             # The bytes arrived whole, but the image is not the one offered, or not one this
             # device may run: the offer's claims are checked against what was received.
-            self._move(OtaEvent.REJECTED)
-            self.t = None
-            self._refuse("finish", why[0], **why[1])
-            self.emit("ota_cancelled", reason=why[0], offset=t.size)
-            self.report("failed", why[0])
-            return self.ep.reply(inc, False)
+            return self._reject(t, why[0], inc, **why[1])
         trust = self.boot.trust
         if trust is not None and trust.keys:
-            v = check_signature(self.flash, t.slot, t.size, trust, self.boot_state.security_counter)
+            v = check_signature(self.flash, t.slot, t.length, trust, self.boot_state.security_counter)
             if not v:
                 # Bytes arrived whole but are not an image this device may install.
-                self._move(OtaEvent.REJECTED)
-                self.t = None
-                self._refuse("finish", f"signature_{v.reason}", counter=v.signature.counter if v.signature else None)
-                self.emit("ota_cancelled", reason=f"signature_{v.reason}", offset=t.size)
-                self.report("failed", f"signature_{v.reason}")
-                return self.ep.reply(inc, False)
+                return self._reject(t, f"signature_{v.reason}", inc,
+                                    counter=v.signature.counter if v.signature else None)
         try:
-            self.boot_state = self.boot.install(t.slot, t.size)
+            self.boot_state = self.boot.install(t.slot, t.length)
         except FlashError as e:
             return fail("flash_error", error=str(e))
-        self.emit("ota_installed", slot="AB"[t.slot], version=t.fw_version, size=t.size, sha256=sha.hex(),
-                  duplicates=t.duplicates)
+        self.emit("ota_installed", slot="AB"[t.slot], version=t.fw_version, size=t.length, sha256=sha.hex(),
+                  duplicates=t.duplicates, **({"package_size": t.size} if t.kind == "package" else {}))
         self.report("written", "")
         self._move(OtaEvent.INSTALLED)
         self.t = None
         inc.then = lambda: self.reboot("ota_installed")
         self.ep.reply(inc, True)
 
+    def _reject(self, t: Transfer, reason: str, inc: Incoming | None = None, **fields) -> None:
+        """Arrived whole, but not an image this device may install: FINISHING -> IDLE."""
+        self._move(OtaEvent.REJECTED)
+        self.t, self.deadline = None, None
+        self._refuse("finish", reason, **fields)
+        self.emit("ota_cancelled", reason=reason, offset=t.size)
+        self.report("failed", reason)
+        if inc is not None:
+            self.ep.reply(inc, False)
+
     def _tag_refusal(self, t: Transfer) -> tuple[str, dict] | None:
         """Every gate of the offer, applied again to the tag of the image in the slot."""
         base = self.flash.geometry.slot_offset(t.slot)
-        tag = read_info_streamed(lambda pos, n: self.flash.read(base + pos, n), t.size)
+        tag = read_info_streamed(lambda pos, n: self.flash.read(base + pos, n), t.length)
         if not tag or not tag.get("mcu") or not tag.get("fw-type"):
             return "image_untagged", {}
         own_type, own_version = self.own.get("fw-type"), self.own.get("mcu", "")

@@ -1,0 +1,204 @@
+"""Compressed and delta packages: the container, the applier, and updates that use them.
+
+The applier is checked against detools' own applier (each segment is a plain detools patch),
+fed in chunks of every size; the device is checked end to end on the virtual clock: what it
+installs is the new image byte for byte, a delta for another base is refused before a byte of
+it is applied, and the NCP falls back to the full image.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import detools
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dualmcu.image.firmware import build_image, make_info, next_image
+from dualmcu.image.package import (
+    _SEG,
+    Applier,
+    PackageError,
+    apply_package,
+    build_package,
+    parse_header,
+)
+from dualmcu.link import LinkConfig
+from dualmcu.ncp.update import Catalog, Shipment
+from dualmcu.primary.boot import BootStore
+from dualmcu.sim import Simulation
+from support import BUILD, active_image, provisioned
+
+T = "TMPLPK"
+OLD = build_image(make_info("1.0.0", T, build=BUILD), 200_000, content="code")
+NEW = next_image(OLD, make_info("1.0.1", T, build=BUILD), 0.01)
+OTHER = next_image(OLD, make_info("0.9.0", T, build=BUILD), 0.02)  # another base
+DELTA = build_package(NEW, OLD, "lzma")
+COMPRESSED = build_package(NEW, None, "heatshrink")
+
+
+def segments(pkg: bytes):
+    h = parse_header(pkg)
+    at = h.length
+    while at < len(pkg):
+        n, plen = _SEG.unpack_from(pkg, at)
+        yield n, pkg[at + 8 : at + 8 + plen]
+        at += 8 + plen
+
+
+@pytest.mark.parametrize("compression", ["none", "heatshrink", "lzma"])
+@pytest.mark.parametrize("base", [None, OLD], ids=["full", "delta"])
+def test_every_segment_is_a_detools_patch_and_the_package_rebuilds_the_image(compression, base):
+    pkg = build_package(NEW, base, compression, segment=64 * 1024)
+    rebuilt = b""
+    for n, patch in segments(pkg):
+        out = io.BytesIO()
+        assert detools.apply_patch(io.BytesIO(base or b""), io.BytesIO(patch), out) == n
+        rebuilt += out.getvalue()
+    assert rebuilt == NEW
+    assert apply_package(pkg, base) == NEW
+    h = parse_header(pkg)
+    assert (h.image_size, h.delta, h.info["mcu"]) == (len(NEW), base is not None, "1.0.1")
+
+
+def test_a_delta_is_a_small_part_of_the_image():
+    assert len(DELTA) < len(NEW) * 0.1
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 3000), min_size=1, max_size=400))
+def test_fed_in_any_pieces_the_applier_makes_the_same_bytes(sizes):
+    a = Applier(lambda pos, n: OLD[pos : pos + n], len(OLD))
+    out, at, i = [], 0, 0
+    while at < len(DELTA):
+        n = sizes[i % len(sizes)]
+        out += a.feed(DELTA[at : at + n])
+        at, i = at + n, i + 1
+    assert a.done and b"".join(out) == NEW
+    assert all(len(p) <= 4096 for p in out)
+    assert [o for _, o in a.boundaries][-1] == len(NEW)
+
+
+def test_resumed_at_a_boundary_the_applier_goes_on():
+    a = Applier(lambda pos, n: OLD[pos : pos + n], len(OLD))
+    out = b"".join(a.feed(DELTA[:10_000]))
+    at, image_at = a.boundaries[0]
+    b = Applier.resumed(lambda pos, n: OLD[pos : pos + n], len(OLD), at, image_at, len(NEW))
+    assert out[:image_at] + b"".join(b.feed(DELTA[at:])) == NEW and b.done
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "append", "header"])
+def test_a_damaged_package_is_refused_with_a_reason(damage):
+    pkg = bytearray(DELTA)
+    if damage == "flip":
+        pkg[len(pkg) // 2] ^= 0x55
+    elif damage == "truncate":
+        del pkg[-100:]
+    elif damage == "append":
+        pkg += b"\x00" * 10
+    else:
+        pkg[10] ^= 1
+    with pytest.raises(PackageError) as e:
+        apply_package(bytes(pkg), OLD)
+    assert e.value.reason in ("package_corrupt", "package_image_mismatch")
+
+
+def test_a_delta_for_another_base_is_refused_before_it_is_applied():
+    reads = []
+    with pytest.raises(PackageError) as e:
+        apply_package(DELTA, OTHER)
+    assert e.value.reason == "package_base_mismatch"
+    a = Applier(lambda pos, n: reads.append(pos) or OTHER[pos : pos + n], len(OTHER),
+                on_header=lambda h: (_ for _ in ()).throw(PackageError("no", "package_base_mismatch")))
+    with pytest.raises(PackageError):
+        a.feed(DELTA)
+    assert reads == []  # the base was never read, the image never begun
+
+
+def test_a_package_needing_more_ram_than_the_device_has_is_refused():
+    big = build_package(NEW, OLD, "lzma", lzma_dict=1 << 20)
+    with pytest.raises(PackageError) as e:
+        apply_package(big, OLD, max_ram=64 * 1024)
+    assert e.value.reason == "package_needs_ram"
+
+
+def test_a_segment_may_not_ask_for_more_than_its_header_declared():
+    # Header says 32 KiB of dictionary; a segment asking for 1 MiB is refused.
+    small, big = build_package(NEW, OLD, "lzma"), build_package(NEW, OLD, "lzma", lzma_dict=1 << 20)
+    h = parse_header(small)
+    forged = small[: h.length] + big[parse_header(big).length :]
+    with pytest.raises(PackageError, match="declared"):
+        apply_package(forged, OLD)
+
+
+def test_a_size_field_that_never_ends_is_refused():
+    h = parse_header(DELTA)
+    forged = DELTA[: h.length] + struct.pack("<II", 4096, 20) + bytes([0x01]) + b"\xff" * 19
+    with pytest.raises(PackageError):
+        apply_package(forged, OLD)
+
+
+# -- on the device ---------------------------------------------------------------------------
+
+
+def sim(files, flash=None, **kw):
+    cat = Catalog([Shipment.from_bytes(data, name) for name, data in files])
+    kw.setdefault("link", LinkConfig(baud=921600, latency=0.001))
+    return Simulation(flash or provisioned(OLD), cat, **kw)
+
+
+@pytest.mark.parametrize("name,package", [("delta.pkg", DELTA), ("full.pkg", COMPRESSED)])
+def test_the_device_installs_what_a_package_rebuilds(name, package):
+    s = sim([(name, package)])
+    assert s.run_update() == "success"
+    st, running = active_image(s.flash)
+    assert running == NEW and st.slots[st.active].length == len(NEW)
+    (inst,) = s.find("ota_installed", "primary")
+    assert inst["package_size"] == len(package) and inst["size"] == len(NEW)
+
+
+def test_the_ncp_ships_the_delta_for_the_reported_version_and_the_image_to_others():
+    files = [("new.bin", NEW), ("delta.pkg", DELTA)]
+    s = sim(files)
+    assert s.run_update() == "success"
+    assert [o["filename"] for o in s.find("ota_offer", "ncp")] == ["delta.pkg"]
+    s = sim(files, flash=provisioned(OTHER))
+    assert s.run_update() == "success"
+    assert [o["filename"] for o in s.find("ota_offer", "ncp")] == ["new.bin"]
+    assert active_image(s.flash)[1] == NEW
+
+
+def test_a_delta_the_device_refuses_falls_back_to_the_full_image():
+    # The NCP believes the device runs 1.0.0 (the delta's base), but its bytes are another
+    # build: the device refuses the delta before applying it, and the image follows.
+    wrong = build_image(make_info("1.0.0", T, build="Feb  2 2026 00:00:00"), 200_000, content="code", seed=9)
+    s = sim([("new.bin", NEW), ("delta.pkg", DELTA)], flash=provisioned(wrong))
+    assert s.run_update() == "success"
+    assert [o["filename"] for o in s.find("ota_offer", "ncp")] == ["delta.pkg", "new.bin"]
+    (refused,) = [r for r in s.find("ota_refused", "primary") if r["reason"] == "package_base_mismatch"]
+    (fb,) = s.find("ota_fallback", "ncp")
+    assert fb["next"] == "new.bin" and fb["outcome"] == "device_failed"
+    assert active_image(s.flash)[1] == NEW
+
+
+def test_a_delta_with_no_full_image_behind_it_fails_with_the_reason():
+    wrong = build_image(make_info("1.0.0", T, build="Feb  2 2026 00:00:00"), 200_000, content="code", seed=9)
+    s = sim([("delta.pkg", DELTA)], flash=provisioned(wrong))
+    assert s.run_update() == "device_failed"
+    st, running = active_image(s.flash)
+    assert running == wrong and not st.slots[1 - st.active].installed
+
+
+def test_a_power_cut_mid_delta_resumes_at_a_segment_boundary():
+    pkg = build_package(NEW, OLD, "none")  # big enough to be cut in the middle
+    s = sim([("delta.pkg", pkg)])
+    s.run_until(lambda s: any(e["offset"] >= 150_000 for e in s.find("ota_progress", "ncp")))
+    rx = BootStore(s.flash).load().receiving
+    assert rx.package and rx.image_offset % 4096 == 0 and rx.image_offset >= 64 * 1024
+    s.restart_primary()
+    assert s.run_update() == "success"
+    (resumed,) = s.find("ota_resumed", "ncp")
+    assert resumed["offset"] == rx.offset
+    assert active_image(s.flash)[1] == NEW
