@@ -20,7 +20,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from dualmcu.image.firmware import build_image, make_info, read_info_from_file
+from dualmcu.image.firmware import build_image, make_info
+from dualmcu.ncp.update import Catalog
 from dualmcu.primary.ota import DEFAULT_CHUNK
 from .link import LinkConfig
 from .relay import Relay
@@ -32,7 +33,8 @@ DEMO_SIZE = 300 * 1024
 
 @dataclass
 class RunOptions:
-    firmware: str | None = None
+    firmware: list[str] = field(default_factory=list)  # files or directories of one release
+    factory: str | None = None  # the primary's factory image (default: built here)
     framing: str = "cobs"
     flash: str | None = None
     link: str = "pty"
@@ -133,21 +135,28 @@ class Run:
         o = self.o
         self.workdir = o.workdir or tempfile.mkdtemp(prefix="dualmcu-run-")
         os.makedirs(self.workdir, exist_ok=True)
-        if o.firmware is None:
-            o.firmware = os.path.join(self.workdir, "demo-1.1.0.bin")
-            with open(o.firmware, "wb") as f:
+        if not o.firmware:
+            demo = os.path.join(self.workdir, "demo-1.1.0.bin")
+            with open(demo, "wb") as f:
                 f.write(self._signed(build_image(make_info("1.1.0", DEMO_TYPE, build="Nov 21 2026 12:00:00"), DEMO_SIZE), 2))
-        if not os.path.isfile(o.firmware):
-            raise ValueError(f"no firmware file at {o.firmware}")
-        info = read_info_from_file(o.firmware)
-        if info is None:
-            raise ValueError(f"{o.firmware} has no firmware tag: tag it with `dualmcu tag append`")
+            o.firmware = [demo]
+        for path in o.firmware:
+            if not os.path.exists(path):
+                raise ValueError(f"no firmware file at {path}")
+        release = Catalog.from_paths(o.firmware)  # checked here: a bad file is a usage error
+        self.largest = max(s.package.image_size if s.package else s.size for s in release.shipments)
+        info = release.shipments[0].info
         self.new_version = info.get("mcu", "")
         self.fw_type = info.get("fw-type", "")
-        self.factory = os.path.join(self.workdir, "factory.bin")
-        old = "1.0.0" if self.new_version != "1.0.0" else "0.9.0"
-        with open(self.factory, "wb") as f:
-            f.write(self._signed(build_image(make_info(old, self.fw_type, build="Nov 20 2026 12:00:00"), 120 * 1024), 1))
+        if o.factory is not None:
+            self.factory = os.path.abspath(o.factory)
+        elif release.deltas and release.image is None and release.compressed is None:
+            raise ValueError("a delta package applies to its base only: give the primary that base with --factory")
+        else:
+            self.factory = os.path.join(self.workdir, "factory.bin")
+            old = "1.0.0" if self.new_version != "1.0.0" else "0.9.0"
+            with open(self.factory, "wb") as f:
+                f.write(self._signed(build_image(make_info(old, self.fw_type, build="Nov 20 2026 12:00:00"), 120 * 1024), 1))
         if o.flash is None:
             o.flash = os.path.join(self.workdir, "primary.flash")
 
@@ -166,7 +175,8 @@ class Run:
         base = [sys.executable, "-m", "dualmcu", side, "--port", path, "--baud", str(o.baud),
                 "--framing", o.framing, "--json"]
         if side == "ncp":
-            base += ["--firmware", o.firmware, "--retries", str(o.retries), "--once",
+            base += [x for path in o.firmware for x in ("--firmware", os.path.abspath(path))]
+            base += ["--retries", str(o.retries), "--once",
                      "--store", os.path.join(self.workdir, "ncp-store")]
             if o.net_rate:
                 base += ["--net-rate", str(o.net_rate)]
@@ -184,7 +194,7 @@ class Run:
             elif o.power_cut_seed is not None:
                 # Draw from the operations this update takes: page erases, chunk programs
                 # (one per page crossed) and a few boot-state writes.
-                size, page = os.path.getsize(o.firmware), 4096
+                size, page = self.largest, 4096
                 pages, chunks = -(-size // page), -(-size // o.chunk_size)
                 crossings = pages if page % o.chunk_size else 0
                 ops = pages + chunks + crossings + 6

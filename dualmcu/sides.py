@@ -11,7 +11,7 @@ from typing import Any
 from dualmcu.framing import get_profile
 from dualmcu.ncp.core import NcpConfig, NcpDevice
 from dualmcu.image.firmware import read_info
-from dualmcu.ncp.update import Network, Shipment, Store
+from dualmcu.ncp.update import Catalog, Network, Store
 from dualmcu.primary.boot import Bootloader, BootStore
 from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
 from dualmcu.primary.flash import Flash, FlashError, Geometry, Identity, PowerCut
@@ -46,7 +46,7 @@ class NcpOptions:
     port: str
     baud: int = 38400
     framing: str = "cobs"
-    firmware: str | None = None
+    firmware: tuple[str, ...] = ()  # files or directories: one release (ncp/update.py Catalog)
     prefetch_store: str | None = None
     net_rate: float | None = None
     net_fail_at: int | None = None
@@ -58,8 +58,8 @@ class NcpOptions:
 def run_ncp(o: NcpOptions) -> int:
     emit = EventPrinter("ncp", o.as_json, o.verbose)
     try:
-        shipment = Shipment.from_file(o.firmware) if o.firmware else None
-    except ValueError as e:
+        catalog = Catalog.from_paths(list(o.firmware)) if o.firmware else None
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.USAGE
     store = Store(o.prefetch_store or default_store())
@@ -74,12 +74,16 @@ def run_ncp(o: NcpOptions) -> int:
     current: list[NcpDevice] = []  # the core now running: verdict() reads its outcome
 
     def make(now: float) -> NcpDevice:
-        current[:] = [NcpDevice(profile, o.config, now, shipment, net, store, emit=emit)]
+        current[:] = [NcpDevice(profile, o.config, now, catalog, net, store, emit=emit)]
         return current[0]
 
-    if shipment:
-        emit("shipment", file=o.firmware, size=shipment.size, version=shipment.version,
-             fw_type=shipment.info.get("fw-type"), sha256=shipment.digests.sha256.hex())
+    if catalog:
+        for s in catalog.shipments:
+            emit("shipment", file=s.filename, file_kind=s.kind, size=s.size, version=s.version,
+                 fw_type=s.info.get("fw-type"), sha256=s.digests.sha256.hex(),
+                 **({"base_version": s.package.base_version} if s.kind == "delta" else {}))
+        if catalog.skipped:
+            emit("shipment_skipped", files=catalog.skipped, note=f"older than {catalog.shipments[0].version}")
     else:
         emit("shipment", file=None, note="no --firmware: serving the interface, no update to offer")
 

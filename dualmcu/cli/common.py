@@ -130,6 +130,21 @@ def emit_json(obj: dict) -> None:
     click.echo(json.dumps(obj, separators=(",", ":")))
 
 
+def read_file(path: str, what: str, limit: int) -> bytes:
+    """A whole input file, or one line saying why not (missing, a directory, unreadable, or
+    larger than ``limit``: checked before it is read, so a huge file costs nothing)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise InputError(f"{what} {path} has {size} bytes, more than the {limit} a slot can hold")
+            return f.read(limit + 1)
+    except IsADirectoryError:
+        raise InputError(f"{what} {path} is a directory, not a file") from None
+    except OSError as e:
+        raise InputError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
 def write_file(path: str, data: bytes, what: str, mode: int | None = None, exclusive: bool = False) -> None:
     """Write ``data`` to ``path`` whole, or say in one line why not (a missing folder, say)."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)

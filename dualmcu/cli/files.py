@@ -8,7 +8,9 @@ import click
 
 from dualmcu.image.firmware import TEST_BEHAVIOURS
 
-from .common import DEFAULT_FLASH, FLASH_HELP_DEFAULT, InputError, JSON, Size, main, write_file
+from .common import DEFAULT_FLASH, FLASH_HELP_DEFAULT, JSON, InputError, Number, Size, main, read_file, write_file
+
+MAX_IMAGE = 1 << 30  # what the largest slot holds (image lengths travel as u32)
 
 
 class ImageCommand(click.Command):
@@ -174,9 +176,21 @@ def tag_append(firmware, mcu, fw_type, build, blynk, extra, output) -> None:
 @click.option("--min-bootloader", help="Oldest bootloader version the image needs (tag key min-bootloader).")
 @click.option("--config-schema", type=click.IntRange(1, 0xFFFF),
               help="Configuration schema of the image (tag key config-schema; breaking-migration: 2 by default).")
-def image(out, mcu, fw_type, build, blynk, extra, size, behaviour, hw_rev, min_bootloader, config_schema) -> None:
-    """Build a tagged test firmware image (deterministic filler after the tag)."""
-    from dualmcu.image.firmware import TEST_KEY, TagError, build_image
+@click.option("--content", type=click.Choice(["random", "code"]), default="random", show_default=True,
+              help="Filler: random bytes, or code-like bytes of one program per --type (they compress, and two versions share most of them).")
+@click.option("--from", "base", type=click.Path(exists=True, dir_okay=False),
+              help="Make the next build of this image instead: its program edited at scattered sites and relinked (--size is ignored).")
+@click.option("--change", type=Number(min=0, max=100, min_open=True), default=1.0, show_default=True,
+              help="With --from: percent of the program's bytes the edits touch.")
+def image(out, mcu, fw_type, build, blynk, extra, size, behaviour, hw_rev, min_bootloader, config_schema,
+          content, base, change) -> None:
+    """Build a tagged test firmware image (deterministic filler after the tag).
+
+    With --content code two versions of one --type are builds of one program; --from OLD
+    --change 1 makes a plausible next build of OLD (functions shifted, constants changed),
+    for trying `dualmcu package --base`.
+    """
+    from dualmcu.image.firmware import TEST_KEY, TagError, build_image, next_image
 
     info = _tag_info(mcu, fw_type, build, blynk, extra)
     if behaviour == "breaking-migration" and config_schema is None:
@@ -188,7 +202,61 @@ def image(out, mcu, fw_type, build, blynk, extra, size, behaviour, hw_rev, min_b
     if behaviour:
         info[TEST_KEY] = behaviour
     try:
-        data = build_image(info, size)
+        if base is not None:
+            data = next_image(read_file(base, "base image", MAX_IMAGE), info, change / 100)
+        else:
+            data = build_image(info, size, content=content)
     except (TagError, ValueError) as e:
         raise click.BadParameter(str(e)) from None
     write_file(out, data, f"{len(data)} bytes, version {mcu}, type {fw_type}" + (f", test: {behaviour}" if behaviour else ""))
+
+
+@main.command()
+@click.argument("new", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where the package goes.")
+@click.option("--base", type=click.Path(exists=True, dir_okay=False),
+              help="Make a delta against this image (the one devices run); without it, NEW compressed.")
+@click.option("--compress", "compression", type=click.Choice(["heatshrink", "lzma", "none"]), default="heatshrink",
+              show_default=True, help="Compression of the patch data (detools).")
+@click.option("--segment", type=Size(1 << 24), default="64K", show_default=True,
+              help="Image bytes per segment, a multiple of 4K: the unit a transfer resumes at.")
+@click.option("--lzma-dict", type=Size(1 << 24), default="32K", show_default=True,
+              help="lzma dictionary: RAM the device needs to decompress (plus 16K of tables).")
+@click.option("--heatshrink-window", type=click.IntRange(4, 14), default=8, show_default=True,
+              help="heatshrink window, as a power of two (8: 256 bytes of RAM).")
+@JSON
+def package(new, output, base, compression, segment, lzma_dict, heatshrink_window, as_json) -> None:
+    """Make an update package of NEW: compressed, or a delta against --base.
+
+    The package carries NEW's tag, so the cloud sees NEW's version; the device checks the
+    base before it applies a byte, rebuilds NEW into its inactive slot as the package arrives
+    and verifies it like a full image. It is checked here by applying it once.
+    """
+    import time
+
+    from dualmcu.image.package import PackageError, apply_package, build_package, decoder_ram, parse_header
+
+    new_data = read_file(new, "image", MAX_IMAGE)
+    base_data = read_file(base, "base image", MAX_IMAGE) if base else None
+    if lzma_dict < 4096:
+        raise click.BadParameter(f"{lzma_dict} bytes: lzma needs a dictionary of at least 4K", param_hint="--lzma-dict")
+    t0 = time.process_time()
+    try:
+        pkg = build_package(new_data, base_data, compression, segment, lzma_dict, (heatshrink_window, min(7, heatshrink_window - 1)))
+        built = time.process_time() - t0
+        if apply_package(pkg, base_data) != new_data:  # pragma: no cover - a detools fault
+            raise PackageError("the package does not rebuild the image")
+    except PackageError as e:
+        raise InputError(str(e)) from None
+    h = parse_header(pkg)
+    write_file(output, pkg, f"a {h.describe()['kind']} package of {len(pkg)} bytes "
+               f"({100 * len(pkg) / len(new_data):.1f} % of the image)")
+    summary = {**h.describe(), "package_size": len(pkg), "ratio": round(len(pkg) / len(new_data), 4),
+               "build_seconds": round(built, 3),
+               "device_ram": decoder_ram(h.compression, lzma_dict if compression == "lzma" else heatshrink_window)}
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        for k in ("version", "base_version", "compression", "image_size", "package_size", "segment", "device_ram"):
+            if summary.get(k) is not None:
+                click.echo(f"  {k}: {summary[k]}")

@@ -38,7 +38,7 @@ MAX_PAGE = 1 << 16
 @PORT
 @BAUD
 @FRAMING
-@click.option("--firmware", type=click.Path(dir_okay=False), help="The shipment to offer (a tagged firmware file).")
+@click.option("--firmware", multiple=True, type=click.Path(exists=True), help="What to offer: a tagged image, packages of it (`dualmcu package`), or a directory of them; repeatable. A delta goes to a primary running its base, the image to the others and after a package failed.")
 @click.option("--store", type=click.Path(file_okay=False), help="The NCP's own store for prefetched images.")
 @click.option("--retries", type=click.IntRange(0, 1000), default=5, show_default=True, help="Resends of a failed or timed-out write before cancelling.")
 @click.option("--max-chunk", type=click.IntRange(1, 0xFFFF), help="Largest chunk the NCP serves (default: what one frame carries).")
@@ -59,6 +59,10 @@ MAX_PAGE = 1 << 16
 def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout, pipeline, resume, offers, net_rate, net_fail_at,
         answer_unknown, mandatory, min_version, max_defer, clock, once, as_json, verbose) -> None:
     """Run the emulated NCP on a port: it serves the NCP interface and offers --firmware.
+
+    Given several files of one release (the newest version among them), it offers the delta
+    whose base is the version the primary reported, else a compressed package, else the
+    image; a package that fails on the primary is followed by the next of these.
 
     Prefetch is served whenever the primary asks for it: the image is "downloaded" at
     --net-rate into --store before the first write.
@@ -102,6 +106,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--window", type=click.IntRange(1, 255), default=8, show_default=True, help="Writes taken in flight (offered through an extension uid); 1 turns the extension off.")
 @click.option("--buffer", "rx_hold", type=Size(), default="32K", show_default=True, help="Bytes of chunks held while an earlier one is missing.")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Keep transfer progress in the boot state and offer resume (an extension uid).")
+@click.option("--package-ram", type=Size(1 << 26), default="64K", show_default=True, help="RAM for applying a package: decompressor state, one chunk and a 4K output buffer must fit, or the package is refused.")
 @click.option("--flash-timing", type=str, default="0.4,45,150", show_default=True, metavar="PROG,SECTOR,BLOCK",
               help="Milliseconds per 256-byte program, 4 KiB sector erase and 64 KiB block erase (W25Q128JV typical); 0,0,0 for an instant flash.")
 @click.option("--power-cut-at", type=click.IntRange(1), help="Cut the power at this flash operation of the process (exit code 75).")
@@ -117,7 +122,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @JSON
 @VERBOSE
 def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
-            battery, battery_rate, min_battery, install_window, commit_timeout, hw_rev, bootloader_version, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, resume, flash_timing,
+            battery, battery_rate, min_battery, install_window, commit_timeout, hw_rev, bootloader_version, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, resume, package_ram, flash_timing,
             power_cut_at,
             power_cut_seed, power_cut_within, trust_keys, device_target, any_target, defects, once, as_json, verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
@@ -150,7 +155,8 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     prog, sector, block = parse_flash_timing(flash_timing)
     ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy,
                     battery=battery, battery_rate=battery_rate, min_battery=min_battery, install_window=install_window, prefetch=prefetch, defects=frozenset(defects),
-                    timing=FlashTiming(prog, sector, block), window=window, buffer=rx_hold, resume=resume)
+                    timing=FlashTiming(prog, sector, block), window=window, buffer=rx_hold, resume=resume,
+                    package_ram=package_ram)
     trust = load_trust(trust_keys, device_target, any_target)
     cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud,
                         trust=trust, commit_timeout=commit_timeout)
@@ -311,7 +317,8 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 
 
 @main.command()
-@click.option("--firmware", type=click.Path(dir_okay=False), help="Shipment to deliver (default: a demo image built on the spot).")
+@click.option("--firmware", multiple=True, type=click.Path(exists=True), help="What to deliver: an image, packages, or a directory of them, as for `dualmcu ncp` (default: a demo image built on the spot).")
+@click.option("--factory", type=click.Path(exists=True, dir_okay=False), help="The primary's factory image (default: one built on the spot; a delta needs its base here).")
 @FRAMING
 @click.option("--flash", type=click.Path(dir_okay=False), help="The primary's flash file (default: a fresh one in the work directory).")
 @click.option("--link", type=click.Choice(["pty", "socket"]), default="pty", show_default=True, help="Virtual UART: two ptys or two loopback sockets, with a relay between.")
@@ -344,7 +351,7 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where the demo image, flash and logs go (default: a new temporary directory, removed after a successful run).")
 @click.option("--keep", is_flag=True, help="Keep the temporary work directory after a successful run (a failed run always keeps it).")
 @JSON
-def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
+def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
         ota_timeout, commit_timeout, max_defer, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, trust_keys,
         device_target, sign_key, latency, ber, drop,
         dup, garbage, stall, stall_time, rx_buffer, rx_poll, disconnects, seed, timeout, workdir, keep, as_json) -> None:
@@ -358,7 +365,7 @@ def run(firmware, framing, flash, link, baud, chunk_size, prefetch, retries, net
     if trust_keys and not sign_key:
         raise click.UsageError("with --trust the primary boots signed images only: give --key to sign its factory image")
 
-    o = RunOptions(firmware=firmware, framing=framing, flash=flash, link=link, baud=baud, chunk_size=chunk_size,
+    o = RunOptions(firmware=list(firmware), factory=factory, framing=framing, flash=flash, link=link, baud=baud, chunk_size=chunk_size,
                    prefetch=prefetch, retries=retries, net_rate=net_rate, net_fail_at=net_fail_at, battery=battery,
                    ota_timeout=ota_timeout, slot_size=slot_size, timeout=timeout, kill_primary_at=kill_primary_at,
                    kill_ncp_at=kill_ncp_at, power_cut_at=power_cut_at, extra_primary=["--heartbeat", str(heartbeat), "--flash-timing", flash_timing, "--target", device_target,
