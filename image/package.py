@@ -48,7 +48,7 @@ import lzma
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Generator
+from typing import Callable, Generator, Iterator
 
 from .firmware import find_tag, parse_tag
 
@@ -64,6 +64,7 @@ DEFAULT_HEATSHRINK = (8, 7)  # window and lookahead, as powers of two: detools' 
 PIECE = 4096  # the largest output piece the applier hands over at once
 LZMA_TABLES = 16 * 1024  # an LZMA1 decoder's probability tables (lc=3, lp=0), besides its dictionary
 HEATSHRINK_INPUT = 256  # the input buffer of a heatshrink decoder, besides its window
+HEATSHRINK_QUANTUM = 64  # compressed bytes given to the heatshrink decoder at a time
 _FIXED = struct.Struct("<4sBBBBII32sI32sII")
 _SEG = struct.Struct("<II")
 MAX_TAG = 4096
@@ -268,7 +269,7 @@ class Applier:
         self.failed: PackageError | None = None
         self._in = b""
         self._at = 0
-        self._out: list[bytes] = []
+        self._feeding = False
         if _resume is not None:
             self.consumed, self.out_pos, self.image_size = _resume
             self._gen = self._segments()
@@ -282,16 +283,25 @@ class Applier:
         """An applier that goes on at a segment boundary an earlier one reached."""
         return cls(read_base, base_size, None, None, (package_offset, image_offset, image_size))
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The image bytes ``data`` completes, one piece at a time: each is made only when the
+        one before it has been taken (programmed), so no more than one is ever held."""
         if self.failed is not None:
             raise self.failed
+        if self._feeding:
+            raise RuntimeError("feed() called before the previous feed's pieces were all taken")
         if self.done:
             if data:
                 self._fail(PackageError(f"{len(data)} bytes after the package's last segment"))
-            return []
-        self._in, self._at, self._out = bytes(data), 0, []
+            return
+        self._in, self._at = bytes(data), 0
+        self._feeding = True
         try:
-            self._gen.send(None)
+            while True:
+                piece = self._gen.send(None)
+                if piece is None:  # every byte of ``data`` used: wait for the next feed
+                    return
+                yield piece
         except StopIteration:
             self.done = True
             if self._at < len(self._in):
@@ -300,20 +310,21 @@ class Applier:
             self._fail(e)
         except Exception as e:  # a decompressor's own complaint about what it was given
             self._fail(PackageError(f"patch data does not decompress: {e}"))
-        return self._out
+        finally:
+            self._feeding = False
 
     def _fail(self, e: PackageError) -> None:
         self.failed = e
         raise e
 
-    # The parser is a generator: it yields when it has used every byte fed so far, and the next
-    # feed resumes it where it stopped.  So it reads like detools' own (pull-based) applier
-    # while taking its input pushed, a chunk at a time.
+    # The parser is a generator: it yields each image piece as it makes it, and None when it
+    # has used every byte fed so far; the next feed resumes it where it stopped.  So it reads
+    # like detools' own (pull-based) applier while taking its input pushed, a chunk at a time.
 
     def _some(self, most: int) -> Generator[None, None, bytes]:
         """At least one byte and at most ``most`` of the input."""
         while self._at >= len(self._in):
-            yield
+            yield None
         got = self._in[self._at : self._at + most]
         self._at += len(got)
         self.consumed += len(got)
@@ -385,7 +396,7 @@ class Applier:
                 diff = yield from stream.read(k)
                 if from_pos < 0 or from_pos + k > self.base_size:
                     raise PackageError("segment patch reads outside its base")
-                self._emit(add_bytes(diff, self.read_base(from_pos, k)))
+                yield from self._emit(add_bytes(diff, self.read_base(from_pos, k)))
                 from_pos += k
                 n -= k
             n = yield from stream.size()
@@ -393,7 +404,7 @@ class Applier:
                 raise PackageError("segment extra data runs past its end")
             while n:
                 k = min(n, PIECE)
-                self._emit((yield from stream.read(k)))
+                yield from self._emit((yield from stream.read(k)))
                 n -= k
             from_pos += yield from stream.size()
         yield from stream.close()
@@ -401,9 +412,9 @@ class Applier:
     def _raw_size(self) -> Generator[None, None, int]:
         return (yield from _read_size(lambda: self._exactly(1)))
 
-    def _emit(self, data: bytes) -> None:
-        self._out.append(data)
+    def _emit(self, data: bytes) -> Generator[bytes, None, None]:
         self.out_pos += len(data)
+        yield data
 
 
 def _read_size(read1) -> Generator[None, None, int]:
@@ -444,11 +455,15 @@ class _Stream:
             self.dec = NoneDecompressor(length)
             self.first = False
         self.comp = comp
+        # heatshrink's decoder here hands back everything its input makes, and a backreference
+        # can expand 64-fold: 64 bytes in keeps one output under a piece.  lzma is asked for
+        # at most what is read, so its input may be a piece.
+        self.quantum = HEATSHRINK_QUANTUM if comp == COMPRESSIONS["heatshrink"] else PIECE
 
     def _input(self) -> Generator[None, None, bytes]:
         if self.left <= 0:
             raise PackageError("segment patch data ends early")
-        data = yield from self.a._some(min(self.left, PIECE))
+        data = yield from self.a._some(min(self.left, self.quantum))
         self.left -= len(data)
         if self.first:
             self.head += data[:5]
@@ -513,10 +528,9 @@ def apply_package(package: bytes, base: bytes | None = None, max_ram: int | None
         raise PackageError("package ends inside its header")
     check_base(h, len(base), hashlib.sha256(base).digest())  # before a byte is applied
     a = Applier(lambda pos, n: base[pos : pos + n], len(base), max_ram)
-    out = a.feed(package)
+    image = b"".join(a.feed(package))
     if not a.done:
         raise PackageError("package ends early")
-    image = b"".join(out)
     check_image(h, len(image), zlib.crc32(image), hashlib.sha256(image).digest())
     return image
 

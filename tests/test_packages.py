@@ -84,6 +84,7 @@ def test_fed_in_any_pieces_the_applier_makes_the_same_bytes(sizes):
 def test_resumed_at_a_boundary_the_applier_goes_on():
     a = Applier(lambda pos, n: OLD[pos : pos + n], len(OLD))
     out = b"".join(a.feed(DELTA[:10_000]))
+    assert a.boundaries
     at, image_at = a.boundaries[0]
     b = Applier.resumed(lambda pos, n: OLD[pos : pos + n], len(OLD), at, image_at, len(NEW))
     assert out[:image_at] + b"".join(b.feed(DELTA[at:])) == NEW and b.done
@@ -113,7 +114,7 @@ def test_a_delta_for_another_base_is_refused_before_it_is_applied():
     a = Applier(lambda pos, n: reads.append(pos) or OTHER[pos : pos + n], len(OTHER),
                 on_header=lambda h: (_ for _ in ()).throw(PackageError("no", "package_base_mismatch")))
     with pytest.raises(PackageError):
-        a.feed(DELTA)
+        list(a.feed(DELTA))
     assert reads == []  # the base was never read, the image never begun
 
 
