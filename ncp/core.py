@@ -28,6 +28,11 @@ than what the framing can carry; a chunk is sent only once the simulated downloa
 its end.  ``blynk_otaUpdateSuspend`` pauses sending.  A write's timeout is derived from the
 baud rate, the window and the primary's flash timing (see ``_write_timeout``).
 
+A release of several files (``Catalog``: the image, a compressed package, deltas from older
+versions) is offered one file at a time, the best for the version the primary reported; a
+package that fails on the device (``device_failed``, ``download_limit``, ``finish_failed``)
+is followed by the next file (``FALL_BACK``, back to IDLE) instead of ending the update.
+
 The cloud's records
 -------------------
 A primary that accepts an offer and then calls ``blynk_otaUpdateSuspend`` before Start has

@@ -60,6 +60,12 @@ Rules
   keeps those bytes; when the NCP then reports the same file CRC-32 and the flash still
   matches the persisted CRC, the transfer goes on from there.  Anything else erases them and
   starts from 0.  Finish still checks CRC-32 and SHA-256 over the whole image.
+* Packages (image/package.py, docs/packages.md): a file whose first 4 bytes are ``DMPK`` is
+  applied, not programmed: its header is checked (image fits, decompressor fits
+  ``package_ram``, a delta's base is the running image's bytes) before anything is applied,
+  the image it rebuilds streams into the slot, progress is persisted at segment boundaries,
+  and Finish checks the package's CRC-32 (and SHA-256 unless resumed) against the NCP's and
+  the rebuilt image against the header before the checks every image gets.
 * Every refusal carries a reason code, logged and emitted as an event.
 """
 

@@ -60,6 +60,11 @@ REASONS: dict[int, str] = {
     63: "image_hw_rev_mismatch",
     64: "image_bootloader_too_old",
     65: "signature_bootloader_too_old",
+    # a package (docs/packages.md) refused or failed
+    70: "package_base_mismatch",
+    71: "package_needs_ram",
+    72: "package_corrupt",
+    73: "package_image_mismatch",
     255: "other",
 }
 CODES: dict[str, int] = {name: code for code, name in REASONS.items()}

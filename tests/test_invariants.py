@@ -11,6 +11,10 @@ any part of that operation applied), restart either side and cut the wire. After
 * each image runs with its own configuration: the old image's store is never written by the
   update (a rollback finds it as it was), and a store its image owns has that image's schema.
 
+The file shipped is drawn too: the image, a delta package against the old image, a
+compressed package, or a release of the delta and the image (the NCP falls back to the image
+when the delta fails).  Packages have 8 KiB segments, so resume points fall inside them.
+
 The new image is drawn from three builds: a good one with a newer configuration schema (a
 migration on its trial boot), one whose migration breaks the old schema and then fails its
 health check, and one that hangs until the commit timer rolls it back.  The battery may
@@ -37,7 +41,8 @@ from dualmcu.image.firmware import build_image, make_info
 from dualmcu.link import Faults, LinkConfig
 from dualmcu.sim import Simulation
 from dualmcu.ncp.core import NcpConfig
-from dualmcu.ncp.update import Shipment
+from dualmcu.image.package import build_package
+from dualmcu.ncp.update import Catalog, Shipment
 from dualmcu.primary.boot import Bootloader, BootStore, bootable, verify_slot
 from dualmcu.primary.config import ConfigStore
 from dualmcu.primary.device import PrimaryConfig
@@ -49,6 +54,8 @@ OLD = build_image(make_info("1.0.0", "TMPLINV", build="Jan  1 2026 00:00:00"), 2
 NEWS = {kind: build_image(make_info("1.1.0", "TMPLINV", build="Jan  1 2026 00:00:00", **{"config-schema": "2"},
                                    **({"dualmcu-test": kind} if kind != "good" else {})), 40_000, seed=2)
         for kind in ("good", "breaking-migration", "hang")}
+PACKAGES = {kind: {"delta": build_package(new, OLD, "heatshrink", segment=8192),
+                   "compressed": build_package(new, None, "lzma", segment=8192)} for kind, new in NEWS.items()}
 SCHEMA = {hashlib.sha256(OLD).digest(): 1, **{hashlib.sha256(n).digest(): 2 for n in NEWS.values()}}
 ENDINGS = {"success", "up_to_date", "rollback", "refused", "download_limit", "download_failed", "finish_failed",
            "interrupted", "offer_failed", "prefetch_failed", "start_timeout", "no_report", "device_failed"}
@@ -58,14 +65,18 @@ rates = st.sampled_from([0.0, 1e-5, 1e-4, 1e-3])
 
 class UpdateUnderFire(RuleBasedStateMachine):
     @initialize(framing=st.sampled_from(["cobs", "blynk"]), seed=st.integers(0, 2**16),
-                prefetch=st.booleans(), kind=st.sampled_from(sorted(NEWS)))
-    def start(self, framing, seed, prefetch, kind):
+                prefetch=st.booleans(), kind=st.sampled_from(sorted(NEWS)),
+                file=st.sampled_from(["image", "delta", "compressed", "release"]))
+    def start(self, framing, seed, prefetch, kind, file):
         self.flash = Flash.in_memory(G)
         Bootloader(self.flash).provision(OLD)
         self.new = NEWS[kind]
         self.good = {hashlib.sha256(OLD).digest(), hashlib.sha256(self.new).digest()}
+        files = {"image": [("new.bin", self.new)], "delta": [("new.pkg", PACKAGES[kind]["delta"])],
+                 "compressed": [("new.pkg", PACKAGES[kind]["compressed"])],
+                 "release": [("new.bin", self.new), ("new.pkg", PACKAGES[kind]["delta"])]}[file]
         self.sim = Simulation(
-            self.flash, Shipment.from_bytes(self.new, "new.bin"), framing=framing,
+            self.flash, Catalog([Shipment.from_bytes(data, name) for name, data in files]), framing=framing,
             link=LinkConfig(baud=921600, latency=0.001, seed=seed),
             ncp_config=NcpConfig(retries=5, offers=4),
             primary_config=PrimaryConfig(ota=OtaConfig(chunk_size=512, ota_timeout=5.0, prefetch=prefetch,

@@ -25,7 +25,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-from dualmcu.image.firmware import build_image, make_info  # noqa: E402
+from dualmcu.image.firmware import build_image, make_info, next_image  # noqa: E402
+from dualmcu.image.package import build_package  # noqa: E402
 from dualmcu.primary.boot import BootStore, bootable  # noqa: E402
 from dualmcu.primary.flash import Flash  # noqa: E402
 
@@ -48,6 +49,15 @@ MATRIX: dict[str, list[tuple[str, list[str]]]] = {
     "breaking migration": [("schema 2", ["@breaking"])],
     "wrong hardware": [("hw-rev B only", ["@hw-b"])],
     "low battery": [("5 %, 2 s allowed", ["--battery", "5", "--max-defer", "2"])],
+    # Packages (docs/packages.md): a delta against the factory image, applied as it arrives.
+    "delta package": [("no fault", ["@delta"]), ("power cut, random op", ["@delta", "--power-cut-random"]),
+                      ("kill primary mid-package", ["@delta", "--kill-primary-at", "HALF"]),
+                      ("ber 1e-4", ["@delta", "--ber", "1e-4"])],
+    "delta for another base": [("image behind it", ["@wrong-base"])],
+}
+PACKAGE_RUNS = {  # name -> the files shipped (the last one's size sets HALF); the factory is factory-code.bin
+    "delta": ["delta.pkg"],
+    "wrong-base": ["new-code.bin", "delta-other-base.pkg"],
 }
 SHIPMENTS = {  # name -> extra tag keys of the shipment
     "hang": {"dualmcu-test": "hang"},
@@ -60,10 +70,17 @@ INJECTED = ("bit_errors", "dropped", "duplicated", "garbage_bursts", "stalls", "
 
 def one_run(kind: str, rate: str, opts: list[str], seed: int, framing: str, fw: str, root: str) -> dict:
     work = os.path.join(root, f"{kind}-{rate}-{seed}".replace(" ", "_").replace("%", "pc").replace(",", ""))
+    files, factory = [fw], os.path.join(work, "factory.bin")
     if opts and opts[0].startswith("@"):
-        fw, opts = os.path.join(root, f"shipment-{opts[0][1:]}.bin"), opts[1:]
+        name, opts = opts[0][1:], opts[1:]
+        if name in PACKAGE_RUNS:
+            files, factory = [os.path.join(root, f) for f in PACKAGE_RUNS[name]], os.path.join(root, "factory-code.bin")
+            opts = ["--factory", factory] + [str(os.path.getsize(files[-1]) // 2) if o == "HALF" else o for o in opts]
+        else:
+            files = [os.path.join(root, f"shipment-{name}.bin")]
     flash = os.path.join(work, "dev.flash")
-    cmd = [sys.executable, "-m", "dualmcu", "run", "--firmware", fw, "--flash", flash, "--workdir", work, "--json",
+    cmd = [sys.executable, "-m", "dualmcu", "run", *[x for f in files for x in ("--firmware", f)],
+           "--flash", flash, "--workdir", work, "--json",
            "--framing", framing, "--pace", "--baud", "921600", "--seed", str(seed), "--write-timeout", "0.5",
            "--heartbeat", "1", "--timeout", "240", *opts]
     t0 = time.monotonic()
@@ -74,8 +91,10 @@ def one_run(kind: str, rate: str, opts: list[str], seed: int, framing: str, fw: 
     link = result.get("link", {})
     injected = sum(link.get(k, 0) for k in INJECTED) + result.get("power_cuts", 0)
     injected += result.get("primary_kills", 0) + result.get("ncp_kills", 0)
-    good = {hashlib.sha256(open(fw, "rb").read()).digest(),
-            hashlib.sha256(open(os.path.join(work, "factory.bin"), "rb").read()).digest()}
+    good = {hashlib.sha256(open(factory, "rb").read()).digest(),
+            *(hashlib.sha256(open(f, "rb").read()).digest() for f in files if not f.endswith(".pkg"))}
+    if any(f.endswith(".pkg") for f in files):
+        good.add(hashlib.sha256(open(os.path.join(root, "new-code.bin"), "rb").read()).digest())
     f = Flash.open(flash, create=False)
     try:
         bricked = bootable(f) is None
@@ -116,6 +135,15 @@ def main() -> int:
     for name, keys in SHIPMENTS.items():
         with open(os.path.join(root, f"shipment-{name}.bin"), "wb") as f:
             f.write(build_image(make_info("2.0.0", "TMPLMATRIX", build="Nov 21 2026 00:00:00", **keys), a.size))
+    factory = build_image(make_info("1.0.0", "TMPLMATRIX", build="Nov 20 2026 00:00:00"), a.size, content="code")
+    new = next_image(factory, make_info("2.0.0", "TMPLMATRIX", build="Nov 21 2026 00:00:00"), 0.05)
+    other = next_image(factory, make_info("1.0.0", "TMPLMATRIX", build="Nov 19 2026 00:00:00"), 0.05)
+    for name, data in (("factory-code.bin", factory), ("new-code.bin", new),
+                       ("delta.pkg", build_package(new, factory, "none", segment=16 * 1024)),
+                       # Claims base 1.0.0 (the device's version) but was made from other bytes.
+                       ("delta-other-base.pkg", build_package(new, other, "lzma"))):
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(data)
     jobs = [(k, rate, opts, s) for k, cells in matrix.items() for rate, opts in cells for s in range(1, a.seeds + 1)]
     t0 = time.monotonic()
     with cf.ThreadPoolExecutor(a.jobs) as pool:
