@@ -203,3 +203,44 @@ def test_a_power_cut_mid_delta_resumes_at_a_segment_boundary():
     (resumed,) = s.find("ota_resumed", "ncp")
     assert resumed["offset"] == rx.offset
     assert active_image(s.flash)[1] == NEW
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def test_the_package_command_writes_a_package_that_rebuilds_the_image(tmp_path):
+    from click.testing import CliRunner
+
+    from dualmcu.cli import main
+
+    (tmp_path / "old.bin").write_bytes(OLD)
+    (tmp_path / "new.bin").write_bytes(NEW)
+    r = CliRunner().invoke(main, ["package", str(tmp_path / "new.bin"), "-o", str(tmp_path / "d.pkg"),
+                                  "--base", str(tmp_path / "old.bin"), "--compress", "lzma", "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    pkg = (tmp_path / "d.pkg").read_bytes()
+    assert apply_package(pkg, OLD) == NEW and parse_header(pkg).base_version == "1.0.0"
+
+
+@pytest.mark.parametrize("args,code,says", [
+    (["{d}/untagged.bin", "-o", "{d}/x.pkg"], 2, "no firmware tag"),
+    (["{d}/new.bin", "-o", "{d}/x.pkg", "--segment", "5000"], 2, "multiple of 4096"),
+    (["{d}/new.bin", "-o", "{d}/x.pkg", "--segment", "0"], 2, "must be positive"),
+    (["{d}/new.bin", "-o", "{d}/x.pkg", "--lzma-dict", "100"], 2, "at least 4K"),
+    (["{d}/new.bin", "-o", "{d}/x.pkg", "--compress", "zip"], 2, "zip"),
+    (["{d}/new.bin", "-o", "{d}/nowhere/x.pkg"], 2, "cannot write"),
+    (["{d}/new.bin", "-o", "{d}/x.pkg", "--base", "{d}/empty.bin"], 2, "empty"),
+])
+def test_bad_package_arguments_get_one_line_and_exit_2(tmp_path, args, code, says):
+    from click.testing import CliRunner
+
+    from dualmcu.cli import main
+
+    (tmp_path / "new.bin").write_bytes(NEW)
+    (tmp_path / "untagged.bin").write_bytes(b"\x00" * 5000)
+    (tmp_path / "empty.bin").write_bytes(b"")
+    r = CliRunner().invoke(main, ["package", *[a.format(d=tmp_path) for a in args]], catch_exceptions=False)
+    assert r.exit_code == code, r.output
+    assert says in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "x.pkg").exists()
