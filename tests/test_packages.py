@@ -244,3 +244,23 @@ def test_bad_package_arguments_get_one_line_and_exit_2(tmp_path, args, code, say
     assert r.exit_code == code, r.output
     assert says in r.output and "Traceback" not in r.output
     assert not (tmp_path / "x.pkg").exists()
+
+
+def test_a_release_directory_is_the_newest_version_and_its_packages(tmp_path):
+    (tmp_path / "old.bin").write_bytes(OLD)  # an older version: the base, not the release
+    (tmp_path / "new.bin").write_bytes(NEW)
+    (tmp_path / "new-from-1.0.0.pkg").write_bytes(DELTA)
+    (tmp_path / "notes.txt").write_bytes(b"release notes")  # untagged: passed over
+    cat = Catalog.from_paths([str(tmp_path)])
+    assert cat.skipped == ["old.bin"]
+    assert cat.pick("1.0.0").filename == "new-from-1.0.0.pkg"
+    assert cat.pick("0.9.0").filename == "new.bin"
+    cat.failed.add("new-from-1.0.0.pkg")
+    assert cat.pick("1.0.0").filename == "new.bin"
+
+
+def test_two_deltas_from_one_base_are_refused(tmp_path):
+    (tmp_path / "a.pkg").write_bytes(DELTA)
+    (tmp_path / "b.pkg").write_bytes(build_package(NEW, OLD, "heatshrink"))
+    with pytest.raises(ValueError, match="two deltas from 1.0.0"):
+        Catalog.from_paths([str(tmp_path)])

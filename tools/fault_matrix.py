@@ -52,7 +52,7 @@ MATRIX: dict[str, list[tuple[str, list[str]]]] = {
     # Packages (docs/packages.md): a delta against the factory image, applied as it arrives.
     "delta package": [("no fault", ["@delta"]), ("power cut, random op", ["@delta", "--power-cut-random"]),
                       ("kill primary mid-package", ["@delta", "--kill-primary-at", "HALF"]),
-                      ("ber 1e-4", ["@delta", "--ber", "1e-4"])],
+                      ("ber 1e-5", ["@delta", "--ber", "1e-5"])],
     "delta for another base": [("image behind it", ["@wrong-base"])],
 }
 PACKAGE_RUNS = {  # name -> the files shipped (the last one's size sets HALF); the factory is factory-code.bin
