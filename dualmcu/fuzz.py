@@ -13,9 +13,19 @@ table:
 
 After each case the target must still be alive (it answers ping), still behave (hasUID of
 ping says yes), and have kept the protocol's promises the case checks: a resend of the last
-accepted chunk is acknowledged, a write at a wrong offset is refused.  A failing case is
-shrunk by Hypothesis to a minimal one and saved as the exact bytes sent, with what each step
-expected, to a file that ``dualmcu fuzz --replay FILE`` plays again.
+accepted chunk is acknowledged, a write at a wrong offset is refused.
+
+Every failure has a class: its oracle and the uid of the step that showed it.  Hypothesis
+shrinks each class on its own (each is raised as its own exception type), and the shortest
+case of each class is kept.  Before anything is reported, each class's case is replayed
+``confirm`` times against a fresh target: a class that fails every time is confirmed, one
+that fails only sometimes is flaky (with its rate), one that never fails again is not a
+finding.  Each case is saved as the exact bytes sent, with what each step expected, to a
+file that ``dualmcu fuzz --replay FILE`` plays again.
+
+A campaign runs in batches of cases until ``--examples`` are used or ``--duration`` is up;
+with ``--db`` Hypothesis keeps the failing cases it saw in a directory and replays them first
+next time.
 
 A target that stops answering must be brought back before the next case, or every case after
 it would fail for the wrong reason: give ``--target-cmd`` (the fuzzer runs the target itself,
@@ -48,6 +58,9 @@ SETTLE = 0.03  # how long to listen after a step that expects no answer
 # probe finds the target alive and the case goes on); only steps whose answer is checked
 # wait the table's full timeout.
 PROBE_AFTER = 0.5
+PING_WAIT = 3.2  # seconds a liveness check waits in all, over three pings
+CONFIRM = 3  # replays of each failure class before it is reported
+BATCH = 25  # cases per Hypothesis run of a campaign
 NEVER_SEND = {"ncp_reboot", "mcu_reboot", "hw_setUartBaudRate", "blynk_factoryReset"}
 OTA_SIZE = 4096
 OTA_CHUNK = 256
@@ -57,8 +70,23 @@ class Failure(AssertionError):
     pass
 
 
+_FAILURE_TYPES: dict[str, type] = {}
+
+
+def failure_type(key: str) -> type:
+    """One exception type per failure class: Hypothesis shrinks distinct types separately, so
+    a campaign that finds two bugs shrinks and reports both."""
+    if key not in _FAILURE_TYPES:
+        _FAILURE_TYPES[key] = type(f"Failure[{key}]", (Failure,), {})
+    return _FAILURE_TYPES[key]
+
+
 class Dead(Exception):
     """The target died during a case."""
+
+    def __init__(self, problem: Problem):
+        super().__init__(problem.reason)
+        self.problem = problem
 
 
 @dataclass
@@ -71,15 +99,41 @@ class Step:
     timeout: float = SETTLE
     expect: str | None = None  # "true": status OK and return true; "refused": false or an error status
     answered: bool = False  # the target must answer it (a call it serves, or args it must refuse)
+    fn: str = "frame"  # the function it calls (for classing failures); "frame" for raw bytes
 
     def to_json(self) -> dict:
         return {"what": self.what, "send": self.data.hex(), "msg_id": self.msg_id, "timeout": self.timeout,
-                "expect": self.expect, "answered": self.answered}
+                "expect": self.expect, "answered": self.answered, "fn": self.fn}
 
     @classmethod
     def from_json(cls, d: dict) -> Step:
-        return cls(d["what"], bytes.fromhex(d["send"]), d.get("msg_id"), d.get("timeout", SETTLE), d.get("expect"),
-                   d.get("answered", False))
+        if not isinstance(d, dict) or not isinstance(d.get("what"), str) or not isinstance(d.get("send"), str):
+            raise ValueError("a step needs 'what' and 'send' (hex)")
+        msg_id, timeout = d.get("msg_id"), d.get("timeout", SETTLE)
+        if msg_id is not None and not (isinstance(msg_id, int) and 0 <= msg_id <= 0xFFFF):
+            raise ValueError(f"msg_id {msg_id!r} is not 0..65535")
+        if not isinstance(timeout, (int, float)) or not 0 <= timeout <= 60:
+            raise ValueError(f"timeout {timeout!r} is not 0..60 seconds")
+        if d.get("expect") not in (None, "true", "refused"):
+            raise ValueError(f"expect {d.get('expect')!r} is not true, refused or null")
+        return cls(d["what"], bytes.fromhex(d["send"]), msg_id, float(timeout), d.get("expect"),
+                   bool(d.get("answered", False)), str(d.get("fn", "frame")))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a case failed: the oracle that caught it, at which function, in words."""
+
+    oracle: str  # liveness, behaviour, answer_due, resend_acknowledged, wrong_offset_refused
+    fn: str
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.oracle} {self.fn}"
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 def neutral(t) -> Any:
@@ -89,8 +143,12 @@ def neutral(t) -> Any:
 class Session:
     """The fuzzer's end of the link."""
 
-    def __init__(self, port, framing: str, target: str):
+    def __init__(self, port, framing: str, target: str, ping_wait: float = PING_WAIT):
         self.port = port
+        # A quick first ping, then longer ones for a target busy in a call of its own.
+        first = min(0.2, ping_wait)
+        rest = max(0.0, ping_wait - first)
+        self.alive_waits = (first,) + ((rest / 3, 2 * rest / 3) if rest else ())
         self.profile = get_profile(framing)
         self.target = target
         me = NCP if target == PRIMARY else PRIMARY
@@ -156,10 +214,10 @@ class Session:
         self.results.pop(step.msg_id, None)
         self.pump(step.timeout, lambda: step.msg_id in self.results)
         result = self.results.pop(step.msg_id, None)
-        if result is None and step.answered and not self.alive(tries=1):
+        if result is None and step.answered and not self.alive():
             # A call the target must answer went unanswered and it no longer answers ping:
             # the case has failed; the rest of it would only wait out timeouts.
-            raise Dead(f"the target stopped answering ping (after: {step.what})")
+            raise Dead(Problem("liveness", step.fn, f"the target stopped answering ping (after: {step.what})"))
         return result
 
     # -- building steps --------------------------------------------------------------------------
@@ -168,27 +226,33 @@ class Session:
         fn = INTERFACE[name]
         body = fn.encode_args(args)
         if fn.kind == "oneway":
-            return Step(what, self.profile.encode(Oneway(fn.uid, body).encode()))
+            return Step(what, self.profile.encode(Oneway(fn.uid, body).encode()), fn=fn.name)
         mid = self.msg_id()
         wait = fn.timeout if expect else min(fn.timeout, PROBE_AFTER)
+        # This project's extension uids are answered by dualmcu peers only: real firmware
+        # stays silent for them, as it does for any uid it does not know.
         return Step(what, self.profile.encode(Invoke(fn.uid, mid, body).encode()), mid, wait, expect,
-                    answered=fn.server == self.target)
+                    answered=fn.server == self.target and not fn.extension, fn=fn.name)
 
     def raw_invoke(self, uid: int, body: bytes, what: str, timeout: float = 0.1) -> Step:
         """Any uid with any argument bytes: a ONEWAY for the table's ONEWAYs, else an INVOKE."""
         fn = INTERFACE.get(uid)
+        name = fn.name if fn is not None else f"uid {uid:#06x}"
         if fn is not None and fn.kind == "oneway":
-            return Step(what, self.profile.encode_unchecked(Oneway(uid, body).encode()))
+            return Step(what, self.profile.encode_unchecked(Oneway(uid, body).encode()), fn=name)
         mid = self.msg_id()
-        must = fn is not None and fn.server == self.target  # answered: values, or 0x15
+        # answered: values, or 0x15 (extension uids: only by dualmcu peers, see invoke)
+        must = fn is not None and fn.server == self.target and not fn.extension
         return Step(what, self.profile.encode_unchecked(Invoke(uid, mid, body).encode()), mid,
-                    min(fn.timeout, PROBE_AFTER) if must else timeout, answered=must)
+                    min(fn.timeout, PROBE_AFTER) if must else timeout, answered=must, fn=name)
 
     # -- checks ----------------------------------------------------------------------------------
 
-    def alive(self, tries: int = 2, timeout: float = 0.2) -> bool:
+    def alive(self, waits: tuple[float, ...] | None = None) -> bool:
+        """Whether the target answers ping.  The first try is quick; the later ones wait longer,
+        for a target busy in a call of its own (which the responder answers meanwhile)."""
         ping = "mcu_ping" if self.target == PRIMARY else "ncp_ping"
-        for _ in range(tries):
+        for timeout in waits or self.alive_waits:
             c = self.ep.call(ping, now=time.monotonic(), timeout=timeout)
             self.pump(timeout + 0.05, lambda: c.done)
             if c.ok:
@@ -209,16 +273,17 @@ class Session:
         self.pump(3.0, lambda: bool(self.info))
 
 
-def check(step: Step, result: Result | None) -> str | None:
+def check(step: Step, result: Result | None) -> Problem | None:
     if step.expect is None:
         return None
     if result is None:
-        return f"{step.what}: no answer within {step.timeout} s"
+        return Problem("answer_due", step.fn, f"{step.what}: no answer within {step.timeout} s")
     ok_true = result.status == 0 and result.data == b"\x01"
     if step.expect == "true" and not ok_true:
-        return f"{step.what}: expected true, got status {result.status:#x} data {result.data.hex()}"
+        return Problem("resend_acknowledged", step.fn,
+                       f"{step.what}: expected true, got status {result.status:#x} data {result.data.hex()}")
     if step.expect == "refused" and ok_true:
-        return f"{step.what}: expected a refusal, got true"
+        return Problem("wrong_offset_refused", step.fn, f"{step.what}: expected a refusal, got true")
     return None
 
 
@@ -293,7 +358,7 @@ def build(session: Session, case: list) -> list[Step]:
     return steps
 
 
-def run_ota(session: Session, ops: list, record: list[Step]) -> str | None:
+def run_ota(session: Session, ops: list, record: list[Step]) -> Problem | None:
     """An OTA sequence against a primary, with its oracles; every step sent is recorded."""
     def go(step: Step) -> Result | None:
         record.append(step)
@@ -349,15 +414,15 @@ def run_ota(session: Session, ops: list, record: list[Step]) -> str | None:
     return None
 
 
-def execute(session: Session, case: list, record: list[Step]) -> str | None:
+def execute(session: Session, case: list, record: list[Step]) -> Problem | None:
     """Send one case; the reason it fails, or None."""
     try:
         return _execute(session, case, record)
     except Dead as d:
-        return str(d)
+        return d.problem
 
 
-def _execute(session: Session, case: list, record: list[Step]) -> str | None:
+def _execute(session: Session, case: list, record: list[Step]) -> Problem | None:
     for step in build(session, case):
         if step.what == "ota":
             problem = run_ota(session, json.loads(step.data), record)
@@ -368,15 +433,15 @@ def _execute(session: Session, case: list, record: list[Step]) -> str | None:
         problem = check(step, session.send(step))
         if problem:
             return problem
-    return health(session)
+    return health(session, record[-1].fn if record else "-")
 
 
-def health(session: Session) -> str | None:
+def health(session: Session, last: str) -> Problem | None:
     """The checks after every case: alive, and still behaving."""
     if not session.alive():
-        return "the target stopped answering ping"
+        return Problem("liveness", last, f"the target stopped answering ping (after: {last})")
     if not session.behaves():
-        return "the target is alive but hasUID(ping) no longer says yes"
+        return Problem("behaviour", last, "the target is alive but hasUID(ping) no longer says yes")
     return None
 
 
@@ -436,70 +501,157 @@ class TargetDown(Exception):
 
 
 def ensure_alive(session: Session, target: Target, known_dead: bool = False) -> None:
-    if not known_dead and session.alive(tries=1):
+    if not known_dead and session.alive(waits=(0.2,)):
         return
     if not target.revive():
         raise TargetDown("the target does not answer ping and there is no --target-cmd or --reset-cmd to revive it")
+    fresh_start(session)
+
+
+def fresh_start(session: Session) -> None:
+    """Wait for a target that was just (re)started to answer, and let it finish initialising."""
     session.info = {}
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if session.alive(tries=1, timeout=0.1):
-            session.pump(0.2)  # let it finish initialising
+        if session.alive(waits=(0.1,)):
+            session.pump(0.2)
             return
     raise TargetDown("the target did not come back after a restart")
 
 
 @dataclass
 class Finding:
-    reason: str
+    problem: Problem
     steps: list[Step]
+    seen: int = 1  # cases of the campaign that failed in this class
+    replays: int = 0
+    reproduced: int = 0
+
+    @property
+    def reason(self) -> str:
+        return self.problem.reason
+
+    @property
+    def verdict(self) -> str:
+        """confirmed (every replay failed alike), flaky (some did), or not reproduced."""
+        if self.replays and self.reproduced == self.replays:
+            return "confirmed"
+        return "flaky" if self.reproduced else "not_reproduced"
+
+    def summary(self) -> dict:
+        return {"class": self.problem.key, "oracle": self.problem.oracle, "fn": self.problem.fn,
+                "failure": self.reason, "verdict": self.verdict, "reproduced": f"{self.reproduced}/{self.replays}",
+                "seen": self.seen, "steps": len(self.steps)}
+
+
+@dataclass
+class Campaign:
+    findings: dict[str, Finding]
+    cases: int
+    seconds: float
 
 
 def fuzz(session: Session, target: Target, examples: int, seed_value: int,
-         progress: Callable[[int, str | None], None] = lambda n, r: None) -> tuple[Finding | None, int]:
-    found: list[Finding] = []
+         progress: Callable[[int, Problem | None], None] = lambda n, p: None, duration: float | None = None,
+         db: str | None = None) -> Campaign:
+    """Run cases until ``examples`` are used or ``duration`` seconds are up; every failure
+    class found, each with its shortest case (not yet confirmed: see ``confirm``)."""
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    findings: dict[str, Finding] = {}
     count = [0]
     dead = [False]
+    t0 = time.monotonic()
+    database = DirectoryBasedExampleDatabase(db) if db else None
+    strategy = case_strategy(session.target)
 
-    @settings(max_examples=examples, database=None, deadline=None, derandomize=False,
-              suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink])
-    @seed(seed_value)
-    @given(case_strategy(session.target))
-    def prop(case):
-        ensure_alive(session, target, known_dead=dead[0])
-        record: list[Step] = []
-        count[0] += 1
-        problem = execute(session, case, record)
-        dead[0] = problem is not None and "stopped answering" in problem
-        progress(count[0], problem)
-        if problem:
-            found.append(Finding(problem, record))
-            raise Failure(problem)
+    def run_batch(n: int, batch_seed: int) -> None:
+        @settings(max_examples=n, database=database, deadline=None, derandomize=False, report_multiple_bugs=True,
+                  suppress_health_check=list(HealthCheck),
+                  phases=[Phase.reuse, Phase.generate, Phase.shrink] if database else [Phase.generate, Phase.shrink])
+        @seed(batch_seed)
+        @given(strategy)
+        def dualmcu_fuzz_case(case):
+            ensure_alive(session, target, known_dead=dead[0])
+            record: list[Step] = []
+            count[0] += 1
+            problem = execute(session, case, record)
+            dead[0] = problem is not None and problem.oracle == "liveness"
+            progress(count[0], problem)
+            if problem:
+                old = findings.get(problem.key)
+                if old is None:
+                    findings[problem.key] = Finding(problem, record)
+                else:
+                    old.seen += 1
+                    if len(record) < len(old.steps):  # shrinking: keep the shortest case of the class
+                        old.problem, old.steps = problem, record
+                raise failure_type(problem.key)(problem.reason)
 
-    try:
-        prop()
-    except TargetDown:
-        raise
-    except Exception:  # Hypothesis re-raises the minimal failure last (or reports it flaky)
-        if not found:
+        # The database keeps each side's cases apart (as pytest does for parametrized tests).
+        dualmcu_fuzz_case._hypothesis_internal_add_digest = session.target.encode()
+        try:
+            dualmcu_fuzz_case()
+        except TargetDown:
             raise
-    return (found[-1] if found else None), count[0]
+        except Exception:  # failures (one or a group), or Hypothesis calling one flaky: all recorded
+            pass
+
+    batch = 0
+    while count[0] < examples and (duration is None or time.monotonic() - t0 < duration):
+        run_batch(min(BATCH, examples - count[0]), seed_value + batch)
+        batch += 1
+    return Campaign(findings, count[0], time.monotonic() - t0)
+
+
+def confirm(session: Session, target: Target, finding: Finding, times: int = CONFIRM) -> Finding:
+    """Replay a finding's case ``times`` times, each against a fresh target where the target
+    can be restarted; count the replays that fail in the same class."""
+    for _ in range(times):
+        if target.revive():
+            fresh_start(session)
+        else:
+            ensure_alive(session, target)
+        problem = play(session, finding.steps)
+        finding.replays += 1
+        finding.reproduced += problem is not None and problem.key == finding.problem.key
+    return finding
 
 
 def save(path: str, finding: Finding, meta: dict) -> None:
     with open(path, "w") as f:
-        json.dump({**meta, "failure": finding.reason, "steps": [s.to_json() for s in finding.steps]}, f, indent=1)
+        json.dump({**meta, **finding.summary(), "steps": [s.to_json() for s in finding.steps]}, f, indent=1)
 
 
-def replay(session: Session, path: str) -> str | None:
-    with open(path) as f:
-        data = json.load(f)
-    for d in data["steps"]:
-        step = Step.from_json(d)
+class CaseFileError(ValueError):
+    pass
+
+
+def load_case(path: str) -> list[Step]:
+    """The steps of a saved case, or one line saying why the file is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CaseFileError(f"{path} is not a saved case: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("steps"), list) or not data["steps"]:
+        raise CaseFileError(f"{path} is not a saved case: it has no list of steps")
+    try:
+        return [Step.from_json(d) for d in data["steps"]]
+    except (ValueError, TypeError) as e:
+        raise CaseFileError(f"{path}: step does not read: {e}") from None
+
+
+def play(session: Session, steps: list[Step]) -> Problem | None:
+    for step in steps:
         try:
             problem = check(step, session.send(step))
         except Dead as dead:
-            return str(dead)
+            return dead.problem
         if problem:
             return problem
-    return health(session)
+    return health(session, steps[-1].fn if steps else "-")
+
+
+def replay(session: Session, path: str) -> Problem | None:
+    return play(session, load_case(path))

@@ -64,6 +64,7 @@ class PrimaryConfig:
     ping_retry: float = 0.25
     reinit_after: float = 1.0
     answer_unknown: bool = False
+    blocking: bool = False  # serve nothing while an own call waits for its answer (as the Blynk C driver)
     baud: int | None = None  # ask the NCP to switch to this baud rate after initialising
     trust: Trust | None = None  # keys and target for signed images; None: unsigned accepted
     commit_timeout: float = DEFAULT_COMMIT_TIMEOUT  # seconds an image on trial has to confirm before it is rolled back
@@ -85,7 +86,7 @@ def behaviour_of(info: dict[str, str]) -> tuple[str, float]:
 class PrimaryDevice(Device):
     def __init__(self, flash: Flash, profile: Profile, config: PrimaryConfig, now: float,
                  emit: Callable[..., None] | None = None):
-        super().__init__(PRIMARY, profile, now, emit, config.answer_unknown)
+        super().__init__(PRIMARY, profile, now, emit, config.answer_unknown, config.blocking)
         self.flash = flash
         self.cfg = config
         self.ready = False

@@ -49,9 +49,9 @@ Action = Union[Reboot, SetBaud, Exit, Halt]
 
 class Device:
     def __init__(self, side: str, profile: Profile, now: float, emit: Callable[..., None] | None,
-                 answer_unknown: bool = False):
+                 answer_unknown: bool = False, blocking: bool = False):
         self._emit = emit or (lambda kind, **fields: None)
-        self.ep = Endpoint(side, profile, answer_unknown=answer_unknown, on_event=self._wire_event)
+        self.ep = Endpoint(side, profile, answer_unknown=answer_unknown, on_event=self._wire_event, blocking=blocking)
         self.ep.now = now
         self.actions: list[Action] = []
         self._timers: dict[str, float] = {}

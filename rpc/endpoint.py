@@ -100,8 +100,13 @@ class Endpoint:
         interface: Interface = INTERFACE,
         answer_unknown: bool = False,
         on_event: Callable[..., None] | None = None,
+        blocking: bool = False,
     ):
         self.side = side
+        # blocking: serve nothing while an own call waits for its answer, as a driver that
+        # calls and then waits in a loop does; what arrives meanwhile is served afterwards.
+        self.blocking = blocking
+        self._held: list[Invoke | Oneway] = []
         self.profile = profile
         self.interface = interface
         self.answer_unknown = answer_unknown
@@ -271,6 +276,8 @@ class Endpoint:
         t = type(msg)
         if t is Result:
             self._on_result(msg)
+        elif (t is Invoke or t is Oneway) and self.blocking and self._pending:
+            self._held.append(msg)
         elif t is Invoke:
             self._on_invoke(msg)
         elif t is Oneway:
@@ -305,6 +312,9 @@ class Endpoint:
                 self.stats["callback_errors"] += 1
                 log.exception("callback of %s (msg_id %d) raised", c.fn.name, c.msg_id)
                 self.on_event("callback_error", name=c.fn.name)
+        while self._held and not self._pending:  # the wait is over: serve what arrived meanwhile
+            m = self._held.pop(0)
+            self._on_invoke(m) if type(m) is Invoke else self._on_oneway(m)
 
     def _lookup(self, uid: int, kind: str) -> Function | None:
         fn = self.interface.get(uid)

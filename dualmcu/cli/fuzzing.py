@@ -2,38 +2,48 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
-import time
 
 import click
 
-from .common import FRAMING, JSON, IOFailure, emit_json, main
+from .common import FRAMING, JSON, InputError, IOFailure, emit_json, main, seconds
 
 
 @main.command()
 @click.option("-p", "--port", envvar="DUALMCU_PORT", show_envvar=True, help="Port of the target (path or pyserial URL).")
 @click.option("--target-cmd", help="Run the target yourself: a command with {port} for its port; it is restarted when it dies.")
-@click.option("--reset-cmd", help="Shell command that resets a real target that stopped answering.")
+@click.option("--reset-cmd", help="Shell command that resets a real target that stopped answering (and before each confirming replay).")
 @click.option("--target", "target_side", type=click.Choice(["primary", "ncp"]), required=True, help="Which side the target is.")
 @FRAMING
 @click.option("-b", "--baud", type=click.IntRange(300, 10_000_000), default=38400, show_default=True, envvar="DUALMCU_BAUD", show_envvar=True)
 @click.option("--examples", type=click.IntRange(1), default=200, show_default=True, help="Cases to try (before shrinking).")
+@click.option("--duration", type=seconds(), help="Stop trying new cases after this many seconds (and after --examples, whichever comes first).")
 @click.option("--seed", type=int, default=0, show_default=True, help="The same seed tries the same cases.")
-@click.option("--out", type=click.Path(dir_okay=False), default="fuzz-failure.json", show_default=True, help="Where a failing case is saved.")
+@click.option("--db", type=click.Path(file_okay=False), help="Directory of Hypothesis's example database: a campaign replays the failures it knows first.")
+@click.option("--confirm", "confirm_times", type=click.IntRange(1, 100), default=3, show_default=True, help="Replays of each failure class against a fresh target before it is reported.")
+@click.option("--out", type=click.Path(file_okay=False), default="fuzz-findings", show_default=True, help="Directory where each failure class's case is saved.")
 @click.option("--replay", type=click.Path(exists=True, dir_okay=False), help="Play a saved case again instead of fuzzing.")
+@click.option("--ping-wait", type=seconds(), default=3.2, show_default=True, help="Seconds a liveness check waits for ping answers before the target counts as dead (a real MCU may be busy in a call of its own).")
 @JSON
-def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, seed, out, replay, as_json) -> None:
+def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, duration, seed, db, confirm_times, out,
+         replay, ping_wait, as_json) -> None:
     """Fuzz a live peer (real firmware or an emulator) from the interface table.
 
     Cases mix valid calls with boundary arguments, malformed arguments, unknown uids, bad
     CRCs, oversize and truncated frames, garbage and, against a primary, OTA sequences out of
-    order. After each case the target must answer ping and hasUID, acknowledge a resend of
-    its last chunk and refuse writes at wrong offsets. A failure is shrunk to a minimal case,
-    printed as the exact bytes sent and saved to --out. Exit 0: nothing found; 1: a failure
-    (saved); 3: no target to talk to.
+    order. The fuzzer answers the target's own calls as its peer would. After each case the
+    target must answer ping and hasUID, acknowledge a resend of its last chunk and refuse
+    writes at wrong offsets.
+
+    Each class of failure (oracle and uid) is shrunk to a minimal case and replayed --confirm
+    times against a fresh target: confirmed when every replay fails, flaky (with its rate)
+    when some do. Each is saved to --out as the exact bytes sent. Exit 0: nothing confirmed;
+    1: a confirmed failure; 3: no target to talk to.
 
     \b
-      dualmcu fuzz --target primary --port /dev/ttyUSB0 --framing blynk
+      dualmcu fuzz --target primary --port /dev/ttyUSB0 --framing blynk --reset-cmd "..."
       dualmcu fuzz --target primary --target-cmd "dualmcu primary --port {port} --flash f.bin --provision app.bin"
     """
     from dualmcu import fuzz as F
@@ -41,6 +51,12 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, seed
 
     if bool(port) == bool(target_cmd):
         raise click.UsageError("give --port or --target-cmd (one of them)")
+    steps = None
+    if replay:
+        try:
+            steps = F.load_case(replay)  # a bad file is refused before any port is opened
+        except F.CaseFileError as e:
+            raise InputError(str(e)) from None
     say = emit_json if as_json else (lambda obj: click.echo(" ".join(f"{k}={v}" for k, v in obj.items()), err=True))
     target = F.Target(port, baud, target_cmd, reset_cmd)
     try:
@@ -48,37 +64,58 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, seed
     except PortError as e:
         target.close()
         raise IOFailure(str(e)) from None
-    session = F.Session(p, framing, target_side)
+    session = F.Session(p, framing, target_side, ping_wait)
     try:
         session.pump(0.5 if target_cmd else 0.1)
-        if replay:
-            problem = F.replay(session, replay)
-            say({"event": "replay", "file": replay, "failure": problem})
+        if steps is not None:
+            problem = F.play(session, steps)
+            say({"event": "replay", "file": replay, "failure": str(problem) if problem else None,
+                 "class": problem.key if problem else None})
             sys.exit(1 if problem else 0)
-        t0 = time.monotonic()
 
         def progress(n, problem):
             if as_json:
-                say({"event": "case", "n": n, "failure": problem})
+                say({"event": "case", "n": n, "failure": str(problem) if problem else None,
+                     "class": problem.key if problem else None})
             elif problem or n % 25 == 0:
                 say({"case": n, "failure": problem})
 
         try:
-            found, n = F.fuzz(session, target, examples, seed, progress)
+            campaign = F.fuzz(session, target, examples, seed, progress, duration, db)
+            restarts = target.restarts
+            for finding in campaign.findings.values():
+                F.confirm(session, target, finding, confirm_times)
         except F.TargetDown as e:
             raise IOFailure(str(e)) from None
-        result = {"event": "result", "cases": n, "seconds": round(time.monotonic() - t0, 2),
-                  "target_restarts": target.restarts, "failure": found.reason if found else None}
-        if found:
-            F.save(out, found, {"target": target_side, "framing": framing, "baud": baud, "seed": seed})
-            result.update(saved=out, steps=len(found.steps))
+        findings = sorted(campaign.findings.values(), key=lambda f: (f.verdict != "confirmed", f.problem.key))
+        saved = {}
+        if findings:
+            try:
+                os.makedirs(out, exist_ok=True)
+                for f in findings:
+                    path = os.path.join(out, re.sub(r"[^A-Za-z0-9_.-]+", "-", f.problem.key).strip("-") + ".json")
+                    F.save(path, f, {"target": target_side, "framing": framing, "baud": baud, "seed": seed})
+                    saved[f.problem.key] = path
+            except OSError as e:
+                raise InputError(f"cannot save findings to {out}: {e.strerror or e}") from None
+        for f in findings:
+            say({"event": "finding", **f.summary(), "saved": saved.get(f.problem.key)})
+        confirmed = [f for f in findings if f.verdict == "confirmed"]
+        result = {"event": "result", "cases": campaign.cases, "seconds": round(campaign.seconds, 2),
+                  "classes": len(findings), "confirmed": len(confirmed),
+                  "flaky": sum(f.verdict == "flaky" for f in findings),
+                  "not_reproduced": sum(f.verdict == "not_reproduced" for f in findings),
+                  "target_restarts": restarts, "confirm_restarts": target.restarts - restarts}
         say(result)
-        if found and not as_json:
-            click.echo(f"minimal failing case ({len(found.steps)} steps): {found.reason}")
-            for s in found.steps:
-                click.echo(f"  {s.what:<40} {s.data.hex(' ')}")
-            click.echo(f"saved to {out}; play it again with: dualmcu fuzz --replay {out} ...")
-        sys.exit(1 if found else 0)
+        if findings and not as_json:
+            for f in findings:
+                click.echo(f"{f.verdict} ({f.reproduced}/{f.replays} replays, seen in {f.seen} cases): "
+                           f"{f.problem.key}: {f.reason}")
+                for s in f.steps:
+                    click.echo(f"  {s.what:<40} {s.data.hex(' ')}")
+                click.echo(f"  saved to {saved[f.problem.key]}; play it again with: dualmcu fuzz --replay "
+                           f"{saved[f.problem.key]} ...")
+        sys.exit(1 if confirmed else 0)
     finally:
         p.close()
         target.close()

@@ -116,7 +116,8 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
               help="A public key (PEM) whose signed images this device installs; repeat for rotation. Unsigned images are then refused.")
 @click.option("--target", "device_target", default="dualmcu/1", show_default=True, help="This device's identity (product/hardware revision) for signed images.")
 @click.option("--accept-any-target", "any_target", is_flag=True, help="Also install images signed for target * (any product); off by default.")
-@click.option("--defect", "defects", multiple=True, type=click.Choice(["duplicate-chunk-hazard", "hang-on-empty-binary"]),
+@click.option("--blocking-calls", "blocking", is_flag=True, help="Serve nothing while an own call waits for its answer, as the Blynk C driver does.")
+@click.option("--defect", "defects", multiple=True, type=click.Choice(["duplicate-chunk-hazard", "racy-duplicate-hazard", "hang-on-empty-binary"]),
               hidden=True, help="Plant a known bug, to show that `dualmcu fuzz` finds it.")
 @click.option("--once", is_flag=True, help="Exit when an update ends (0 once a new image is confirmed).")
 @JSON
@@ -124,7 +125,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
             battery, battery_rate, min_battery, install_window, commit_timeout, hw_rev, bootloader_version, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, resume, package_ram, flash_timing,
             power_cut_at,
-            power_cut_seed, power_cut_within, trust_keys, device_target, any_target, defects, once, as_json, verbose) -> None:
+            power_cut_seed, power_cut_within, trust_keys, device_target, any_target, blocking, defects, once, as_json, verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
 
     A blank flash needs --provision IMAGE (its factory firmware). The process reboots into
@@ -158,7 +159,7 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
                     timing=FlashTiming(prog, sector, block), window=window, buffer=rx_hold, resume=resume,
                     package_ram=package_ram)
     trust = load_trust(trust_keys, device_target, any_target)
-    cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud,
+    cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud, blocking=blocking,
                         trust=trust, commit_timeout=commit_timeout)
     sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose,
                                         power_cut_at, power_cut_seed, power_cut_within, identity)))
