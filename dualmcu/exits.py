@@ -11,6 +11,8 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad arguments, options or input files (click's own code for usage errors)
     IO = 3  # a port, a peer or a child process could not be used
     TIMEOUT = 4  # no verdict within the time allowed
+    PAUSED = 10  # a fleet rollout paused by a health gate
+    STOPPED = 11  # a fleet rollout stopped by the operator (or its build blocklisted)
     POWER_CUT = 75  # the emulated power failed mid-operation: start the process again
     INTERRUPTED = 130  # stopped by Ctrl-C
 
@@ -21,6 +23,8 @@ MEANING = {
     ExitCode.USAGE: "bad arguments, option values or input files (nothing was started)",
     ExitCode.IO: "a port, a peer or a child process could not be used",
     ExitCode.TIMEOUT: "no verdict within --timeout",
+    ExitCode.PAUSED: "`dualmcu fleet`: a health gate paused the rollout",
+    ExitCode.STOPPED: "`dualmcu fleet`: the operator stopped the rollout, or blocklisted its build",
     ExitCode.POWER_CUT: "the emulated power was cut (--power-cut-*): start the process again to see the device come back",
     ExitCode.INTERRUPTED: "stopped by Ctrl-C",
 }

@@ -13,6 +13,7 @@ Keys the emulated primary reads besides Blynk's own (docs/device.md):
     hw-rev          hardware revisions the image runs on, separated by spaces or commas
     min-bootloader  the oldest bootloader version it needs (dotted numbers)
     config-schema   the configuration schema it reads and writes (1 when absent)
+    dualmcu-test-hw-rev  the hardware revisions that show the test behaviour (default: all)
     dualmcu-test    a test behaviour, honoured by the emulated primary only:
                     fail-health         boots, fails its health check (never confirms)
                     crash               faults right after boot, at every boot

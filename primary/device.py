@@ -124,6 +124,9 @@ class PrimaryDevice(Device):
         self.described = bool(info and info.get("mcu") and info.get("fw-type"))
         self.info = {**UNKNOWN_INFO, **{k: v for k, v in (info or {}).items() if v}}
         self.behaviour, self.behaviour_arg = behaviour_of(self.info)
+        only_on = self.info.get(TEST_KEY + "-hw-rev")
+        if only_on is not None and flash.identity.hw_rev not in only_on.replace(",", " ").split():
+            self.behaviour, self.behaviour_arg = "", 0.0  # a bug of some hardware revisions only
         self.emit("booted", slot="AB"[self.boot.slot], trial=self.boot.trial, version=self.info["mcu"],
                   fw_type=self.info["fw-type"], tagged=info is not None, boots=self.boot.state.boots,
                   crash_loop=self.boot.state.crash_loop, hw_rev=flash.identity.hw_rev,

@@ -20,7 +20,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 # Tests that start processes, ptys or long searches take seconds each: they are marked slow so
 # that `pytest -m "not slow"` is a quick inner loop. CI and the README's command run them all.
 SLOW_FILES = {"test_e2e.py", "test_fuzz.py"}
-SLOW_TESTS = {"test_keygen_sign_verify_and_run", "test_tag_commands"}
+SLOW_TESTS = {"test_keygen_sign_verify_and_run", "test_tag_commands",
+              "test_the_same_seed_gives_the_same_summary_on_a_local_cluster",
+              "test_a_real_scheduler_with_two_workers_gives_the_single_process_summary"}
 
 
 def pytest_collection_modifyitems(config, items):

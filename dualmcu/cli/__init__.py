@@ -5,7 +5,7 @@ One module per command group; importing them registers their commands on :data:`
 
 from __future__ import annotations
 
-from . import docs, files, fuzzing, sides, signed, wire  # noqa: F401 -- registers the commands
+from . import docs, files, fleeting, fuzzing, sides, signed, wire  # noqa: F401 -- registers the commands
 from .common import main
 
 __all__ = ["main"]

@@ -1,0 +1,474 @@
+"""``dualmcu fleet``: rehearse a rollout over a fleet of emulated devices.
+
+Every device is a real pair: the NCP and primary cores on the simulated link, on a virtual
+clock of its own (dualmcu/sim.py), provisioned with the image its population group starts on.
+The rollout controller stays here, in one process; each wave's devices are sharded across
+Dask workers (a local cluster of this machine's cores by default, an existing scheduler with
+``--scheduler``).  A device's result depends on its seed only, so the same seed gives the same
+fleet and the same summary whatever the number of workers.
+
+The population file (TOML) describes groups by share; the plan file (TOML) the rollout:
+
+    # population.toml                       # plan.toml
+    devices = 200                           channel = "stable"
+    seed = 1                                canary_percent = 5
+    [[group]]                               ramp_percent = [25, 50, 100]
+    share = 0.7                             soak_seconds = 86400
+    hw_rev = "A"                            min_version = "1.0.0"      # optional
+    version = "1.0.0"                       blocklist = []
+    channel = "stable"                      [gates]
+    baud = 921600                           min_confirm_rate = 0.95
+    ber = 0.0                               max_rollback_rate = 0.02
+    drop = 0.0                              max_download_limit_rate = 0.05
+    battery = [30.0, 100.0]                 [[actions]]
+    slow_flash_share = 0.1                  at_seconds = 172800
+                                            action = "pause"          # pause, resume, stop, blocklist
+                                            build = "1.1.0"           # for blocklist
+
+Waves: the canary, then each ramp step, each a cumulative percent of the eligible devices (on
+the plan's channel and hardware targets, below the new version, in a seeded order).  A wave
+starts when the one before has soaked; at its end the gates are applied to everything offered
+so far, and a failed gate pauses the rollout.  Operator actions take effect at the first wave
+boundary at or after their time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable
+
+from dualmcu.image.firmware import build_image, is_newer, make_info
+from dualmcu.link import Faults, LinkConfig
+from dualmcu.ncp.core import NcpConfig
+from dualmcu.ncp.update import Catalog, Shipment
+from dualmcu.primary.boot import Bootloader, BootStore
+from dualmcu.primary.device import PrimaryConfig
+from dualmcu.primary.flash import Flash, Geometry, Identity
+from dualmcu.primary.ota import OtaConfig
+from dualmcu.primary.timing import FlashTiming
+from dualmcu.sim import Simulation
+
+FW_TYPE = "TMPLFLEET"
+BUILD = "Nov 21 2026 12:00:00"
+DEVICE_LIMIT = 3600.0  # virtual seconds one device's update may take
+STATES = ("completed", "paused", "stopped")
+
+
+class FleetError(ValueError):
+    """A population or plan that cannot be run (one line for the user)."""
+
+
+# -- the population ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Group:
+    share: float = 1.0
+    hw_rev: str = "A"
+    version: str = "1.0.0"
+    channel: str = "stable"
+    baud: int = 921600
+    ber: float = 0.0
+    drop: float = 0.0
+    battery: tuple[float, float] = (100.0, 100.0)
+    slow_flash_share: float = 0.0
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    id: int
+    seed: int
+    hw_rev: str
+    version: str
+    channel: str
+    baud: int
+    ber: float
+    drop: float
+    battery: float
+    slow_flash: bool
+
+
+def _number(d: dict, key: str, default: float, lo: float, hi: float, where: str) -> float:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+        raise FleetError(f"{where}: {key} = {v!r} is not a number from {lo} to {hi}")
+    return float(v)
+
+
+def parse_population(data: dict, devices: int | None = None, seed: int | None = None) -> tuple[list[Group], int, int]:
+    if not isinstance(data.get("group", []), list):
+        raise FleetError("population: [[group]] must be a list of tables")
+    groups = []
+    for i, g in enumerate(data.get("group") or [{}]):
+        where = f"population group {i + 1}"
+        bat = g.get("battery", [100.0, 100.0])
+        if not (isinstance(bat, list) and len(bat) == 2):
+            raise FleetError(f"{where}: battery is [low, high] in percent")
+        lo_hi = tuple(_number({"b": b}, "b", 0, 0, 100, where) for b in bat)
+        groups.append(Group(
+            share=_number(g, "share", 1.0, 0, 1e9, where), hw_rev=str(g.get("hw_rev", "A")),
+            version=str(g.get("version", "1.0.0")), channel=str(g.get("channel", "stable")),
+            baud=int(_number(g, "baud", 921600, 300, 10_000_000, where)), ber=_number(g, "ber", 0.0, 0, 0.01, where),
+            drop=_number(g, "drop", 0.0, 0, 0.01, where), battery=(min(lo_hi), max(lo_hi)),
+            slow_flash_share=_number(g, "slow_flash_share", 0.0, 0, 1, where)))
+    if sum(g.share for g in groups) <= 0:
+        raise FleetError("population: the groups' shares add up to 0")
+    n = devices if devices is not None else int(_number(data, "devices", 100, 1, 10_000_000, "population"))
+    s = seed if seed is not None else int(_number(data, "seed", 1, 0, 2**63, "population"))
+    return groups, n, s
+
+
+def draw_fleet(groups: list[Group], n: int, seed: int) -> list[DeviceSpec]:
+    """N devices, by share; each device's draws come from its own seed, so the fleet is the
+    same for a seed whatever else changes."""
+    total = sum(g.share for g in groups)
+    bounds, acc = [], 0.0
+    for g in groups:
+        acc += g.share / total
+        bounds.append(acc)
+    fleet = []
+    for i in range(n):
+        dseed = int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "little")
+        r = random.Random(dseed)
+        u = r.random()
+        g = groups[next((k for k, b in enumerate(bounds) if u < b), len(groups) - 1)]
+        fleet.append(DeviceSpec(i, dseed, g.hw_rev, g.version, g.channel, g.baud, g.ber, g.drop,
+                                round(r.uniform(*g.battery), 1), r.random() < g.slow_flash_share))
+    return fleet
+
+
+# -- the plan ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    channel: str = "stable"
+    hw_revs: list[str] | None = None  # None: every revision
+    canary_percent: float = 5.0
+    ramp_percent: list[float] = field(default_factory=lambda: [25.0, 50.0, 100.0])
+    soak_seconds: float = 86400.0
+    min_confirm_rate: float = 0.95
+    max_rollback_rate: float = 0.02
+    max_download_limit_rate: float = 0.05
+    min_version: str | None = None
+    blocklist: list[str] = field(default_factory=list)
+    actions: list[dict] = field(default_factory=list)  # {"at_seconds", "action", "build"}
+
+    @property
+    def waves(self) -> list[float]:
+        return [self.canary_percent] + [p for p in self.ramp_percent if p > self.canary_percent]
+
+
+def parse_plan(data: dict) -> Plan:
+    gates = data.get("gates", {})
+    if not isinstance(gates, dict):
+        raise FleetError("plan: [gates] must be a table")
+    ramp = data.get("ramp_percent", [25, 50, 100])
+    if not isinstance(ramp, list) or not ramp:
+        raise FleetError("plan: ramp_percent is a list of percents, e.g. [25, 50, 100]")
+    ramp = [_number({"p": p}, "p", 0, 0, 100, "plan ramp_percent") for p in ramp]
+    if ramp != sorted(ramp) or ramp[-1] != 100:
+        raise FleetError("plan: ramp_percent must rise and end at 100")
+    actions = data.get("actions", [])
+    if not isinstance(actions, list):
+        raise FleetError("plan: [[actions]] must be a list of tables")
+    for i, a in enumerate(actions):
+        if not isinstance(a, dict) or a.get("action") not in ("pause", "resume", "stop", "blocklist"):
+            raise FleetError(f"plan action {i + 1}: action is pause, resume, stop or blocklist")
+        _number(a, "at_seconds", 0, 0, 1e12, f"plan action {i + 1}")
+        if a["action"] == "blocklist" and not isinstance(a.get("build"), str):
+            raise FleetError(f"plan action {i + 1}: blocklist needs build = \"VERSION\"")
+    revs = data.get("hw_revs")
+    return Plan(
+        channel=str(data.get("channel", "stable")), hw_revs=[str(r) for r in revs] if revs else None,
+        canary_percent=_number(data, "canary_percent", 5.0, 0.001, 100, "plan"), ramp_percent=ramp,
+        soak_seconds=_number(data, "soak_seconds", 86400.0, 0, 1e9, "plan"),
+        min_confirm_rate=_number(gates, "min_confirm_rate", 0.95, 0, 1, "plan gates"),
+        max_rollback_rate=_number(gates, "max_rollback_rate", 0.02, 0, 1, "plan gates"),
+        max_download_limit_rate=_number(gates, "max_download_limit_rate", 0.05, 0, 1, "plan gates"),
+        min_version=str(data["min_version"]) if data.get("min_version") else None,
+        blocklist=[str(b) for b in data.get("blocklist", [])],
+        actions=sorted((dict(a) for a in actions), key=lambda a: a["at_seconds"]))
+
+
+def load_toml(path: str, what: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise FleetError(f"cannot read the {what} file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise FleetError(f"the {what} file {path} is not TOML: {e}") from None
+
+
+# -- one device ----------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=16)
+def factory_image(version: str, size: int, fw_type: str = FW_TYPE) -> bytes:
+    """What a device of the fleet starts on: one program per fw-type, one build per version."""
+    return build_image(make_info(version, fw_type, build=BUILD), size, content="code")
+
+
+def run_device(spec: DeviceSpec, new: bytes, image_size: int, min_version: str | None) -> dict:
+    """One device's update, start to verdict, on its own virtual clock."""
+    geometry = Geometry(4096, max(64 * 1024, -(-max(len(new), image_size) // 4096) * 4096 + 4096))
+    flash = Flash.in_memory(geometry, identity=Identity(spec.hw_rev, "1.0.0"))
+    from dualmcu.image.firmware import read_info
+
+    Bootloader(flash).provision(factory_image(spec.version, image_size, (read_info(new) or {}).get("fw-type", FW_TYPE)))
+    timing = FlashTiming(0.002, 0.2, 0.6) if spec.slow_flash else FlashTiming()
+    sim = Simulation(
+        flash, Catalog([Shipment.from_bytes(new, "fleet.bin")]),
+        link=LinkConfig(baud=spec.baud, latency=0.001, seed=spec.seed & 0xFFFF_FFFF,
+                        faults=Faults(ber=spec.ber, drop=spec.drop)),
+        ncp_config=NcpConfig(min_version=min_version, once=False),
+        primary_config=PrimaryConfig(ota=OtaConfig(battery=spec.battery, timing=timing), commit_timeout=60.0),
+    )
+    outcome = sim.run_update(limit=DEVICE_LIMIT) or "timeout"
+    state = BootStore(flash).load()
+    running = None
+    if state is not None and state.slots[state.active].installed:
+        from dualmcu.image.firmware import read_info_streamed
+
+        base = geometry.slot_offset(state.active)
+        info = read_info_streamed(lambda pos, n: flash.read(base + pos, n), state.slots[state.active].length)
+        running = (info or {}).get("mcu")
+    rollback = [e for e in sim.find("rollback", "primary")]
+    offers = sim.find("ota_offer", "ncp")
+    return {"id": spec.id, "hw_rev": spec.hw_rev, "from_version": spec.version, "outcome": outcome,
+            "offered": bool(offers), "running": running,
+            "confirmed": bool(state and state.confirmed == state.active and not state.trial),
+            "rollback_reason": rollback[-1].get("reason") if rollback else None,
+            "update_seconds": round(sim.now - offers[0]["t"], 3) if offers else 0.0}
+
+
+def run_shard(specs: list[DeviceSpec], new: bytes, image_size: int, min_version: str | None) -> list[dict]:
+    """What a worker runs: a shard of one wave's devices."""
+    return [run_device(s, new, image_size, min_version) for s in specs]
+
+
+# -- the controller ------------------------------------------------------------------------------
+
+
+class Executor:
+    """Runs shards on Dask: a local cluster of this machine's cores, or a scheduler's workers."""
+
+    def __init__(self, scheduler: str | None = None, workers: int | None = None):
+        from dask.distributed import Client, LocalCluster
+
+        self._scattered: dict[str, Any] = {}
+        if scheduler:
+            self.cluster = None
+            self.client = Client(scheduler, timeout="10s")
+        else:
+            import os
+
+            self.cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                                        processes=True, dashboard_address=None)
+            self.client = Client(self.cluster)
+
+    @property
+    def workers(self) -> int:
+        return len(self.client.scheduler_info()["workers"])
+
+    def map_shards(self, shards: list[list[DeviceSpec]], *args) -> list[list[dict]]:
+        # The build goes to every worker once, and stays referenced for the whole rollout: a
+        # scattered value whose future is dropped is released, even while the next wave's
+        # scatter of the same bytes (the same key) still needs it.
+        key = hashlib.sha256(args[0]).hexdigest()
+        if key not in self._scattered:
+            self._scattered[key] = self.client.scatter(args[0], broadcast=True)
+        futures = [self.client.submit(run_shard, s, self._scattered[key], *args[1:], pure=False) for s in shards]
+        return self.client.gather(futures)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+class InProcess:
+    """One process, no cluster: for tests and small fleets."""
+
+    workers = 1
+
+    def map_shards(self, shards, *args):
+        return [run_shard(s, *args) for s in shards]
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Rollout:
+    fleet: list[DeviceSpec]
+    plan: Plan
+    new: bytes
+    image_size: int
+    executor: Any
+    emit: Callable[[dict], None] = lambda event: None
+    shards_per_worker: int = 4
+    state: str = "running"
+    clock: float = 0.0
+    waves: list[dict] = field(default_factory=list)
+    results: dict[int, dict] = field(default_factory=dict)
+    paused_by: str | None = None
+    blocklisted: bool = False
+    wall_seconds: float = 0.0
+
+    @property
+    def version(self) -> str:
+        from dualmcu.image.firmware import read_info
+
+        return (read_info(self.new) or {}).get("mcu", "")
+
+    def eligible(self) -> list[DeviceSpec]:
+        p = self.plan
+        out = [d for d in self.fleet if d.channel == p.channel and (p.hw_revs is None or d.hw_rev in p.hw_revs)
+               and is_newer(self.version, d.version)]
+        order = random.Random(len(self.fleet) * 7919 + (self.fleet[0].seed if self.fleet else 0))
+        order.shuffle(out)
+        return out
+
+    def _actions_until(self, t: float) -> None:
+        while self.plan.actions and self.plan.actions[0]["at_seconds"] <= t:
+            a = self.plan.actions.pop(0)
+            self.emit({"event": "operator", "action": a["action"], "build": a.get("build"), "at_seconds": a["at_seconds"]})
+            if a["action"] == "pause":
+                self.state, self.paused_by = "paused", "operator"
+            elif a["action"] == "resume" and self.state == "paused":
+                self.state, self.paused_by = "running", None
+            elif a["action"] == "stop":
+                self.state = "stopped"
+            elif a["action"] == "blocklist":
+                self.plan.blocklist.append(a["build"])
+
+    def rates(self) -> dict:
+        done = [r for r in self.results.values() if r["offered"]]
+        n = len(done) or 1
+        count = lambda o: sum(r["outcome"] == o for r in done)  # noqa: E731
+        return {"offered": len(done), "confirm_rate": round(count("success") / n, 4),
+                "rollback_rate": round(count("rollback") / n, 4),
+                "download_limit_rate": round(count("download_limit") / n, 4)}
+
+    def gate(self) -> str | None:
+        r, p = self.rates(), self.plan
+        if r["offered"] == 0:
+            return None
+        if r["rollback_rate"] > p.max_rollback_rate:
+            return f"rollback rate {r['rollback_rate']} above {p.max_rollback_rate}"
+        if r["download_limit_rate"] > p.max_download_limit_rate:
+            return f"download-limit rate {r['download_limit_rate']} above {p.max_download_limit_rate}"
+        if r["confirm_rate"] < p.min_confirm_rate:
+            return f"confirm rate {r['confirm_rate']} below {p.min_confirm_rate}"
+        return None
+
+    def run(self) -> dict:
+        import time
+
+        t0 = time.monotonic()
+        eligible = self.eligible()
+        taken = 0
+        for i, percent in enumerate(self.plan.waves):
+            self._actions_until(self.clock)
+            while self.state == "paused" and self.paused_by == "operator" and self.plan.actions:
+                # Paused by hand: the rollout waits (on the virtual clock) for what comes next.
+                self.clock = max(self.clock, self.plan.actions[0]["at_seconds"])
+                self._actions_until(self.clock)
+            if self.version in self.plan.blocklist:
+                self.state, self.blocklisted = "stopped", True
+                self.emit({"event": "blocklisted", "build": self.version, "at_seconds": self.clock})
+            if self.state != "running":
+                break
+            upto = min(len(eligible), math.ceil(len(eligible) * percent / 100))
+            wave = eligible[taken:upto]
+            taken = upto
+            started = self.clock
+            results = self._run_wave(wave) if wave else []
+            for r in results:
+                self.results[r["id"]] = r
+            longest = max((r["update_seconds"] for r in results), default=0.0)
+            outcomes: dict[str, int] = {}
+            reasons: dict[str, int] = {}
+            for r in results:
+                outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+                if r["rollback_reason"]:
+                    reasons[r["rollback_reason"]] = reasons.get(r["rollback_reason"], 0) + 1
+            decision = self.gate()
+            w = {"wave": i + 1, "name": "canary" if i == 0 else f"ramp {percent:g} %", "percent": percent,
+                 "devices": len(wave), "start_seconds": round(started, 3), "update_seconds": round(longest, 3),
+                 "outcomes": dict(sorted(outcomes.items())), "rollback_reasons": dict(sorted(reasons.items())),
+                 **self.rates(), "gate": "pass" if decision is None else "pause", "gate_reason": decision}
+            self.waves.append(w)
+            self.emit({"event": "wave", **w})
+            self.clock = started + longest + self.plan.soak_seconds
+            if decision is not None:
+                self.state, self.paused_by = "paused", "gate"
+                self.emit({"event": "gate", "decision": "pause", "reason": decision, "at_seconds": round(self.clock, 3)})
+                break
+        if self.state == "running":
+            self.state = "completed"
+        elif self.state == "paused" and self.paused_by == "operator":
+            self.state = "stopped"  # paused by hand and never resumed: the operator stopped it
+        self.wall_seconds = time.monotonic() - t0
+        return self.summary()
+
+    def _run_wave(self, wave: list[DeviceSpec]) -> list[dict]:
+        n = max(1, min(len(wave), self.executor.workers * self.shards_per_worker))
+        shards = [wave[k::n] for k in range(n)]
+        out = [r for shard in self.executor.map_shards(shards, self.new, self.image_size, self.plan.min_version)
+               for r in shard]
+        return sorted(out, key=lambda r: r["id"])
+
+    def summary(self) -> dict:
+        offered = [r for r in self.results.values() if r["offered"]]
+        return {"event": "summary", "state": self.state, "paused_by": self.paused_by, "version": self.version,
+                "devices": len(self.fleet), "eligible": len(self.eligible()), "offered": len(offered),
+                "confirmed": sum(r["outcome"] == "success" for r in offered),
+                "rolled_back": sum(r["outcome"] == "rollback" for r in offered),
+                "rolled_back_confirmed_old": sum(r["outcome"] == "rollback" and r["confirmed"]
+                                                 and r["running"] == r["from_version"] for r in offered),
+                "outcomes": dict(sorted({o: sum(r["outcome"] == o for r in offered)
+                                         for o in {r["outcome"] for r in offered}}.items())),
+                "canary_percent": self.plan.canary_percent, "waves": self.waves,
+                "rollout_seconds": round(self.clock, 3), "wall_seconds": round(self.wall_seconds, 3),
+                "workers": self.executor.workers}
+
+
+# -- the embedded examples -----------------------------------------------------------------------
+
+
+DEMO_POPULATION = {"devices": 200, "seed": 1, "group": [
+    {"share": 0.6, "hw_rev": "A", "version": "1.0.0", "baud": 921600, "battery": [40.0, 100.0]},
+    {"share": 0.3, "hw_rev": "B", "version": "1.0.0", "baud": 921600, "battery": [40.0, 100.0]},
+    {"share": 0.1, "hw_rev": "A", "version": "0.9.0", "baud": 115200, "battery": [40.0, 100.0],
+     "slow_flash_share": 0.5},
+]}
+DEMO_PLAN = {"channel": "stable", "canary_percent": 5, "ramp_percent": [25, 50, 100], "soak_seconds": 86400,
+             "gates": {"min_confirm_rate": 0.9, "max_rollback_rate": 0.02, "max_download_limit_rate": 0.05}}
+DEMO_IMAGE_SIZE = 64 * 1024
+
+
+def demo_build(kind: str) -> bytes:
+    """1.1.0 of the demo product: the good build, or one that fails its health check on
+    hardware revision B (and runs fine on A)."""
+    old = factory_image("1.0.0", DEMO_IMAGE_SIZE)
+    from dualmcu.image.firmware import next_image
+
+    extra = {"dualmcu-test": "fail-health", "dualmcu-test-hw-rev": "B"} if kind == "bad" else {}
+    return next_image(old, make_info("1.1.0", FW_TYPE, build=BUILD, **extra), 0.02)
+
+
+def as_rows(summary: dict) -> list[dict]:
+    """The time series as CSV rows: one per wave."""
+    return [{k: (v if not isinstance(v, dict) else ";".join(f"{a}={b}" for a, b in v.items()))
+             for k, v in w.items()} for w in summary["waves"]]

@@ -1,0 +1,126 @@
+"""`dualmcu fleet`: a rollout over real emulated pairs, its gates, its operator, and Dask.
+
+The bad demo build fails its health check on hardware revision B: the canary gate must pause
+the rollout having offered it to no more than the canary share, with every device that took
+it back on its old image, confirmed.  The same seed must give the same summary in one process,
+on a local cluster and on a real scheduler with two worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from dualmcu.cli import main
+
+TIMING = ("wall_seconds", "workers")
+
+
+def fleet(*args):
+    r = CliRunner().invoke(main, ["fleet", "--json", *map(str, args)], catch_exceptions=False)
+    lines = [json.loads(x) for x in r.output.splitlines() if x.startswith("{")]
+    return r.exit_code, lines
+
+
+def untimed(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in TIMING}
+
+
+def test_the_bad_build_pauses_at_the_canary_and_every_device_that_took_it_is_back():
+    code, lines = fleet("--demo", "bad", "--devices", 200, "--in-process")
+    s = lines[-1]
+    assert code == 10 and s["event"] == "summary" and s["state"] == "paused" and s["paused_by"] == "gate"
+    assert 0 < s["offered"] <= math.ceil(s["eligible"] * s["canary_percent"] / 100)
+    assert len(s["waves"]) == 1 and s["waves"][0]["gate"] == "pause"
+    assert s["rolled_back"] > 0 and s["rolled_back_confirmed_old"] == s["rolled_back"]
+    assert s["waves"][0]["rollback_reasons"] == {"health_check_failed": s["rolled_back"]}
+    assert [x for x in lines if x["event"] == "gate"][0]["decision"] == "pause"
+
+
+def test_the_good_build_reaches_every_device():
+    code, lines = fleet("--demo", "good", "--devices", 120, "--in-process", "--seed", 7)
+    s = lines[-1]
+    assert code == 0 and s["state"] == "completed"
+    assert s["offered"] == s["confirmed"] == s["devices"] == 120
+    assert [w["percent"] for w in s["waves"]] == [5, 25, 50, 100]
+    assert s["rollout_seconds"] > 3 * 86400  # three soaks of a day, on the virtual clock
+
+
+def test_operator_actions_and_the_blocklist(tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text('canary_percent = 10\nramp_percent = [50, 100]\nsoak_seconds = 3600\n'
+                    '[[actions]]\nat_seconds = 3000\naction = "pause"\n')
+    code, lines = fleet("--demo", "good", "--devices", 50, "--in-process", "--plan", plan)
+    assert code == 11 and lines[-1]["state"] == "stopped" and len(lines[-1]["waves"]) == 1
+    plan.write_text('canary_percent = 10\nramp_percent = [50, 100]\nsoak_seconds = 3600\n'
+                    '[[actions]]\nat_seconds = 3000\naction = "pause"\n'
+                    '[[actions]]\nat_seconds = 5000\naction = "resume"\n')
+    code, lines = fleet("--demo", "good", "--devices", 50, "--in-process", "--plan", plan)
+    assert code == 0 and lines[-1]["state"] == "completed"
+    plan.write_text('canary_percent = 10\nramp_percent = [100]\nsoak_seconds = 3600\n'
+                    '[[actions]]\nat_seconds = 10\naction = "blocklist"\nbuild = "1.1.0"\n')
+    code, lines = fleet("--demo", "good", "--devices", 50, "--in-process", "--plan", plan)
+    assert code == 11 and lines[-1]["offered"] == 5 and any(x["event"] == "blocklisted" for x in lines)
+
+
+@pytest.mark.parametrize("text,says", [
+    ("canary_percent = nan", "canary_percent"),
+    ("ramp_percent = [50, 25]", "must rise"),
+    ("[[actions]]\nat_seconds = 1\naction = \"explode\"", "pause, resume"),
+    ("this is not toml", "not TOML"),
+])
+def test_a_bad_plan_gets_one_line(tmp_path, text, says):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(text)
+    r = CliRunner().invoke(main, ["fleet", "--demo", "good", "--in-process", "--plan", str(plan)])
+    assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output
+
+
+def test_the_same_seed_gives_the_same_summary_on_a_local_cluster():
+    _, one = fleet("--demo", "bad", "--devices", 300, "--seed", 3, "--in-process")
+    _, two = fleet("--demo", "bad", "--devices", 300, "--seed", 3, "--workers", 2)
+    assert two[-1]["workers"] == 2
+    assert untimed(one[-1]) == untimed(two[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(300)
+def test_a_real_scheduler_with_two_workers_gives_the_single_process_summary(tmp_path):
+    port = free_port()
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    addr = f"tcp://127.0.0.1:{port}"
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", ":0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              cwd=tmp_path)]
+    try:
+        time.sleep(2)
+        for _ in range(2):
+            procs.append(subprocess.Popen([dask, "worker", addr, "--nworkers", "1", "--nthreads", "1",
+                                           "--dashboard-address", ":0"], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, cwd=tmp_path))
+        from dask.distributed import Client
+
+        with Client(addr, timeout="20s") as c:
+            c.wait_for_workers(2, timeout=60)
+        _, cluster = fleet("--demo", "good", "--devices", 200, "--seed", 5, "--scheduler", addr)
+        _, alone = fleet("--demo", "good", "--devices", 200, "--seed", 5, "--in-process")
+        assert cluster[-1]["workers"] == 2 and cluster[-1]["state"] == "completed"
+        assert untimed(cluster[-1]) == untimed(alone[-1])
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
