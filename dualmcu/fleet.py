@@ -42,7 +42,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Callable
 
 from dualmcu.image.firmware import build_image, is_newer, make_info
@@ -325,11 +325,15 @@ class Rollout:
     blocklisted: bool = False
     wall_seconds: float = 0.0
 
-    @property
+    @cached_property
     def version(self) -> str:
         from dualmcu.image.firmware import read_info
 
         return (read_info(self.new) or {}).get("mcu", "")
+
+    @cached_property
+    def _eligible(self) -> list[DeviceSpec]:
+        return self.eligible()
 
     def eligible(self) -> list[DeviceSpec]:
         p = self.plan
@@ -376,7 +380,7 @@ class Rollout:
         import time
 
         t0 = time.monotonic()
-        eligible = self.eligible()
+        eligible = self._eligible
         taken = 0
         for i, percent in enumerate(self.plan.waves):
             self._actions_until(self.clock)
@@ -432,7 +436,7 @@ class Rollout:
     def summary(self) -> dict:
         offered = [r for r in self.results.values() if r["offered"]]
         return {"event": "summary", "state": self.state, "paused_by": self.paused_by, "version": self.version,
-                "devices": len(self.fleet), "eligible": len(self.eligible()), "offered": len(offered),
+                "devices": len(self.fleet), "eligible": len(self._eligible), "offered": len(offered),
                 "confirmed": sum(r["outcome"] == "success" for r in offered),
                 "rolled_back": sum(r["outcome"] == "rollback" for r in offered),
                 "rolled_back_confirmed_old": sum(r["outcome"] == "rollback" and r["confirmed"]
