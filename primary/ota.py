@@ -715,7 +715,7 @@ class OtaReceiver:
         if h.delta:
             active = self.boot_state.active
             rec = self.boot_state.slots[active]
-            crc, sha = slot_digests(self.flash, active, rec.length) if rec.installed else (0, bytes(32))
+            _, sha = slot_digests(self.flash, active, rec.length) if rec.installed else (0, bytes(32))
             check_base(h, rec.length if rec.installed else 0, sha)
         t.claims = h
         self.emit("ota_package", package=h.describe()["kind"], compression=h.describe()["compression"],

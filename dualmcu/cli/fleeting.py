@@ -76,7 +76,14 @@ def fleet(demo, population, plan, firmware, image_size, devices, seed, scheduler
         fleet_ = F.draw_fleet(groups, n, s)
         out({"event": "fleet", "devices": n, "seed": s, "workers": executor.workers,
              "hw_revs": sorted({d.hw_rev for d in fleet_})})
-        summary = F.Rollout(fleet_, the_plan, new, image_size, executor, emit=out).run()
+        rollout = F.Rollout(fleet_, the_plan, new, image_size, executor, emit=out)
+        if in_process:
+            summary = rollout.run()
+        else:
+            try:
+                summary = rollout.run()
+            except Exception as e:  # a worker or scheduler lost mid-rollout: one line, exit 3
+                raise IOFailure(f"the Dask cluster failed during the rollout: {type(e).__name__}: {e}") from None
     finally:
         executor.close()
     if csv_path:
