@@ -218,16 +218,15 @@ def factory_image(version: str, size: int, fw_type: str = FW_TYPE) -> bytes:
     return build_image(make_info(version, fw_type, build=BUILD), size, content="code")
 
 
-def run_device(spec: DeviceSpec, new: bytes, image_size: int, min_version: str | None) -> dict:
+def run_device(spec: DeviceSpec, build: Shipment, image_size: int, min_version: str | None) -> dict:
     """One device's update, start to verdict, on its own virtual clock."""
+    new = build.source.read(0, build.size)
     geometry = Geometry(4096, max(64 * 1024, -(-max(len(new), image_size) // 4096) * 4096 + 4096))
     flash = Flash.in_memory(geometry, identity=Identity(spec.hw_rev, "1.0.0"))
-    from dualmcu.image.firmware import read_info
-
-    Bootloader(flash).provision(factory_image(spec.version, image_size, (read_info(new) or {}).get("fw-type", FW_TYPE)))
+    Bootloader(flash).provision(factory_image(spec.version, image_size, build.info.get("fw-type", FW_TYPE)))
     timing = FlashTiming(0.002, 0.2, 0.6) if spec.slow_flash else FlashTiming()
     sim = Simulation(
-        flash, Catalog([Shipment.from_bytes(new, "fleet.bin")]),
+        flash, Catalog([build]),  # a catalog per device: what failed on one is not failed on all
         link=LinkConfig(baud=spec.baud, latency=0.001, seed=spec.seed & 0xFFFF_FFFF,
                         faults=Faults(ber=spec.ber, drop=spec.drop)),
         ncp_config=NcpConfig(min_version=min_version, once=False),
@@ -252,8 +251,9 @@ def run_device(spec: DeviceSpec, new: bytes, image_size: int, min_version: str |
 
 
 def run_shard(specs: list[DeviceSpec], new: bytes, image_size: int, min_version: str | None) -> list[dict]:
-    """What a worker runs: a shard of one wave's devices."""
-    return [run_device(s, new, image_size, min_version) for s in specs]
+    """What a worker runs: a shard of one wave's devices (the build is read and hashed once)."""
+    build = Shipment.from_bytes(new, "fleet.bin")
+    return [run_device(s, build, image_size, min_version) for s in specs]
 
 
 # -- the controller ------------------------------------------------------------------------------

@@ -594,14 +594,27 @@ def fuzz(session: Session, target: Target, examples: int, seed_value: int,
             dualmcu_fuzz_case()
         except TargetDown:
             raise
-        except Exception:  # failures (one or a group), or Hypothesis calling one flaky: all recorded
-            pass
+        except Exception as e:
+            # The failures the cases found (one, or a group) are recorded; Hypothesis may also
+            # call one flaky.  Anything else is the fuzzer's own fault and must not pass for
+            # "nothing found".
+            if not _only_findings(e):
+                raise
 
     batch = 0
     while count[0] < examples and (duration is None or time.monotonic() - t0 < duration):
         run_batch(min(BATCH, examples - count[0]), seed_value + batch)
         batch += 1
     return Campaign(findings, count[0], time.monotonic() - t0)
+
+
+def _only_findings(e: BaseException) -> bool:
+    from hypothesis.errors import Flaky
+
+    group = getattr(e, "exceptions", None)  # an exception group (the backport's too, on 3.10)
+    if isinstance(group, tuple):
+        return all(_only_findings(x) for x in group)
+    return isinstance(e, (Failure, Flaky))
 
 
 def confirm(session: Session, target: Target, finding: Finding, times: int = CONFIRM) -> Finding:

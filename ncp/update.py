@@ -21,7 +21,7 @@ from dualmcu.image.firmware import (
     read_info_from_file,
     version_key,
 )
-from dualmcu.image.package import Header, PackageError, parse_header
+from dualmcu.image.package import Header, PackageError, is_package, parse_header
 
 
 class Source:
@@ -89,7 +89,7 @@ class Shipment:
 
 
 def _package_header(head: bytes, name: object) -> Header | None:
-    if head[:4] != b"DMPK":
+    if not is_package(head):
         return None
     try:
         h = parse_header(head)

@@ -119,3 +119,20 @@ def test_a_case_file_that_is_not_one_gets_one_line(tmp_path, content):
     bad.write_text(content)
     r = dualmcu("fuzz", "--target", "primary", "--port", "/dev/nope", "--replay", bad)
     assert r.returncode == 2 and b"Traceback" not in r.stderr and r.stderr.count(b"\n") <= 3, r.stderr
+
+
+def test_a_fault_of_the_fuzzer_itself_is_raised_not_reported_as_nothing_found(monkeypatch):
+    from dualmcu import fuzz as F
+
+    class Quiet:  # a target that is always alive; the cases never reach it
+        target = "primary"
+
+        def alive(self, waits=None):
+            return True
+
+    def broken(session, case, record):
+        raise TypeError("a bug in the fuzzer")
+
+    monkeypatch.setattr(F, "execute", broken)
+    with pytest.raises(TypeError, match="a bug in the fuzzer"):
+        F.fuzz(Quiet(), F.Target(), examples=3, seed_value=1)
