@@ -7,7 +7,8 @@ Dask workers (a local cluster of this machine's cores by default, an existing sc
 ``--scheduler``).  A device's result depends on its seed only, so the same seed gives the same
 fleet and the same summary whatever the number of workers.
 
-The population file (TOML) describes groups by share; the plan file (TOML) the rollout:
+The population file (TOML, or YAML by its name) describes groups by share; the plan file the
+rollout:
 
     # population.toml                       # plan.toml
     devices = 200                           channel = "stable"
@@ -29,21 +30,24 @@ Waves: the canary, then each ramp step, each a cumulative percent of the eligibl
 the plan's channel and hardware targets, below the new version, in a seeded order).  A wave
 starts when the one before has soaked; at its end the gates are applied to everything offered
 so far, and a failed gate pauses the rollout.  Operator actions take effect at the first wave
-boundary at or after their time.
+boundary at or after their time; a live operator's (the dashboard's buttons, ``Operator``)
+as they arrive between waves, or when the wave in progress ends.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import queue
 import random
+import time
 try:
     import tomllib
 except ImportError:  # Python 3.10
     import tomli as tomllib
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from dualmcu.image.firmware import build_image, is_newer, make_info
 from dualmcu.link import Faults, LinkConfig
@@ -60,6 +64,7 @@ FW_TYPE = "TMPLFLEET"
 BUILD = "Nov 21 2026 12:00:00"
 DEVICE_LIMIT = 3600.0  # virtual seconds one device's update may take
 STATES = ("completed", "paused", "stopped")
+ACTIONS = ("pause", "resume", "stop", "blocklist")
 
 
 class FleetError(ValueError):
@@ -109,6 +114,8 @@ def parse_population(data: dict, devices: int | None = None, seed: int | None = 
     groups = []
     for i, g in enumerate(data.get("group") or [{}]):
         where = f"population group {i + 1}"
+        if not isinstance(g, dict):
+            raise FleetError(f"{where}: a group is a table of keys (share, hw_rev, version, ...)")
         bat = g.get("battery", [100.0, 100.0])
         if not (isinstance(bat, list) and len(bat) == 2):
             raise FleetError(f"{where}: battery is [low, high] in percent")
@@ -181,7 +188,7 @@ def parse_plan(data: dict) -> Plan:
     if not isinstance(actions, list):
         raise FleetError("plan: [[actions]] must be a list of tables")
     for i, a in enumerate(actions):
-        if not isinstance(a, dict) or a.get("action") not in ("pause", "resume", "stop", "blocklist"):
+        if not isinstance(a, dict) or a.get("action") not in ACTIONS:
             raise FleetError(f"plan action {i + 1}: action is pause, resume, stop or blocklist")
         _number(a, "at_seconds", 0, 0, 1e12, f"plan action {i + 1}")
         if a["action"] == "blocklist" and not isinstance(a.get("build"), str):
@@ -199,14 +206,28 @@ def parse_plan(data: dict) -> Plan:
         actions=sorted((dict(a) for a in actions), key=lambda a: a["at_seconds"]))
 
 
-def load_toml(path: str, what: str) -> dict:
+def load_file(path: str, what: str) -> dict:
+    """A population or plan file: YAML by a .yaml or .yml name, TOML otherwise."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read()
     except OSError as e:
         raise FleetError(f"cannot read the {what} file {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise FleetError(f"the {what} file {path} is not TOML: {e}") from None
+    if path.lower().endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
+            doc = yaml.safe_load(data)
+        except yaml.YAMLError as e:
+            raise FleetError(f"the {what} file {path} is not YAML: {' '.join(str(e).split())}") from None
+    else:
+        try:
+            doc = tomllib.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise FleetError(f"the {what} file {path} is not TOML: {e}") from None
+    if not isinstance(doc, dict):
+        raise FleetError(f"the {what} file {path} must hold a table (keys and values), not {type(doc).__name__}")
+    return doc
 
 
 # -- one device ----------------------------------------------------------------------------------
@@ -280,7 +301,10 @@ class Executor:
     def workers(self) -> int:
         return len(self.client.scheduler_info()["workers"])
 
-    def map_shards(self, shards: list[list[DeviceSpec]], *args) -> list[list[dict]]:
+    def map_shards(self, shards: list[list[DeviceSpec]], *args) -> Iterator[list[dict]]:
+        """Each shard's results as soon as it is done, in whatever order shards finish."""
+        from dask.distributed import as_completed
+
         # The build goes to every worker once, and stays referenced for the whole rollout: a
         # scattered value whose future is dropped is released, even while the next wave's
         # scatter of the same bytes (the same key) still needs it.
@@ -288,7 +312,8 @@ class Executor:
         if key not in self._scattered:
             self._scattered[key] = self.client.scatter(args[0], broadcast=True)
         futures = [self.client.submit(run_shard, s, self._scattered[key], *args[1:], pure=False) for s in shards]
-        return self.client.gather(futures)
+        for future in as_completed(futures):
+            yield future.result()
 
     def close(self) -> None:
         self.client.close()
@@ -302,10 +327,32 @@ class InProcess:
     workers = 1
 
     def map_shards(self, shards, *args):
-        return [run_shard(s, *args) for s in shards]
+        for s in shards:
+            yield run_shard(s, *args)
 
     def close(self) -> None:
         pass
+
+
+class Operator:
+    """The live operator: actions from another thread (the dashboard's buttons), taken by the
+    rollout between waves.  A wave in progress always finishes: devices mid-update are never
+    cut off, as a real cloud cannot recall an offer a device has taken."""
+
+    def __init__(self) -> None:
+        self._actions: queue.Queue[tuple[str, str | None]] = queue.Queue()
+
+    def request(self, action: str, build: str | None = None) -> None:
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}")
+        self._actions.put((action, build))
+
+    def take(self, timeout: float | None) -> tuple[str, str | None] | None:
+        """The next action, waiting up to ``timeout`` seconds (None: until one comes)."""
+        try:
+            return self._actions.get(timeout=timeout) if timeout is None or timeout > 0 else self._actions.get_nowait()
+        except queue.Empty:
+            return None
 
 
 @dataclass
@@ -317,12 +364,16 @@ class Rollout:
     executor: Any
     emit: Callable[[dict], None] = lambda event: None
     shards_per_worker: int = 4
+    operator: Operator | None = None  # live actions; without one, only the plan's
+    speed: float | None = None  # virtual seconds per real second while soaking; None: no waiting
     state: str = "running"
     clock: float = 0.0
     waves: list[dict] = field(default_factory=list)
     results: dict[int, dict] = field(default_factory=dict)
+    actions_taken: list[dict] = field(default_factory=list)
     paused_by: str | None = None
     blocklisted: bool = False
+    updating: int = 0  # devices of the running wave without a verdict yet
     wall_seconds: float = 0.0
 
     @cached_property
@@ -343,24 +394,68 @@ class Rollout:
         order.shuffle(out)
         return out
 
+    def _act(self, action: str, build: str | None, source: str) -> None:
+        """One operator action, from the plan or live, at the rollout's current time."""
+        taken = {"action": action, "build": build, "at_seconds": round(self.clock, 3), "source": source}
+        self.actions_taken.append(taken)
+        if action == "pause" and self.state == "running":
+            self.state, self.paused_by = "paused", "operator"
+        elif action == "resume" and self.state == "paused":
+            self.state, self.paused_by = "running", None
+        elif action == "stop":
+            self.state = "stopped"
+        elif action == "blocklist":
+            self.plan.blocklist.append(build or self.version)
+        self.emit({"event": "operator", **taken})  # after the move: the event's watchers see its effect
+
     def _actions_until(self, t: float) -> None:
         while self.plan.actions and self.plan.actions[0]["at_seconds"] <= t:
             a = self.plan.actions.pop(0)
-            self.emit({"event": "operator", "action": a["action"], "build": a.get("build"), "at_seconds": a["at_seconds"]})
-            if a["action"] == "pause":
-                self.state, self.paused_by = "paused", "operator"
-            elif a["action"] == "resume" and self.state == "paused":
-                self.state, self.paused_by = "running", None
-            elif a["action"] == "stop":
-                self.state = "stopped"
-            elif a["action"] == "blocklist":
-                self.plan.blocklist.append(a["build"])
+            self._act(a["action"], a.get("build"), "plan")
+
+    def _live(self, until: float | None) -> None:
+        """Take the live operator's actions: until virtual time ``until`` (in real time when
+        paced), or, with None, wait for one action however long it takes."""
+        assert self.operator is not None
+        real0, clock0 = time.monotonic(), self.clock
+        while self.state != "stopped":
+            if until is None:
+                timeout = None
+            else:
+                timeout = (until - self.clock) / self.speed if self.speed else 0.0
+            taken = self.operator.take(timeout)
+            if self.speed:  # paced: the virtual clock follows the real one
+                self.clock = clock0 + (time.monotonic() - real0) * self.speed
+                if until is not None:
+                    self.clock = min(self.clock, until)
+            if taken is None:
+                return
+            self._act(*taken, source="live")
+            if until is None:
+                return
+
+    def _between_waves(self, start_at: float) -> None:
+        """The soak before the next wave: the plan's actions due by then, the live operator's as
+        they come; a pause by the operator holds the next wave until a resume or a stop."""
+        if self.operator is not None:
+            self._live(start_at)
+        self.clock = max(self.clock, start_at)
+        self._actions_until(self.clock)
+        while self.state == "paused" and self.paused_by == "operator":
+            if self.plan.actions:  # the plan says what comes next: the virtual clock jumps there
+                self.clock = max(self.clock, self.plan.actions[0]["at_seconds"])
+                self._actions_until(self.clock)
+            elif self.operator is not None:
+                self._live(None)
+            else:
+                break
 
     def rates(self) -> dict:
         done = [r for r in self.results.values() if r["offered"]]
         n = len(done) or 1
         count = lambda o: sum(r["outcome"] == o for r in done)  # noqa: E731
-        return {"offered": len(done), "confirm_rate": round(count("success") / n, 4),
+        return {"offered": len(done), "trial_rate": round((count("success") + count("rollback")) / n, 4),
+                "confirm_rate": round(count("success") / n, 4),
                 "rollback_rate": round(count("rollback") / n, 4),
                 "download_limit_rate": round(count("download_limit") / n, 4)}
 
@@ -377,48 +472,35 @@ class Rollout:
         return None
 
     def run(self) -> dict:
-        import time
-
         t0 = time.monotonic()
         eligible = self._eligible
         taken = 0
-        for i, percent in enumerate(self.plan.waves):
-            self._actions_until(self.clock)
-            while self.state == "paused" and self.paused_by == "operator" and self.plan.actions:
-                # Paused by hand: the rollout waits (on the virtual clock) for what comes next.
-                self.clock = max(self.clock, self.plan.actions[0]["at_seconds"])
-                self._actions_until(self.clock)
-            if self.version in self.plan.blocklist:
-                self.state, self.blocklisted = "stopped", True
-                self.emit({"event": "blocklisted", "build": self.version, "at_seconds": self.clock})
-            if self.state != "running":
-                break
-            upto = min(len(eligible), math.ceil(len(eligible) * percent / 100))
-            wave = eligible[taken:upto]
-            taken = upto
-            started = self.clock
-            results = self._run_wave(wave) if wave else []
-            for r in results:
-                self.results[r["id"]] = r
-            longest = max((r["update_seconds"] for r in results), default=0.0)
-            outcomes: dict[str, int] = {}
-            reasons: dict[str, int] = {}
-            for r in results:
-                outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
-                if r["rollback_reason"]:
-                    reasons[r["rollback_reason"]] = reasons.get(r["rollback_reason"], 0) + 1
-            decision = self.gate()
-            w = {"wave": i + 1, "name": "canary" if i == 0 else f"ramp {percent:g} %", "percent": percent,
-                 "devices": len(wave), "start_seconds": round(started, 3), "update_seconds": round(longest, 3),
-                 "outcomes": dict(sorted(outcomes.items())), "rollback_reasons": dict(sorted(reasons.items())),
-                 **self.rates(), "gate": "pass" if decision is None else "pause", "gate_reason": decision}
-            self.waves.append(w)
-            self.emit({"event": "wave", **w})
-            self.clock = started + longest + self.plan.soak_seconds
-            if decision is not None:
-                self.state, self.paused_by = "paused", "gate"
-                self.emit({"event": "gate", "decision": "pause", "reason": decision, "at_seconds": round(self.clock, 3)})
-                break
+        start_at = 0.0
+        try:
+            for i, percent in enumerate(self.plan.waves):
+                self._between_waves(start_at)
+                if self.version in self.plan.blocklist:
+                    self.state, self.blocklisted = "stopped", True
+                    self.emit({"event": "blocklisted", "build": self.version, "at_seconds": round(self.clock, 3)})
+                if self.state != "running":
+                    break
+                upto = min(len(eligible), math.ceil(len(eligible) * percent / 100))
+                wave = eligible[taken:upto]
+                taken = upto
+                self._wave(i, percent, wave)
+                start_at = self.clock + self.plan.soak_seconds
+                if self.waves[-1]["gate"] == "pause":
+                    self.clock = start_at
+                    self.state, self.paused_by = "paused", "gate"
+                    self.emit({"event": "gate", "decision": "pause", "reason": self.waves[-1]["gate_reason"],
+                               "at_seconds": round(self.clock, 3)})
+                    break
+            else:
+                self.clock = start_at  # the last wave's soak counts: it is watched like the others
+        except KeyboardInterrupt:
+            if self.operator is None or self.updating:
+                raise
+            self._act("stop", None, "interrupt")  # Ctrl-C while the live operator was awaited
         if self.state == "running":
             self.state = "completed"
         elif self.state == "paused" and self.paused_by == "operator":
@@ -426,12 +508,48 @@ class Rollout:
         self.wall_seconds = time.monotonic() - t0
         return self.summary()
 
-    def _run_wave(self, wave: list[DeviceSpec]) -> list[dict]:
-        n = max(1, min(len(wave), self.executor.workers * self.shards_per_worker))
-        shards = [wave[k::n] for k in range(n)]
-        out = [r for shard in self.executor.map_shards(shards, self.new, self.image_size, self.plan.min_version)
-               for r in shard]
-        return sorted(out, key=lambda r: r["id"])
+    def _wave(self, i: int, percent: float, wave: list[DeviceSpec]) -> None:
+        """Run one wave, shard by shard, and apply the gates to everything offered so far."""
+        started = self.clock
+        self.updating = len(wave)
+        name = "canary" if i == 0 else f"ramp {percent:g} %"
+        self.emit({"event": "wave_start", "wave": i + 1, "name": name, "devices": len(wave),
+                   "start_seconds": round(started, 3)})
+        results: list[dict] = []
+        if wave:
+            n = max(1, min(len(wave), self.executor.workers * self.shards_per_worker))
+            for shard in self.executor.map_shards([wave[k::n] for k in range(n)], self.new, self.image_size,
+                                                  self.plan.min_version):
+                for r in shard:
+                    r["wave"] = i + 1
+                    self.results[r["id"]] = r
+                results += shard
+                self.updating -= len(shard)
+                self.emit({"event": "progress", "wave": i + 1, "done": len(results), "devices": len(wave)})
+        longest = max((r["update_seconds"] for r in results), default=0.0)
+        outcomes: dict[str, int] = {}
+        reasons: dict[str, int] = {}
+        for r in results:
+            outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+            if r["rollback_reason"]:
+                reasons[r["rollback_reason"]] = reasons.get(r["rollback_reason"], 0) + 1
+        decision = self.gate()
+        self.clock = started + longest
+        w = {"wave": i + 1, "name": name, "percent": percent,
+             "devices": len(wave), "start_seconds": round(started, 3), "update_seconds": round(longest, 3),
+             "outcomes": dict(sorted(outcomes.items())), "rollback_reasons": dict(sorted(reasons.items())),
+             **self.rates(), "gate": "pass" if decision is None else "pause", "gate_reason": decision}
+        self.waves.append(w)
+        self.emit({"event": "wave", **w})
+
+    def device_states(self) -> dict:
+        """Every device of the fleet in one state: not eligible, waiting for its wave, updating,
+        or the outcome the cloud saw."""
+        states = {"not_eligible": len(self.fleet) - len(self._eligible),
+                  "waiting": len(self._eligible) - len(self.results) - self.updating, "updating": self.updating}
+        for r in self.results.values():
+            states[r["outcome"]] = states.get(r["outcome"], 0) + 1
+        return states
 
     def summary(self) -> dict:
         offered = [r for r in self.results.values() if r["offered"]]
@@ -443,7 +561,9 @@ class Rollout:
                                                  and r["running"] == r["from_version"] for r in offered),
                 "outcomes": dict(sorted({o: sum(r["outcome"] == o for r in offered)
                                          for o in {r["outcome"] for r in offered}}.items())),
-                "canary_percent": self.plan.canary_percent, "waves": self.waves,
+                "device_states": self.device_states(), "blocklisted": self.blocklisted,
+                "actions": list(self.actions_taken),
+                "canary_percent": self.plan.canary_percent, "waves": list(self.waves),
                 "rollout_seconds": round(self.clock, 3), "wall_seconds": round(self.wall_seconds, 3),
                 "workers": self.executor.workers}
 
@@ -470,6 +590,11 @@ def demo_build(kind: str) -> bytes:
 
     extra = {"dualmcu-test": "fail-health", "dualmcu-test-hw-rev": "B"} if kind == "bad" else {}
     return next_image(old, make_info("1.1.0", FW_TYPE, build=BUILD, **extra), 0.02)
+
+
+def device_rows(results: dict[int, dict]) -> list[dict]:
+    """One CSV row per device offered the build, by id."""
+    return [results[k] for k in sorted(results)]
 
 
 def as_rows(summary: dict) -> list[dict]:

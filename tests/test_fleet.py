@@ -84,6 +84,53 @@ def test_a_bad_plan_gets_one_line(tmp_path, text, says):
     assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output
 
 
+def test_a_yaml_population_is_the_same_fleet_as_its_toml(tmp_path):
+    (tmp_path / "pop.toml").write_text('devices = 60\nseed = 4\n[[group]]\nshare = 0.5\nhw_rev = "A"\n'
+                                       '[[group]]\nshare = 0.5\nhw_rev = "B"\nversion = "0.9.0"\nber = 1e-6\n')
+    (tmp_path / "pop.yaml").write_text("devices: 60\nseed: 4\ngroup:\n  - {share: 0.5, hw_rev: A}\n"
+                                       "  - {share: 0.5, hw_rev: B, version: 0.9.0, ber: 1.0e-6}\n")
+    _, toml = fleet("--demo", "good", "--in-process", "--population", tmp_path / "pop.toml")
+    _, yaml = fleet("--demo", "good", "--in-process", "--population", tmp_path / "pop.yaml")
+    assert untimed(toml[-1]) == untimed(yaml[-1]) and toml[-1]["devices"] == 60
+
+
+@pytest.mark.parametrize("text,says", [
+    ("- just\n- a list\n", "must hold a table"),
+    ("group: [1, 2]\n", "a group is a table"),
+    ("devices: [\n", "not YAML"),
+    ("devices: .nan\n", "devices"),
+])
+def test_a_bad_yaml_population_gets_one_line(tmp_path, text, says):
+    pop = tmp_path / "pop.yml"
+    pop.write_text(text)
+    r = CliRunner().invoke(main, ["fleet", "--demo", "good", "--in-process", "--population", str(pop)])
+    assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output
+
+
+def test_devices_csv_has_a_row_per_device_offered(tmp_path):
+    import csv
+
+    out = tmp_path / "devices.csv"
+    code, lines = fleet("--demo", "bad", "--devices", 200, "--in-process", "--devices-csv", out)
+    rows = list(csv.DictReader(out.open()))
+    s = lines[-1]
+    assert code == 10 and len(rows) == s["offered"]
+    assert sum(r["outcome"] == "rollback" for r in rows) == s["rolled_back"]
+    assert {r["hw_rev"] for r in rows if r["outcome"] == "rollback"} == {"B"}
+    assert all(r["running"] == r["from_version"] for r in rows if r["outcome"] == "rollback")
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--speed", "nan"], "finite"),
+    (["--speed", "0"], "0"),
+    (["--serve", "localhost:99999"], "HOST:PORT"),
+    (["--devices-csv", "/nonexistent/dir/x.csv"], "cannot write"),
+])
+def test_bad_options_get_one_line_before_anything_runs(args, says):
+    r = CliRunner().invoke(main, ["fleet", "--demo", "good", "--in-process", *args])
+    assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output
+
+
 def test_the_same_seed_gives_the_same_summary_on_a_local_cluster():
     _, one = fleet("--demo", "bad", "--devices", 300, "--seed", 3, "--in-process")
     _, two = fleet("--demo", "bad", "--devices", 300, "--seed", 3, "--workers", 2)
