@@ -26,7 +26,7 @@ from dualmcu.primary.ota import DEFAULT_CHUNK
 from .link import LinkConfig
 from .relay import Relay
 from .exits import ExitCode
-from .shell import detail, shown
+from .shell import Progress, detail, shown
 DEMO_TYPE = "TMPL0DEMO01"
 DEMO_SIZE = 300 * 1024
 
@@ -61,45 +61,6 @@ class RunOptions:
     as_json: bool = False
     extra_primary: list[str] = field(default_factory=list)
     extra_ncp: list[str] = field(default_factory=list)
-
-
-class Progress:
-    """One line, redrawn in place on a terminal: bytes, rate, ETA, retries."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.live = stream.isatty()
-        self.started: float | None = None
-        self.last = 0.0
-        self.drawn = False
-
-    def update(self, offset: int, size: int, retries: int) -> None:
-        now = time.monotonic()
-        if self.started is None:
-            self.started = now
-        if not self.live or (now - self.last < 0.1 and offset < size):
-            return
-        self.last = now
-        elapsed = max(now - self.started, 1e-6)
-        rate = offset / elapsed
-        eta = (size - offset) / rate if rate > 0 else 0
-        width = 30
-        fill = int(width * offset / size) if size else width
-        bar = "#" * fill + "." * (width - fill)
-        self.stream.write(
-            f"\r[{bar}] {offset / 1024:7.1f}/{size / 1024:.1f} KiB  {rate / 1024:6.1f} KiB/s  "
-            f"ETA {eta:4.0f}s  retries {retries}\x1b[K"
-        )
-        self.stream.flush()
-        self.drawn = True
-
-    def line(self, text: str) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.drawn = False
-        if text:
-            self.stream.write(text + "\n")
-        self.stream.flush()
 
 
 def _reader(side: str, proc: subprocess.Popen, q: queue.Queue) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -80,16 +81,71 @@ def detail(fields: dict[str, Any]) -> str:
     return " ".join(f"{k}={shown(v)}" for k, v in fields.items())
 
 
+class Progress:
+    """One line, redrawn in place on a terminal: bytes, rate, ETA, retries.  It is cut to the
+    terminal's width, so that it never wraps (a wrapped line is not redrawn in place: each
+    redraw would add a line).  Off a terminal it draws nothing."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.live = bool(getattr(stream, "isatty", lambda: False)())
+        self.started: float | None = None
+        self.last = 0.0
+        self.drawn = False
+
+    def width(self) -> int:
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, AttributeError, ValueError):
+            return shutil.get_terminal_size().columns
+
+    def update(self, offset: int, size: int, retries: int | None = None) -> None:
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now
+        if not self.live or (now - self.last < 0.1 and offset < size):
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-6)
+        rate = offset / elapsed
+        eta = (size - offset) / rate if rate > 0 else 0
+        text = (f"{offset / 1024:7.1f}/{size / 1024:.1f} KiB  {rate / 1024:6.1f} KiB/s  ETA {eta:4.0f}s"
+                + (f"  retries {retries}" if retries is not None else ""))
+        room = self.width() - 1  # the last column would wrap on some terminals
+        bar = max(0, min(30, room - len(text) - 3))
+        if bar >= 5:
+            fill = int(bar * offset / size) if size else bar
+            text = f"[{'#' * fill}{'.' * (bar - fill)}] {text}"
+        self.stream.write("\r" + text[:max(room, 1)] + "\x1b[K")
+        self.stream.flush()
+        self.drawn = True
+
+    def line(self, text: str) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.drawn = False
+        if text:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
 class EventPrinter:
-    """Events as JSON lines on stdout, or as readable lines on stderr."""
+    """Events as JSON lines on stdout, or as readable lines on stderr.
+
+    Readable lines carry seconds since the side started; JSON lines keep ``t`` on the
+    machine's monotonic clock, so that events of two processes can be set side by side.  On a
+    terminal a transfer is one progress line redrawn in place (``-v`` prints each step
+    instead)."""
 
     QUIET = {"ota_progress", "rpc_frame_dropped", "rpc_timeout", "rpc_stale_result"}
 
-    def __init__(self, side: str, as_json: bool, verbose: bool = False, out=None):
+    def __init__(self, side: str, as_json: bool, verbose: bool = False, out=None, start: float | None = None):
         self.side = side
         self.as_json = as_json
         self.verbose = verbose
         self.out = out
+        self.start = time.monotonic() if start is None else start
+        self.progress = Progress(out or sys.stderr)
         self.watchers: list[Callable[[str, dict], None]] = []
 
     def __call__(self, kind: str, **fields: Any) -> None:
@@ -100,11 +156,14 @@ class EventPrinter:
             rec.update({k: (v.hex() if isinstance(v, bytes) else v) for k, v in fields.items()})
             print(json.dumps(rec, separators=(",", ":")), file=self.out or sys.stdout, flush=True)
             return
+        if kind == "ota_progress" and not self.verbose:
+            self.progress.update(fields.get("offset", 0), fields.get("size", 0), fields.get("retries"))
+            return
         if kind in self.QUIET and not self.verbose:
             return
         t = fields.pop("t", None)
-        stamp = f"{t:9.3f}" if isinstance(t, (int, float)) else " " * 9
-        print(f"{self.side:<7} {stamp} {kind:<20} {detail(fields)}", file=self.out or sys.stderr, flush=True)
+        stamp = f"{t - self.start:9.3f}" if isinstance(t, (int, float)) else " " * 9
+        self.progress.line(f"{self.side:<7} {stamp} {kind:<20} {detail(fields)}")
 
 
 class Port:

@@ -636,6 +636,7 @@ class OtaReceiver:
             self._refuse("write", e.reason, offset=offset, error=str(e))
             self._abandon(e.reason)
             return False
+        self.emit("ota_progress", offset=t.offset, size=t.size)
         if done <= self.ep.now:
             return True
         self._reply_at(done, inc, True)

@@ -135,3 +135,44 @@ def test_a_failing_store_ends_prefetch_with_the_interfaces_code():
     assert s.run_update() == "prefetch_failed"
     assert s.find("prefetch_failed", "ncp")[0]["reason"] == "no_fs_space"
     assert s.find("ota_cancelled", "primary")[0]["reason"] == "prefetch_failed:no_fs_space"
+
+
+class Terminal:
+    """A stream that says it is a terminal of a given width, and keeps what was drawn."""
+
+    def __init__(self, columns: int):
+        import io
+
+        self.columns, self.buf = columns, io.StringIO()
+        self.write, self.flush, self.getvalue = self.buf.write, self.buf.flush, self.buf.getvalue
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        raise OSError("not a real terminal")
+
+
+@pytest.mark.parametrize("columns", [20, 60, 132])
+def test_the_progress_line_never_wraps(monkeypatch, columns):
+    # A line wider than the terminal wraps, and a wrapped line is not redrawn in place: each
+    # redraw adds a line (95 lines for one transfer at 60 columns).  The line is cut instead.
+    import os
+    import shutil
+
+    from dualmcu.shell import EventPrinter
+
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a: os.terminal_size((columns, 24)))
+    term = Terminal(columns)
+    printer = EventPrinter("ncp", as_json=False, out=term, start=100.0)
+    clock = iter(range(10_000))
+    monkeypatch.setattr("dualmcu.shell.time.monotonic", lambda: next(clock))  # each draw is due
+    for off in range(0, 300 * 1024 + 1, 1024):
+        printer("ota_progress", t=101.0, offset=off, size=300 * 1024, retries=3)
+    printer("ota_finished", t=130.25, outcome="success")
+    drawn = term.getvalue()
+    lines = drawn.split("\n")
+    assert len(lines) == 3 and lines[-1] == ""  # the progress line, closed, then the event
+    assert all(len(piece.replace("\x1b[K", "")) < columns for piece in lines[0].split("\r"))
+    assert "300.0/300.0 KiB" in drawn or columns < 30
+    assert lines[1].split()[:2] == ["ncp", "30.250"]  # seconds since the side started
