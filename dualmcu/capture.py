@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import re
 from typing import Any, Iterator
 
 from dualmcu.framing import Dropped, get_profile
@@ -56,27 +58,87 @@ def decode_capture(data: bytes, framing: str, interface: Interface = INTERFACE) 
         yield _record(parse(item.message), item.message, waiting, interface)
 
 
-def decode_directions(one: bytes, other: bytes, framing: str, interface: Interface = INTERFACE) -> Iterator[dict]:
+# Bytes as a log saw them: (time or None, position in the log, bytes).  The position orders
+# the two directions where the log's times (to the millisecond) tie.
+Chunks = list[tuple["float | None", int, bytes]]
+
+
+def decode_directions(one: "bytes | Chunks", other: "bytes | Chunks", framing: str,
+                      interface: Interface = INTERFACE, names: tuple[str, str] = ("one", "other")) -> Iterator[dict]:
     """Both directions of a link, captured apart: each RESULT is typed by the INVOKE that went
     the other way.  Both sides number their calls from 1, so pairing within one direction
-    would give plausible but wrong names.  Records of ``one`` come first, then ``other``, each
-    with ``dir`` set to "one" or "other" (a capture of each direction has no common clock)."""
-    streams = {"one": _frames(one, framing), "other": _frames(other, framing)}
+    would give plausible but wrong names.  Each record has ``dir`` set to the name of its
+    direction.  Two files have no common clock: the records of ``one`` come first, then those
+    of ``other``.  Chunks with times (a spy log) give each record the time ``t`` its frame
+    ended, and the records of both directions come in time order."""
+    if isinstance(other, (bytes, bytearray)):
+        other = [(None, 1, other)]
+    streams = {names[0]: _timed_frames(one, framing), names[1]: _timed_frames(other, framing)}
     asked: dict[str, dict[int, list]] = {name: {} for name in streams}
     for name, items in streams.items():
-        for item in items:
+        for _, _, item in items:
             msg = parse(item.message) if not isinstance(item, Dropped) else None
             if isinstance(msg, Invoke):
                 asked[name].setdefault(msg.msg_id, []).append(interface.get(msg.uid))
+    records: list[list[dict]] = []
     for name, items in streams.items():
-        answers = _FirstUnanswered(asked["other" if name == "one" else "one"])
-        for item in items:
+        answers = _FirstUnanswered(asked[names[1] if name == names[0] else names[0]])
+        out = []
+        for t, seq, item in items:
             if isinstance(item, Dropped):
                 rec = {"kind": "error", "reason": item.reason, "size": item.size, "raw": item.raw.hex()}
             else:
                 rec = _record(parse(item.message), item.message, answers, interface, track=False)
             rec["dir"] = name
-            yield rec
+            if t is not None:
+                rec["t"] = t
+            out.append((seq, rec))
+        records.append(out)
+    yield from (rec for _, rec in heapq.merge(*records, key=lambda x: x[0]))
+
+
+_SPY_LINE = re.compile(r"^(\d+\.\d+) (RX|TX)\s+([0-9A-F]{4})  (.*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def parse_spy(text: str) -> tuple[Chunks, Chunks]:
+    """A pyserial ``spy://`` log (its default hexdump format) as the bytes the port sent (TX)
+    and received (RX), each line's bytes with its time.  Control lines (RTS, DTR, flushes)
+    are skipped.  A log in ``?raw`` format mixes both directions and cannot be split."""
+    tx: Chunks = []
+    rx: Chunks = []
+    seen = 0
+    for n, line in enumerate(text.splitlines(), 1):
+        line = _ANSI.sub("", line).rstrip("\n")
+        m = _SPY_LINE.match(line)
+        if not m:
+            continue
+        # The row is 16 "XX " cells with one more space after the eighth, then the ASCII:
+        # only the first 49 characters are bytes.
+        cells = m.group(4)[:49].split()
+        try:
+            data = bytes(int(c, 16) for c in cells if len(c) == 2)
+        except ValueError:
+            raise ValueError(f"line {n} of the spy log is not a hexdump row: {line[:60]!r}") from None
+        (tx if m.group(2) == "TX" else rx).append((float(m.group(1)), n, data))
+        seen += 1
+    if not seen and text.strip():
+        raise ValueError("no TX or RX lines: not a spy:// log in its hexdump format "
+                         "(a ?raw log mixes both directions and cannot be split)")
+    return tx, rx
+
+
+def _timed_frames(data: "bytes | Chunks", framing: str) -> list:
+    """(time, position, item) for each frame or drop: when and where the chunk that ended it
+    was seen.  Plain bytes have no time, and the position 0 (or 1 for the second file), so
+    that the records of one file come before those of the other."""
+    chunks: Chunks = [(None, 0, data)] if isinstance(data, (bytes, bytearray)) else data
+    dec = get_profile(framing, max_message=0xFFFF).decoder()
+    out = []
+    for t, seq, chunk in chunks:
+        out += [(t, seq, item) for item in dec.feed(chunk)]
+    last = chunks[-1][:2] if chunks else (None, 0)
+    return out + [(*last, item) for item in dec.close()]
 
 
 class _FirstUnanswered(dict):
@@ -89,11 +151,6 @@ class _FirstUnanswered(dict):
     def pop(self, msg_id, default=None):
         queue = self.asked.get(msg_id)
         return queue.pop(0) if queue else default
-
-
-def _frames(data: bytes, framing: str) -> list:
-    dec = get_profile(framing, max_message=0xFFFF).decoder()
-    return dec.feed(data) + dec.close()
 
 
 def _record(msg, payload: bytes, waiting: dict, interface: Interface, track: bool = True) -> dict:
@@ -140,10 +197,12 @@ def _show(value: Any) -> str:
 def format_record(rec: dict) -> str:
     kind = rec["kind"]
     if kind == "error" and rec.get("uid") is None and "size" in rec:
-        return f"dropped  {rec['reason']:<14} {rec['size']} bytes  {rec['raw']}"
+        where = (f"{rec['t']:10.3f} " if "t" in rec else "") + (f"[{rec['dir']}] " if rec.get("dir") else "")
+        return f"{where}dropped  {rec['reason']:<14} {rec['size']} bytes  {rec['raw']}"
     if kind == "error":
         return f"error    {rec['reason']:<14} {rec['raw']}"
-    parts = ([f"[{rec['dir']}]"] if rec.get("dir") else []) + [f"{kind:<8}"]
+    parts = ([f"{rec['t']:10.3f}"] if "t" in rec else []) + ([f"[{rec['dir']}]"] if rec.get("dir") else [])
+    parts.append(f"{kind:<8}")
     parts.append(f"0x{rec['uid']:04X}" if rec["uid"] is not None else "------")
     parts.append(f"{rec['name'] or '?':<26}")
     if rec["msg_id"] is not None:

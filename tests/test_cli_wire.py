@@ -108,3 +108,55 @@ def test_decode_pairs_each_result_with_the_invoke_that_went_the_other_way(tmp_pa
     results = {(x["dir"], x["msg_id"]): x for x in recs if x["kind"] == "result"}
     assert results[("one", 1)]["name"] == "mcu_hasUID" and results[("one", 1)]["args"] == {"return": False}
     assert results[("other", 1)]["name"] == "blynk_setFirmwareInfo"
+
+
+def test_decode_a_real_spy_log_in_time_order(tmp_path):
+    """A log written by pyserial's own spy:// handler on a real pty: the MCU side's calls go
+    out (TX) and the NCP's come in (RX), both numbered from 1, interleaved in time.  Each
+    RESULT must be typed by the call that went the other way, and records come in the order
+    they crossed the wire."""
+    import os
+
+    import serial
+
+    from dualmcu.framing import get_profile
+    from dualmcu.rpc.interface import INTERFACE
+    from dualmcu.rpc.message import Invoke, Result
+
+    p = get_profile("blynk")
+    fw, has = INTERFACE["blynk_setFirmwareInfo"], INTERFACE["mcu_hasUID"]
+    master, slave = os.openpty()
+    log = tmp_path / "spy.log"
+    port = serial.serial_for_url(f"spy://{os.ttyname(slave)}?file={log}", baudrate=115200, timeout=5)
+    try:
+        port.write(p.encode(Invoke(fw.uid, 1, fw.encode_args({"type": "T", "version": "1", "build": "b", "blynk": "0"})).encode()))
+        incoming = p.encode(Invoke(has.uid, 1, has.encode_args({"uid": 0xE002})).encode())
+        os.write(master, incoming)
+        assert len(port.read(len(incoming))) == len(incoming)  # the spy logs what the program reads
+        port.write(p.encode(Result(1, 0, has.encode_result(False)).encode()))
+        incoming = p.encode(Result(1, 0, fw.encode_result(True)).encode())
+        os.write(master, incoming)
+        assert len(port.read(len(incoming))) == len(incoming)
+    finally:
+        port.close()
+        os.close(master)
+        os.close(slave)
+    r = run("decode", "--framing", "blynk", "--json", "--spy", str(log))
+    assert r.exit_code == 0, r.output
+    recs = [json.loads(line) for line in r.output.splitlines()]
+    assert [(x["dir"], x["kind"], x["name"]) for x in recs] == [
+        ("tx", "invoke", "blynk_setFirmwareInfo"), ("rx", "invoke", "mcu_hasUID"),
+        ("tx", "result", "mcu_hasUID"), ("rx", "result", "blynk_setFirmwareInfo")]
+    assert recs[2]["args"] == {"return": False} and recs[3]["args"] == {"return": True}
+    assert [x["t"] for x in recs] == sorted(x["t"] for x in recs)
+    text = run("decode", "--framing", "blynk", "--spy", str(log)).output.splitlines()
+    assert "[tx] result" in text[2] and "mcu_hasUID" in text[2]
+
+
+def test_decode_refuses_what_is_not_a_spy_log(tmp_path):
+    raw = tmp_path / "raw.log"
+    raw.write_text("\x55\xaa garbage that is no hexdump\n")
+    r = run("decode", "--spy", str(raw))
+    assert r.exit_code == 2 and "not a spy:// log" in r.output and "Traceback" not in r.output
+    r = run("decode", "--spy", str(raw), "aa bb")
+    assert r.exit_code == 2 and "give it alone" in r.output

@@ -46,8 +46,10 @@ def ports(as_json: bool) -> None:
 @click.option("-f", "--file", "path", type=click.File("rb"), help="Read a raw binary capture from FILE.")
 @click.option("--other", "other", type=click.File("rb"),
               help="A raw capture of the other direction: RESULTs are then typed by the INVOKE that went the other way.")
+@click.option("--spy", "spy", type=click.File("r", errors="replace"),
+              help="A pyserial spy:// log (PORT as spy:///dev/ttyUSB0?file=LOG): both directions, in time order.")
 @click.argument("hexdata", required=False)
-def decode(framing: str, as_json: bool, path, other, hexdata: str | None) -> None:
+def decode(framing: str, as_json: bool, path, other, spy, hexdata: str | None) -> None:
     """Decode captured UART bytes into RPC messages, one per line.
 
     Give the bytes as a HEX string (spaces allowed), with -f FILE (raw binary), or as '-' to read
@@ -56,9 +58,15 @@ def decode(framing: str, as_json: bool, path, other, hexdata: str | None) -> Non
 
     Both sides number their calls from 1, so a RESULT answers the INVOKE with its msg_id that
     went the other way. Give each direction's capture apart, the second with --other FILE,
-    and every RESULT is typed by the right call. With one capture alone, a RESULT is typed by
-    the latest INVOKE with its msg_id in that same capture: a guess, right only when the
-    capture holds one side's calls and the other side's answers.
+    and every RESULT is typed by the right call. A pyserial spy:// log (--spy LOG) holds both
+    directions with their times: records come in time order, marked [tx] (sent by the
+    program that opened the port) and [rx]. With one capture alone, a RESULT is typed by the
+    latest INVOKE with its msg_id in that same capture: a guess, right only when the capture
+    holds one side's calls and the other side's answers.
+
+    \b
+      dualmcu ncp -p 'spy:///dev/ttyUSB0?file=ncp.log' --framing blynk ...
+      dualmcu decode --framing blynk --spy ncp.log
     """
     from dualmcu.capture import (
         decode_capture,
@@ -71,6 +79,21 @@ def decode(framing: str, as_json: bool, path, other, hexdata: str | None) -> Non
 
     if path is not None and hexdata is not None:
         raise click.UsageError("give either HEXDATA or --file, not both")
+    if spy is not None:
+        if path is not None or hexdata is not None or other is not None:
+            raise click.UsageError("--spy holds both directions: give it alone, without HEXDATA, --file or --other")
+        from dualmcu.capture import parse_spy
+
+        try:
+            tx, rx = parse_spy(spy.read())
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--spy") from None
+        for rec in decode_directions(tx, rx, framing, names=("tx", "rx")):
+            if as_json:
+                emit_json(jsonable(rec))
+            else:
+                click.echo(format_record(rec))
+        return
     try:
         if path is not None:
             data = path.read()
