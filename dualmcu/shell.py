@@ -184,7 +184,11 @@ class Port:
         self.max_queue = max_queue
         self.queue = bytearray()
         self.dropped = 0
-        self._sock = getattr(port, "_socket", None)
+        # Only a socket:// port is a plain socket to read and write directly.  An rfc2217://
+        # port has one too, but it carries telnet commands and escaped 0xFF bytes, and the
+        # client's own thread reads it: going round that thread splits the stream.
+        plain = type(port).__module__.endswith("protocol_socket")
+        self._sock = getattr(port, "_socket", None) if plain else None
         fd = None
         if self._sock is None:
             try:

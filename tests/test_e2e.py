@@ -288,3 +288,103 @@ def test_run_removes_its_temporary_work_files_after_success_unless_kept(tmp_path
                        env=env)
     kept = events(r.stdout)[-1]["workdir"]
     assert r.returncode == 0 and kept and os.path.exists(os.path.join(kept, "primary.flash"))
+
+
+class Rfc2217Server:
+    """A pty served over RFC 2217 by pyserial's own server-side PortManager, as ser2net or
+    pyserial's rfc2217_server would serve a board's adapter on another machine."""
+
+    def __init__(self, path: str):
+        import socket
+        import threading
+
+        import serial
+        import serial.rfc2217
+
+        class Pty(serial.Serial):
+            # A pty has no modem lines, and the manager polls them: report them all low.
+            # Nor lines to drive: the client's DTR and RTS requests change nothing.
+            cts = dsr = ri = cd = property(lambda self: False)
+
+            def _update_dtr_state(self):
+                pass
+
+            def _update_rts_state(self):
+                pass
+
+        self.port = Pty(path, timeout=0.05)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"rfc2217://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.alive = True
+        self.threads = [threading.Thread(target=self._serve, daemon=True)]
+        self.threads[0].start()
+
+    def _serve(self) -> None:
+        import threading
+
+        import serial.rfc2217
+
+        conn, _ = self.listener.accept()
+        conn.settimeout(0.05)
+
+        class Connection:
+            write = conn.sendall
+
+        manager = serial.rfc2217.PortManager(self.port, Connection())
+
+        def to_net():
+            while self.alive:
+                data = self.port.read(self.port.in_waiting or 1)
+                try:
+                    if data:
+                        conn.sendall(b"".join(manager.escape(data)))
+                except OSError:  # the client has gone
+                    return
+
+        threading.Thread(target=to_net, daemon=True).start()
+        while self.alive:
+            try:
+                data = conn.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            self.port.write(b"".join(manager.filter(data)))
+
+    def close(self) -> None:
+        self.alive = False
+        self.listener.close()
+
+
+def test_an_update_through_an_rfc2217_port(tmp_path, shipment):
+    """The help names rfc2217:// URLs: the NCP on a port served over the network by RFC 2217
+    updates a primary on the other end of the wire."""
+    from dualmcu.relay import Relay
+
+    fw, sha = shipment
+    factory = tmp_path / "factory.bin"
+    factory.write_bytes(build_image(make_info("2.0.0", "TMPLE2E", build="Jan  1 2026 00:00:00"), 50_000))
+    flash = tmp_path / "dev.flash"
+    with Relay("pty") as relay:
+        server = Rfc2217Server(relay.paths["a"])
+        try:
+            ncp = subprocess.Popen([sys.executable, "-m", "dualmcu", "ncp", "--port", server.address, "--firmware",
+                                    str(fw), "--once", "--json", "--store", str(tmp_path / "store")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            mcu = subprocess.Popen([sys.executable, "-m", "dualmcu", "primary", "--port", relay.paths["b"], "--flash",
+                                    str(flash), "--provision", str(factory), "--once", "--json"], stdout=subprocess.PIPE)
+            out_mcu, _ = mcu.communicate(timeout=TIMEOUT)
+            out_ncp, err_ncp = ncp.communicate(timeout=TIMEOUT)
+        finally:
+            server.close()
+    assert b"Traceback" not in err_ncp
+    assert mcu.returncode == 0 and ncp.returncode == 0, (out_ncp[-3000:], out_mcu[-3000:])
+    assert events(out_mcu)[-1] == {"side": "primary", "event": "exit", "code": 0, "reason": "confirmed"}
+    assert flash_show(flash)["slots"]["B"]["sha256"] == sha
+
+
+def test_an_rfc2217_port_with_nothing_listening_is_one_line():
+    r = dualmcu("ncp", "--port", "rfc2217://127.0.0.1:1", "--firmware", "/dev/null")
+    assert r.returncode in (2, 3) and b"Traceback" not in r.stderr and len(r.stderr.decode().strip().splitlines()) == 1
