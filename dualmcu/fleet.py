@@ -23,6 +23,7 @@ rollout:
     drop = 0.0                              max_download_limit_rate = 0.05
     battery = [30.0, 100.0]                 [[actions]]
     slow_flash_share = 0.1                  at_seconds = 172800
+    install_window = [1, 5]   # UTC hours
                                             action = "pause"          # pause, resume, stop, blocklist
                                             build = "1.1.0"           # for blocklist
 
@@ -62,7 +63,8 @@ from dualmcu.sim import Simulation
 
 FW_TYPE = "TMPLFLEET"
 BUILD = "Nov 21 2026 12:00:00"
-DEVICE_LIMIT = 3600.0  # virtual seconds one device's update may take
+DEVICE_LIMIT = 3600.0  # virtual seconds one device's update may take, once it may install
+EPOCH_MS = 1_795_219_200_000  # 2026-11-21T00:00:00Z: the rollout's day 0, as getTime tells it
 STATES = ("completed", "paused", "stopped")
 ACTIONS = ("pause", "resume", "stop", "blocklist")
 
@@ -85,6 +87,7 @@ class Group:
     drop: float = 0.0
     battery: tuple[float, float] = (100.0, 100.0)
     slow_flash_share: float = 0.0
+    install_window: tuple[int, int] | None = None  # UTC hours [start, end); None: any time
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class DeviceSpec:
     drop: float
     battery: float
     slow_flash: bool
+    install_window: tuple[int, int] | None = None
 
 
 def _number(d: dict, key: str, default: float, lo: float, hi: float, where: str) -> float:
@@ -120,12 +124,19 @@ def parse_population(data: dict, devices: int | None = None, seed: int | None = 
         if not (isinstance(bat, list) and len(bat) == 2):
             raise FleetError(f"{where}: battery is [low, high] in percent")
         lo_hi = tuple(_number({"b": b}, "b", 0, 0, 100, where) for b in bat)
+        win = g.get("install_window")
+        if win is not None:
+            if not (isinstance(win, list) and len(win) == 2):
+                raise FleetError(f"{where}: install_window is [start, end] in UTC hours, e.g. [1, 5]")
+            win = tuple(int(_number({"h": h}, "h", 0, 0, 24, where)) for h in win)
+            if win[0] == win[1]:
+                raise FleetError(f"{where}: install_window {list(win)} is empty")
         groups.append(Group(
             share=_number(g, "share", 1.0, 0, 1e9, where), hw_rev=str(g.get("hw_rev", "A")),
             version=str(g.get("version", "1.0.0")), channel=str(g.get("channel", "stable")),
             baud=int(_number(g, "baud", 921600, 300, 10_000_000, where)), ber=_number(g, "ber", 0.0, 0, 0.01, where),
             drop=_number(g, "drop", 0.0, 0, 0.01, where), battery=(min(lo_hi), max(lo_hi)),
-            slow_flash_share=_number(g, "slow_flash_share", 0.0, 0, 1, where)))
+            slow_flash_share=_number(g, "slow_flash_share", 0.0, 0, 1, where), install_window=win))
     if sum(g.share for g in groups) <= 0:
         raise FleetError("population: the groups' shares add up to 0")
     n = devices if devices is not None else int(_number(data, "devices", 100, 1, 10_000_000, "population"))
@@ -148,7 +159,8 @@ def draw_fleet(groups: list[Group], n: int, seed: int) -> list[DeviceSpec]:
         u = r.random()
         g = groups[next((k for k, b in enumerate(bounds) if u < b), len(groups) - 1)]
         fleet.append(DeviceSpec(i, dseed, g.hw_rev, g.version, g.channel, g.baud, g.ber, g.drop,
-                                round(r.uniform(*g.battery), 1), r.random() < g.slow_flash_share))
+                                round(r.uniform(*g.battery), 1), r.random() < g.slow_flash_share,
+                                g.install_window))
     return fleet
 
 
@@ -239,8 +251,10 @@ def factory_image(version: str, size: int, fw_type: str = FW_TYPE) -> bytes:
     return build_image(make_info(version, fw_type, build=BUILD), size, content="code")
 
 
-def run_device(spec: DeviceSpec, build: Shipment, image_size: int, min_version: str | None) -> dict:
-    """One device's update, start to verdict, on its own virtual clock."""
+def run_device(spec: DeviceSpec, build: Shipment, image_size: int, min_version: str | None,
+               start_seconds: float = 0.0) -> dict:
+    """One device's update, start to verdict, on its own virtual clock; the cloud's clock (what
+    getTime tells the device, for its install window) reads the rollout's time of the wave."""
     new = build.source.read(0, build.size)
     geometry = Geometry(4096, max(64 * 1024, -(-max(len(new), image_size) // 4096) * 4096 + 4096))
     flash = Flash.in_memory(geometry, identity=Identity(spec.hw_rev, "1.0.0"))
@@ -250,10 +264,13 @@ def run_device(spec: DeviceSpec, build: Shipment, image_size: int, min_version: 
         flash, Catalog([build]),  # a catalog per device: what failed on one is not failed on all
         link=LinkConfig(baud=spec.baud, latency=0.001, seed=spec.seed & 0xFFFF_FFFF,
                         faults=Faults(ber=spec.ber, drop=spec.drop)),
-        ncp_config=NcpConfig(min_version=min_version, once=False),
-        primary_config=PrimaryConfig(ota=OtaConfig(battery=spec.battery, timing=timing), commit_timeout=60.0),
+        ncp_config=NcpConfig(min_version=min_version, once=False,
+                             wall_clock_ms=EPOCH_MS + int(start_seconds * 1000)),
+        primary_config=PrimaryConfig(ota=OtaConfig(battery=spec.battery, timing=timing,
+                                                   install_window=spec.install_window), commit_timeout=60.0),
     )
-    outcome = sim.run_update(limit=DEVICE_LIMIT) or "timeout"
+    # A device outside its window waits for it: up to a day more.
+    outcome = sim.run_update(limit=DEVICE_LIMIT + (86400.0 if spec.install_window else 0.0)) or "timeout"
     state = BootStore(flash).load()
     running = None
     if state is not None and state.slots[state.active].installed:
@@ -271,10 +288,11 @@ def run_device(spec: DeviceSpec, build: Shipment, image_size: int, min_version: 
             "update_seconds": round(sim.now - offers[0]["t"], 3) if offers else 0.0}
 
 
-def run_shard(specs: list[DeviceSpec], new: bytes, image_size: int, min_version: str | None) -> list[dict]:
+def run_shard(specs: list[DeviceSpec], new: bytes, image_size: int, min_version: str | None,
+              start_seconds: float = 0.0) -> list[dict]:
     """What a worker runs: a shard of one wave's devices (the build is read and hashed once)."""
     build = Shipment.from_bytes(new, "fleet.bin")
-    return [run_device(s, build, image_size, min_version) for s in specs]
+    return [run_device(s, build, image_size, min_version, start_seconds) for s in specs]
 
 
 # -- the controller ------------------------------------------------------------------------------
@@ -519,7 +537,7 @@ class Rollout:
         if wave:
             n = max(1, min(len(wave), self.executor.workers * self.shards_per_worker))
             for shard in self.executor.map_shards([wave[k::n] for k in range(n)], self.new, self.image_size,
-                                                  self.plan.min_version):
+                                                  self.plan.min_version, started):
                 for r in shard:
                     r["wave"] = i + 1
                     self.results[r["id"]] = r

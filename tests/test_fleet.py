@@ -9,6 +9,7 @@ on a local cluster and on a real scheduler with two worker processes.
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import socket
@@ -171,3 +172,29 @@ def test_a_real_scheduler_with_two_workers_gives_the_single_process_summary(tmp_
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
+
+
+def test_a_device_outside_its_install_window_waits_for_it():
+    # The cloud's clock reads the wave's start on the rollout's day 0 (midnight UTC): a wave at
+    # 00:30 reaches devices whose window opens at 02:00 and they install 1.5 h later, at once
+    # for those without a window.
+    from dualmcu import fleet as F
+
+    groups, _, _ = F.parse_population({"group": [
+        {"share": 1, "hw_rev": "A", "install_window": [2, 3]}, {"share": 1, "hw_rev": "B"}]})
+    specs = F.draw_fleet(groups, 6, 2)
+    assert {s.install_window for s in specs} == {(2, 3), None}
+    results = F.run_shard(specs, F.demo_build("good"), F.DEMO_IMAGE_SIZE, None, 1800.0)
+    assert all(r["outcome"] == "success" for r in results)
+    for s, r in zip(specs, results):
+        assert (r["update_seconds"] > 5400) == (s.install_window is not None)
+        assert r["update_seconds"] < 5400 + 60
+
+
+@pytest.mark.parametrize("window,says", [([3], "install_window is [start, end]"), ([5, 5], "is empty"),
+                                         ([1, 25], "from 0 to 24")])
+def test_a_bad_install_window_gets_one_line(window, says):
+    from dualmcu import fleet as F
+
+    with pytest.raises(F.FleetError, match=re.escape(says)):
+        F.parse_population({"group": [{"install_window": window}]})
