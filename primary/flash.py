@@ -23,6 +23,11 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the port's own lock still guards a session
+    fcntl = None  # type: ignore[assignment]
+
 HEADER_MAGIC = b"DMCUFLSH"
 # magic, layout version, reserved, page size, slot size, hardware revision, bootloader version
 HEADER = struct.Struct("<8sHHII8s16s")
@@ -156,11 +161,16 @@ class Flash:
 
     @classmethod
     def open(cls, path: str | os.PathLike, geometry: Geometry | None = None, create: bool = True,
-             interrupt: Interrupt | None = None, identity: Identity | None = None) -> Flash:
+             interrupt: Interrupt | None = None, identity: Identity | None = None, lock: bool = True) -> Flash:
         """Open a flash file; make it (erased, with ``geometry`` and ``identity``) when missing
         and allowed.  An existing file keeps its hardware revision (asking for another is an
         error); a different bootloader version is written to its header, as a bootloader
-        update through a debug probe would."""
+        update through a debug probe would.
+
+        A device's flash is one chip: with ``lock`` (a primary running on it) the file is
+        locked for as long as it is open, and a second primary on it is refused, where two
+        would interleave their erases and writes.  The kernel drops the lock when the process
+        ends, a killed one too.  Reading it (``flash show``) needs no lock."""
         exists = os.path.exists(path)
         if not exists and not create:
             raise FlashError(f"no flash file at {path}")
@@ -177,6 +187,11 @@ class Flash:
             os.replace(tmp, path)  # a half-made file never looks like a flash file
         f = open(path, "r+b")
         try:
+            if lock and fcntl is not None:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise FlashError(f"{path} is in use by another primary: one flash file is one device") from None
             head = f.read(HEADER.size + 4)
             g, ident = read_header(head, path)
             if identity is not None and identity.hw_rev != ident.hw_rev:

@@ -11,7 +11,7 @@ from .reasons import name_of
 
 
 def describe(path: str) -> dict:
-    flash = Flash.open(path, create=False)
+    flash = Flash.open(path, create=False, lock=False)
     try:
         g = flash.geometry
         store = BootStore(flash)

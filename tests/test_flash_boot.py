@@ -142,6 +142,28 @@ def test_flash_file_geometry_is_kept_and_checked(tmp_path):
         Flash.open(tmp_path / "junk")
 
 
+def test_two_primaries_cannot_share_one_flash_file(tmp_path):
+    """Two primaries on one file would interleave their erases and writes: the second is
+    refused while the first has it open, in another process too, and reading it for `flash
+    show` still works."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "f.flash"
+    first = Flash.open(path, Geometry(4096, 64 * 1024))
+    Bootloader(first).provision(OLD)
+    with pytest.raises(FlashError, match="in use by another primary"):
+        Flash.open(path)
+    r = subprocess.run([sys.executable, "-m", "dualmcu", "primary", "-p", "/dev/null", "--flash", str(path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "in use by another primary" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "dualmcu", "flash", "show", "--flash", str(path), "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    first.close()
+    Flash.open(path).close()  # released with the file
+
+
 def count_ops(action) -> int:
     f = fresh()
     f.interrupt = None
