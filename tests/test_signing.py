@@ -245,3 +245,21 @@ def test_signing_with_a_key_others_can_read_warns(tmp_path):
     os.chmod(tmp_path / "k", 0o644)
     loud = r.invoke(main, args + ["-o", str(tmp_path / "b")])
     assert loud.exit_code == 0 and "can be read by others (mode 0644)" in loud.output
+
+
+def test_verify_streams_a_large_file(tmp_path):
+    """`dualmcu verify` reads the file in blocks, as a bootloader reads a slot: verifying a
+    160 MiB image must not take 160 MiB of memory (it read the whole file before).  The peak
+    is the verifying process's own (VmHWM, which starts afresh at exec), not this one's."""
+    priv, pub = S.generate()
+    (tmp_path / "k.pub").write_bytes(pub)
+    (tmp_path / "big.bin").write_bytes(S.sign(NEW + bytes(160 * 2**20), S.load_private(priv), 1, ["prod/A"]))
+    script = ("import sys\nfrom dualmcu.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+              "    code = e.code\nhwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+              "print(int(hwm.split()[1]), code, file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", script, "verify", str(tmp_path / "big.bin"), "--pubkey",
+                        str(tmp_path / "k.pub"), "--target", "prod/A", "--json"], capture_output=True, text=True,
+                       timeout=120)
+    peak_kib, code = r.stderr.split()[-2:]
+    assert code == "0" and json.loads(r.stdout)["ok"] is True, r.stderr
+    assert int(peak_kib) < 100 * 1024  # well below the file's 160 MiB

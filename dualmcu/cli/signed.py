@@ -64,14 +64,24 @@ def sign_cmd(firmware, key, counter, targets, min_bootloader, output) -> None:
 @JSON
 def verify_cmd(file, pubkeys, target, min_counter, any_target, bootloader, as_json) -> None:
     """Check a signed image: key, signature, digest, target, counter. Exit 0 when it passes."""
-    from dualmcu.image.signing import SignError, load_keys, verify_bytes
+    from dualmcu.image.signing import SignError, load_keys, verify
 
     try:
         keys = load_keys(list(pubkeys))
     except SignError as e:
         raise click.BadParameter(str(e), param_hint="--pubkey") from None
-    with open(file, "rb") as f:
-        v = verify_bytes(f.read(), keys, target, min_counter, any_target=any_target, bootloader=bootloader)
+    # Streamed, as the bootloader reads a slot: a 1 GiB file costs 64 KiB of memory, not 1 GiB.
+    try:
+        with open(file, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+
+            def read(offset: int, n: int) -> bytes:
+                f.seek(offset)
+                return f.read(n)
+
+            v = verify(size, read, keys, target, min_counter, any_target=any_target, bootloader=bootloader)
+    except OSError as e:
+        raise InputError(f"cannot read {file}: {e.strerror}") from None
     sig = v.signature
     info = {"file": file, "ok": v.ok, "reason": v.reason,
             "key_id": sig.key_id.hex() if sig else None, "counter": sig.counter if sig else None,
