@@ -67,6 +67,7 @@ class Shipment:
 
     @classmethod
     def from_bytes(cls, data: bytes, filename: str = "firmware.bin") -> Shipment:
+        _check_size(len(data), filename)
         info = read_info(data)
         if info is None:
             raise ValueError(f"{filename} has no firmware tag (blnkinf): tag it with `dualmcu tag append`")
@@ -77,6 +78,7 @@ class Shipment:
     def from_file(cls, path: str | os.PathLike) -> Shipment:
         if not os.path.isfile(path):
             raise ValueError(f"no firmware file at {path}")
+        _check_size(os.path.getsize(path), path)  # before it is read: a huge file is refused at once
         info = read_info_from_file(path)
         if info is None:
             raise ValueError(f"{path} has no firmware tag (blnkinf): tag it with `dualmcu tag append`")
@@ -86,6 +88,15 @@ class Shipment:
             head = f.read(8192)
         return cls(os.path.basename(path), info, digests_of_file(path), Source(path=path),
                    _package_header(head, path))
+
+
+MAX_SIZE = 0xFFFF_FFFF  # otaUpdateAvailable's size is a uint32
+
+
+def _check_size(size: int, name: object) -> None:
+    if size > MAX_SIZE:
+        raise ValueError(f"{name} is {size:,} bytes: an offer carries a 32-bit size, so a firmware file "
+                         f"holds at most {MAX_SIZE:,} bytes")
 
 
 def _package_header(head: bytes, name: object) -> Header | None:

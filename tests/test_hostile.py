@@ -176,3 +176,17 @@ def test_the_progress_line_never_wraps(monkeypatch, columns):
     assert all(len(piece.replace("\x1b[K", "")) < columns for piece in lines[0].split("\r"))
     assert "300.0/300.0 KiB" in drawn or columns < 30
     assert lines[1].split()[:2] == ["ncp", "30.250"]  # seconds since the side started
+
+
+def test_a_firmware_file_over_4_gib_is_refused_before_it_is_read(tmp_path):
+    """otaUpdateAvailable's size is 32 bits: a 5 GiB file (sparse here) was hashed for 18 s,
+    then crashed the NCP at the offer.  It is refused at once, in one line."""
+    import subprocess
+    import sys
+
+    huge = tmp_path / "huge.bin"
+    with open(huge, "wb") as f:
+        f.truncate(5 << 30)
+    r = subprocess.run([sys.executable, "-m", "dualmcu", "ncp", "--port", "/dev/null", "--firmware", str(huge)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "32-bit size" in r.stderr and "Traceback" not in r.stderr
