@@ -39,3 +39,17 @@ def test_every_reason_code_is_documented_and_nothing_else():
     text = open(os.path.join(ROOT, "docs", "device.md")).read()
     table = {int(c): n for c, n in re.findall(r"^\| (\d+) \| `([a-z_0-9]+)` \|$", text, re.M)}
     assert table == REASONS
+
+
+def test_wire_doc_states_the_largest_chunk_of_each_framing():
+    """An independent peer sizes its buffers from docs/wire.md: its figures are the code's."""
+    import pathlib
+
+    from dualmcu.framing import get_profile
+    from dualmcu.ncp.core import WRITE_OVERHEAD
+
+    text = pathlib.Path(__file__).parent.parent.joinpath("docs", "wire.md").read_text()
+    for name in ("cobs", "blynk"):
+        p = get_profile(name)
+        assert f"**{getattr(p, 'send_limit', p.max_message) - WRITE_OVERHEAD} bytes in {name}**" in text or \
+            f"**{getattr(p, 'send_limit', p.max_message) - WRITE_OVERHEAD} in {name}**" in text
