@@ -48,7 +48,7 @@ def test_wire_doc_states_the_largest_chunk_of_each_framing():
     from dualmcu.framing import get_profile
     from dualmcu.ncp.core import WRITE_OVERHEAD
 
-    text = pathlib.Path(__file__).parent.parent.joinpath("docs", "wire.md").read_text()
+    text = " ".join(pathlib.Path(__file__).parent.parent.joinpath("docs", "wire.md").read_text().split())
     for name in ("cobs", "blynk"):
         p = get_profile(name)
         assert f"**{getattr(p, 'send_limit', p.max_message) - WRITE_OVERHEAD} bytes in {name}**" in text or \
