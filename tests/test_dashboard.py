@@ -259,3 +259,14 @@ def test_good_build_in_the_browser_pause_holds_the_next_wave(browser):
         assert run.interrupt() == 0
     finally:
         run.close()
+
+
+def test_serve_without_the_web_stack_is_one_line(monkeypatch):
+    from click.testing import CliRunner
+
+    from dualmcu.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the extra were not installed
+    r = CliRunner().invoke(main, ["fleet", "--demo", "good", "--in-process", "--serve", "127.0.0.1:0"])
+    assert r.exit_code == 2 and "pip install 'dualmcu-emulator[dashboard]'" in r.output
+    assert "Traceback" not in r.output

@@ -73,6 +73,10 @@ def fleet(demo, population, plan, firmware, image_size, devices, seed, scheduler
     board = server = None
     if serve:
         try:
+            import sse_starlette  # noqa: F401  (the web stack is the `dashboard` extra)
+            import starlette  # noqa: F401
+            import uvicorn  # noqa: F401
+
             from dualmcu import dashboard as D
 
             host, port = D.parse_address(serve)
