@@ -71,8 +71,8 @@ def decode_directions(one: "bytes | Chunks", other: "bytes | Chunks", framing: s
     direction.  Two files have no common clock: the records of ``one`` come first, then those
     of ``other``.  Chunks with times (a spy log) give each record the time ``t`` its frame
     ended, and the records of both directions come in time order."""
-    if isinstance(other, (bytes, bytearray)):
-        other = [(None, 1, other)]
+    # Plain bytes have no time; positions 0 and 1 put the first file's records before the other's.
+    one, other = ([(None, k, d)] if isinstance(d, (bytes, bytearray)) else d for k, d in enumerate((one, other)))
     streams = {names[0]: _timed_frames(one, framing), names[1]: _timed_frames(other, framing)}
     asked: dict[str, dict[int, list]] = {name: {} for name in streams}
     for name, items in streams.items():
@@ -128,11 +128,9 @@ def parse_spy(text: str) -> tuple[Chunks, Chunks]:
     return tx, rx
 
 
-def _timed_frames(data: "bytes | Chunks", framing: str) -> list:
+def _timed_frames(chunks: Chunks, framing: str) -> list:
     """(time, position, item) for each frame or drop: when and where the chunk that ended it
-    was seen.  Plain bytes have no time, and the position 0 (or 1 for the second file), so
-    that the records of one file come before those of the other."""
-    chunks: Chunks = [(None, 0, data)] if isinstance(data, (bytes, bytearray)) else data
+    was seen."""
     dec = get_profile(framing, max_message=0xFFFF).decoder()
     out = []
     for t, seq, chunk in chunks:

@@ -270,3 +270,18 @@ def test_serve_without_the_web_stack_is_one_line(monkeypatch):
     r = CliRunner().invoke(main, ["fleet", "--demo", "good", "--in-process", "--serve", "127.0.0.1:0"])
     assert r.exit_code == 2 and "pip install 'dualmcu-emulator[dashboard]'" in r.output
     assert "Traceback" not in r.output
+
+
+def test_ctrl_c_while_the_operator_is_awaited_stops_the_rollout():
+    # Paused by hand, the rollout waits on the operator; Ctrl-C there is the operator's stop
+    # (exit 11), recorded as such, not a traceback or a rollout left "paused".
+    class Interrupted(F.Operator):
+        def take(self, timeout):
+            if timeout is None:
+                raise KeyboardInterrupt
+            return super().take(timeout)
+
+    op = Interrupted()
+    summary = demo_rollout("good", 40, op, lambda e: e["event"] == "wave_start" and op.request("pause")).run()
+    assert summary["state"] == "stopped" and len(summary["waves"]) == 1
+    assert [(a["action"], a["source"]) for a in summary["actions"]] == [("pause", "live"), ("stop", "interrupt")]

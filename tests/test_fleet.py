@@ -72,19 +72,6 @@ def test_operator_actions_and_the_blocklist(tmp_path):
     assert code == 11 and lines[-1]["offered"] == 5 and any(x["event"] == "blocklisted" for x in lines)
 
 
-@pytest.mark.parametrize("text,says", [
-    ("canary_percent = nan", "canary_percent"),
-    ("ramp_percent = [50, 25]", "must rise"),
-    ("[[actions]]\nat_seconds = 1\naction = \"explode\"", "pause, resume"),
-    ("this is not toml", "not TOML"),
-])
-def test_a_bad_plan_gets_one_line(tmp_path, text, says):
-    plan = tmp_path / "plan.toml"
-    plan.write_text(text)
-    r = CliRunner().invoke(main, ["fleet", "--demo", "good", "--in-process", "--plan", str(plan)])
-    assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output
-
-
 def test_a_yaml_population_is_the_same_fleet_as_its_toml(tmp_path):
     (tmp_path / "pop.toml").write_text('devices = 60\nseed = 4\n[[group]]\nshare = 0.5\nhw_rev = "A"\n'
                                        '[[group]]\nshare = 0.5\nhw_rev = "B"\nversion = "0.9.0"\nber = 1e-6\n')
@@ -95,16 +82,20 @@ def test_a_yaml_population_is_the_same_fleet_as_its_toml(tmp_path):
     assert untimed(toml[-1]) == untimed(yaml[-1]) and toml[-1]["devices"] == 60
 
 
-@pytest.mark.parametrize("text,says", [
-    ("- just\n- a list\n", "must hold a table"),
-    ("group: [1, 2]\n", "a group is a table"),
-    ("devices: [\n", "not YAML"),
-    ("devices: .nan\n", "devices"),
+@pytest.mark.parametrize("option,name,text,says", [
+    ("--plan", "plan.toml", "canary_percent = nan", "canary_percent"),
+    ("--plan", "plan.toml", "ramp_percent = [50, 25]", "must rise"),
+    ("--plan", "plan.toml", "[[actions]]\nat_seconds = 1\naction = \"explode\"", "pause, resume"),
+    ("--plan", "plan.toml", "this is not toml", "not TOML"),
+    ("--population", "pop.yml", "- just\n- a list\n", "must hold a table"),
+    ("--population", "pop.yml", "group: [1, 2]\n", "a group is a table"),
+    ("--population", "pop.yml", "devices: [\n", "not YAML"),
+    ("--population", "pop.yml", "devices: .nan\n", "devices"),
 ])
-def test_a_bad_yaml_population_gets_one_line(tmp_path, text, says):
-    pop = tmp_path / "pop.yml"
-    pop.write_text(text)
-    r = CliRunner().invoke(main, ["fleet", "--demo", "good", "--in-process", "--population", str(pop)])
+def test_a_bad_plan_or_population_gets_one_line(tmp_path, option, name, text, says):
+    f = tmp_path / name
+    f.write_text(text)
+    r = CliRunner().invoke(main, ["fleet", "--demo", "good", "--in-process", option, str(f)])
     assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output
 
 

@@ -88,25 +88,21 @@ def decode(framing: str, as_json: bool, path, other, spy, hexdata: str | None) -
             tx, rx = parse_spy(spy.read())
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--spy") from None
-        for rec in decode_directions(tx, rx, framing, names=("tx", "rx")):
-            if as_json:
-                emit_json(jsonable(rec))
+        records = decode_directions(tx, rx, framing, names=("tx", "rx"))
+    else:
+        try:
+            if path is not None:
+                data = path.read()
+            elif hexdata in (None, "-"):
+                if hexdata is None and sys.stdin.isatty():
+                    raise click.UsageError("give HEXDATA, --file FILE or '-' for stdin")
+                raw = sys.stdin.buffer.read()
+                data = parse_hex(raw.decode("ascii")) if looks_like_hex(raw) else raw
             else:
-                click.echo(format_record(rec))
-        return
-    try:
-        if path is not None:
-            data = path.read()
-        elif hexdata in (None, "-"):
-            if hexdata is None and sys.stdin.isatty():
-                raise click.UsageError("give HEXDATA, --file FILE or '-' for stdin")
-            raw = sys.stdin.buffer.read()
-            data = parse_hex(raw.decode("ascii")) if looks_like_hex(raw) else raw
-        else:
-            data = parse_hex(hexdata)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="HEXDATA") from None
-    records = decode_directions(data, other.read(), framing) if other is not None else decode_capture(data, framing)
+                data = parse_hex(hexdata)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="HEXDATA") from None
+        records = decode_directions(data, other.read(), framing) if other is not None else decode_capture(data, framing)
     for rec in records:
         if as_json:
             emit_json(jsonable(rec))
