@@ -48,7 +48,7 @@ from hypothesis import strategies as st
 from dualmcu.framing import Frame, get_profile
 from dualmcu.rpc import INTERFACE, NCP, PRIMARY, Endpoint, Incoming
 from dualmcu.rpc import strategies as S
-from dualmcu.rpc.message import Invoke, Oneway, Result, parse
+from dualmcu.rpc.message import Invoke, Oneway, Result, Status, parse
 
 from .shell import Port, open_port
 
@@ -260,10 +260,16 @@ class Session:
         return False
 
     def behaves(self) -> bool:
+        """Whether the target still says yes to hasUID(ping).  Only a wrong answer counts: a
+        late one (a loaded machine, a target busy in a call of its own) is asked again with
+        the liveness check's longer waits, so the oracle does not flake on a slow host."""
         has, ping = ("mcu_hasUID", "mcu_ping") if self.target == PRIMARY else ("ncp_hasUID", "ncp_ping")
-        c = self.ep.call(has, {"uid": INTERFACE[ping].uid}, now=time.monotonic())
-        self.pump(1.5, lambda: c.done)
-        return c.ok and c.result is True
+        for timeout in (1.5,) + self.alive_waits[1:]:
+            c = self.ep.call(has, {"uid": INTERFACE[ping].uid}, now=time.monotonic(), timeout=timeout)
+            self.pump(timeout + 0.05, lambda: c.done)
+            if c.done and c.status != Status.TIMEOUT:
+                return c.ok and c.result is True
+        return False
 
     def learn_type(self) -> None:
         """Make a primary report its firmware (the NCP "reboots"), to offer it matching updates."""

@@ -322,6 +322,7 @@ class Rfc2217Server:
     def _serve(self) -> None:
         import threading
 
+        import serial
         import serial.rfc2217
 
         conn, _ = self.listener.accept()
@@ -334,11 +335,11 @@ class Rfc2217Server:
 
         def to_net():
             while self.alive:
-                data = self.port.read(self.port.in_waiting or 1)
                 try:
+                    data = self.port.read(self.port.in_waiting or 1)
                     if data:
                         conn.sendall(b"".join(manager.escape(data)))
-                except OSError:  # the client has gone
+                except (OSError, serial.SerialException):  # the client or the pty has gone
                     return
 
         threading.Thread(target=to_net, daemon=True).start()
