@@ -14,7 +14,7 @@ from dualmcu.image.firmware import read_info
 from dualmcu.ncp.update import Catalog, Network, Store
 from dualmcu.primary.boot import Bootloader, BootStore
 from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
-from dualmcu.primary.flash import Flash, FlashError, Geometry, Identity, PowerCut
+from dualmcu.primary.flash import DEFAULT_ENDURANCE, Flash, FlashError, Geometry, Identity, PowerCut
 
 from dualmcu.rpc.device import Exit, Halt, Reboot, SetBaud
 
@@ -129,6 +129,7 @@ class PrimaryOptions:
     power_cut_seed: int | None = None  # or at one drawn from this seed (op and torn part)
     power_cut_within: int = 2000
     identity: Identity | None = None  # hardware revision and bootloader (None: the file's own)
+    endurance: int = DEFAULT_ENDURANCE  # erases a page takes before it wears out
 
 
 def power_cut_hook(at: int | None, seed: int | None, within: int, base: int = 0):
@@ -165,14 +166,14 @@ def read_factory_image(path: str) -> bytes:
 
 
 def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit, trust=None,
-               identity: Identity | None = None) -> Flash:
+               identity: Identity | None = None, endurance: int = DEFAULT_ENDURANCE) -> Flash:
     """Open (or make) the flash file; give a blank one its factory image."""
     image = read_factory_image(provision) if provision else None
     if image is None and not os.path.exists(path):
         # Refused before anything is made: a blank flash file would only hide the mistake.
         raise ValueError(f"no flash file at {path}: give --provision IMAGE to make one with its factory image")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    flash = Flash.open(path, geometry, identity=identity)
+    flash = Flash.open(path, geometry, identity=identity, endurance=endurance)
     try:
         if BootStore(flash).load() is None:
             if image is None:
@@ -191,7 +192,7 @@ def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit
 def run_primary(o: PrimaryOptions) -> int:
     emit = EventPrinter("primary", o.as_json, o.verbose)
     try:
-        flash = open_flash(o.flash, o.geometry, o.provision, emit, o.config.trust, o.identity)
+        flash = open_flash(o.flash, o.geometry, o.provision, emit, o.config.trust, o.identity, o.endurance)
     except (ValueError, OSError, FlashError) as e:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.USAGE

@@ -53,8 +53,9 @@ import hashlib
 import struct
 import zlib
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
-from .flash import Flash
+from .flash import Flash, FlashError
 from .reasons import code_of, name_of
 from .records import Redundant
 
@@ -250,11 +251,25 @@ def check_signature(flash: Flash, slot: int, length: int, trust: Trust, min_coun
 
 
 class Bootloader:
-    def __init__(self, flash: Flash, attempts: int = DEFAULT_ATTEMPTS, trust: Trust | None = None):
+    def __init__(self, flash: Flash, attempts: int = DEFAULT_ATTEMPTS, trust: Trust | None = None,
+                 on_unsaved: Callable[[str], None] = lambda error: None):
         self.flash = flash
         self.store = BootStore(flash)
         self.attempts = attempts
         self.trust = trust
+        self.on_unsaved = on_unsaved
+
+    def _keep(self, new: BootState) -> BootState:
+        """Persist a record the device goes on with whatever happens (a boot, a verdict on
+        the running image).  When its flash page is worn out the device runs on with the
+        record in RAM, and the previous one stays on flash: the next boot sees that one.
+        An update's own records (invalidate, checkpoint, install) raise instead: the
+        receiver refuses the update with the reason."""
+        try:
+            return self.store.store(new)
+        except FlashError as e:
+            self.on_unsaved(str(e))
+            return new
 
     def _verifies(self, state: BootState, slot: int) -> bool:
         if not verify_slot(self.flash, state, slot):
@@ -275,7 +290,7 @@ class Bootloader:
         def save(new: BootState) -> BootState:
             nonlocal written
             written = True
-            return self.store.store(new)
+            return self._keep(new)
 
         def roll_back(why: str) -> BootState | None:
             target = state.confirmed
@@ -317,7 +332,7 @@ class Bootloader:
         back at once, naming ``reason``, instead of spending the attempts left."""
         state = self.store.load()
         assert state is not None and state.trial
-        return self.store.store(replace(state.failed(reason, trial=True), attempts=0))
+        return self._keep(replace(state.failed(reason, trial=True), attempts=0))
 
     def record_failure(self, reason: str) -> BootState:
         """Keep ``reason`` as the latest failure (written only when it changes: an offer
@@ -325,13 +340,13 @@ class Bootloader:
         state = self.store.load()
         assert state is not None
         new = state.failed(reason)
-        return state if new == state else self.store.store(new)
+        return state if new == state else self._keep(new)
 
     def healthy(self) -> BootState:
         """The application reached its health point: the crash loop is over."""
         state = self.store.load()
         assert state is not None
-        return state if not state.crash_loop else self.store.store(replace(state, crash_loop=0))
+        return state if not state.crash_loop else self._keep(replace(state, crash_loop=0))
 
     def install(self, slot: int, length: int) -> BootState:
         """Make ``slot`` (already written) the active image, on trial."""
@@ -353,8 +368,8 @@ class Bootloader:
         if (not state.trial and state.confirmed == state.active and counter == state.security_counter
                 and not state.crash_loop):
             return state
-        return self.store.store(replace(state, confirmed=state.active, trial=False, attempts=0,
-                                        security_counter=counter, crash_loop=0))
+        return self._keep(replace(state, confirmed=state.active, trial=False, attempts=0,
+                                  security_counter=counter, crash_loop=0))
 
     def invalidate(self, slot: int, receiving: Receiving | None = None) -> BootState:
         """Forget ``slot``'s image before overwriting it, so a half-written slot never counts;

@@ -96,7 +96,8 @@ class PrimaryDevice(Device):
         self._baud_done = False
         self.ota_state, self.ota_reason = "idle", ""
         self.config: ConfigRecord | None = None
-        self.bootloader = Bootloader(flash, attempts=config.attempts, trust=config.trust)
+        self.bootloader = Bootloader(flash, attempts=config.attempts, trust=config.trust,
+                                     on_unsaved=lambda error: self.emit("boot_state_not_saved", error=error))
         if config.trust is None or not config.trust.keys:
             self.emit("trust", keys=0, note="no key trusted: unsigned images are accepted")
         else:

@@ -7,19 +7,29 @@
     page 5, page 6             configuration store of slot B, copy 0 and copy 1
     slot A                     slot_size bytes, page aligned
     slot B                     slot_size bytes, page aligned
+    erase counters             not flash: one little-endian uint32 per page above, the number
+                               of times it was erased (layout 3; a layout-2 file gains them,
+                               all zero, when a primary first opens it)
 
 The flash behaves like NOR: erase sets a whole page to 0xFF; programming can only clear bits
 (the stored byte becomes old AND new), so writing over unerased data corrupts it exactly as
 real hardware would.  Every erase and program is one *operation*, numbered from 1; an
 ``interrupt`` hook sees each before it happens and may cut the power there, optionally after
 only part of it was applied (a torn write).  That hook is how power cuts are injected.
+
+Endurance: NOR sectors wear out.  The flash counts the erases of every page (``flash show``
+reports them) and, past ``endurance`` erases of a page (100,000 by default, the W25Q128JV's
+rated minimum), an erase of it fails like a worn sector's: the page keeps its old bits and
+the operation raises FlashError.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import sys
 import zlib
+from array import array
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,7 +41,9 @@ except ImportError:  # Windows: no advisory locks; the port's own lock still gua
 HEADER_MAGIC = b"DMCUFLSH"
 # magic, layout version, reserved, page size, slot size, hardware revision, bootloader version
 HEADER = struct.Struct("<8sHHII8s16s")
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
+OLD_LAYOUT = 2  # the same layout without erase counters: read, and upgraded by a primary
+DEFAULT_ENDURANCE = 100_000  # erase cycles per sector (W25Q128JV datasheet, minimum)
 DEFAULT_PAGE = 4096
 DEFAULT_SLOT = 1 << 20
 META_PAGES = 7  # header, two boot-state copies, two configuration copies per slot
@@ -97,6 +109,15 @@ class Geometry:
     def total(self) -> int:
         return META_PAGES * self.page_size + 2 * self.slot_size
 
+    @property
+    def pages(self) -> int:
+        return self.total // self.page_size
+
+    @property
+    def file_size(self) -> int:
+        """The flash file: the flash, then its erase counters."""
+        return self.total + 4 * self.pages
+
 
 class MemoryStore:
     """Flash contents in memory (tests, simulations)."""
@@ -140,7 +161,8 @@ class Flash:
     """Byte-addressed NOR flash over a store (a file, or memory in tests)."""
 
     def __init__(self, store, geometry: Geometry, interrupt: Interrupt | None = None,
-                 identity: Identity = Identity()):
+                 identity: Identity = Identity(), erases: array | None = None,
+                 endurance: int | None = DEFAULT_ENDURANCE, counted: bool = False):
         self._store = store
         self.geometry = geometry
         self.identity = identity
@@ -148,20 +170,24 @@ class Flash:
         self.size = geometry.total
         self.interrupt = interrupt
         self.ops = 0
+        self.erases = erases if erases is not None else array("I", bytes(4 * geometry.pages))
+        self.endurance = endurance  # None: a flash that never wears out
+        self._counted = counted  # the store keeps the counters after the flash (a layout-3 file)
 
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
     def in_memory(cls, geometry: Geometry = Geometry(), interrupt: Interrupt | None = None,
-                  identity: Identity = Identity()) -> Flash:
+                  identity: Identity = Identity(), endurance: int | None = DEFAULT_ENDURANCE) -> Flash:
         buf = bytearray(b"\xff" * geometry.total)
         head = _header(geometry, identity)
         buf[: len(head)] = head
-        return cls(MemoryStore(buf), geometry, interrupt, identity)
+        return cls(MemoryStore(buf), geometry, interrupt, identity, endurance=endurance)
 
     @classmethod
     def open(cls, path: str | os.PathLike, geometry: Geometry | None = None, create: bool = True,
-             interrupt: Interrupt | None = None, identity: Identity | None = None, lock: bool = True) -> Flash:
+             interrupt: Interrupt | None = None, identity: Identity | None = None, lock: bool = True,
+             endurance: int | None = DEFAULT_ENDURANCE) -> Flash:
         """Open a flash file; make it (erased, with ``geometry`` and ``identity``) when missing
         and allowed.  An existing file keeps its hardware revision (asking for another is an
         error); a different bootloader version is written to its header, as a bootloader
@@ -184,6 +210,7 @@ class Flash:
                 while left > 0:
                     f.write(blank[: min(left, len(blank))])
                     left -= len(blank)
+                f.write(bytes(4 * g.pages))  # no page erased yet
             os.replace(tmp, path)  # a half-made file never looks like a flash file
         f = open(path, "r+b")
         try:
@@ -194,26 +221,42 @@ class Flash:
                     raise FlashError(f"{path} is in use by another primary: one flash file is one device") from None
             head = f.read(HEADER.size + 4)
             g, ident = read_header(head, path)
+            layout = struct.unpack_from("<H", head, 8)[0]
             if identity is not None and identity.hw_rev != ident.hw_rev:
                 raise FlashError(f"{path} is a device of hardware revision {ident.hw_rev}, not {identity.hw_rev}: "
                                  "hardware does not change; use another --flash path")
-            if identity is not None and identity.bootloader != ident.bootloader:
-                ident = identity
-                f.seek(0)
-                f.write(_header(g, ident))
-                f.flush()
             if geometry is not None and geometry != g:
                 raise FlashError(
                     f"{path} has pages of {g.page_size} and slots of {g.slot_size} bytes, "
                     f"not {geometry.page_size} and {geometry.slot_size}; use another --flash path"
                 )
             size = os.fstat(f.fileno()).st_size
-            if size != g.total:
-                raise FlashError(f"{path} is {size} bytes, its header says {g.total}: the file is damaged")
+            want = g.file_size if layout == LAYOUT_VERSION else g.total
+            if size != want:
+                raise FlashError(f"{path} is {size} bytes, its header says {want}: the file is damaged")
+            if lock and (layout == OLD_LAYOUT or (identity is not None and identity.bootloader != ident.bootloader)):
+                # A primary brings the file up to date in place: a layout-2 file gains its
+                # counters (first, so a crash before the header leaves it a layout-2 file),
+                # and a new bootloader version goes into the header, as a bootloader update
+                # through a debug probe would put it there.
+                if layout == OLD_LAYOUT:
+                    os.pwrite(f.fileno(), bytes(4 * g.pages), g.total)
+                    os.fsync(f.fileno())
+                    layout = LAYOUT_VERSION
+                if identity is not None:
+                    ident = identity
+                os.pwrite(f.fileno(), _header(g, ident), 0)
+            erases = array("I")
+            if layout == LAYOUT_VERSION:
+                erases.frombytes(os.pread(f.fileno(), 4 * g.pages, g.total))
+                if sys.byteorder != "little":
+                    erases.byteswap()
+            else:
+                erases.frombytes(bytes(4 * g.pages))
         except Exception:
             f.close()
             raise
-        return cls(FileStore(f), g, interrupt, ident)
+        return cls(FileStore(f), g, interrupt, ident, erases, endurance, counted=layout == LAYOUT_VERSION)
 
     def close(self) -> None:
         self._store.close()
@@ -228,9 +271,30 @@ class Flash:
         if offset % self.page_size:
             raise FlashError(f"erase at {offset:#x} is not page aligned")
         self._check(offset, self.page_size)
+        page = offset // self.page_size
+        self.erases[page] += 1
+        n = self.erases[page]
+        if self._counted:
+            self._store.write(self.size + 4 * page, n.to_bytes(4, "little"))
+        if self.endurance is not None and n > self.endurance:
+            self.ops += 1
+            raise FlashError(f"erase of the sector at {offset:#x} failed: it is worn out "
+                             f"({n} erases, rated for {self.endurance})")
         applied = self._begin("erase", offset, self.page_size)
         self._store.write(offset, b"\xff" * applied)
         self._end("erase", applied, self.page_size)
+
+    def erase_counts(self) -> dict[str, dict[str, int]]:
+        """Erases per region: the most any page of it took, and the total."""
+        g, p = self.geometry, self.page_size
+        regions = {"header": (0, 1), "boot_state": (1, 3), "config": (3, META_PAGES),
+                   "slot_a": (META_PAGES, META_PAGES + g.slot_size // p),
+                   "slot_b": (META_PAGES + g.slot_size // p, g.pages)}
+        out = {}
+        for name, (lo, hi) in regions.items():
+            part = self.erases[lo:hi]
+            out[name] = {"max": max(part), "total": sum(part)}
+        return out
 
     def program(self, offset: int, data: bytes) -> None:
         """Write ``data``; like NOR flash, bits only go from 1 to 0."""
@@ -282,7 +346,7 @@ def read_header(head: bytes, where: object = "flash") -> tuple[Geometry, Identit
     if len(head) < 10 or head[:8] != HEADER_MAGIC:
         raise FlashError(f"{where} is not a dualmcu flash file (no {HEADER_MAGIC.decode()} header)")
     (version,) = struct.unpack_from("<H", head, 8)
-    if version != LAYOUT_VERSION:
+    if version not in (LAYOUT_VERSION, OLD_LAYOUT):
         # Layout 1 had no configuration pages: its slots sit elsewhere, so it cannot be read
         # as this layout, and guessing would boot garbage.
         raise FlashError(f"{where} has flash layout {version}; this dualmcu reads layout {LAYOUT_VERSION}: "

@@ -37,6 +37,8 @@ def describe(path: str) -> dict:
             "trial_failure": name_of(state.trial_failure) if state and state.trial_failure else None,
             "config": None,
             "slots": {},
+            # Erases per region (most of any one page, and in all): how close to wearing out.
+            "erases": flash.erase_counts(),
         }
         for i, name in enumerate("AB"):
             rec = state.slots[i] if state else None
@@ -62,6 +64,9 @@ def describe(path: str) -> dict:
         flash.close()
 
 
+REGION_NAMES = {"boot_state": "boot state", "slot_a": "slot A", "slot_b": "slot B"}
+
+
 def format_description(d: dict) -> str:
     lines = [f"flash {d['flash']}: pages of {d['page_size']} bytes, two slots of {d['slot_size']} bytes"]
     if d["active_slot"] is None:
@@ -74,6 +79,9 @@ def format_description(d: dict) -> str:
     lines.append(f"device: hardware revision {d['hw_rev']}, bootloader {d['bootloader']}; {c['boots']} boots, "
                  f"crash loop {c['crash_loop']}, {c['rollbacks']} rollbacks, rollback index {d['rollback_index']}, "
                  f"last failure {d['last_failure']}" + (f", trial failure {d['trial_failure']}" if d["trial_failure"] else ""))
+    e = d["erases"]
+    lines.append("erases (most on one page / in all): " + ", ".join(
+        f"{REGION_NAMES.get(name, name)} {e[name]['max']}/{e[name]['total']}" for name in e))
     for name, s in d["slots"].items():
         if not s["installed"]:
             lines.append(f"slot {name}: empty")

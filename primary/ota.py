@@ -36,8 +36,9 @@ Rules
   bootloader it needs.  A mismatch abandons the transfer with its reason.  Finish checks the
   whole image's tag again.
 * Accepting an offer first forgets the inactive slot's old image in the boot state, so a
-  half-written slot can never be taken for a bootable one.  Pages are erased as writes reach
-  them.  After the RESULT of the offer the receiver calls ``blynk_otaUpdatePrefetch`` (when
+  half-written slot can never be taken for a bootable one (a write only when the boot state
+  still records an image there: a flood of offers costs the boot state nothing).  The offer
+  is answered at once.  After its RESULT the receiver calls ``blynk_otaUpdatePrefetch`` (when
   configured) and then ``blynk_otaUpdateStart(chunk_size)``.
 * A write is accepted when its CRC-32 matches, it fits the chunk size and the image, and its
   offset is the next expected one; it is answered once the flash has programmed it (the
@@ -46,9 +47,13 @@ Rules
   refused, except for a peer that asked for ``dualmcu_otaCapabilities`` in this transfer:
   writes ahead of a missing one are held (within the advertised buffer) and written, in order,
   when the gap is filled.
-* Accepting an offer erases at once as much of the image as 3 s of erasing allows ("prepares
-  storage", in whole 64 KiB blocks), and the answer waits for that erase; the rest is erased
-  a block at a time as the writes reach it, and those writes wait for it.
+* Erase ahead: from the moment an offer is accepted the flash erases the image's pages
+  whenever it has nothing else to do, in 64 KiB blocks (4 KiB sectors at the image's end).
+  A program suspends the erase in progress and it resumes afterwards, as a NOR flash's
+  erase suspend allows, so erasing overlaps the transfer: a write waits only when it
+  outruns the erase.  An abandoned transfer leaves its erase where it stopped (a new offer
+  of the same slot goes on from there when nothing was programmed), so abandoned offers
+  cannot pile up erase work.
 * No write for ``ota_timeout`` seconds in OFFERED or RECEIVING cancels the update.
 * Finish checks that every byte arrived, asks the NCP for CRC-32 and SHA-256 of the file
   (nested calls, while the NCP waits for the Finish RESULT), computes both over the slot as it
@@ -86,10 +91,8 @@ from dualmcu.rpc.machine import Machine
 from .boot import Bootloader, BootState, Receiving, check_signature, slot_digests
 from .config import ConfigStore
 from .flash import Flash, FlashError
-from .timing import BLOCK, FlashTiming
+from .timing import BLOCK, SECTOR, FlashTiming
 
-# Seconds of erasing a primary may spend before answering an offer (the NCP waits 5 s).
-ERASE_AT_OFFER = 3.0
 DEFAULT_CHUNK = 1024  # what the primary asks for in otaUpdateStart unless told otherwise
 MAX_SUSPEND = 18 * 3600  # the longest pause blynk_otaUpdateSuspend takes
 BATTERY_RECHECK = 3600.0  # a battery that is not charging is looked at again this often
@@ -201,6 +204,8 @@ class Transfer:
     checkpoint_slot: int = 0  # a package's image offset at its last checkpoint
     checkpoint_slot_crc: int = 0
     recent: dict = field(default_factory=dict)  # offset -> (length, crc32) of the latest chunks taken
+    ahead_clock: float = 0.0  # the flash's idle time up to here was spent erasing ahead
+    erasing: tuple[int, float] | None = None  # the erase in progress: its end, and seconds of it left
 
     @property
     def length(self) -> int:
@@ -385,8 +390,7 @@ class OtaReceiver:
             self.emit("ota_resumed", offset=t.offset, size=t.size, image_offset=t.written)
             return (t.offset, True)
         self._drop_kept(t)
-        t.file_crc32 = crc
-        self.boot_state = self.boot.checkpoint(Receiving(t.size, crc, 0, 0, t.fw_version[:24], t.fw_build[:32]))
+        t.file_crc32 = crc  # persisted with the first checkpoint
         return (0, True)
 
     def _drop_kept(self, t: Transfer) -> None:
@@ -494,7 +498,7 @@ class OtaReceiver:
             self._after_accept()
 
     def _accept(self, inc: Incoming | None, a: dict, mandatory: bool):
-        """Take the offer: forget the inactive slot, prepare storage, then Start.  ``inc`` is
+        """Take the offer: forget the inactive slot, start erasing ahead, then Start.  ``inc`` is
         the offer being answered (None: a deferred one, answered long ago)."""
         offer = {"size": a["size"], "fw_type": a["fw_type"], "fw_version": a["fw_version"]}
         if self.t is not None:
@@ -508,38 +512,30 @@ class OtaReceiver:
             # confirms the file (dualmcu_otaResume); any other first write erases it.
             t.kept, t.kept_slot = rx.offset, rx.in_slot
             t.erased_to = rx.in_slot
-            receiving = None
-        else:
-            receiving = Receiving(t.size, 0, 0, 0, t.fw_version[:24], t.fw_build[:32])
+        # Progress of an earlier transfer stays recorded: it is only ever used after the
+        # flash is read back and matches it (on_resume), and rewriting it for each offer
+        # would let a flood of offers wear out the boot-state sectors.
+        old = self.t
         try:
-            self.boot_state = self.boot.invalidate(slot, receiving)
+            if (old is not None and old.slot == slot and not t.kept_slot
+                    and not old.written and not old.kept and not old.kept_slot):
+                # Nothing was programmed since those pages were erased: go on from there.
+                self._erase_ahead(old)
+                t.erased_to = old.erased_to
+            self.boot_state = self.boot.invalidate(slot)
             ConfigStore(self.flash, slot).erase()  # the slot's configuration goes with its image
         except FlashError as e:
             return self._refuse("available", "flash_error", error=str(e), **offer)
-        # Prepare storage: erase now as much of the image as fits in the offer's answer time
-        # (whole 64 KiB blocks), so that most writes only program; the rest is erased a block
-        # at a time as the writes reach it.
-        ahead = t.kept_slot
-        while ahead < t.size and self.cfg.timing.erase(ahead - t.kept_slot + BLOCK) <= ERASE_AT_OFFER:
-            ahead += BLOCK
-        try:
-            self._erase_to(t, min(ahead, t.size))
-        except FlashError as e:
-            return self._refuse("available", "flash_error", error=str(e), **offer)
+        t.ahead_clock = self.ep.now
         self.t = t
         self.deferred, self.defer_until = None, None
         self._move(OtaEvent.ACCEPT)
         self._arm()
         self.emit("ota_accepted", slot="AB"[slot], **offer)
         self.report("downloading", "")
-        done = self._work(self.cfg.timing.erase(t.erased_to - t.kept_slot))
-        if inc is None:
-            return True
-        inc.then = self._after_accept
-        if done <= self.ep.now:
-            return True
-        self._reply_at(done, inc, True)
-        return DEFER
+        if inc is not None:
+            inc.then = self._after_accept
+        return True
 
     def _after_accept(self) -> None:
         if self.cfg.prefetch:
@@ -617,6 +613,7 @@ class OtaReceiver:
             return DEFER
         self._move(OtaEvent.WRITE)
         try:
+            self._erase_ahead(t)
             done = self._program(t, offset, chunk)
             while t.offset in t.held:  # the gap is filled: write what was held, in order
                 held_inc, held_chunk = t.held.pop(t.offset)
@@ -723,9 +720,14 @@ class OtaReceiver:
                   image_size=h.image_size, base_version=h.base_version or None)
 
     def _put(self, t: Transfer, data: bytes) -> None:
-        """Program ``data`` at the slot's next byte, erasing ahead a block at a time (or to the
-        image's end)."""
+        """Program ``data`` at the slot's next byte.  When it outruns the erase ahead, the
+        erase in progress is finished first, then one more block (or to the image's end)."""
         end = t.written + len(data)
+        if t.erased_to < end and t.erasing is not None:
+            target, left = t.erasing
+            self._erase_to(t, target)
+            t.erasing = None
+            self._work(left)
         erased = t.erased_to
         if erased < end:
             self._erase_to(t, min(max(end, erased + BLOCK), max(end, t.length)))
@@ -752,6 +754,28 @@ class OtaReceiver:
             rx = Receiving(t.size, t.file_crc32, t.checkpoint, t.checkpoint_crc, t.fw_version[:24], t.fw_build[:32],
                            aligned, t.checkpoint_slot_crc, h.image_size, h.image_crc32, h.image_sha256)
         self.boot_state = self.boot.checkpoint(rx)
+
+    def _erase_ahead(self, t: Transfer) -> None:
+        """Spend the flash's idle time since it was last looked at erasing the slot ahead of
+        the writes.  Computed lazily, when the receiver next needs the flash: nothing else
+        can see which pages are erased meanwhile, and the slot is not bootable anyway."""
+        now, page = self.ep.now, self.flash.page_size
+        end = min(-(-t.length // page) * page, self.flash.geometry.slot_size)
+        clock = max(t.ahead_clock, self.busy_until)
+        while clock < now and t.erased_to < end:
+            if t.erasing is None:
+                aligned = t.erased_to % BLOCK == 0 and end - t.erased_to >= BLOCK
+                step = BLOCK if aligned else -(-min(SECTOR, end - t.erased_to) // page) * page
+                t.erasing = (t.erased_to + step, self.cfg.timing.erase(step))
+            target, left = t.erasing
+            spent = min(left, now - clock)
+            clock += spent
+            if spent < left:
+                t.erasing = (target, left - spent)
+                break
+            self._erase_to(t, target)
+            t.erasing = None
+        t.ahead_clock = max(t.ahead_clock, min(clock, now))
 
     def _erase_to(self, t: Transfer, end: int) -> None:
         base, page = self.flash.geometry.slot_offset(t.slot), self.flash.page_size

@@ -7,9 +7,9 @@ for their update slots (datasheet, AC electrical characteristics, typical column
     sector erase (4 KiB)           45 ms
     block erase (64 KiB)          150 ms
 
-When it accepts an offer the primary erases, before answering, as much of the image as 3 s of
-erasing allows (the NCP waits 5 s), in 64 KiB blocks; the rest is erased a block at a time as
-the writes reach it (see ota.py).  ``FlashTiming(0, 0, 0)`` is a flash that takes no time.
+The primary erases an image's slot ahead of the writes in the flash's idle time, in 64 KiB
+blocks, suspending an erase while a chunk is programmed (see ota.py).
+``FlashTiming(0, 0, 0)`` is a flash that takes no time.
 """
 
 from __future__ import annotations

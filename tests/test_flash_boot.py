@@ -164,6 +164,74 @@ def test_two_primaries_cannot_share_one_flash_file(tmp_path):
     Flash.open(path).close()  # released with the file
 
 
+def test_erases_are_counted_per_page_and_kept_in_the_file(tmp_path):
+    path = tmp_path / "f.flash"
+    f = Flash.open(path, G)
+    Bootloader(f).provision(OLD)
+    slot = G.slot_offset(0) // G.page_size
+    assert f.erases[slot] == 1 and f.erase_counts()["slot_a"] == {"max": 1, "total": 5}
+    f.erase_page(G.slot_offset(0))
+    f.close()
+    f = Flash.open(path)
+    assert f.erases[slot] == 2 and f.erase_counts()["boot_state"] == {"max": 1, "total": 1}
+    f.close()
+
+
+def test_a_layout_2_file_gains_its_counters_when_a_primary_opens_it(tmp_path):
+    import struct
+    import zlib
+
+    from dualmcu.primary.flash import HEADER
+
+    path = tmp_path / "f.flash"
+    f = Flash.open(path, G)
+    Bootloader(f).provision(OLD)
+    f.close()
+    raw = bytearray(path.read_bytes()[: G.total])  # layout 2: no counters after the flash
+    struct.pack_into("<H", raw, 8, 2)
+    raw[HEADER.size : HEADER.size + 4] = zlib.crc32(bytes(raw[: HEADER.size])).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    f = Flash.open(path, create=False, lock=False)  # `flash show` reads it as it is
+    assert path.stat().st_size == G.total and BootStore(f).load() is not None
+    f.close()
+    f = Flash.open(path)  # a primary upgrades it
+    assert path.stat().st_size == G.file_size and sum(f.erases) == 0 and BootStore(f).load() is not None
+    f.erase_page(G.slot_offset(1))
+    f.close()
+    f = Flash.open(path)
+    assert f.erases[G.slot_offset(1) // G.page_size] == 1
+    f.close()
+
+
+def test_a_worn_out_page_fails_its_erase_and_keeps_its_bits():
+    f = Flash.in_memory(G, endurance=3)
+    off = G.slot_offset(1)
+    for _ in range(3):
+        f.erase_page(off)
+    f.program(off, b"\x00" * 16)
+    with pytest.raises(FlashError, match="worn out"):
+        f.erase_page(off)
+    assert f.read(off, 16) == bytes(16) and f.erases[off // G.page_size] == 4
+
+
+def test_a_worn_boot_state_page_leaves_the_device_running_on_its_confirmed_image():
+    """Every boot writes the boot state; once a copy's page wears out the record is kept in
+    RAM, the previous one stays on flash, and the device still boots its image."""
+    from dualmcu.framing import get_profile
+    from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
+
+    f = Flash.in_memory(G, endurance=4)
+    Bootloader(f).provision(OLD)
+    events = []
+    for _ in range(12):
+        dev = PrimaryDevice(f, get_profile("cobs"), PrimaryConfig(), 0.0,
+                            emit=lambda kind, **fields: events.append((kind, fields)))
+        assert dev.boot.slot == 0
+    unsaved = [fields["error"] for kind, fields in events if kind == "boot_state_not_saved"]
+    assert unsaved and all("worn out" in e for e in unsaved)
+    assert BootStore(f).load().active == 0 and f.erase_counts()["boot_state"]["max"] > 4
+
+
 def count_ops(action) -> int:
     f = fresh()
     f.interrupt = None

@@ -190,3 +190,34 @@ def test_a_firmware_file_over_4_gib_is_refused_before_it_is_read(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dualmcu", "ncp", "--port", "/dev/null", "--firmware", str(huge)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "32-bit size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_offer_flood_costs_no_erase_work_and_no_boot_state_writes():
+    """Each accepted offer used to erase up to 3 s of the slot before answering, and to write
+    the boot state: 2,000 offers wore a boot-state page 1,000 times.  Now an offer is
+    answered at once, the erase goes on only in the flash's idle time, and the boot state is
+    written once (the slot's old image forgotten)."""
+    from dualmcu.framing import get_profile
+    from dualmcu.rpc import NCP, Endpoint
+
+    prof = get_profile("cobs")
+    flash = provisioned(OLD, 1 << 20)
+    dev = PrimaryDevice(flash, prof, PrimaryConfig(), 0.0)
+    before = flash.erase_counts()
+    ncp = Endpoint(NCP, prof)
+    ncp.handle("blynk_otaUpdateStart", lambda inc: True)
+    now, slow = 0.0, []
+    for i in range(300):
+        c = ncp.call("client_otaUpdateAvailable", {"filename": "f.bin", "size": 900_000, "fw_type": "TMPL1",
+                                                   "fw_version": f"2.0.{i}", "fw_build": f"b{i}"}, now=now)
+        dev.receive(ncp.data_to_send(), now)
+        ncp.receive(dev.data_to_send(), now)
+        assert c.ok and c.result is True  # answered in the same instant: no flash work before it
+        now += 0.001
+        dev.tick(now)
+        ncp.tick(now)
+        dev.receive(ncp.data_to_send(), now)
+    after = flash.erase_counts()
+    assert after["boot_state"]["total"] - before["boot_state"]["total"] <= 1
+    # 300 ms of idle flash in all: two blocks' worth of erase ahead at most, never more.
+    assert after["slot_b"]["max"] <= 1 and after["slot_b"]["total"] <= 32

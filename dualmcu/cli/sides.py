@@ -109,6 +109,8 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--package-ram", type=Size(1 << 26), default="64K", show_default=True, help="RAM for applying a package: decompressor state, one chunk and a 4K output buffer must fit, or the package is refused.")
 @click.option("--flash-timing", type=str, default="0.4,45,150", show_default=True, metavar="PROG,SECTOR,BLOCK",
               help="Milliseconds per 256-byte program, 4 KiB sector erase and 64 KiB block erase (W25Q128JV typical); 0,0,0 for an instant flash.")
+@click.option("--flash-endurance", type=click.IntRange(1), default=100_000, show_default=True, metavar="CYCLES",
+              help="Erases a flash page takes before it wears out; past it, erasing the page fails (W25Q128JV: 100,000).")
 @click.option("--power-cut-at", type=click.IntRange(1), help="Cut the power at this flash operation of the process (exit code 75).")
 @click.option("--power-cut-seed", type=int, help="Cut the power at an operation and torn part drawn from this seed.")
 @click.option("--power-cut-within", type=click.IntRange(1), default=2000, show_default=True, help="With --power-cut-seed: draw the operation from 1..N.")
@@ -124,7 +126,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @VERBOSE
 def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
             battery, battery_rate, min_battery, install_window, commit_timeout, hw_rev, bootloader_version, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, resume, package_ram, flash_timing,
-            power_cut_at,
+            flash_endurance, power_cut_at,
             power_cut_seed, power_cut_within, trust_keys, device_target, any_target, blocking, defects, once, as_json, verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
 
@@ -162,7 +164,8 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud, blocking=blocking,
                         trust=trust, commit_timeout=commit_timeout)
     sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose,
-                                        power_cut_at, power_cut_seed, power_cut_within, identity)))
+                                        power_cut_at, power_cut_seed, power_cut_within, identity,
+                                        endurance=flash_endurance)))
 
 
 def parse_window(text: str | None) -> tuple[int, int] | None:
