@@ -521,7 +521,7 @@ class OtaReceiver:
                     and not old.written and not old.kept and not old.kept_slot):
                 # Nothing was programmed since those pages were erased: go on from there.
                 self._erase_ahead(old)
-                t.erased_to = old.erased_to
+                t.erased_to, t.erasing = old.erased_to, old.erasing
             self.boot_state = self.boot.invalidate(slot)
             ConfigStore(self.flash, slot).erase()  # the slot's configuration goes with its image
         except FlashError as e:
