@@ -64,6 +64,8 @@ BATCH = 25  # cases per Hypothesis run of a campaign
 NEVER_SEND = {"ncp_reboot", "mcu_reboot", "hw_setUartBaudRate", "blynk_factoryReset"}
 OTA_SIZE = 4096
 OTA_CHUNK = 256
+RSS_GROWTH = 1 << 20  # a case that leaves the target this much bigger has leaked (bytes)
+RSS_CEILING = 256 << 20  # a target this much bigger than when it started is restarted
 
 
 class Failure(AssertionError):
@@ -157,6 +159,12 @@ class Session:
         self.results: dict[int, Result] = {}
         self.info: dict[str, str] = {}
         self._next = FUZZ_IDS.start
+        # What the fuzzer can see of a target process it runs itself (--target-cmd): its
+        # resident memory and, once it has died, its exit code.  None for a real board.
+        self.rss: Callable[[], int | None] = lambda: None
+        self.exit_code: Callable[[], int | None] = lambda: None
+        self.rss_growth = RSS_GROWTH
+        self.growth: list[tuple[int, str]] = []  # (bytes, fn) the target grew by, per step of a case
         for fn in INTERFACE.served_by(me):
             self.ep.handle(fn.name, self._answer)
 
@@ -207,18 +215,38 @@ class Session:
 
     def send(self, step: Step) -> Result | None:
         """Send a step; wait for its answer (or a moment, when none is due)."""
+        before = self.rss()
+        try:
+            return self._send(step)
+        finally:
+            after = self.rss()
+            if before is not None and after is not None:
+                self.growth.append((after - before, step.fn))
+
+    def _send(self, step: Step) -> Result | None:
         self.port.write(step.data)
         if step.msg_id is None:
             self.pump(step.timeout)
+            if self.exit_code() is not None:
+                # The process died on this step: said now, so the crash is charged to the
+                # step that caused it, not to whatever the case sends next.
+                raise Dead(self.silent(step.fn, step.what))
             return None
         self.results.pop(step.msg_id, None)
-        self.pump(step.timeout, lambda: step.msg_id in self.results)
+        self.pump(step.timeout, lambda: step.msg_id in self.results or self.exit_code() is not None)
         result = self.results.pop(step.msg_id, None)
         if result is None and step.answered and not self.alive():
             # A call the target must answer went unanswered and it no longer answers ping:
             # the case has failed; the rest of it would only wait out timeouts.
-            raise Dead(Problem("liveness", step.fn, f"the target stopped answering ping (after: {step.what})"))
+            raise Dead(self.silent(step.fn, step.what))
         return result
+
+    def silent(self, fn: str, what: str) -> Problem:
+        """Why a target stopped answering: its process ended (a crash), or it hangs."""
+        code = self.exit_code()
+        if code is not None:
+            return Problem("crash", fn, f"the target process exited with code {code} (after: {what})")
+        return Problem("liveness", fn, f"the target stopped answering ping (after: {what})")
 
     # -- building steps --------------------------------------------------------------------------
 
@@ -226,13 +254,17 @@ class Session:
         fn = INTERFACE[name]
         body = fn.encode_args(args)
         if fn.kind == "oneway":
-            return Step(what, self.profile.encode(Oneway(fn.uid, body).encode()), fn=fn.name)
+            return Step(what, self.profile.encode_unchecked(Oneway(fn.uid, body).encode()), fn=fn.name)
         mid = self.msg_id()
         wait = fn.timeout if expect else min(fn.timeout, PROBE_AFTER)
-        # This project's extension uids are answered by dualmcu peers only: real firmware
-        # stays silent for them, as it does for any uid it does not know.
-        return Step(what, self.profile.encode(Invoke(fn.uid, mid, body).encode()), mid, wait, expect,
-                    answered=fn.server == self.target and not fn.extension, fn=fn.name)
+        message = Invoke(fn.uid, mid, body).encode()
+        # Long arguments may make a message longer than a frame may carry: it is sent all the
+        # same (the target must drop it) and no answer is due.  This project's extension uids
+        # are answered by dualmcu peers only: real firmware stays silent for them, as it does
+        # for any uid it does not know.
+        fits = len(message) <= getattr(self.profile, "send_limit", self.profile.max_message)
+        return Step(what, self.profile.encode_unchecked(message), mid, wait if fits else SETTLE, expect if fits else None,
+                    answered=fits and fn.server == self.target and not fn.extension, fn=fn.name)
 
     def raw_invoke(self, uid: int, body: bytes, what: str, timeout: float = 0.1) -> Step:
         """Any uid with any argument bytes: a ONEWAY for the table's ONEWAYs, else an INVOKE."""
@@ -253,6 +285,8 @@ class Session:
         for a target busy in a call of its own (which the responder answers meanwhile)."""
         ping = "mcu_ping" if self.target == PRIMARY else "ncp_ping"
         for timeout in waits or self.alive_waits:
+            if self.exit_code() is not None:
+                return False  # a process that has ended answers nothing: no need to wait
             c = self.ep.call(ping, now=time.monotonic(), timeout=timeout)
             self.pump(timeout + 0.05, lambda: c.done)
             if c.ok:
@@ -300,26 +334,31 @@ def case_strategy(target: str) -> st.SearchStrategy:
     """A case: a list of step descriptions, turned into bytes by :func:`build`."""
     served = [f for f in INTERFACE.served_by(target) if f.name not in NEVER_SEND]
     known = set(INTERFACE.by_uid)
-    one = st.one_of(
-        st.tuples(st.just("call"), st.sampled_from(served)).flatmap(
-            lambda t: st.tuples(st.just(t[0]), st.just(t[1].name), S.args_for(t[1]))),
-        st.tuples(st.just("bad_args"), st.sampled_from([f.name for f in served]), st.binary(max_size=24)),
-        st.tuples(st.just("unknown_uid"), st.integers(0, 0xFFFF).filter(lambda u: u not in known), st.binary(max_size=8)),
-        st.tuples(st.just("bad_crc"), st.integers(0, 64)),
-        st.tuples(st.just("oversize"), st.integers(1, 64)),
-        st.tuples(st.just("truncated"), st.integers(1, 12)),
-        st.tuples(st.just("garbage"), st.binary(min_size=1, max_size=64)),
-    )
+    kinds = {
+        "call": st.sampled_from(served).flatmap(lambda f: st.tuples(st.just("call"), st.just(f.name), S.args_for(f))),
+        "bad_args": st.tuples(st.just("bad_args"), st.sampled_from([f.name for f in served]), st.binary(max_size=24)),
+        "unknown_uid": st.tuples(st.just("unknown_uid"), st.integers(0, 0xFFFF).filter(lambda u: u not in known),
+                                 st.binary(max_size=8)),
+        "bad_crc": st.tuples(st.just("bad_crc"), st.integers(0, 64)),
+        "oversize": st.tuples(st.just("oversize"), st.integers(1, 64)),
+        "truncated": st.tuples(st.just("truncated"), st.integers(1, 12)),
+        "garbage": st.tuples(st.just("garbage"), st.binary(min_size=1, max_size=64)),
+    }
+    # How often each kind of step is drawn.  Hypothesis picks the branches of one_of evenly
+    # (and flattens nested ones), so the weights are repeats in a list it samples from.
+    # Valid calls with boundary arguments reach the handlers, where a remote crash or a leak
+    # lives: as many of them as of all the malformed kinds together.
+    weights = {"call": 6, "bad_args": 1, "unknown_uid": 1, "bad_crc": 1, "oversize": 1, "truncated": 1, "garbage": 1}
     if target == PRIMARY:
-        # Writes in order and resends are what an update is made of: each has its own branch
-        # (Hypothesis picks branches about evenly, not by how often a list repeats a value).
+        # Writes in order and resends are what an update is made of: each has its own branch.
         ota_op = st.one_of(
             st.just(("write_next",)), st.just(("write_next",)), st.just(("write_dup",)),
             st.sampled_from([("write_empty",), ("finish",), ("cancel",)]),
             st.tuples(st.just("write_at"), st.integers(0, OTA_SIZE)),
         )
-        ota = st.tuples(st.just("ota"), st.lists(ota_op, min_size=1, max_size=8))
-        one = st.one_of(one, ota, ota)
+        kinds["ota"] = st.tuples(st.just("ota"), st.lists(ota_op, min_size=1, max_size=8))
+        weights["ota"] = 3
+    one = st.sampled_from([k for k, n in weights.items() for _ in range(n)]).flatmap(kinds.__getitem__)
     return st.lists(one, min_size=1, max_size=6)
 
 
@@ -429,6 +468,7 @@ def execute(session: Session, case: list, record: list[Step]) -> Problem | None:
 
 
 def _execute(session: Session, case: list, record: list[Step]) -> Problem | None:
+    rss, session.growth = session.rss(), []
     for step in build(session, case):
         if step.what == "ota":
             problem = run_ota(session, json.loads(step.data), record)
@@ -439,15 +479,26 @@ def _execute(session: Session, case: list, record: list[Step]) -> Problem | None
         problem = check(step, session.send(step))
         if problem:
             return problem
-    return health(session, record[-1].fn if record else "-")
+    return health(session, record[-1].fn if record else "-", rss)
 
 
-def health(session: Session, last: str) -> Problem | None:
-    """The checks after every case: alive, and still behaving."""
+def health(session: Session, last: str, rss: int | None = None) -> Problem | None:
+    """The checks after every case: alive, still behaving, and (for a target process the
+    fuzzer runs) no bigger than before the case by more than ``session.rss_growth``.
+
+    Memory is read after the liveness checks, so the target has answered everything the
+    case sent.  Memory a case only used is reused by the next one; a leak is not, so a
+    leaking call shows on every replay, and noise does not (it is reported flaky)."""
     if not session.alive():
-        return Problem("liveness", last, f"the target stopped answering ping (after: {last})")
+        return session.silent(last, last)
     if not session.behaves():
         return Problem("behaviour", last, "the target is alive but hasUID(ping) no longer says yes")
+    after = session.rss()
+    if rss is not None and after is not None and after - rss > session.rss_growth:
+        # Charged to the step after which the target grew most: the leak, not the last step.
+        fn = max(session.growth)[1] if session.growth else last
+        return Problem("memory", fn, f"the target's memory grew by {(after - rss) / 2**20:.1f} MiB in one case "
+                                     f"(to {after / 2**20:.1f} MiB)")
     return None
 
 
@@ -465,6 +516,28 @@ class Target:
     proc: subprocess.Popen | None = None
     relay: Any = None
     restarts: int = 0
+    started_rss: int | None = None  # the process's memory once it answered after its start
+
+    def rss(self) -> int | None:
+        """Resident memory of the target process (Linux /proc), or None."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            return None
+        return None
+
+    def exit_code(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
+
+    def bloated(self) -> bool:
+        """Grown so far past its start that the next cases would measure the swap, not it."""
+        now = self.rss()
+        return now is not None and self.started_rss is not None and now - self.started_rss > RSS_CEILING
 
     def open(self):
         if self.target_cmd:
@@ -507,20 +580,22 @@ class TargetDown(Exception):
 
 
 def ensure_alive(session: Session, target: Target, known_dead: bool = False) -> None:
-    if not known_dead and session.alive(waits=(0.2,)):
+    if not known_dead and not target.bloated() and session.alive(waits=(0.2,)):
         return
     if not target.revive():
         raise TargetDown("the target does not answer ping and there is no --target-cmd or --reset-cmd to revive it")
-    fresh_start(session)
+    fresh_start(session, target)
 
 
-def fresh_start(session: Session) -> None:
+def fresh_start(session: Session, target: Target | None = None) -> None:
     """Wait for a target that was just (re)started to answer, and let it finish initialising."""
     session.info = {}
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if session.alive(waits=(0.1,)):
             session.pump(0.2)
+            if target is not None:
+                target.started_rss = target.rss()
             return
     raise TargetDown("the target did not come back after a restart")
 
@@ -582,7 +657,7 @@ def fuzz(session: Session, target: Target, examples: int, seed_value: int,
             record: list[Step] = []
             count[0] += 1
             problem = execute(session, case, record)
-            dead[0] = problem is not None and problem.oracle == "liveness"
+            dead[0] = problem is not None and problem.oracle in ("liveness", "crash")
             progress(count[0], problem)
             if problem:
                 old = findings.get(problem.key)
@@ -590,7 +665,7 @@ def fuzz(session: Session, target: Target, examples: int, seed_value: int,
                     findings[problem.key] = Finding(problem, record)
                 else:
                     old.seen += 1
-                    if len(record) < len(old.steps):  # shrinking: keep the shortest case of the class
+                    if _size(record) < _size(old.steps):  # shrinking: keep the smallest case of the class
                         old.problem, old.steps = problem, record
                 raise failure_type(problem.key)(problem.reason)
 
@@ -614,6 +689,11 @@ def fuzz(session: Session, target: Target, examples: int, seed_value: int,
     return Campaign(findings, count[0], time.monotonic() - t0)
 
 
+def _size(steps: list[Step]) -> tuple[int, int]:
+    """Fewer steps first, then fewer bytes: a long argument shrinks to the shortest that fails."""
+    return len(steps), sum(len(s.data) for s in steps)
+
+
 def _only_findings(e: BaseException) -> bool:
     from hypothesis.errors import Flaky
 
@@ -628,7 +708,7 @@ def confirm(session: Session, target: Target, finding: Finding, times: int = CON
     can be restarted; count the replays that fail in the same class."""
     for _ in range(times):
         if target.revive():
-            fresh_start(session)
+            fresh_start(session, target)
         else:
             ensure_alive(session, target)
         problem = play(session, finding.steps)
@@ -662,6 +742,7 @@ def load_case(path: str) -> list[Step]:
 
 
 def play(session: Session, steps: list[Step]) -> Problem | None:
+    rss, session.growth = session.rss(), []
     for step in steps:
         try:
             problem = check(step, session.send(step))
@@ -669,7 +750,7 @@ def play(session: Session, steps: list[Step]) -> Problem | None:
             return dead.problem
         if problem:
             return problem
-    return health(session, steps[-1].fn if steps else "-")
+    return health(session, steps[-1].fn if steps else "-", rss)
 
 
 def replay(session: Session, path: str) -> Problem | None:

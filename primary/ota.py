@@ -164,11 +164,6 @@ class OtaConfig:
     buffer: int = 32 * 1024  # bytes of chunks held while an earlier one is missing
     # RAM for applying a package: decompressor state, one chunk and one output piece must fit.
     package_ram: int = DEFAULT_PACKAGE_RAM
-    # Planted bugs, for showing that `dualmcu fuzz` finds them; never on by default:
-    # "duplicate-chunk-hazard" refuses the resend of the last chunk as the reference primary
-    # does ("racy-duplicate-hazard": only when the millisecond it arrives is a multiple of 3);
-    # "hang-on-empty-binary" stops answering after a write with an empty chunk.
-    defects: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -563,10 +558,6 @@ class OtaReceiver:
     def on_write(self, inc: Incoming):
         a = inc.args
         offset, chunk, crc = a["offset"], a["chunk"], a["crc32"]
-        if not chunk and "hang-on-empty-binary" in self.cfg.defects:
-            self.emit("defect_hang")
-            self.hang()
-            return DEFER
         if self.state not in (Ota.OFFERED, Ota.RECEIVING) or self.t is None:
             return self._refuse("write", "not_receiving", offset=offset)
         t = self.t
@@ -581,14 +572,11 @@ class OtaReceiver:
             # Bytes already written: a resend whose first answer was lost, or that crossed it.
             # Acknowledge it when it matches the flash, without writing again.
             base = self.flash.geometry.slot_offset(t.slot)
-            hazard = "duplicate-chunk-hazard" in self.cfg.defects or (
-                # The same bug behind a timing race: it shows about one time in three.
-                "racy-duplicate-hazard" in self.cfg.defects and int(self.ep.now * 1000) % 3 == 0)
             if t.kind == "image":
                 same = self.flash.read(base + offset, len(chunk)) == chunk
             else:  # a package's bytes are not in the slot: the CRC of the chunk taken there is
                 same = t.recent.get(offset) == (len(chunk), crc)
-            if not hazard and same:
+            if same:
                 t.duplicates += 1
                 self.emit("ota_duplicate", offset=offset)
                 return True

@@ -22,11 +22,13 @@ def values(t: T.Type) -> st.SearchStrategy:
         return st.one_of(edges, st.integers(t.lo, t.hi))
     if t is T.Float32:
         return _f32_values()
+    # Empty and long are the boundaries that handlers most often get wrong: each is drawn
+    # on purpose (Hypothesis on its own prefers short values, and rarely draws a long one).
     if t is T.String:
-        return st.one_of(st.just(""), st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=40))
+        chars = st.characters(exclude_characters="\x00", exclude_categories=("Cs",))
+        return st.one_of(st.just(""), st.text(chars, max_size=40), st.text(chars, min_size=41, max_size=300))
     if t is T.Binary:
-        # Empty is the boundary that handlers most often get wrong: draw it on purpose.
-        return st.one_of(st.just(b""), st.binary(min_size=1, max_size=300))
+        return st.one_of(st.just(b""), st.binary(min_size=1, max_size=64), st.binary(min_size=65, max_size=1000))
     raise ValueError(f"no strategy for {t}")
 
 

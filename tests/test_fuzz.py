@@ -4,10 +4,14 @@ reports nothing against the correct emulators."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from dualmcu.image.firmware import build_image, make_info
+from dualmcu.framing import get_profile
+from dualmcu.rpc.interface import INTERFACE
+from dualmcu.rpc.message import parse
 
 
 def dualmcu(*args, timeout=300):
@@ -21,9 +25,14 @@ def factory(tmp_path):
     return path
 
 
-def primary_cmd(tmp_path, factory, *extra):
+PLANTED = Path(__file__).with_name("planted.py")
+
+
+def primary_cmd(tmp_path, factory, *extra, defects: str | None = None):
+    """The primary as a fuzz target; with ``defects``, with those bugs planted (planted.py)."""
     flash = tmp_path / "fz.flash"
-    return " ".join([sys.executable, "-m", "dualmcu", "primary", "--port", "{port}", "--flash", str(flash),
+    run = [sys.executable, "-m", "dualmcu"] if defects is None else [sys.executable, str(PLANTED), defects]
+    return " ".join([*run, "primary", "--port", "{port}", "--flash", str(flash),
                      "--provision", str(factory), "--slot-size", "64K", *extra])
 
 
@@ -37,7 +46,7 @@ def result_of(r):
 
 def test_finds_and_shrinks_the_duplicate_chunk_hazard_confirms_and_replays_it(tmp_path, factory):
     out = tmp_path / "found"
-    bad = primary_cmd(tmp_path, factory, "--defect", "duplicate-chunk-hazard")
+    bad = primary_cmd(tmp_path, factory, defects="duplicate-chunk-hazard")
     r = dualmcu("fuzz", "--target", "primary", "--examples", 40, "--seed", 1, "--out", out, "--target-cmd", bad)
     assert r.returncode == 1, r.stderr[-3000:]
     case = findings(out)["resend_acknowledged client_otaUpdateWrite"]
@@ -57,7 +66,7 @@ def test_finds_and_shrinks_the_duplicate_chunk_hazard_confirms_and_replays_it(tm
 @pytest.mark.timeout(400)
 def test_two_bugs_in_one_campaign_are_both_reported(tmp_path, factory):
     out = tmp_path / "found"
-    bad = primary_cmd(tmp_path, factory, "--defect", "hang-on-empty-binary", "--defect", "duplicate-chunk-hazard")
+    bad = primary_cmd(tmp_path, factory, defects="hang-on-empty-binary,duplicate-chunk-hazard")
     r = dualmcu("fuzz", "--target", "primary", "--examples", 80, "--seed", 1, "--out", out, "--target-cmd", bad, "--json",
                 "--ping-wait", 0.5)
     assert r.returncode == 1, r.stderr[-3000:]
@@ -71,9 +80,33 @@ def test_two_bugs_in_one_campaign_are_both_reported(tmp_path, factory):
     assert result["confirmed"] == len(found) and result["target_restarts"] >= 1
 
 
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("defect,oracle,fn,shortest", [
+    # A remote crash: one virtual-pin value over 64 bytes ends the process. Shrunk to that
+    # one call, with the shortest value that still crashes it.
+    ("crash-on-long-vpin", "crash", "client_blynkVPinChange", 65),
+    # A leak: each state change keeps 2 MiB. Shrunk to one call.
+    ("leak-on-state-change", "memory", "client_blynkStateChange", None),
+])
+def test_finds_and_shrinks_a_remote_crash_and_a_memory_leak(tmp_path, factory, defect, oracle, fn, shortest):
+    out = tmp_path / "found"
+    bad = primary_cmd(tmp_path, factory, defects=defect)
+    r = dualmcu("fuzz", "--target", "primary", "--examples", 100, "--seed", 1, "--out", out, "--target-cmd", bad,
+                "--json", "--ping-wait", 0.5)
+    assert r.returncode == 1, (r.stdout[-3000:], r.stderr[-3000:])
+    case = findings(out)[f"{oracle} {fn}"]
+    assert case["verdict"] == "confirmed" and case["reproduced"] == "3/3", case
+    assert case["steps"][-1]["fn"] == fn and len(case["steps"]) == 1, case["steps"]
+    if shortest is not None:
+        frame = next(iter(get_profile("cobs").decoder().feed(bytes.fromhex(case["steps"][0]["send"]))))
+        value = INTERFACE[fn].decode_args(parse(frame.message).args)["value"]
+        assert len(value) == shortest
+    assert {c["oracle"] for c in findings(out).values()} == {oracle}
+
+
 def test_a_bug_behind_a_timing_race_is_flaky_never_confirmed(tmp_path, factory):
     out = tmp_path / "found"
-    racy = primary_cmd(tmp_path, factory, "--defect", "racy-duplicate-hazard")
+    racy = primary_cmd(tmp_path, factory, defects="racy-duplicate-hazard")
     r = dualmcu("fuzz", "--target", "primary", "--examples", 60, "--seed", 1, "--out", out, "--target-cmd", racy,
                 "--confirm", 5, "--json")
     assert r.returncode == 0, r.stderr[-3000:]  # nothing confirmed

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .common import FRAMING, JSON, InputError, IOFailure, emit_json, main, seconds
+from .common import FRAMING, JSON, InputError, IOFailure, Size, emit_json, main, seconds
 
 
 @main.command()
@@ -26,16 +26,20 @@ from .common import FRAMING, JSON, InputError, IOFailure, emit_json, main, secon
 @click.option("--out", type=click.Path(file_okay=False), default="fuzz-findings", show_default=True, help="Directory where each failure class's case is saved.")
 @click.option("--replay", type=click.Path(exists=True, dir_okay=False), help="Play a saved case again instead of fuzzing.")
 @click.option("--ping-wait", type=seconds(), default=3.2, show_default=True, help="Seconds a liveness check waits for ping answers before the target counts as dead (a real MCU may be busy in a call of its own).")
+@click.option("--rss-growth", type=Size(1 << 40), default="1M", show_default=True,
+              help="With --target-cmd: a case that leaves the target's resident memory bigger by more than this has leaked.")
 @JSON
 def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, duration, seed, db, confirm_times, out,
-         replay, ping_wait, as_json) -> None:
+         replay, ping_wait, rss_growth, as_json) -> None:
     """Fuzz a live peer (real firmware or an emulator) from the interface table.
 
     Cases mix valid calls with boundary arguments, malformed arguments, unknown uids, bad
     CRCs, oversize and truncated frames, garbage and, against a primary, OTA sequences out of
     order. The fuzzer answers the target's own calls as its peer would. After each case the
     target must answer ping and hasUID, acknowledge a resend of its last chunk and refuse
-    writes at wrong offsets.
+    writes at wrong offsets. A target the fuzzer runs itself (--target-cmd) is also watched
+    as a process: one that exits has crashed, and one whose memory grows by more than
+    --rss-growth in a case has leaked.
 
     Each class of failure (oracle and uid) is shrunk to a minimal case and replayed --confirm
     times against a fresh target: confirmed when every replay fails, flaky (with its rate)
@@ -65,8 +69,10 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, dura
         target.close()
         raise IOFailure(str(e)) from None
     session = F.Session(p, framing, target_side, ping_wait)
+    session.rss, session.exit_code, session.rss_growth = target.rss, target.exit_code, rss_growth
     try:
         session.pump(0.5 if target_cmd else 0.1)
+        target.started_rss = target.rss()
         if steps is not None:
             problem = F.play(session, steps)
             say({"event": "replay", "file": replay, "failure": str(problem) if problem else None,

@@ -119,15 +119,13 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--target", "device_target", default="dualmcu/1", show_default=True, help="This device's identity (product/hardware revision) for signed images.")
 @click.option("--accept-any-target", "any_target", is_flag=True, help="Also install images signed for target * (any product); off by default.")
 @click.option("--blocking-calls", "blocking", is_flag=True, help="Serve nothing while an own call waits for its answer, as the Blynk C driver does.")
-@click.option("--defect", "defects", multiple=True, type=click.Choice(["duplicate-chunk-hazard", "racy-duplicate-hazard", "hang-on-empty-binary"]),
-              hidden=True, help="Plant a known bug, to show that `dualmcu fuzz` finds it.")
 @click.option("--once", is_flag=True, help="Exit when an update ends (0 once a new image is confirmed).")
 @JSON
 @VERBOSE
 def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
             battery, battery_rate, min_battery, install_window, commit_timeout, hw_rev, bootloader_version, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, resume, package_ram, flash_timing,
             flash_endurance, power_cut_at,
-            power_cut_seed, power_cut_within, trust_keys, device_target, any_target, blocking, defects, once, as_json, verbose) -> None:
+            power_cut_seed, power_cut_within, trust_keys, device_target, any_target, blocking, once, as_json, verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
 
     A blank flash needs --provision IMAGE (its factory firmware). The process reboots into
@@ -157,7 +155,7 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
 
     prog, sector, block = parse_flash_timing(flash_timing)
     ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy,
-                    battery=battery, battery_rate=battery_rate, min_battery=min_battery, install_window=install_window, prefetch=prefetch, defects=frozenset(defects),
+                    battery=battery, battery_rate=battery_rate, min_battery=min_battery, install_window=install_window, prefetch=prefetch,
                     timing=FlashTiming(prog, sector, block), window=window, buffer=rx_hold, resume=resume,
                     package_ram=package_ram)
     trust = load_trust(trust_keys, device_target, any_target)
