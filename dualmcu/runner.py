@@ -298,7 +298,7 @@ class Run:
         try:
             self.prepare()
         except (ValueError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {shown(e)}", file=sys.stderr)
             return ExitCode.USAGE
         t0 = time.monotonic()
         verdict: tuple[int, str] | None = None

@@ -20,7 +20,7 @@ from dualmcu.rpc.device import Exit, Halt, Reboot, SetBaud
 
 from .exits import ExitCode
 from .paths import default_store
-from .shell import EventPrinter, Port, PortError, Runner, Silence, Stop, open_port
+from .shell import EventPrinter, Port, PortError, Runner, Silence, Stop, open_port, shown
 
 
 def switch_baud(port: Port, baud: int, emit) -> None:
@@ -60,13 +60,13 @@ def run_ncp(o: NcpOptions) -> int:
     try:
         catalog = Catalog.from_paths(list(o.firmware)) if o.firmware else None
     except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {shown(e)}", file=sys.stderr)
         return ExitCode.USAGE
     store = Store(o.prefetch_store or default_store())
     try:
         store.check()
     except OSError as e:
-        print(f"error: cannot use {store.directory} as the NCP's store: {e.strerror or e}", file=sys.stderr)
+        print(f"error: cannot use {shown(store.directory)} as the NCP's store: {shown(e.strerror or e)}", file=sys.stderr)
         return ExitCode.USAGE
     net = Network(o.net_rate, o.net_fail_at)
     profile = get_profile(o.framing)
@@ -194,7 +194,7 @@ def run_primary(o: PrimaryOptions) -> int:
     try:
         flash = open_flash(o.flash, o.geometry, o.provision, emit, o.config.trust, o.identity, o.endurance)
     except (ValueError, OSError, FlashError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {shown(e)}", file=sys.stderr)
         return ExitCode.USAGE
     base = flash.ops
     flash.interrupt = power_cut_hook(o.power_cut_at, o.power_cut_seed, o.power_cut_within, base)
@@ -248,7 +248,7 @@ def _serve(url: str, baud: int, framing: str, make, on_action, emit, check=None,
     try:
         port = Port(open_port(url, baud))
     except PortError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {shown(e)}", file=sys.stderr)
         return ExitCode.IO
     emit("port_open", port=url, baud=baud)
     try:
@@ -264,7 +264,7 @@ def _serve(url: str, baud: int, framing: str, make, on_action, emit, check=None,
         if known is not None:
             emit("exit", code=int(known[0]), reason=known[1], note=str(e))
             return known[0]
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {shown(e)}", file=sys.stderr)
         return ExitCode.IO
     except KeyboardInterrupt:
         emit("exit", code=int(ExitCode.INTERRUPTED), reason="interrupted")

@@ -33,13 +33,22 @@ def main() -> None:
     """
 
 
-class InputError(click.ClickException):
+class _OneLine(click.ClickException):
+    def format_message(self) -> str:
+        # A path or port name comes from the user or a peer: a newline or an escape code in
+        # it must not forge lines on the terminal.
+        from dualmcu.shell import shown
+
+        return shown(self.message)
+
+
+class InputError(_OneLine):
     """A bad input file or destination: one line, exit code 2 (nothing was started)."""
 
     exit_code = ExitCode.USAGE
 
 
-class IOFailure(click.ClickException):
+class IOFailure(_OneLine):
     """A port, peer or process that cannot be used: one line, exit code 3."""
 
     exit_code = ExitCode.IO
