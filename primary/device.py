@@ -349,6 +349,11 @@ class PrimaryDevice(Device):
                     self.emit("ncp_restarted")
                     self._init()
                     return
+            elif self.ep.last_heard is not None and self.ep.last_heard >= c.sent_at:
+                # The NCP spoke after the ping left (a write of a transfer, say): it is alive,
+                # and the answer is only queued behind what it sends.  An answered write is
+                # proof of life; a heartbeat must never end the transfer it guards.
+                self._misses = 0
             else:
                 self._misses += 1
                 if self._misses >= 3:

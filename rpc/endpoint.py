@@ -119,6 +119,7 @@ class Endpoint:
         self._next_id = 1
         self._out = bytearray()
         self.now = 0.0
+        self.last_heard: float | None = None  # when the last well-formed message from the peer arrived
         self.stats = {
             "frames_out": 0,
             "invokes_in": 0,
@@ -274,6 +275,8 @@ class Endpoint:
     def _on_payload(self, payload: bytes) -> None:
         msg = parse(payload)
         t = type(msg)
+        if t is not Malformed:
+            self.last_heard = self.now
         if t is Result:
             self._on_result(msg)
         elif (t is Invoke or t is Oneway) and self.blocking and self._pending:
