@@ -377,6 +377,11 @@ class NcpDevice(Device):
             self._after("connect", self.cfg.connect_time / 2)
         return True
 
+    def _timer_table(self) -> dict[str, Callable[[], None]]:
+        return {"connect": self._timer_connect, "idle_ping": self._timer_idle_ping, "stage": self._timer_stage,
+                "settled": self._timer_settled, "reoffer": self._timer_reoffer, "prefetch": self._timer_prefetch,
+                "resume": self._timer_resume}
+
     def _timer_connect(self) -> None:
         if self.state == STATE["connecting_net"]:
             self._set_state("connecting_cloud")

@@ -220,6 +220,10 @@ class PrimaryDevice(Device):
         if not self.hung:  # a hung MCU reads nothing (a test image, or a planted defect)
             super().receive(data, now)
 
+    def _timer_table(self) -> dict[str, Callable[[], None]]:
+        return {"commit": self._timer_commit, "init": self._timer_init, "baud_ping": self._timer_baud_ping,
+                "confirm": self._timer_confirm, "heartbeat": self._timer_heartbeat}
+
     def _timer_commit(self) -> None:
         if not self.boot.trial:
             return

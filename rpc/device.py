@@ -2,8 +2,11 @@
 
 A device is a sans-IO core.  Its shell calls ``receive``, ``tick``, ``next_deadline`` and
 ``data_to_send``, and carries out the :data:`Action` items the device appends to ``actions``:
-only a shell can reboot a process, switch a port's baud rate or end a program.  A subclass arms a timer with ``_after(name, delay)`` and handles it in a
-method ``_timer_<name>``; re-arming a timer replaces it.
+only a shell can reboot a process, switch a port's baud rate or end a program.
+
+Timers have names.  A subclass lists them once, with what each one does, in
+:meth:`Device._timer_table`; it arms one with ``_after(name, delay)`` (re-arming replaces
+it), and arming a name the table does not have is an error at once, not when it fires.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class Device:
         self.ep.now = now
         self.actions: list[Action] = []
         self._timers: dict[str, float] = {}
+        self._on_timer: dict[str, Callable[[], None]] = self._timer_table()
 
     # -- the core interface ------------------------------------------------------------------
 
@@ -69,7 +73,7 @@ class Device:
         for name, when in list(self._timers.items()):
             if when <= now and self._timers.get(name) == when:
                 del self._timers[name]
-                getattr(self, f"_timer_{name}")()
+                self._on_timer[name]()
         self._settle()
 
     def next_deadline(self) -> float | None:
@@ -81,6 +85,10 @@ class Device:
         return self.ep.data_to_send()
 
     # -- for subclasses ----------------------------------------------------------------------
+
+    def _timer_table(self) -> dict[str, Callable[[], None]]:
+        """Every timer the device arms, and what it does when it fires."""
+        return {}
 
     def _tick(self, now: float) -> None:
         """Deadlines of parts the device owns (e.g. its OTA receiver)."""
@@ -98,4 +106,6 @@ class Device:
         self.emit("rpc_" + kind, **fields)
 
     def _after(self, name: str, delay: float) -> None:
+        if name not in self._on_timer:
+            raise ValueError(f"{type(self).__name__} has no timer {name!r}")
         self._timers[name] = self.ep.now + delay

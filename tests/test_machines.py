@@ -113,3 +113,24 @@ def test_an_illegal_move_in_a_handler_is_answered_as_an_error_not_lost():
     ota.ep._on_invoke(Invoke(fn.uid, 9, fn.encode_args(OFFER)))
     assert "handler_error" in dev_events
     assert ota.ep.data_to_send()  # an answer went out (status 0x10), the endpoint lives on
+
+
+def test_every_timer_armed_in_the_code_is_in_its_devices_table():
+    """Timers are dispatched from one table per device: a name armed anywhere in the source
+    must be in it, and arming any other name fails at once, not when it would fire."""
+    import re
+    from pathlib import Path
+
+    from dualmcu.framing import get_profile
+    from dualmcu.ncp.core import NcpDevice
+    from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
+    from support import provisioned, tagged
+
+    root = Path(__file__).resolve().parent.parent
+    primary = PrimaryDevice(provisioned(tagged("1.0.0", "T", 10_000)), get_profile("cobs"), PrimaryConfig(), 0.0)
+    ncp = NcpDevice(get_profile("cobs"), now=0.0)
+    for dev, source in ((primary, root / "primary" / "device.py"), (ncp, root / "ncp" / "core.py")):
+        armed = set(re.findall(r'_after\("([a-z_]+)"', source.read_text()))
+        assert armed and armed <= set(dev._on_timer), (source.name, armed - set(dev._on_timer))
+        with pytest.raises(ValueError, match="no timer"):
+            dev._after("no_such_timer", 1.0)
