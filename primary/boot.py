@@ -216,21 +216,10 @@ def verify_slot(flash: Flash, state: BootState, slot: int) -> bool:
     return slot_digests(flash, slot, rec.length) == (rec.crc32, rec.sha256)
 
 
-def bootable(flash: Flash) -> int | None:
-    """The slot the next boot would run, found without writing anything (None: bricked)."""
-    state = BootStore(flash).load()
-    if state is None:
-        return None
-    if state.trial and state.attempts == 0:
-        order = [state.confirmed]
-    elif state.trial:
-        order = [state.active, state.confirmed]
-    else:
-        order = [state.active, 1 - state.active]
-    for slot in order:
-        if slot != NO_SLOT and verify_slot(flash, state, slot):
-            return slot
-    return None
+def bootable(flash: Flash, trust: Trust | None = None) -> int | None:
+    """The slot the next boot would run (None: bricked), found by the bootloader itself, with
+    its signature checks, on a copy of the flash: nothing is written to ``flash``."""
+    return Bootloader(flash.snapshot(), trust=trust).boot().slot
 
 
 @dataclass(frozen=True)

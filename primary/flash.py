@@ -261,6 +261,13 @@ class Flash:
     def close(self) -> None:
         self._store.close()
 
+    def snapshot(self) -> Flash:
+        """An in-memory copy to try things on (what the next boot would do, say)."""
+        buf = bytearray()
+        for pos in range(0, self.size, 1 << 20):
+            buf += self._store.read(pos, min(1 << 20, self.size - pos))
+        return Flash(MemoryStore(buf), self.geometry, None, self.identity, array("I", self.erases), endurance=None)
+
     # -- operations --------------------------------------------------------------------------
 
     def read(self, offset: int, length: int) -> bytes:

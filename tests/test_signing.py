@@ -263,3 +263,15 @@ def test_verify_streams_a_large_file(tmp_path):
     peak_kib, code = r.stderr.split()[-2:]
     assert code == "0" and json.loads(r.stdout)["ok"] is True, r.stderr
     assert int(peak_kib) < 100 * 1024  # well below the file's 160 MiB
+
+
+def test_bootable_answers_as_the_bootloader_does_signatures_included():
+    """bootable() is the bootloader's own decision, run on a copy of the flash: a device that
+    trusts only another key has nothing it would boot, and asking writes nothing."""
+    from dualmcu.primary.boot import bootable
+
+    f = device(KEYS1)
+    before, ops = bytes(f._store.buf), f.ops
+    assert bootable(f) == 0 and bootable(f, Trust(KEYS1, "prod/A")) == 0
+    assert bootable(f, Trust(KEYS2, "prod/A")) is None
+    assert bytes(f._store.buf) == before and f.ops == ops
