@@ -165,6 +165,7 @@ class Session:
         self.exit_code: Callable[[], int | None] = lambda: None
         self.rss_growth = RSS_GROWTH
         self.growth: list[tuple[int, str]] = []  # (bytes, fn) the target grew by, per step of a case
+        self._mark: int | None = None  # the target's memory after the last step
         for fn in INTERFACE.served_by(me):
             self.ep.handle(fn.name, self._answer)
 
@@ -215,13 +216,18 @@ class Session:
 
     def send(self, step: Step) -> Result | None:
         """Send a step; wait for its answer (or a moment, when none is due)."""
-        before = self.rss()
         try:
             return self._send(step)
         finally:
-            after = self.rss()
-            if before is not None and after is not None:
-                self.growth.append((after - before, step.fn))
+            after = self.rss()  # one read per step: it is also where the next step starts
+            if self._mark is not None and after is not None:
+                self.growth.append((after - self._mark, step.fn))
+            self._mark = after
+
+    def start_case(self) -> int | None:
+        """The target's memory as a case begins; its steps' growth is counted from here."""
+        self._mark, self.growth = self.rss(), []
+        return self._mark
 
     def _send(self, step: Step) -> Result | None:
         self.port.write(step.data)
@@ -468,7 +474,7 @@ def execute(session: Session, case: list, record: list[Step]) -> Problem | None:
 
 
 def _execute(session: Session, case: list, record: list[Step]) -> Problem | None:
-    rss, session.growth = session.rss(), []
+    rss = session.start_case()
     for step in build(session, case):
         if step.what == "ota":
             problem = run_ota(session, json.loads(step.data), record)
@@ -742,7 +748,7 @@ def load_case(path: str) -> list[Step]:
 
 
 def play(session: Session, steps: list[Step]) -> Problem | None:
-    rss, session.growth = session.rss(), []
+    rss = session.start_case()
     for step in steps:
         try:
             problem = check(step, session.send(step))

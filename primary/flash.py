@@ -246,13 +246,11 @@ class Flash:
                 if identity is not None:
                     ident = identity
                 os.pwrite(f.fileno(), _header(g, ident), 0)
-            erases = array("I")
+            erases = None  # a layout-2 file read as it is: no counters, all zero
             if layout == LAYOUT_VERSION:
-                erases.frombytes(os.pread(f.fileno(), 4 * g.pages, g.total))
+                erases = array("I", os.pread(f.fileno(), 4 * g.pages, g.total))
                 if sys.byteorder != "little":
                     erases.byteswap()
-            else:
-                erases.frombytes(bytes(4 * g.pages))
         except Exception:
             f.close()
             raise

@@ -273,3 +273,25 @@ def test_a_power_cut_at_any_flash_operation_never_bricks_the_device(data):
     assert verify_slot(f, r.state, r.slot)
     image = f.read(G.slot_offset(r.slot), r.state.slots[r.slot].length)
     assert image in (OLD, NEW)
+
+
+def test_flash_endurance_reaches_the_flash_the_primary_opens(tmp_path, monkeypatch):
+    """--flash-endurance is handed to the flash file the primary opens, not only parsed."""
+    from click.testing import CliRunner
+
+    from dualmcu.cli import main
+
+    image = tmp_path / "fw.bin"
+    image.write_bytes(OLD)
+    opened = []
+    real_open = Flash.open
+
+    def spy(*a, **kw):
+        f = real_open(*a, **kw)
+        opened.append(f.endurance)
+        return f
+
+    monkeypatch.setattr(Flash, "open", spy)
+    r = CliRunner().invoke(main, ["primary", "-p", "/dev/null", "--flash", str(tmp_path / "f.flash"),
+                                  "--provision", str(image), "--slot-size", "64K", "--flash-endurance", "7"])
+    assert opened == [7], (opened, r.output)  # then /dev/null, not a port, ends the run
