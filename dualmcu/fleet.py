@@ -23,6 +23,7 @@ rollout:
     drop = 0.0                              max_download_limit_rate = 0.05
     battery = [30.0, 100.0]                 [[actions]]
     slow_flash_share = 0.1                  at_seconds = 172800
+    weak_flash_share = 0.01   # a worn sector
     install_window = [1, 5]   # UTC hours
                                             action = "pause"          # pause, resume, stop, blocklist
                                             build = "1.1.0"           # for blocklist
@@ -87,6 +88,7 @@ class Group:
     drop: float = 0.0
     battery: tuple[float, float] = (100.0, 100.0)
     slow_flash_share: float = 0.0
+    weak_flash_share: float = 0.0
     install_window: tuple[int, int] | None = None  # UTC hours [start, end); None: any time
 
 
@@ -103,6 +105,7 @@ class DeviceSpec:
     battery: float
     slow_flash: bool
     install_window: tuple[int, int] | None = None
+    weak_flash: bool = False  # one sector of the update slot has used up its rated erases
 
 
 def _number(d: dict, key: str, default: float, lo: float, hi: float, where: str) -> float:
@@ -136,7 +139,8 @@ def parse_population(data: dict, devices: int | None = None, seed: int | None = 
             version=str(g.get("version", "1.0.0")), channel=str(g.get("channel", "stable")),
             baud=int(_number(g, "baud", 921600, 300, 10_000_000, where)), ber=_number(g, "ber", 0.0, 0, 0.01, where),
             drop=_number(g, "drop", 0.0, 0, 0.01, where), battery=(min(lo_hi), max(lo_hi)),
-            slow_flash_share=_number(g, "slow_flash_share", 0.0, 0, 1, where), install_window=win))
+            slow_flash_share=_number(g, "slow_flash_share", 0.0, 0, 1, where),
+            weak_flash_share=_number(g, "weak_flash_share", 0.0, 0, 1, where), install_window=win))
     if sum(g.share for g in groups) <= 0:
         raise FleetError("population: the groups' shares add up to 0")
     n = devices if devices is not None else int(_number(data, "devices", 100, 1, 10_000_000, "population"))
@@ -160,7 +164,9 @@ def draw_fleet(groups: list[Group], n: int, seed: int) -> list[DeviceSpec]:
         g = groups[next((k for k, b in enumerate(bounds) if u < b), len(groups) - 1)]
         fleet.append(DeviceSpec(i, dseed, g.hw_rev, g.version, g.channel, g.baud, g.ber, g.drop,
                                 round(r.uniform(*g.battery), 1), r.random() < g.slow_flash_share,
-                                g.install_window))
+                                g.install_window,
+                                # Drawn last, so that adding the key leaves every other draw as it was.
+                                r.random() < g.weak_flash_share))
     return fleet
 
 
@@ -259,6 +265,13 @@ def run_device(spec: DeviceSpec, build: Shipment, image_size: int, min_version: 
     geometry = Geometry(4096, max(64 * 1024, -(-max(len(new), image_size) // 4096) * 4096 + 4096))
     flash = Flash.in_memory(geometry, identity=Identity(spec.hw_rev, "1.0.0"))
     Bootloader(flash).provision(factory_image(spec.version, image_size, build.info.get("fw-type", FW_TYPE)))
+    if spec.weak_flash:
+        # A worn sector, as an old or marginal part has: its next erase fails (FlashError), so
+        # the device refuses the update with flash_error and keeps running its image.
+        # Provisioning put the factory image in slot A: the update goes to slot B.
+        page = geometry.slot_offset(1) // geometry.page_size + random.Random(spec.seed).randrange(
+            -(-len(new) // geometry.page_size))
+        flash.erases[page] = flash.endurance
     timing = FlashTiming(0.002, 0.2, 0.6) if spec.slow_flash else FlashTiming()
     sim = Simulation(
         flash, Catalog([build]),  # a catalog per device: what failed on one is not failed on all
@@ -281,10 +294,15 @@ def run_device(spec: DeviceSpec, build: Shipment, image_size: int, min_version: 
         running = (info or {}).get("mcu")
     rollback = [e for e in sim.find("rollback", "primary")]
     offers = sim.find("ota_offer", "ncp")
+    ended = sim.find("ota_outcome", "ncp")
+    # Why an update that did not install failed, as the device's telemetry told the cloud
+    # (a worn sector's flash_error, say); a rollback's reason has its own field.
+    told = (ended[-1].get("telemetry") or {}).get("ota_reason") if ended else None
     return {"id": spec.id, "hw_rev": spec.hw_rev, "from_version": spec.version, "outcome": outcome,
             "offered": bool(offers), "running": running,
             "confirmed": bool(state and state.confirmed == state.active and not state.trial),
             "rollback_reason": rollback[-1].get("reason") if rollback else None,
+            "failure_reason": (told or None) if outcome not in ("success", "rollback") else None,
             "update_seconds": round(sim.now - offers[0]["t"], 3) if offers else 0.0}
 
 
@@ -547,15 +565,19 @@ class Rollout:
         longest = max((r["update_seconds"] for r in results), default=0.0)
         outcomes: dict[str, int] = {}
         reasons: dict[str, int] = {}
+        failures: dict[str, int] = {}
         for r in results:
             outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
             if r["rollback_reason"]:
                 reasons[r["rollback_reason"]] = reasons.get(r["rollback_reason"], 0) + 1
+            if r["failure_reason"]:
+                failures[r["failure_reason"]] = failures.get(r["failure_reason"], 0) + 1
         decision = self.gate()
         self.clock = started + longest
         w = {"wave": i + 1, "name": name, "percent": percent,
              "devices": len(wave), "start_seconds": round(started, 3), "update_seconds": round(longest, 3),
              "outcomes": dict(sorted(outcomes.items())), "rollback_reasons": dict(sorted(reasons.items())),
+             "failure_reasons": dict(sorted(failures.items())),
              **self.rates(), "gate": "pass" if decision is None else "pause", "gate_reason": decision}
         self.waves.append(w)
         self.emit({"event": "wave", **w})

@@ -614,7 +614,12 @@ class OtaReceiver:
                     break
                 self._reply_at(self._program(t, t.offset, held_chunk), held_inc, True)
         except FlashError as e:
-            return self._refuse("write", "flash_error", offset=offset, error=str(e))
+            # The chunk is counted but not in the flash (the erase under it failed, or the
+            # program did): this transfer cannot be trusted any more. Abandoning it reports
+            # why, where refusing only would leave the NCP resending into a wrong offset.
+            self._refuse("write", "flash_error", offset=offset, error=str(e))
+            self._abandon("flash_error")
+            return False
         except PackageError as e:
             # Not applied further: nothing of it is installed, and the NCP may fall back
             # to the full image.

@@ -189,3 +189,33 @@ def test_a_bad_install_window_gets_one_line(window, says):
 
     with pytest.raises(F.FleetError, match=re.escape(says)):
         F.parse_population({"group": [{"install_window": window}]})
+
+
+def test_a_device_with_a_worn_sector_fails_the_update_with_its_reason_and_keeps_its_image():
+    # The worn sector's erase fails under a write the device has already counted: the device
+    # must abandon the transfer and say why (before, it refused only that write, went on at
+    # the next offset with a chunk missing, and the NCP resent into offset_mismatch until its
+    # download limit).
+    from dualmcu import fleet as F
+
+    groups, _, _ = F.parse_population({"group": [{"share": 1, "hw_rev": "A", "weak_flash_share": 0.5}]})
+    specs = F.draw_fleet(groups, 8, 3)
+    assert 0 < sum(s.weak_flash for s in specs) < 8
+    results = F.run_shard(specs, F.demo_build("good"), F.DEMO_IMAGE_SIZE, None)
+    for s, r in zip(specs, results):
+        if s.weak_flash:
+            assert (r["outcome"], r["failure_reason"], r["running"], r["confirmed"]) == (
+                "device_failed", "flash_error", "1.0.0", True)
+        else:
+            assert (r["outcome"], r["failure_reason"], r["running"]) == ("success", None, "1.1.0")
+
+
+def test_weak_flash_is_drawn_last_so_an_old_population_draws_the_same_fleet():
+    from dualmcu import fleet as F
+
+    plain, _, _ = F.parse_population({"group": [{"share": 1, "battery": [20, 100], "slow_flash_share": 0.3}]})
+    weak, _, _ = F.parse_population({"group": [{"share": 1, "battery": [20, 100], "slow_flash_share": 0.3,
+                                                "weak_flash_share": 0.3}]})
+    a, b = F.draw_fleet(plain, 50, 9), F.draw_fleet(weak, 50, 9)
+    assert [(x.battery, x.slow_flash) for x in a] == [(x.battery, x.slow_flash) for x in b]
+    assert not any(x.weak_flash for x in a) and any(x.weak_flash for x in b)

@@ -77,7 +77,7 @@ function render(board) {
   const waves = s.waves || [];
   $("waves").tBodies[0].replaceChildren(...waves.map((w) => row([
     w.wave, w.name, w.devices, (w.start_seconds / 86400).toFixed(2),
-    pairs(w.outcomes), pairs(w.rollback_reasons), w.trial_rate, w.confirm_rate, w.rollback_rate,
+    pairs(w.outcomes), pairs(w.rollback_reasons), pairs(w.failure_reasons || {}), w.trial_rate, w.confirm_rate, w.rollback_rate,
     w.download_limit_rate, { text: w.gate + (w.gate_reason ? ` (${w.gate_reason})` : ""), cls: "gate-" + w.gate },
   ])));
   RATES.forEach(([key], i) => {
