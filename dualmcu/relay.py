@@ -15,14 +15,17 @@ replaces its old connection.
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
+import signal
 import socket
 import threading
 import time
 import tty
 
 from .link import Link, LinkConfig
+from .shell import wait_for
 
 SIDES = ("a", "b")
 MAX_BACKLOG = 1 << 20  # bytes waiting for a side that does not read before the oldest are lost
@@ -37,9 +40,14 @@ class Relay:
         self.link = Link(link or LinkConfig())
         self.disconnects = sorted(disconnects or [], key=lambda d: d[1])  # (side, at, seconds)
         self.counts = {"a_to_b": 0, "b_to_a": 0, "lost": 0}
-        self._sel = selectors.DefaultSelector()
+        # select() waits to the microsecond; epoll and poll round a timeout up to the next
+        # millisecond, which added 2-3 ms to every paced round trip (a 12.4 ms frame was held
+        # 14 ms).  The relay watches at most four descriptors, all low-numbered.
+        self._sel = selectors.SelectSelector()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pid = 0  # the relay process, when started as one
+        self._final: dict[str, int] | None = None  # its counters, once it has ended
         self._fds: dict[str, int | None] = {"a": None, "b": None}
         self._backlog: dict[str, bytearray] = {"a": bytearray(), "b": bytearray()}
         self._keep: list[int] = []
@@ -97,16 +105,53 @@ class Relay:
         self._backlog[side].clear()
         self._sel.register(fd, selectors.EVENT_READ, side)
 
-    def start(self) -> Relay:
+    def start(self, process: bool = False) -> Relay:
+        """Relay in a thread of this process, or (``process``) in a process of its own.
+
+        A process of its own keeps the relay's timing out of this process's interpreter lock:
+        a parent that also reads and re-prints both sides' events (``dualmcu run``) held the
+        relay thread up for up to a switch interval, and the paced round trip with it.  The
+        process is forked before any thread starts, runs only the loop, and ends when this
+        side says so or goes away; its counters come back at close."""
         self.started = time.monotonic()
-        self._thread = threading.Thread(target=self._loop, name="relay", daemon=True)
-        self._thread.start()
+        if not process:
+            self._thread = threading.Thread(target=self._loop, name="relay", daemon=True)
+            self._thread.start()
+            return self
+        stop_r, self._stop_w = os.pipe()
+        self._stats_r, stats_w = os.pipe()
+        self._pid = os.fork()
+        if self._pid == 0:  # the relay process
+            code = 0
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+                os.close(self._stop_w)
+                os.close(self._stats_r)
+                self._sel.register(stop_r, selectors.EVENT_READ, "stop")
+                self._loop()
+                with os.fdopen(stats_w, "w") as f:
+                    f.write(json.dumps(self.stats))
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(stop_r)
+        os.close(stats_w)
         return self
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
+        if self._pid:
+            # Closing the pipe is the signal to stop (a parent that dies closes it too).
+            os.close(self._stop_w)
+            with os.fdopen(self._stats_r) as f:
+                got = f.read()
+            os.waitpid(self._pid, 0)
+            self._pid = 0
+            if got:
+                self._final = json.loads(got)
         # Ports opened by the caller are the caller's to close; what the relay made, it closes.
         mine = list(self._keep)
         if self.kind != "ports":
@@ -121,13 +166,15 @@ class Relay:
         self._sel.close()
 
     def __enter__(self) -> Relay:
-        return self.start()
+        return self if self.started else self.start()
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     @property
     def stats(self) -> dict[str, int]:
+        if self._final is not None:
+            return dict(self._final)
         return {**self.counts, **self.link.stats}
 
     # -- the loop --------------------------------------------------------------------------------
@@ -155,12 +202,13 @@ class Relay:
             while self.disconnects and self.started + self.disconnects[0][1] <= now:
                 side, _, seconds = self.disconnects.pop(0)
                 link.disconnect(side, now, seconds)
-            due = link.next_deadline()
-            wait = 0.05 if due is None else min(0.05, max(0.0, due - now))
+            wait = wait_for(link.next_deadline(), now, 0.05)
             if self.disconnects:
                 wait = min(wait, max(0.0, self.started + self.disconnects[0][1] - now))
             for key, mask in self._sel.select(timeout=wait):
                 tag = key.data
+                if tag == "stop":
+                    return
                 if isinstance(tag, tuple):
                     self._accept(tag[1])
                     continue

@@ -303,7 +303,8 @@ class Run:
         t0 = time.monotonic()
         verdict: tuple[int, str] | None = None
         try:
-            with Relay(self.o.link, self.o.link_config, self.o.disconnects) as relay:
+            # Started before any reader thread, in a process of its own: see Relay.start.
+            with Relay(self.o.link, self.o.link_config, self.o.disconnects).start(process=True) as relay:
                 self.relay = relay
                 if not self.o.as_json:
                     self.progress.line(
@@ -327,7 +328,7 @@ class Run:
                 self._rss_at = 0.0
                 self.sample_memory()
                 self.stop_all()
-                counts = relay.stats
+            counts = relay.stats  # the relay process's, now that it has ended
         except KeyboardInterrupt:
             self.stop_all()
             self.progress.line("")  # close the progress line before saying anything else

@@ -252,7 +252,8 @@ def _serve(url: str, baud: int, framing: str, make, on_action, emit, check=None,
         return ExitCode.IO
     emit("port_open", port=url, baud=baud)
     try:
-        runner = Runner(port, make(time.monotonic()), on_action, check, Silence(emit, framing, baud))
+        runner = Runner(port, make(time.monotonic()), on_action, check, Silence(emit, framing, baud),
+                        emit if isinstance(emit, EventPrinter) else None)
         runner.start()
         runner.run()
         return ExitCode.OK

@@ -389,3 +389,59 @@ def test_an_update_through_an_rfc2217_port(tmp_path, shipment):
 def test_an_rfc2217_port_with_nothing_listening_is_one_line():
     r = dualmcu("ncp", "--port", "rfc2217://127.0.0.1:1", "--firmware", "/dev/null")
     assert r.returncode in (2, 3) and b"Traceback" not in r.stderr and len(r.stderr.decode().strip().splitlines()) == 1
+
+
+def test_a_step_s_bytes_leave_before_its_events_are_printed():
+    # The shell holds a step's JSON lines until the step's bytes are written: a side never
+    # makes its peer wait while it formats and prints its log.
+    import io
+
+    from dualmcu.shell import EventPrinter, Runner, Stop
+
+    order: list[str] = []
+
+    class Port:
+        dropped = 0
+
+        def wait_read(self, wait):
+            return b"x"
+
+        def write(self, data):
+            order.append("bytes")
+
+        def flush(self):
+            pass
+
+    class Out(io.StringIO):
+        def write(self, s):
+            order.append("events")
+            return super().write(s)
+
+    out = Out()
+    printer = EventPrinter("ncp", as_json=True, out=out)
+
+    class Core:
+        actions: list = []
+
+        def receive(self, data, now):
+            printer("ota_progress", offset=1, size=2)
+            printer("state", state="x")
+
+        def tick(self, now):
+            pass
+
+        def next_deadline(self):
+            return None
+
+        def data_to_send(self):
+            return b"answer" if "bytes" not in order else b""
+
+    def check():
+        raise Stop(0, "done")
+
+    runner = Runner(Port(), Core(), lambda a, p: None, check, events=printer)
+    with pytest.raises(Stop):
+        runner.run()
+    assert order == ["bytes", "events"]  # both lines in one write, after the answer
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [x["event"] for x in lines] == ["ota_progress", "state"]

@@ -108,3 +108,47 @@ def test_an_update_survives_a_noisy_link(framing):
     assert s.run_update(limit=3600) == "success"
     assert sum(s.link.stats[k] for k in ("bit_errors", "dropped", "duplicated", "garbage_bytes")) > 0
     assert s.find("ota_retry", "ncp")
+
+
+def test_a_relay_in_its_own_process_paces_counts_and_ends_with_its_parent_side():
+    # `dualmcu run` forks the relay so that the parent's event handling cannot hold its
+    # timing up.  The bytes must still be paced (never early) and counted, and closing the
+    # parent's end must end the process and bring its counters back.
+    import os
+    import time
+
+    from dualmcu.relay import Relay
+    from dualmcu.shell import open_port
+
+    relay = Relay("pty", LinkConfig(baud=115200, latency=0.001)).start(process=True)
+    pid = relay._pid
+    a, b = open_port(relay.paths["a"], 115200), open_port(relay.paths["b"], 115200)
+    try:
+        data = bytes(range(256)) * 4
+        t0 = time.monotonic()
+        a.write(data)
+        got = b""
+        while len(got) < len(data) and time.monotonic() - t0 < 5:
+            got += b.read(len(data) - len(got))
+        took = time.monotonic() - t0
+    finally:
+        a.close()
+        b.close()
+        relay.close()
+    assert got == data
+    assert took >= len(data) * 10 / 115200 + 0.001  # paced: 89 ms of wire, never faster
+    assert relay.stats["a_to_b"] == len(data) and relay.stats["delivered"] == len(data)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: nothing is left running
+
+
+def test_wait_for_polls_the_last_stretch_before_a_deadline():
+    # Timers wake late on a loaded machine; the shells and the relay block until SPIN before
+    # a deadline and poll the rest, so that a paced byte or a deferred answer leaves on time.
+    from dualmcu.shell import SPIN, wait_for
+
+    assert wait_for(None, 10.0, 0.5) == 0.5
+    assert wait_for(10.1, 10.0, 0.5) == pytest.approx(0.1 - SPIN)
+    assert wait_for(20.0, 10.0, 0.5) == 0.5
+    assert wait_for(10.0 + SPIN / 2, 10.0, 0.5) == 0.0
+    assert wait_for(9.0, 10.0, 0.5) == 0.0  # a deadline already passed
