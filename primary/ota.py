@@ -164,6 +164,11 @@ class OtaConfig:
     buffer: int = 32 * 1024  # bytes of chunks held while an earlier one is missing
     # RAM for applying a package: decompressor state, one chunk and one output piece must fit.
     package_ram: int = DEFAULT_PACKAGE_RAM
+    # When a write is answered: "programmed", once its chunk is in the flash (the reference
+    # MCU, and the safe default), or "buffered", once the flash has taken the chunk before it,
+    # so the chunk waits in a second RAM buffer and programs while the next one crosses the
+    # wire (double buffering, within the plain protocol).
+    write_answer: str = "programmed"
 
 
 @dataclass
@@ -602,7 +607,7 @@ class OtaReceiver:
         self._move(OtaEvent.WRITE)
         try:
             self._erase_ahead(t)
-            done = self._program(t, offset, chunk)
+            done = self._answer_time(t, offset, chunk)
             while t.offset in t.held:  # the gap is filled: write what was held, in order
                 held_inc, held_chunk = t.held.pop(t.offset)
                 t.held_bytes -= len(held_chunk)
@@ -612,7 +617,7 @@ class OtaReceiver:
                     self._refuse("write", why[0], offset=t.offset, **why[1])
                     self._abandon(why[0])
                     break
-                self._reply_at(self._program(t, t.offset, held_chunk), held_inc, True)
+                self._reply_at(self._answer_time(t, t.offset, held_chunk), held_inc, True)
         except FlashError as e:
             # The chunk is counted but not in the flash (the erase under it failed, or the
             # program did): this transfer cannot be trusted any more. Abandoning it reports
@@ -647,6 +652,12 @@ class OtaReceiver:
         t.tag_checked, t.carry = True, b""
         ident = self.flash.identity
         return compat_refusal(parse_tag(tag), ident.hw_rev, ident.bootloader)
+
+    def _answer_time(self, t: Transfer, offset: int, chunk: bytes) -> float:
+        """Program one chunk; when its write may be answered (see OtaConfig.write_answer)."""
+        taken = max(self.ep.now, self.busy_until)  # the flash starts on this chunk
+        done = self._program(t, offset, chunk)
+        return taken if self.cfg.write_answer == "buffered" else done
 
     def _program(self, t: Transfer, offset: int, chunk: bytes) -> float:
         """Take one chunk at the next offset; when the flash will have done its part."""
@@ -856,7 +867,9 @@ class OtaReceiver:
         self._move(OtaEvent.INSTALLED)
         self.t = None
         inc.then = lambda: self.reboot("ota_installed")
-        self.ep.reply(inc, True)
+        # An answer given once a chunk was buffered leaves the last programs running: Finish is
+        # answered (and the device reboots) only when the flash has done them.
+        self._reply_at(self.busy_until, inc, True)
 
     def _reject(self, t: Transfer, reason: str, inc: Incoming | None = None, **fields) -> None:
         """Arrived whole, but not an image this device may install: FINISHING -> IDLE."""

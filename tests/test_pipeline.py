@@ -91,6 +91,37 @@ def test_pipelining_is_faster_on_a_link_with_latency():
     assert times[True] < 0.9 * times[False]
 
 
+def test_a_buffered_answer_overlaps_programming_with_the_wire_in_the_plain_protocol():
+    # Double buffering: the write is answered once the flash has taken the chunk before it,
+    # so the next chunk crosses the wire while this one programs.  Finish is still answered
+    # only when the last program is done, and the image is the same.
+    times = {}
+    for answer in ("programmed", "buffered"):
+        s = Simulation(device(), Shipment.from_bytes(NEW), link=LinkConfig(baud=921600, latency=0.001),
+                       ncp_config=NcpConfig(pipeline=False),
+                       primary_config=PrimaryConfig(ota=OtaConfig(chunk_size=1024, write_answer=answer)))
+        assert s.run_update() == "success" and image(s.flash) == NEW
+        start = s.find("ota_start", "ncp")[0]["t"]
+        times[answer] = s.find("ota_finished", "ncp")[0]["t"] - start
+    # 147 chunks of 1024 bytes, each saving its 1.6 ms of programming from the round trip.
+    assert times["programmed"] - times["buffered"] > 0.8 * 147 * 0.0016
+
+
+def test_a_buffered_answer_still_answers_finish_after_the_last_program():
+    from dualmcu.primary.timing import FlashTiming
+
+    # 40 ms per 256 bytes.  The last write (496 bytes) is answered once the chunk before it
+    # has programmed; its own two pages take 80 ms more, and Finish must wait for them.
+    s = Simulation(device(), Shipment.from_bytes(NEW), link=LinkConfig(baud=921600, latency=0.001),
+                   ncp_config=NcpConfig(pipeline=False),
+                   primary_config=PrimaryConfig(ota=OtaConfig(chunk_size=1024, write_answer="buffered",
+                                                              timing=FlashTiming(0.040, 0.045, 0.150))))
+    assert s.run_update(limit=600) == "success" and image(s.flash) == NEW
+    answered = s.find("ota_progress", "ncp")[-1]["t"]  # the last write's answer, at the NCP
+    assert len(NEW) % 1024 == 496
+    assert s.find("ota_finished", "ncp")[0]["t"] >= answered + 0.080 - 0.002  # less the answer's trip
+
+
 def drop_first(kind, pick):
     """A tap that drops the first message of ``kind`` for which ``pick`` says yes."""
     p = get_profile("cobs")

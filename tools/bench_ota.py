@@ -41,13 +41,13 @@ SIZES = (256 * 1024, 1024 * 1024)
 TARGETS = {115200: 97.0, 921600: 95.0, 3_000_000: 90.0}
 
 
-def measure(baud: int, size: int, pipeline: bool, chunk: int, framing: str) -> dict:
+def measure(baud: int, size: int, pipeline: bool, chunk: int, framing: str, write_answer: str = "programmed") -> dict:
     flash = Flash.in_memory(Geometry(4096, 4 << 20))
     Bootloader(flash).provision(build_image(make_info("1.0.0", "TMPLBENCH"), 64 * 1024, seed=1))
     ship = Shipment.from_bytes(build_image(make_info("2.0.0", "TMPLBENCH"), size, seed=2), "bench.bin")
     sim = Simulation(flash, ship, framing=framing, link=LinkConfig(baud=baud, latency=0.001),
                      ncp_config=NcpConfig(pipeline=pipeline),
-                     primary_config=PrimaryConfig(ota=OtaConfig(chunk_size=chunk)))
+                     primary_config=PrimaryConfig(ota=OtaConfig(chunk_size=chunk, write_answer=write_answer)))
     t0 = time.perf_counter()
     outcome = sim.run_update(limit=3600)
     cpu = time.perf_counter() - t0

@@ -124,6 +124,10 @@ FRAMING = click.option(
     help="cobs: the native COBS+CRC-32 framing; blynk: the real Blynk.NCP UART framing.",
 )
 JSON = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+WRITE_ANSWER = click.option(
+    "--write-answer", type=click.Choice(["programmed", "buffered"]), default="programmed", show_default=True,
+    help="When the primary answers a write: once the chunk is programmed (the reference MCU), or once "
+         "it is buffered while the flash programs the chunk before it (double buffering).")
 PORT = click.option("-p", "--port", required=True, envvar="DUALMCU_PORT", show_envvar=True, callback=resolve_port,
                     help="Port path or pyserial URL (/dev/ttyUSB0, COM3, socket://HOST:PORT, rfc2217://HOST:PORT, "
                          "loop://), or auto for the one USB-serial port present.")

@@ -17,6 +17,7 @@ from .common import (
     FLASH_HELP_DEFAULT,
     FRAMING,
     JSON,
+    WRITE_ANSWER,
     PORT,
     PROBABILITY,
     VERBOSE,
@@ -105,6 +106,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--switch-baud", type=click.IntRange(300, 10_000_000), help="After initialising, ask the NCP to switch to this baud rate.")
 @click.option("--window", type=click.IntRange(1, 255), default=8, show_default=True, help="Writes taken in flight (offered through an extension uid); 1 turns the extension off.")
 @click.option("--buffer", "rx_hold", type=Size(), default="32K", show_default=True, help="Bytes of chunks held while an earlier one is missing.")
+@WRITE_ANSWER
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Keep transfer progress in the boot state and offer resume (an extension uid).")
 @click.option("--package-ram", type=Size(1 << 26), default="64K", show_default=True, help="RAM for applying a package: decompressor state, one chunk and a 4K output buffer must fit, or the package is refused.")
 @click.option("--flash-timing", type=str, default="0.4,45,150", show_default=True, metavar="PROG,SECTOR,BLOCK",
@@ -123,7 +125,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @JSON
 @VERBOSE
 def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
-            battery, battery_rate, min_battery, install_window, commit_timeout, hw_rev, bootloader_version, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, resume, package_ram, flash_timing,
+            battery, battery_rate, min_battery, install_window, commit_timeout, hw_rev, bootloader_version, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, write_answer, resume, package_ram, flash_timing,
             flash_endurance, power_cut_at,
             power_cut_seed, power_cut_within, trust_keys, device_target, any_target, blocking, once, as_json, verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
@@ -157,7 +159,7 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy,
                     battery=battery, battery_rate=battery_rate, min_battery=min_battery, install_window=install_window, prefetch=prefetch,
                     timing=FlashTiming(prog, sector, block), window=window, buffer=rx_hold, resume=resume,
-                    package_ram=package_ram)
+                    package_ram=package_ram, write_answer=write_answer)
     trust = load_trust(trust_keys, device_target, any_target)
     cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud, blocking=blocking,
                         trust=trust, commit_timeout=commit_timeout)
@@ -345,6 +347,7 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--pipeline/--no-pipeline", default=True, show_default=True, help="Writes in flight through the extension (off: one at a time, as the real protocol).")
 @click.option("--flash-timing", default="0.4,45,150", show_default=True, metavar="PROG,SECTOR,BLOCK", callback=lambda c, p, v: (parse_flash_timing(v), v)[1], help="The primary's flash timing in ms (see `dualmcu primary --help`).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Resume an interrupted transfer of the same file (extension).")
+@WRITE_ANSWER
 @click.option("--trust", "trust_keys", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Public key the primary trusts (repeatable); signed images only.")
 @click.option("--target", "device_target", default="dualmcu/1", show_default=True, help="The primary's target identity for signed images.")
 @click.option("--key", "sign_key", type=click.Path(exists=True, dir_okay=False), help="Private key that signs the factory image (and the demo shipment) when --trust is given.")
@@ -354,7 +357,7 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--keep", is_flag=True, help="Keep the temporary work directory after a successful run (a failed run always keeps it).")
 @JSON
 def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
-        ota_timeout, commit_timeout, max_defer, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, trust_keys,
+        ota_timeout, commit_timeout, max_defer, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, write_answer, trust_keys,
         device_target, sign_key, latency, ber, drop,
         dup, garbage, stall, stall_time, rx_buffer, rx_poll, disconnects, seed, timeout, workdir, keep, as_json) -> None:
     """Run a complete update between an NCP process and a primary process.
@@ -371,7 +374,7 @@ def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, ret
                    prefetch=prefetch, retries=retries, net_rate=net_rate, net_fail_at=net_fail_at, battery=battery,
                    ota_timeout=ota_timeout, slot_size=slot_size, timeout=timeout, kill_primary_at=kill_primary_at,
                    kill_ncp_at=kill_ncp_at, power_cut_at=power_cut_at, extra_primary=["--heartbeat", str(heartbeat), "--flash-timing", flash_timing, "--target", device_target,
-                                  "--commit-timeout", str(commit_timeout)]
+                                  "--commit-timeout", str(commit_timeout), "--write-answer", write_answer]
                    + [x for k in trust_keys for x in ("--trust", os.path.abspath(k))],
                    extra_ncp=["--max-defer", str(max_defer)] + (["--write-timeout", str(write_timeout)] if write_timeout else [])
                    + ([] if pipeline else ["--no-pipeline"]) + ([] if resume else ["--no-resume"]),
