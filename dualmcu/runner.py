@@ -63,6 +63,9 @@ class RunOptions:
     extra_ncp: list[str] = field(default_factory=list)
 
 
+RAW = "_line"  # a side's event line as the side printed it
+
+
 def _reader(side: str, proc: subprocess.Popen, q: queue.Queue) -> None:
     for raw in proc.stdout:
         line = raw.decode("utf-8", "replace").strip()
@@ -71,6 +74,10 @@ def _reader(side: str, proc: subprocess.Popen, q: queue.Queue) -> None:
         try:
             ev = json.loads(line)
         except ValueError:
+            ev = None
+        if isinstance(ev, dict):
+            ev[RAW] = line  # printed as it came, not encoded again
+        else:
             ev = {"side": side, "event": "output", "text": line}
         q.put(ev)
     q.put({"side": side, "event": "_eof", "proc": proc})
@@ -210,8 +217,10 @@ class Run:
     # -- events ------------------------------------------------------------------------------
 
     def say(self, obj: dict) -> None:
+        raw = obj.pop(RAW, None)
         if self.o.as_json:
-            print(json.dumps(obj, separators=(",", ":")), flush=True)
+            sys.stdout.write((raw or json.dumps(obj, separators=(",", ":"))) + "\n")
+            sys.stdout.flush()
 
     def on_event(self, ev: dict) -> tuple[int, str] | None:
         side, kind = ev.get("side"), ev.get("event")

@@ -9,6 +9,7 @@ latency of its own to a round trip; all timing is the core's, against ``time.mon
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import shutil
@@ -152,9 +153,15 @@ class EventPrinter:
 
     QUIET = {"ota_progress", "rpc_frame_dropped", "rpc_timeout", "rpc_stale_result"}
 
-    def __init__(self, side: str, as_json: bool, verbose: bool = False, out=None, start: float | None = None):
+    def __init__(self, side: str, as_json: bool, verbose: bool = False, out=None, start: float | None = None,
+                 progress_interval: float = 0.0):
         self.side = side
         self.as_json = as_json
+        # A JSON line for every chunk is what a tool reading the stream wants; a reader that
+        # only draws progress (``dualmcu run`` for a human) asks for one every so often, and
+        # the sides spend their time on the transfer instead of on their log.
+        self.progress_interval = progress_interval
+        self._progress_at = -math.inf
         self.verbose = verbose
         self.out = out
         self.start = time.monotonic() if start is None else start
@@ -185,6 +192,12 @@ class EventPrinter:
         for w in self.watchers:
             w(kind, fields)
         if self.as_json:
+            if kind == "ota_progress" and self.progress_interval:
+                now = time.monotonic()
+                last = fields.get("offset", 0) >= fields.get("size", 0)
+                if now - self._progress_at < self.progress_interval and not last:
+                    return
+                self._progress_at = now
             if self._held is not None:
                 self._held.append((kind, fields))  # formatted once the step's bytes are sent
                 return

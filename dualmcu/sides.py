@@ -53,10 +53,11 @@ class NcpOptions:
     config: NcpConfig = None  # type: ignore[assignment]
     as_json: bool = False
     verbose: bool = False
+    progress_interval: float = 0.0  # JSON progress at most this often (0: every chunk)
 
 
 def run_ncp(o: NcpOptions) -> int:
-    emit = EventPrinter("ncp", o.as_json, o.verbose)
+    emit = EventPrinter("ncp", o.as_json, o.verbose, progress_interval=o.progress_interval)
     try:
         catalog = Catalog.from_paths(list(o.firmware)) if o.firmware else None
     except (ValueError, OSError) as e:
@@ -130,6 +131,7 @@ class PrimaryOptions:
     power_cut_within: int = 2000
     identity: Identity | None = None  # hardware revision and bootloader (None: the file's own)
     endurance: int = DEFAULT_ENDURANCE  # erases a page takes before it wears out
+    progress_interval: float = 0.0  # JSON progress at most this often (0: every chunk)
 
 
 def power_cut_hook(at: int | None, seed: int | None, within: int, base: int = 0):
@@ -190,7 +192,7 @@ def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit
 
 
 def run_primary(o: PrimaryOptions) -> int:
-    emit = EventPrinter("primary", o.as_json, o.verbose)
+    emit = EventPrinter("primary", o.as_json, o.verbose, progress_interval=o.progress_interval)
     try:
         flash = open_flash(o.flash, o.geometry, o.provision, emit, o.config.trust, o.identity, o.endurance)
     except (ValueError, OSError, FlashError) as e:

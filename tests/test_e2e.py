@@ -445,3 +445,28 @@ def test_a_step_s_bytes_leave_before_its_events_are_printed():
     assert order == ["bytes", "events"]  # both lines in one write, after the answer
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
     assert [x["event"] for x in lines] == ["ota_progress", "state"]
+
+
+def test_progress_is_thinned_only_when_asked_and_its_last_step_is_always_printed():
+    import io
+
+    from dualmcu.shell import EventPrinter
+
+    def lines(interval):
+        out = io.StringIO()
+        p = EventPrinter("ncp", as_json=True, out=out, progress_interval=interval)
+        for off in (1024, 2048, 3072):
+            p("ota_progress", offset=off, size=3072, retries=0)
+            p("state", state="connected")
+        return [json.loads(x) for x in out.getvalue().splitlines()]
+
+    every = lines(0.0)
+    assert [x["offset"] for x in every if x["event"] == "ota_progress"] == [1024, 2048, 3072]
+    thinned = lines(3600.0)
+    assert [x["offset"] for x in thinned if x["event"] == "ota_progress"] == [1024, 3072]
+    assert sum(x["event"] == "state" for x in thinned) == 3  # other events are never thinned
+
+
+def test_run_refuses_a_progress_interval_with_a_kill_at_an_offset():
+    r = dualmcu("run", "--kill-primary-at", "1000", "--progress-interval", "0.1")
+    assert r.returncode == 2 and b"need every progress step" in r.stderr

@@ -134,6 +134,9 @@ PORT = click.option("-p", "--port", required=True, envvar="DUALMCU_PORT", show_e
 BAUD = click.option("-b", "--baud", type=click.IntRange(300, 10_000_000), default=38400, show_default=True,
                     envvar="DUALMCU_BAUD", show_envvar=True,
                     help="Initial baud rate (the real NCP starts at 38400); a reboot comes back to it.")
+PROGRESS_INTERVAL = click.option(
+    "--progress-interval", type=Number(min=0), default=0.0, show_default=True, metavar="SECONDS",
+    help="With --json, print transfer progress at most this often (and its last step); 0: every chunk.")
 VERBOSE = click.option("-v", "--verbose", is_flag=True, help="Also show per-chunk progress and link-level events.")
 DEFAULT_FLASH = default_flash()
 FLASH_HELP_DEFAULT = shown(DEFAULT_FLASH)

@@ -17,6 +17,7 @@ from .common import (
     FLASH_HELP_DEFAULT,
     FRAMING,
     JSON,
+    PROGRESS_INTERVAL,
     WRITE_ANSWER,
     PORT,
     PROBABILITY,
@@ -56,9 +57,10 @@ MAX_PAGE = 1 << 16
 @click.option("--clock", "clock", metavar="UTC", help="The time getTime reports at start, ISO 8601 (e.g. 2026-11-21T01:00:00Z; default: now).")
 @click.option("--once", is_flag=True, help="Exit when the update has an outcome (0 on success).")
 @JSON
+@PROGRESS_INTERVAL
 @VERBOSE
 def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout, pipeline, resume, offers, net_rate, net_fail_at,
-        answer_unknown, mandatory, min_version, max_defer, clock, once, as_json, verbose) -> None:
+        answer_unknown, mandatory, min_version, max_defer, clock, once, as_json, progress_interval, verbose) -> None:
     """Run the emulated NCP on a port: it serves the NCP interface and offers --firmware.
 
     Given several files of one release (the newest version among them), it offers the delta
@@ -77,7 +79,8 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 
     cfg = NcpConfig(retries=retries, max_chunk=max_chunk, write_timeout=write_timeout, pipeline=pipeline, resume=resume, offers=offers, once=once, answer_unknown=answer_unknown,
                     wall_clock_ms=parse_clock(clock), mandatory=mandatory, min_version=min_version, max_defer=max_defer)
-    sys.exit(run_ncp(NcpOptions(port, baud, framing, firmware, store, net_rate, net_fail_at, cfg, as_json, verbose)))
+    sys.exit(run_ncp(NcpOptions(port, baud, framing, firmware, store, net_rate, net_fail_at, cfg, as_json, verbose,
+                                progress_interval)))
 
 
 @main.command()
@@ -123,11 +126,13 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--blocking-calls", "blocking", is_flag=True, help="Serve nothing while an own call waits for its answer, as the Blynk C driver does.")
 @click.option("--once", is_flag=True, help="Exit when an update ends (0 once a new image is confirmed).")
 @JSON
+@PROGRESS_INTERVAL
 @VERBOSE
 def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
             battery, battery_rate, min_battery, install_window, commit_timeout, hw_rev, bootloader_version, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, write_answer, resume, package_ram, flash_timing,
             flash_endurance, power_cut_at,
-            power_cut_seed, power_cut_within, trust_keys, device_target, any_target, blocking, once, as_json, verbose) -> None:
+            power_cut_seed, power_cut_within, trust_keys, device_target, any_target, blocking, once, as_json, progress_interval,
+            verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
 
     A blank flash needs --provision IMAGE (its factory firmware). The process reboots into
@@ -165,7 +170,7 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
                         trust=trust, commit_timeout=commit_timeout)
     sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose,
                                         power_cut_at, power_cut_seed, power_cut_within, identity,
-                                        endurance=flash_endurance)))
+                                        endurance=flash_endurance, progress_interval=progress_interval)))
 
 
 def parse_window(text: str | None) -> tuple[int, int] | None:
@@ -356,10 +361,13 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where the demo image, flash and logs go (default: a new temporary directory, removed after a successful run).")
 @click.option("--keep", is_flag=True, help="Keep the temporary work directory after a successful run (a failed run always keeps it).")
 @JSON
+@click.option("--progress-interval", type=Number(min=0), metavar="SECONDS",
+              help="Progress events at most this often, and the last one (default: every chunk with --json, "
+                   "0.1 s for the progress line; --kill-*-at needs every chunk).")
 def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
         ota_timeout, commit_timeout, max_defer, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, write_answer, trust_keys,
         device_target, sign_key, latency, ber, drop,
-        dup, garbage, stall, stall_time, rx_buffer, rx_poll, disconnects, seed, timeout, workdir, keep, as_json) -> None:
+        dup, garbage, stall, stall_time, rx_buffer, rx_poll, disconnects, seed, timeout, workdir, keep, as_json, progress_interval) -> None:
     """Run a complete update between an NCP process and a primary process.
 
     Exits 0 only when the primary has booted and confirmed the new version; otherwise 1 (the
@@ -369,14 +377,22 @@ def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, ret
 
     if trust_keys and not sign_key:
         raise click.UsageError("with --trust the primary boots signed images only: give --key to sign its factory image")
+    if progress_interval is None:
+        # A person watches a progress line: a step per chunk would cost the sides more than it
+        # shows.  The kill options act on an exact offset, so they keep every step.
+        exact = as_json or kill_primary_at is not None or kill_ncp_at is not None
+        progress_interval = 0.0 if exact else 0.1
+    elif progress_interval and (kill_primary_at is not None or kill_ncp_at is not None):
+        raise click.UsageError("--kill-primary-at and --kill-ncp-at need every progress step: leave out --progress-interval")
+    shown_every = ["--progress-interval", str(progress_interval)]
 
     o = RunOptions(firmware=list(firmware), factory=factory, framing=framing, flash=flash, link=link, baud=baud, chunk_size=chunk_size,
                    prefetch=prefetch, retries=retries, net_rate=net_rate, net_fail_at=net_fail_at, battery=battery,
                    ota_timeout=ota_timeout, slot_size=slot_size, timeout=timeout, kill_primary_at=kill_primary_at,
                    kill_ncp_at=kill_ncp_at, power_cut_at=power_cut_at, extra_primary=["--heartbeat", str(heartbeat), "--flash-timing", flash_timing, "--target", device_target,
-                                  "--commit-timeout", str(commit_timeout), "--write-answer", write_answer]
+                                  "--commit-timeout", str(commit_timeout), "--write-answer", write_answer, *shown_every]
                    + [x for k in trust_keys for x in ("--trust", os.path.abspath(k))],
-                   extra_ncp=["--max-defer", str(max_defer)] + (["--write-timeout", str(write_timeout)] if write_timeout else [])
+                   extra_ncp=["--max-defer", str(max_defer), *shown_every] + (["--write-timeout", str(write_timeout)] if write_timeout else [])
                    + ([] if pipeline else ["--no-pipeline"]) + ([] if resume else ["--no-resume"]),
                    power_cut_seed=seed if power_cut_random else None,
                    link_config=make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer,

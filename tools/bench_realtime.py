@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""Real time, as a user clocks it: `dualmcu run` in real processes, next to the virtual clock.
+
+    .venv/bin/python tools/bench_realtime.py [--json] [--runs 3] [--only paced|unpaced|memory]
+
+Each row runs the command a user runs, `dualmcu run --pace --baud B --latency 0.001 --json`,
+from a start of its own, and reads the processes' events (both sides stamp them with the
+system-wide monotonic clock).  It reports, per run:
+
+* from the offer to the confirmed boot, and its phases: offer -> first write, the transfer,
+  Finish -> confirmed;
+* the whole command, from its start to its exit, and what a 4 KiB run of the same command
+  costs (start-up, provisioning, reboots): the fixed part a user waits for whatever the size;
+* the same update on the virtual clock (tools/bench_ota.py's model: the same cores, link and
+  flash timing), side by side, and the gap in points of the wire (or of max(wire, flash)).
+
+A run that does not end with the new image confirmed stops the benchmark with an error: it is
+never a row.  `unpaced` moves 16 MiB through the pty relay with nothing paced and an instant
+flash, against a plain copy through the same relay (writer and reader in processes of their
+own).  `memory` is the peak RSS of each side from 256 KiB to 16 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchutil import report  # noqa: E402
+from bench_ota import measure  # noqa: E402
+
+from dualmcu.image.firmware import build_image, make_info  # noqa: E402
+from dualmcu.primary.timing import FlashTiming  # noqa: E402
+
+DUALMCU = [sys.executable, "-m", "dualmcu"]
+FW_TYPE = "TMPLBENCH"
+MiB = 1 << 20
+
+
+class Failed(SystemExit):
+    pass
+
+
+def images(tmp: str, sizes: list[int]) -> tuple[str, dict[int, str]]:
+    factory = os.path.join(tmp, "factory.bin")
+    with open(factory, "wb") as f:
+        f.write(build_image(make_info("1.0.0", FW_TYPE), 64 * 1024, seed=1))
+    out = {}
+    for size in sizes:
+        out[size] = os.path.join(tmp, f"new-{size}.bin")
+        with open(out[size], "wb") as f:
+            f.write(build_image(make_info("2.0.0", FW_TYPE), size, seed=2))
+    return factory, out
+
+
+def run(factory: str, firmware: str, size: int, *args: str) -> dict:
+    """One `dualmcu run`; its figures, or an error when it did not confirm the new image."""
+    slot = max(2 * MiB, -(-size // MiB) * MiB + MiB)
+    cmd = DUALMCU + ["run", "--factory", factory, "--firmware", firmware, "--slot-size", str(slot),
+                     "--json", "--timeout", "900", *args]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    whole = time.monotonic() - t0
+    events = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+    result = events[-1] if events else {}
+    if p.returncode != 0 or result.get("ncp_outcome") != "success":
+        raise Failed(f"bench_realtime: {' '.join(args)} with {size} bytes ended "
+                     f"{result.get('reason') or p.stderr.strip()[-200:]!r} (exit {p.returncode})")
+
+    def at(side: str, kind: str, last: bool = False) -> float:
+        ts = [e["t"] for e in events if e.get("side") == side and e.get("event") == kind and "t" in e]
+        return ts[-1] if last else ts[0]
+
+    offer, first = at("ncp", "ota_offer"), at("ncp", "ota_window")
+    finished, confirmed = at("ncp", "ota_finished", True), at("primary", "confirmed", True)
+    return {"whole_seconds": round(whole, 3), "from_offer_seconds": round(confirmed - offer, 3),
+            "first_write_seconds": round(confirmed - first, 3),
+            "phases": {"offer_to_first_write": round(first - offer, 3), "transfer": round(finished - first, 3),
+                       "finish_to_confirmed": round(confirmed - finished, 3)},
+            "resends": result.get("retries", 0), "peak_rss_kib": result.get("peak_rss_kib", {})}
+
+
+def median_run(runs: int, *a) -> dict:
+    """The run with the median time from the offer, of ``runs`` runs."""
+    got = sorted((run(*a) for _ in range(runs)), key=lambda r: r["from_offer_seconds"])
+    pick = dict(got[len(got) // 2])
+    pick["from_offer_range"] = [got[0]["from_offer_seconds"], got[-1]["from_offer_seconds"]]
+    return pick
+
+
+# -- paced: the real protocol and the pipelined one, real next to virtual --------------------------
+
+PACED = [
+    # (what, baud, size, pipeline, chunk, write answer)
+    ("real protocol", 921600, MiB, False, 1024, "programmed"),
+    ("real protocol", 3_000_000, MiB, False, 1024, "programmed"),
+    ("real protocol, buffered answer", 921600, MiB, False, 1024, "buffered"),
+    ("real protocol, buffered answer, chunk 4080", 921600, MiB, False, 4080, "buffered"),
+    ("pipelined", 921600, MiB, True, 4080, "programmed"),
+    ("pipelined", 3_000_000, 4 * MiB, True, 1024, "programmed"),
+    ("pipelined", 3_000_000, 4 * MiB, True, 4080, "programmed"),
+]
+
+
+def paced(runs: int, tmp: str, factory: str, files: dict[int, str], small: str) -> list[dict]:
+    fixed = {}
+    rows = []
+    timing = FlashTiming()
+    for what, baud, size, pipeline, chunk, answer in PACED:
+        args = ["--pace", "--baud", str(baud), "--latency", "0.001", "--chunk-size", str(chunk),
+                "--write-answer", answer] + ([] if pipeline else ["--no-pipeline"])
+        real = median_run(runs, factory, files[size], size, *args)
+        if (baud, pipeline, chunk, answer) not in fixed:
+            fixed[(baud, pipeline, chunk, answer)] = median_run(runs, factory, small, 4096, *args)["whole_seconds"]
+        virt = measure(baud, size, pipeline, chunk, "cobs", answer)
+        wire = size * 10 / baud
+        ideal = max(wire, timing.erase(size) + timing.program(size))
+        # The real protocol is compared on the wire from the first write (the model's own
+        # figure); the pipelined one from the offer against max(wire, flash), the issue's goal.
+        if pipeline:
+            r_pct, v_pct = 100 * ideal / real["from_offer_seconds"], 100 * ideal / virt["from_offer_seconds"]
+        else:
+            r_pct, v_pct = 100 * wire / real["first_write_seconds"], 100 * wire / virt["seconds"]
+        rows.append({"what": what, "baud": baud, "size": size, "chunk": chunk, "write_answer": answer,
+                     "measure": "% of max(wire, flash) from the offer" if pipeline else "% of the wire from the first write",
+                     "real_percent": round(r_pct, 1), "virtual_percent": round(v_pct, 1),
+                     "gap_points": round(v_pct - r_pct, 1), "real": real,
+                     "virtual_from_offer_seconds": virt["from_offer_seconds"], "virtual_resends": virt["retries"],
+                     "fixed_whole_seconds_4k": fixed[(baud, pipeline, chunk, answer)],
+                     "wire_seconds": round(wire, 3), "ideal_seconds": round(ideal, 3)})
+    return rows
+
+
+# -- unpaced: a pty OTA against a plain pty copy ----------------------------------------------------
+
+COPY = r"""
+import sys, time
+from dualmcu.shell import open_port
+port = open_port(sys.argv[1], 115200)
+n, ACK, WINDOW = int(sys.argv[2]), 256 * 1024, 768 * 1024
+if sys.argv[3] == "write":
+    # At most WINDOW bytes unacknowledged: the relay keeps at most 1 MiB for a slow reader,
+    # as a UART without flow control would, so an unbounded writer would lose bytes.
+    block = bytes(range(256)) * 256
+    sent = acked = 0
+    while sent < n:
+        while sent - acked >= WINDOW:
+            acked += ACK * len(port.read(1))
+        k = min(len(block), n - sent)
+        port.write(block[:k])
+        sent += k
+    port.flush()
+    time.sleep(1)
+else:
+    got = 0
+    while got < n:
+        before = got
+        got += len(port.read(max(1, port.in_waiting)))
+        port.write(b"k" * (got // ACK - before // ACK))
+    print(time.monotonic())
+"""
+
+
+def plain_copy(size: int) -> float:
+    """Seconds for ``size`` bytes through the relay (in its own process), from a writer process
+    to a reader process, with a window of 768 KiB acknowledged every 256 KiB."""
+    from dualmcu.relay import Relay
+
+    with Relay("pty").start(process=True) as relay:
+        reader = subprocess.Popen([sys.executable, "-c", COPY, relay.paths["b"], str(size), "read"],
+                                  stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)  # the reader has its port open before the first byte
+        t0 = time.monotonic()
+        writer = subprocess.Popen([sys.executable, "-c", COPY, relay.paths["a"], str(size), "write"])
+        out, _ = reader.communicate(timeout=300)
+        writer.wait(timeout=60)
+    if reader.returncode != 0:
+        raise Failed("bench_realtime: the plain copy failed")
+    return float(out.strip()) - t0
+
+
+def unpaced(runs: int, factory: str, files: dict[int, str]) -> list[dict]:
+    size = 16 * MiB
+    copy = statistics.median(plain_copy(size) for _ in range(runs))
+    rows = []
+    for pipeline in (False, True):
+        args = ["--flash-timing", "0,0,0"] + ([] if pipeline else ["--no-pipeline"])
+        for chunk in (1024, 4080):
+            r = median_run(runs, factory, files[size], size, "--chunk-size", str(chunk), *args)
+            rows.append({"mode": "pipelined" if pipeline else "stop-and-wait", "chunk": chunk, "size": size,
+                         "transfer_seconds": r["phases"]["transfer"], "copy_seconds": round(copy, 3),
+                         "ratio_to_copy": round(copy / r["phases"]["transfer"], 2),
+                         "mb_per_s": round(size / r["phases"]["transfer"] / 1e6, 1), "whole_seconds": r["whole_seconds"]})
+    return rows
+
+
+def memory(factory: str, files: dict[int, str]) -> list[dict]:
+    rows = []
+    for size in sorted(files):
+        if size < 256 * 1024:
+            continue
+        r = run(factory, files[size], size, "--flash-timing", "0,0,0", "--chunk-size", "4080")
+        rows.append({"size": size, "ncp_peak_rss_kib": r["peak_rss_kib"].get("ncp"),
+                     "primary_peak_rss_kib": r["peak_rss_kib"].get("primary")})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--runs", type=int, default=3, help="Runs of each row; the median is reported.")
+    ap.add_argument("--only", choices=["paced", "unpaced", "memory"], action="append")
+    a = ap.parse_args()
+    if a.runs < 1:
+        ap.error("--runs must be at least 1")
+    only = set(a.only or ["paced", "unpaced", "memory"])
+    with tempfile.TemporaryDirectory() as tmp:
+        factory, files = images(tmp, [4096, 256 * 1024, MiB, 4 * MiB, 16 * MiB])
+        try:
+            if "paced" in only:
+                rows = paced(a.runs, tmp, factory, files, files[4096])
+                report(rows, a.json, f"Paced, 1 ms latency each way, W25Q128JV timing, median of {a.runs} runs "
+                       "(the range is of the time from the offer)",
+                       ["what", "baud", "image", "chunk", "measure", "real", "virtual", "gap (points)",
+                        "real phases: offer>first write / transfer / finish>confirmed", "real from offer (range)",
+                        "whole command (a 4 KiB run)", "resends real / virtual"],
+                       lambda r: (r["what"], r["baud"], f"{r['size'] // 1024} KiB", r["chunk"], r["measure"],
+                                  f"{r['real_percent']} %", f"{r['virtual_percent']} %", r["gap_points"],
+                                  " / ".join(f"{v} s" for v in r["real"]["phases"].values()),
+                                  f"{r['real']['from_offer_seconds']} s ({r['real']['from_offer_range'][0]}-"
+                                  f"{r['real']['from_offer_range'][1]})",
+                                  f"{r['real']['whole_seconds']} s ({r['fixed_whole_seconds_4k']} s)",
+                                  f"{r['real']['resends']} / {r['virtual_resends']}"))
+            if "unpaced" in only:
+                rows = unpaced(a.runs, factory, files)
+                report(rows, a.json, f"\nUnpaced, instant flash, 16 MiB, median of {a.runs} runs",
+                       ["mode", "chunk", "transfer", "MB/s", "plain copy", "ratio to the copy", "whole command"],
+                       lambda r: (r["mode"], r["chunk"], f"{r['transfer_seconds']} s", r["mb_per_s"],
+                                  f"{r['copy_seconds']} s", r["ratio_to_copy"], f"{r['whole_seconds']} s"))
+            if "memory" in only:
+                rows = memory(factory, files)
+                report(rows, a.json, "\nPeak RSS of each side (unpaced, instant flash, chunk 4080)",
+                       ["image", "ncp", "primary"],
+                       lambda r: (f"{r['size'] // 1024} KiB", f"{r['ncp_peak_rss_kib'] / 1024:.1f} MiB",
+                                  f"{r['primary_peak_rss_kib'] / 1024:.1f} MiB"))
+        except Failed as e:
+            print(e, file=sys.stderr)
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
