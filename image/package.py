@@ -79,6 +79,15 @@ class PackageError(ValueError):
 
 
 @dataclass(frozen=True)
+class ImageClaims:
+    """What a package says the image it rebuilds is: checked once the image is whole."""
+
+    size: int
+    crc32: int
+    sha256: bytes
+
+
+@dataclass(frozen=True)
 class Header:
     kind: int
     compression: int
@@ -92,6 +101,10 @@ class Header:
     base_version: str
     tag: bytes
     length: int  # bytes of header, CRC included
+
+    @property
+    def claims(self) -> ImageClaims:
+        return ImageClaims(self.image_size, self.image_crc32, self.image_sha256)
 
     @property
     def info(self) -> dict[str, str]:

@@ -83,7 +83,7 @@ from enum import Enum
 from typing import Callable
 
 from dualmcu.image.firmware import find_tag, is_newer, parse_tag, read_info_streamed, version_key
-from dualmcu.image.package import PIECE, Applier, Header, PackageError, check_base, is_package
+from dualmcu.image.package import PIECE, Applier, Header, ImageClaims, PackageError, check_base, is_package
 from dualmcu.rpc import DEFER, Call, Endpoint, Incoming
 from dualmcu.rpc.interface import PREFETCH
 from dualmcu.rpc.machine import Machine
@@ -198,7 +198,7 @@ class Transfer:
     written: int = 0  # bytes programmed into the slot
     kept_slot: int = 0  # bytes of the slot an earlier transfer left, until resume confirms
     applier: Applier | None = None
-    claims: Header | None = None  # a package's header: the image it rebuilds
+    claims: ImageClaims | None = None  # a package's: the image it rebuilds
     file_crc: int = 0  # CRC-32 of the file's bytes taken so far, in order
     file_sha: object = field(default_factory=hashlib.sha256)  # None after a resume (not persistable)
     checkpoint_slot: int = 0  # a package's image offset at its last checkpoint
@@ -210,7 +210,7 @@ class Transfer:
     @property
     def length(self) -> int:
         """Bytes of image in the slot once the transfer is complete."""
-        return self.claims.image_size if self.claims is not None else self.size
+        return self.claims.size if self.claims is not None else self.size
 
 
 @dataclass
@@ -379,7 +379,7 @@ class OtaReceiver:
                 # Goes on at the segment boundary the checkpoint recorded; the base is still
                 # the running image (installing another would have cleared this record).
                 t.kind, t.checkpoint_slot_crc = "package", rx.image_crc32_so_far
-                t.claims = Header(0, 0, rx.image_size, rx.image_crc32, rx.image_sha256, 0, bytes(32), 0, 0, "", b"", 0)
+                t.claims = ImageClaims(rx.image_size, rx.image_crc32, rx.image_sha256)
                 active = self.boot_state.active
                 t.applier = Applier.resumed(self._base_reader(active), self.boot_state.slots[active].length,
                                             rx.offset, rx.image_offset, rx.image_size)
@@ -719,7 +719,7 @@ class OtaReceiver:
             rec = self.boot_state.slots[active]
             _, sha = slot_digests(self.flash, active, rec.length) if rec.installed else (0, bytes(32))
             check_base(h, rec.length if rec.installed else 0, sha)
-        t.claims = h
+        t.claims = h.claims
         self.emit("ota_package", package=h.describe()["kind"], compression=h.describe()["compression"],
                   image_size=h.image_size, base_version=h.base_version or None)
 
@@ -754,9 +754,9 @@ class OtaReceiver:
                                              t.checkpoint_slot_crc)
             t.checkpoint_slot = aligned
             t.checkpoint, t.checkpoint_crc = package
-            h = t.claims
+            c = t.claims
             rx = Receiving(t.size, t.file_crc32, t.checkpoint, t.checkpoint_crc, t.fw_version[:24], t.fw_build[:32],
-                           aligned, t.checkpoint_slot_crc, h.image_size, h.image_crc32, h.image_sha256)
+                           aligned, t.checkpoint_slot_crc, c.size, c.crc32, c.sha256)
         self.boot_state = self.boot.checkpoint(rx)
 
     def _erase_ahead(self, t: Transfer) -> None:
@@ -835,10 +835,10 @@ class OtaReceiver:
             if t.file_sha is not None and t.file_sha.digest() != ncp_sha:
                 return fail("sha256_mismatch", ours=t.file_sha.hexdigest(), ncp=ncp_sha.hex())
             crc, sha = slot_digests(self.flash, t.slot, t.length)
-            h = t.claims
-            if (t.written, crc, sha) != (h.image_size, h.image_crc32, h.image_sha256):
+            c = t.claims
+            if (t.written, crc, sha) != (c.size, c.crc32, c.sha256):
                 return self._reject(t, "package_image_mismatch", inc, crc32=f"{crc:08x}",
-                                    expected=f"{h.image_crc32:08x}")
+                                    expected=f"{c.crc32:08x}")
         else:
             crc, sha = slot_digests(self.flash, t.slot, t.size)
             if crc != ncp_crc:
