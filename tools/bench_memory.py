@@ -40,7 +40,11 @@ def main() -> None:
             work = os.path.join(root, f"w{size}")
             r = subprocess.run([sys.executable, "-m", "dualmcu", "run", "--firmware", fw, "--slot-size", "16M",
                                 "--workdir", work, "--json", "--timeout", "600"], capture_output=True, timeout=900)
-            result = [json.loads(x) for x in r.stdout.decode().splitlines() if x.startswith("{")][-1]
+            lines = [json.loads(x) for x in r.stdout.decode().splitlines() if x.startswith("{")]
+            result = lines[-1] if lines else {}
+            if r.returncode != 0 or result.get("exit_code") != 0:
+                # A run that did not confirm the new image measured something else: not a row.
+                raise SystemExit(f"bench_memory: {size} bytes ended {result.get('reason', r.stderr.decode()[-200:])!r}")
             rows.append({"size": size, "exit": result["exit_code"], "seconds": result["seconds"],
                          "ncp_peak_kib": result["peak_rss_kib"]["ncp"], "primary_peak_kib": result["peak_rss_kib"]["primary"]})
     base = rows[0]

@@ -77,7 +77,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--chunk", type=int, default=4080, help="Chunk size the primary asks for (4080, the largest a cobs frame carries: 4096 less the write's 16 bytes of header, offset, length and CRC).")
     ap.add_argument("--framing", default="cobs", choices=["cobs", "blynk"])
+    ap.add_argument("--recipe", action="store_true",
+                    help="What a real MCU can do within the plain protocol: the chunk size and when it answers a write.")
     a = ap.parse_args()
+    if a.recipe:
+        return recipe(a.json)
     # 4 MiB at 3 Mbaud too: there the flash, not the wire, sets the pace.
     runs = [(b, s) for b in BAUDS for s in SIZES] + [(3_000_000, 4 << 20)]
     rows = [measure(b, s, p, a.chunk, a.framing) for b, s in runs for p in (False, True)]
@@ -98,6 +102,23 @@ def main() -> None:
            "from the offer to the confirmed boot, as a share of max(wire, flash)",
            ["baud", "image", "stop-and-wait", "pipelined (window)", "pipelined phases: offer>first write / transfer / finish>confirmed",
             "pipelined resends", "target", "wire / flash"], cells)
+
+
+def recipe(as_json: bool) -> None:
+    """Stop-and-wait only (no extension): each chunk size a framing carries, answered once
+    programmed or once buffered (double buffering), 1 MiB from the first write."""
+    rows = []
+    for framing, chunk in (("blynk", 1024), ("blynk", 1520), ("cobs", 1024), ("cobs", 4080)):
+        for answer in ("programmed", "buffered"):
+            r = {"framing": framing, "chunk": chunk, "write_answer": answer}
+            for baud in BAUDS:
+                m = measure(baud, 1 << 20, False, chunk, framing, answer)
+                r[str(baud)] = m["percent_of_wire"]
+            rows.append(r)
+    report(rows, as_json, "The plain protocol, 1 MiB, from the first write to the confirmed boot, as a share of "
+           "the wire (latency 1 ms each way, W25Q128JV timing)",
+           ["framing", "chunk", "write answered", *(f"{b} baud" for b in BAUDS)],
+           lambda r: (r["framing"], r["chunk"], r["write_answer"], *(f"{r[str(b)]} %" for b in BAUDS)))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Real time, as a user clocks it: `dualmcu run` in real processes, next to the virtual clock.
 
-    .venv/bin/python tools/bench_realtime.py [--json] [--runs 3] [--only paced|unpaced|memory]
+    .venv/bin/python tools/bench_realtime.py [--json] [--runs 3] [--only paced|unpaced]
 
 Each row runs the command a user runs, `dualmcu run --pace --baud B --latency 0.001 --json`,
 from a start of its own, and reads the processes' events (both sides stamp them with the
@@ -17,7 +17,7 @@ system-wide monotonic clock).  It reports, per run:
 A run that does not end with the new image confirmed stops the benchmark with an error: it is
 never a row.  `unpaced` moves 16 MiB through the pty relay with nothing paced and an instant
 flash, against a plain copy through the same relay (writer and reader in processes of their
-own).  `memory` is the peak RSS of each side from 256 KiB to 16 MiB.
+own).  Peak memory per image size is tools/bench_memory.py's.
 """
 
 from __future__ import annotations
@@ -190,25 +190,15 @@ def unpaced(runs: int, factory: str, files: dict[int, str]) -> list[dict]:
     size = 16 * MiB
     copy = statistics.median(plain_copy(size) for _ in range(runs))
     rows = []
-    for pipeline in (False, True):
-        args = ["--flash-timing", "0,0,0"] + ([] if pipeline else ["--no-pipeline"])
-        for chunk in (1024, 4080):
+    for pipeline, chunk in ((False, 4080), (True, 1024), (True, 4080)):
+        for every in ("0", "0.1"):  # every chunk (--json), or what a person's progress line needs
+            args = ["--flash-timing", "0,0,0", "--progress-interval", every] + ([] if pipeline else ["--no-pipeline"])
             r = median_run(runs, factory, files[size], size, "--chunk-size", str(chunk), *args)
             rows.append({"mode": "pipelined" if pipeline else "stop-and-wait", "chunk": chunk, "size": size,
+                         "progress": "every chunk" if every == "0" else "every 0.1 s",
                          "transfer_seconds": r["phases"]["transfer"], "copy_seconds": round(copy, 3),
                          "ratio_to_copy": round(copy / r["phases"]["transfer"], 2),
                          "mb_per_s": round(size / r["phases"]["transfer"] / 1e6, 1), "whole_seconds": r["whole_seconds"]})
-    return rows
-
-
-def memory(factory: str, files: dict[int, str]) -> list[dict]:
-    rows = []
-    for size in sorted(files):
-        if size < 256 * 1024:
-            continue
-        r = run(factory, files[size], size, "--flash-timing", "0,0,0", "--chunk-size", "4080")
-        rows.append({"size": size, "ncp_peak_rss_kib": r["peak_rss_kib"].get("ncp"),
-                     "primary_peak_rss_kib": r["peak_rss_kib"].get("primary")})
     return rows
 
 
@@ -216,13 +206,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--runs", type=int, default=3, help="Runs of each row; the median is reported.")
-    ap.add_argument("--only", choices=["paced", "unpaced", "memory"], action="append")
+    ap.add_argument("--only", choices=["paced", "unpaced"], action="append")
     a = ap.parse_args()
     if a.runs < 1:
         ap.error("--runs must be at least 1")
-    only = set(a.only or ["paced", "unpaced", "memory"])
+    only = set(a.only or ["paced", "unpaced"])
     with tempfile.TemporaryDirectory() as tmp:
-        factory, files = images(tmp, [4096, 256 * 1024, MiB, 4 * MiB, 16 * MiB])
+        factory, files = images(tmp, [4096, MiB, 4 * MiB, 16 * MiB])
         try:
             if "paced" in only:
                 rows = paced(a.runs, tmp, factory, files, files[4096])
@@ -241,15 +231,10 @@ def main() -> None:
             if "unpaced" in only:
                 rows = unpaced(a.runs, factory, files)
                 report(rows, a.json, f"\nUnpaced, instant flash, 16 MiB, median of {a.runs} runs",
-                       ["mode", "chunk", "transfer", "MB/s", "plain copy", "ratio to the copy", "whole command"],
-                       lambda r: (r["mode"], r["chunk"], f"{r['transfer_seconds']} s", r["mb_per_s"],
+                       ["mode", "chunk", "progress events", "transfer", "MB/s", "plain copy", "ratio to the copy",
+                        "whole command"],
+                       lambda r: (r["mode"], r["chunk"], r["progress"], f"{r['transfer_seconds']} s", r["mb_per_s"],
                                   f"{r['copy_seconds']} s", r["ratio_to_copy"], f"{r['whole_seconds']} s"))
-            if "memory" in only:
-                rows = memory(factory, files)
-                report(rows, a.json, "\nPeak RSS of each side (unpaced, instant flash, chunk 4080)",
-                       ["image", "ncp", "primary"],
-                       lambda r: (f"{r['size'] // 1024} KiB", f"{r['ncp_peak_rss_kib'] / 1024:.1f} MiB",
-                                  f"{r['primary_peak_rss_kib'] / 1024:.1f} MiB"))
         except Failed as e:
             print(e, file=sys.stderr)
             sys.exit(1)
