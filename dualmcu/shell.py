@@ -270,8 +270,8 @@ class Port:
                 except BlockingIOError:
                     return b""
                 if not data:
-                    raise PortError("the device reports readiness to read but returned no data "
-                                    "(device disconnected or multiple access on port?)")
+                    raise PortError("the port failed: it reports data to read but gives none "
+                                    "(device disconnected, or another program on the port?)")
                 return data
             self.serial.timeout = max(0.0, min(wait, FALLBACK_POLL))
             data = self.serial.read(1)
