@@ -338,6 +338,12 @@ class Run:
                 self.sample_memory()
                 self.stop_all()
             counts = relay.stats  # the relay process's, now that it has ended
+        except OSError as e:
+            # No pty, no fork, no process: the system refused, and the user gets one line.
+            self.stop_all()
+            self.progress.line("")
+            print(f"error: the virtual UART or a side could not be started: {shown(e)}", file=sys.stderr)
+            return ExitCode.IO
         except KeyboardInterrupt:
             self.stop_all()
             self.progress.line("")  # close the progress line before saying anything else

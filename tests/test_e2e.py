@@ -470,3 +470,16 @@ def test_progress_is_thinned_only_when_asked_and_its_last_step_is_always_printed
 def test_run_refuses_a_progress_interval_with_a_kill_at_an_offset():
     r = dualmcu("run", "--kill-primary-at", "1000", "--progress-interval", "0.1")
     assert r.returncode == 2 and b"need every progress step" in r.stderr
+
+
+def test_run_says_in_one_line_when_the_system_refuses_a_pty(monkeypatch, capsys, tmp_path):
+    from dualmcu import relay
+    from dualmcu.runner import Run, RunOptions
+
+    def no_pty():
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(relay.os, "openpty", no_pty)
+    code = Run(RunOptions(workdir=str(tmp_path))).run()
+    err = capsys.readouterr().err
+    assert code == 3 and err.count("\n") == 1 and "could not be started: [Errno 24] Too many open files" in err
