@@ -47,6 +47,7 @@ try:
     import tomllib
 except ImportError:  # Python 3.10
     import tomli as tomllib
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any, Callable, Iterator
@@ -267,7 +268,7 @@ def run_device(spec: DeviceSpec, build: Shipment, image_size: int, min_version: 
     Bootloader(flash).provision(factory_image(spec.version, image_size, build.info.get("fw-type", FW_TYPE)))
     if spec.weak_flash:
         # A worn sector, as an old or marginal part has: its next erase fails (FlashError), so
-        # the device refuses the update with flash_error and keeps running its image.
+        # the device abandons the update with flash_error and keeps running its image.
         # Provisioning put the factory image in slot A: the update goes to slot B.
         page = geometry.slot_offset(1) // geometry.page_size + random.Random(spec.seed).randrange(
             -(-len(new) // geometry.page_size))
@@ -311,6 +312,11 @@ def run_shard(specs: list[DeviceSpec], new: bytes, image_size: int, min_version:
     """What a worker runs: a shard of one wave's devices (the build is read and hashed once)."""
     build = Shipment.from_bytes(new, "fleet.bin")
     return [run_device(s, build, image_size, min_version, start_seconds) for s in specs]
+
+
+def tally(results: list[dict], key: str) -> dict[str, int]:
+    """How many results have each value of ``key`` (those without one left out), by value."""
+    return dict(sorted(Counter(r[key] for r in results if r[key]).items()))
 
 
 # -- the controller ------------------------------------------------------------------------------
@@ -563,21 +569,12 @@ class Rollout:
                 self.updating -= len(shard)
                 self.emit({"event": "progress", "wave": i + 1, "done": len(results), "devices": len(wave)})
         longest = max((r["update_seconds"] for r in results), default=0.0)
-        outcomes: dict[str, int] = {}
-        reasons: dict[str, int] = {}
-        failures: dict[str, int] = {}
-        for r in results:
-            outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
-            if r["rollback_reason"]:
-                reasons[r["rollback_reason"]] = reasons.get(r["rollback_reason"], 0) + 1
-            if r["failure_reason"]:
-                failures[r["failure_reason"]] = failures.get(r["failure_reason"], 0) + 1
         decision = self.gate()
         self.clock = started + longest
         w = {"wave": i + 1, "name": name, "percent": percent,
              "devices": len(wave), "start_seconds": round(started, 3), "update_seconds": round(longest, 3),
-             "outcomes": dict(sorted(outcomes.items())), "rollback_reasons": dict(sorted(reasons.items())),
-             "failure_reasons": dict(sorted(failures.items())),
+             "outcomes": tally(results, "outcome"), "rollback_reasons": tally(results, "rollback_reason"),
+             "failure_reasons": tally(results, "failure_reason"),
              **self.rates(), "gate": "pass" if decision is None else "pause", "gate_reason": decision}
         self.waves.append(w)
         self.emit({"event": "wave", **w})
@@ -599,8 +596,7 @@ class Rollout:
                 "rolled_back": sum(r["outcome"] == "rollback" for r in offered),
                 "rolled_back_confirmed_old": sum(r["outcome"] == "rollback" and r["confirmed"]
                                                  and r["running"] == r["from_version"] for r in offered),
-                "outcomes": dict(sorted({o: sum(r["outcome"] == o for r in offered)
-                                         for o in {r["outcome"] for r in offered}}.items())),
+                "outcomes": tally(offered, "outcome"),
                 "device_states": self.device_states(), "blocklisted": self.blocklisted,
                 "actions": list(self.actions_taken),
                 "canary_percent": self.plan.canary_percent, "waves": list(self.waves),

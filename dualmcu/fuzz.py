@@ -268,7 +268,7 @@ class Session:
         # same (the target must drop it) and no answer is due.  This project's extension uids
         # are answered by dualmcu peers only: real firmware stays silent for them, as it does
         # for any uid it does not know.
-        fits = len(message) <= getattr(self.profile, "send_limit", self.profile.max_message)
+        fits = len(message) <= self.profile.send_limit
         return Step(what, self.profile.encode_unchecked(message), mid, wait if fits else SETTLE, expect if fits else None,
                     answered=fits and fn.server == self.target and not fn.extension, fn=fn.name)
 

@@ -167,7 +167,7 @@ class EventPrinter:
         self.start = time.monotonic() if start is None else start
         self.progress = Progress(out or sys.stderr)
         self.watchers: list[Callable[[str, dict], None]] = []
-        self._held: list[str] | None = None
+        self._held: list[tuple[str, dict]] | None = None  # a step's events, while held
 
     def hold(self) -> None:
         """Keep JSON lines until :meth:`release`: the shell holds a step's events until its

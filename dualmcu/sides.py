@@ -254,8 +254,7 @@ def _serve(url: str, baud: int, framing: str, make, on_action, emit, check=None,
         return ExitCode.IO
     emit("port_open", port=url, baud=baud)
     try:
-        runner = Runner(port, make(time.monotonic()), on_action, check, Silence(emit, framing, baud),
-                        emit if isinstance(emit, EventPrinter) else None)
+        runner = Runner(port, make(time.monotonic()), on_action, check, Silence(emit, framing, baud), emit)
         runner.start()
         runner.run()
         return ExitCode.OK

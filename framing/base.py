@@ -60,7 +60,8 @@ class Decoder(Protocol):
 
 class Profile(Protocol):
     name: str
-    max_message: int
+    max_message: int  # the longest message the decoder takes
+    send_limit: int  # the longest message encode() sends
 
     def encode(self, message: bytes) -> bytes: ...
 

@@ -53,6 +53,7 @@ class CobsProfile:
         if max_message < 1:
             raise ValueError("max_message must be at least 1")
         self.max_message = max_message
+        self.send_limit = max_message
         self._lead = b"\x00" if flush_before else b""
 
     def encode(self, message: bytes) -> bytes:

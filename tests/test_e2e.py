@@ -483,3 +483,28 @@ def test_run_says_in_one_line_when_the_system_refuses_a_pty(monkeypatch, capsys,
     code = Run(RunOptions(workdir=str(tmp_path))).run()
     err = capsys.readouterr().err
     assert code == 3 and err.count("\n") == 1 and "could not be started: [Errno 24] Too many open files" in err
+
+
+@pytest.mark.parametrize("args,every", [([], "0.1"), (["--json"], "0.0"), (["--kill-primary-at", "4096"], "0.0"),
+                                         (["--json", "--progress-interval", "0.5"], "0.5")])
+def test_run_asks_the_sides_for_every_step_only_when_someone_reads_them(monkeypatch, args, every):
+    # A progress line needs a step every 0.1 s; --json and the kill options need every one.
+    from click.testing import CliRunner
+
+    from dualmcu import runner
+    from dualmcu.cli import main
+
+    seen = {}
+
+    class Captured:
+        def __init__(self, o):
+            seen["o"] = o
+
+        def run(self):
+            return 0
+
+    monkeypatch.setattr(runner, "Run", Captured)
+    r = CliRunner().invoke(main, ["run", *args])
+    assert r.exit_code == 0, r.output
+    for extra in (seen["o"].extra_ncp, seen["o"].extra_primary):
+        assert extra[extra.index("--progress-interval") + 1] == every

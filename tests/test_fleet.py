@@ -219,3 +219,12 @@ def test_weak_flash_is_drawn_last_so_an_old_population_draws_the_same_fleet():
     a, b = F.draw_fleet(plain, 50, 9), F.draw_fleet(weak, 50, 9)
     assert [(x.battery, x.slow_flash) for x in a] == [(x.battery, x.slow_flash) for x in b]
     assert not any(x.weak_flash for x in a) and any(x.weak_flash for x in b)
+
+
+def test_a_wave_counts_the_failures_devices_reported(tmp_path):
+    pop = tmp_path / "pop.toml"
+    pop.write_text('[[group]]\nshare = 1\nhw_rev = "A"\nweak_flash_share = 1.0\n')
+    code, lines = fleet("--demo", "good", "--devices", 20, "--in-process", "--population", pop)
+    wave = lines[-1]["waves"][0]
+    assert code == 10 and wave["outcomes"] == {"device_failed": wave["devices"]}
+    assert wave["failure_reasons"] == {"flash_error": wave["devices"]} and wave["rollback_reasons"] == {}

@@ -17,7 +17,8 @@ system-wide monotonic clock).  It reports, per run:
 A run that does not end with the new image confirmed stops the benchmark with an error: it is
 never a row.  `unpaced` moves 16 MiB through the pty relay with nothing paced and an instant
 flash, against a plain copy through the same relay (writer and reader in processes of their
-own).  Peak memory per image size is tools/bench_memory.py's.
+own).  Peak memory per image size is tools/bench_memory.py's.  A run that fails stops the
+benchmark with its reason on stderr and exit 1.
 """
 
 from __future__ import annotations
@@ -44,10 +45,6 @@ FW_TYPE = "TMPLBENCH"
 MiB = 1 << 20
 
 
-class Failed(SystemExit):
-    pass
-
-
 def images(tmp: str, sizes: list[int]) -> tuple[str, dict[int, str]]:
     factory = os.path.join(tmp, "factory.bin")
     with open(factory, "wb") as f:
@@ -71,7 +68,7 @@ def run(factory: str, firmware: str, size: int, *args: str) -> dict:
     events = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
     result = events[-1] if events else {}
     if p.returncode != 0 or result.get("ncp_outcome") != "success":
-        raise Failed(f"bench_realtime: {' '.join(args)} with {size} bytes ended "
+        raise SystemExit(f"bench_realtime: {' '.join(args)} with {size} bytes ended "
                      f"{result.get('reason') or p.stderr.strip()[-200:]!r} (exit {p.returncode})")
 
     def at(side: str, kind: str, last: bool = False) -> float:
@@ -109,7 +106,7 @@ PACED = [
 ]
 
 
-def paced(runs: int, tmp: str, factory: str, files: dict[int, str], small: str) -> list[dict]:
+def paced(runs: int, factory: str, files: dict[int, str], small: str) -> list[dict]:
     fixed = {}
     rows = []
     timing = FlashTiming()
@@ -182,7 +179,7 @@ def plain_copy(size: int) -> float:
         out, _ = reader.communicate(timeout=300)
         writer.wait(timeout=60)
     if reader.returncode != 0:
-        raise Failed("bench_realtime: the plain copy failed")
+        raise SystemExit("bench_realtime: the plain copy failed")
     return float(out.strip()) - t0
 
 
@@ -213,31 +210,27 @@ def main() -> None:
     only = set(a.only or ["paced", "unpaced"])
     with tempfile.TemporaryDirectory() as tmp:
         factory, files = images(tmp, [4096, MiB, 4 * MiB, 16 * MiB])
-        try:
-            if "paced" in only:
-                rows = paced(a.runs, tmp, factory, files, files[4096])
-                report(rows, a.json, f"Paced, 1 ms latency each way, W25Q128JV timing, median of {a.runs} runs "
-                       "(the range is of the time from the offer)",
-                       ["what", "baud", "image", "chunk", "measure", "real", "virtual", "gap (points)",
-                        "real phases: offer>first write / transfer / finish>confirmed", "real from offer (range)",
-                        "whole command (a 4 KiB run)", "resends real / virtual"],
-                       lambda r: (r["what"], r["baud"], f"{r['size'] // 1024} KiB", r["chunk"], r["measure"],
-                                  f"{r['real_percent']} %", f"{r['virtual_percent']} %", r["gap_points"],
-                                  " / ".join(f"{v} s" for v in r["real"]["phases"].values()),
-                                  f"{r['real']['from_offer_seconds']} s ({r['real']['from_offer_range'][0]}-"
-                                  f"{r['real']['from_offer_range'][1]})",
-                                  f"{r['real']['whole_seconds']} s ({r['fixed_whole_seconds_4k']} s)",
-                                  f"{r['real']['resends']} / {r['virtual_resends']}"))
-            if "unpaced" in only:
-                rows = unpaced(a.runs, factory, files)
-                report(rows, a.json, f"\nUnpaced, instant flash, 16 MiB, median of {a.runs} runs",
-                       ["mode", "chunk", "progress events", "transfer", "MB/s", "plain copy", "ratio to the copy",
-                        "whole command"],
-                       lambda r: (r["mode"], r["chunk"], r["progress"], f"{r['transfer_seconds']} s", r["mb_per_s"],
-                                  f"{r['copy_seconds']} s", r["ratio_to_copy"], f"{r['whole_seconds']} s"))
-        except Failed as e:
-            print(e, file=sys.stderr)
-            sys.exit(1)
+        if "paced" in only:
+            rows = paced(a.runs, factory, files, files[4096])
+            report(rows, a.json, f"Paced, 1 ms latency each way, W25Q128JV timing, median of {a.runs} runs "
+                   "(the range is of the time from the offer)",
+                   ["what", "baud", "image", "chunk", "measure", "real", "virtual", "gap (points)",
+                    "real phases: offer>first write / transfer / finish>confirmed", "real from offer (range)",
+                    "whole command (a 4 KiB run)", "resends real / virtual"],
+                   lambda r: (r["what"], r["baud"], f"{r['size'] // 1024} KiB", r["chunk"], r["measure"],
+                              f"{r['real_percent']} %", f"{r['virtual_percent']} %", r["gap_points"],
+                              " / ".join(f"{v} s" for v in r["real"]["phases"].values()),
+                              f"{r['real']['from_offer_seconds']} s ({r['real']['from_offer_range'][0]}-"
+                              f"{r['real']['from_offer_range'][1]})",
+                              f"{r['real']['whole_seconds']} s ({r['fixed_whole_seconds_4k']} s)",
+                              f"{r['real']['resends']} / {r['virtual_resends']}"))
+        if "unpaced" in only:
+            rows = unpaced(a.runs, factory, files)
+            report(rows, a.json, f"\nUnpaced, instant flash, 16 MiB, median of {a.runs} runs",
+                   ["mode", "chunk", "progress events", "transfer", "MB/s", "plain copy", "ratio to the copy",
+                    "whole command"],
+                   lambda r: (r["mode"], r["chunk"], r["progress"], f"{r['transfer_seconds']} s", r["mb_per_s"],
+                              f"{r['copy_seconds']} s", r["ratio_to_copy"], f"{r['whole_seconds']} s"))
 
 
 if __name__ == "__main__":
