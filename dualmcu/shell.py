@@ -8,6 +8,7 @@ latency of its own to a round trip; all timing is the core's, against ``time.mon
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -20,6 +21,8 @@ import time
 from typing import Any, Callable, Protocol
 
 import serial
+
+from dualmcu.rpc.events import Event
 
 IDLE_WAKE = 0.5  # with no deadline, wake this often anyway (signals, --once checks, silence)
 FALLBACK_POLL = 0.002  # read timeout for URL handlers without a file descriptor
@@ -146,12 +149,12 @@ class Progress:
 class EventPrinter:
     """Events as JSON lines on stdout, or as readable lines on stderr.
 
-    Readable lines carry seconds since the side started; JSON lines keep ``t`` on the
-    machine's monotonic clock, so that events of two processes can be set side by side.  On a
-    terminal a transfer is one progress line redrawn in place (``-v`` prints each step
+    Both carry ``t`` in seconds since ``start``: the side's own start, or the start of the
+    ``dualmcu run`` that started it, so that the events of its two processes share one origin.
+    On a terminal a transfer is one progress line redrawn in place (``-v`` prints each step
     instead)."""
 
-    QUIET = {"ota_progress", "rpc_frame_dropped", "rpc_timeout", "rpc_stale_result"}
+    QUIET = {Event.OTA_PROGRESS, Event.RPC_FRAME_DROPPED, Event.RPC_TIMEOUT, Event.RPC_STALE_RESULT}
 
     def __init__(self, side: str, as_json: bool, verbose: bool = False, out=None, start: float | None = None,
                  progress_interval: float = 0.0):
@@ -168,6 +171,11 @@ class EventPrinter:
         self.progress = Progress(out or sys.stderr)
         self.watchers: list[Callable[[str, dict], None]] = []
         self._held: list[tuple[str, dict]] | None = None  # a step's events, while held
+
+    def origin_utc(self) -> str:
+        """The wall-clock time at which ``t`` is 0, to set this stream beside other logs."""
+        wall = time.time() - (time.monotonic() - self.start)
+        return datetime.datetime.fromtimestamp(wall, datetime.timezone.utc).isoformat(timespec="milliseconds")
 
     def hold(self) -> None:
         """Keep JSON lines until :meth:`release`: the shell holds a step's events until its
@@ -186,13 +194,17 @@ class EventPrinter:
         kind, fields = item
         rec = {"side": self.side, "event": kind}
         rec.update({k: (v.hex() if isinstance(v, bytes) else v) for k, v in fields.items()})
+        if isinstance(rec.get("t"), float):
+            rec["t"] = round(rec["t"] - self.start, 6)  # the cores keep the monotonic clock
         return json.dumps(rec, separators=(",", ":")) + "\n"
 
-    def __call__(self, kind: str, **fields: Any) -> None:
+    def __call__(self, kind: Event, **fields: Any) -> None:
+        if not isinstance(kind, Event):
+            raise TypeError(f"{kind!r} is not an Event: every kind is listed in dualmcu.rpc.events")
         for w in self.watchers:
             w(kind, fields)
         if self.as_json:
-            if kind == "ota_progress" and self.progress_interval:
+            if kind is Event.OTA_PROGRESS and self.progress_interval:
                 now = time.monotonic()
                 last = fields.get("offset", 0) >= fields.get("size", 0)
                 if now - self._progress_at < self.progress_interval and not last:
@@ -205,7 +217,7 @@ class EventPrinter:
             out.write(self._line((kind, fields)))  # one write a line: print() makes two
             out.flush()
             return
-        if kind == "ota_progress" and not self.verbose:
+        if kind is Event.OTA_PROGRESS and not self.verbose:
             self.progress.update(fields.get("offset", 0), fields.get("size", 0), fields.get("retries"))
             return
         if kind in self.QUIET and not self.verbose:
@@ -452,12 +464,12 @@ class Silence:
             return
         self.said = True
         if self.bytes == 0:
-            self.emit("no_peer", seconds=round(now - self.started, 1), bytes=0,
+            self.emit(Event.NO_PEER, seconds=round(now - self.started, 1), bytes=0,
                       hint=f"no bytes at all in {self.after:.0f} s: is the peer powered and running, "
                            "are TX and RX crossed (TX to RX), is it the right port?")
         else:
             drops = {k: v for k, v in ep.decoder_stats.items() if k != "frames" and v} if ep is not None else {}
-            self.emit("no_peer", seconds=round(now - self.started, 1), bytes=self.bytes, dropped=drops,
+            self.emit(Event.NO_PEER, seconds=round(now - self.started, 1), bytes=self.bytes, dropped=drops,
                       hint=f"{self.bytes} bytes but no valid {self.framing} frame: check --framing "
                            f"(cobs or blynk) and --baud ({self.baud})")
 

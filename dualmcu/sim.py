@@ -22,6 +22,7 @@ from dualmcu.ncp.update import Network, Shipment, Store
 from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
 from dualmcu.primary.flash import Flash, PowerCut
 from dualmcu.rpc.device import Halt, Reboot, SetBaud
+from dualmcu.rpc.events import Event
 
 from .link import Link, LinkConfig
 
@@ -62,7 +63,7 @@ class Simulation:
         self.primary = self._boot_primary()
 
     def _emitter(self, side: str) -> Callable[..., None]:
-        def emit(kind: str, **fields: Any) -> None:
+        def emit(kind: Event, **fields: Any) -> None:
             self.events.append((side, kind, fields))
 
         return emit
@@ -80,7 +81,7 @@ class Simulation:
                 self._power_cut(cut)
 
     def _power_cut(self, cut: PowerCut) -> None:
-        self.events.append(("primary", "power_cut", {"t": self.now, "op": cut.op, "operation": cut.kind,
+        self.events.append(("primary", Event.POWER_CUT, {"t": self.now, "op": cut.op, "operation": cut.kind,
                                                      "applied": cut.applied}))
 
     # -- restarts a test (or a rule) may ask for ------------------------------------------------
@@ -169,7 +170,7 @@ class Simulation:
             if sim.ncp.outcome is None or sim.in_flight():
                 return False
             if sim.ncp.outcome == "success":
-                return "confirmed" in sim.kinds("primary") or sim.primary.boot.trial is False and sim.primary.ready
+                return Event.CONFIRMED in sim.kinds("primary") or sim.primary.boot.trial is False and sim.primary.ready
             return sim.primary.ready and not sim.primary.boot.trial
 
         self.run_until(settled, limit)

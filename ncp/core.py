@@ -62,6 +62,7 @@ from typing import Any, Callable
 from dualmcu.framing import Profile
 from dualmcu.rpc import DEFER, NCP, Call, Incoming
 from dualmcu.rpc.device import Device, Exit, Reboot, SetBaud
+from dualmcu.rpc.events import Event, oneway_event
 from dualmcu.rpc.interface import INTERFACE, POLICY_VPIN, PREFETCH, STATES, TELEMETRY_FIELD
 from dualmcu.rpc.machine import Machine
 from dualmcu.rpc.message import Status
@@ -302,7 +303,7 @@ class NcpDevice(Device):
 
     def _set_text(self, key: str, value: str) -> bool:
         if len(value.encode("utf-8", "surrogateescape")) > MAX_STORED_TEXT:
-            self.emit("value_refused", key=key, length=len(value), limit=MAX_STORED_TEXT)
+            self.emit(Event.VALUE_REFUSED, key=key, length=len(value), limit=MAX_STORED_TEXT)
             return False
         return self._set(key, value)
 
@@ -310,14 +311,14 @@ class NcpDevice(Device):
         new = STATE[name]
         if new != self.state:
             self.state = new
-            self.emit("state", state=name)
+            self.emit(Event.STATE, state=name)
             self.ep.notify("client_blynkStateChange", {"state": new})
         return True
 
     def _log_oneway(self, inc: Incoming) -> None:
         if inc.fn.name == "blynk_setMetadata" and inc.args["field"] == TELEMETRY_FIELD:
             return self._on_telemetry(inc.args["value"])
-        self.emit("primary_" + inc.fn.name.removeprefix("blynk_"),
+        self.emit(oneway_event(inc.fn.name),
                   **{k: v.hex() if isinstance(v, bytes) else v for k, v in inc.args.items()})
 
     def _on_telemetry(self, text: str) -> None:
@@ -326,10 +327,10 @@ class NcpDevice(Device):
         except ValueError:
             report = None
         if not isinstance(report, dict):
-            self.emit("telemetry_refused", reason="not_a_json_object", length=len(text))
+            self.emit(Event.TELEMETRY_REFUSED, reason="not_a_json_object", length=len(text))
             return
         self.telemetry = report
-        self.emit("telemetry", **{k: v for k, v in report.items() if k not in ("t", "event", "side")})
+        self.emit(Event.TELEMETRY, **{k: v for k, v in report.items() if k not in ("t", "event", "side")})
         if report.get("ota_state") == "failed" and self.tx in (Tx.OFFERED, Tx.SENDING):
             # The device abandoned the transfer and said why: sending on would only collect
             # refusals until the download limit, and record the wrong reason.
@@ -339,14 +340,14 @@ class NcpDevice(Device):
             self._exit()
 
     def _exit(self) -> None:
-        self.emit("cloud_record", outcome=self.outcome, telemetry=self.telemetry, deferrals=self.deferrals,
+        self.emit(Event.CLOUD_RECORD, outcome=self.outcome, telemetry=self.telemetry, deferrals=self.deferrals,
                   deferred_seconds=self.deferred_for)
         self.actions.append(Exit(self.outcome or "none"))
 
     def _on_reboot(self, inc: Incoming) -> bool:
         def reboot() -> None:
             self.ep.notify("client_processEvent", {"event": 1})
-            self.emit("rebooting", reason="primary_request")
+            self.emit(Event.REBOOTING, reason="primary_request")
             self.actions.append(Reboot("primary_request"))
 
         inc.then = reboot
@@ -358,7 +359,7 @@ class NcpDevice(Device):
             return False
         # The answer goes out at the old rate; the shell switches once it has been sent.
         inc.then = lambda: self._switch_baud(baud)
-        self.emit("baud_change", baud=baud)
+        self.emit(Event.BAUD_CHANGE, baud=baud)
         return True
 
     def _switch_baud(self, baud: int) -> None:
@@ -369,9 +370,9 @@ class NcpDevice(Device):
         # The real NCP accepts initialize at any time, with or without a firmware report (the
         # driver's specification opens with exactly that); only the offer waits for a report.
         if not self.primary.info:
-            self.emit("initialize_without_firmware_info", note="no update is offered until the primary reports its firmware")
+            self.emit(Event.INITIALIZE_WITHOUT_FIRMWARE_INFO, note="no update is offered until the primary reports its firmware")
         self.values["template"] = inc.args["template_id"]
-        self.emit("initialize", template_id=inc.args["template_id"], template_name=inc.args["template_name"])
+        self.emit(Event.INITIALIZE, template_id=inc.args["template_id"], template_name=inc.args["template_name"])
         if self.state in (STATE["not_initialized"], STATE["idle"], STATE["error"]):
             inc.then = lambda: self._set_state("connecting_net")
             self._after("connect", self.cfg.connect_time / 2)
@@ -397,7 +398,7 @@ class NcpDevice(Device):
         # The first version reported and the latest: all that judging an outcome needs, and
         # bounded however often a peer reports.
         self.primary.versions[1:] = [a["version"]]
-        self.emit("primary_firmware", fw_type=a["type"], version=a["version"], build=a["build"])
+        self.emit(Event.PRIMARY_FIRMWARE, fw_type=a["type"], version=a["version"], build=a["build"])
         self._judge_report(a["version"])
         inc.then = self._consider_offer
         return True
@@ -405,7 +406,7 @@ class NcpDevice(Device):
     def _on_set_time(self, inc: Incoming) -> bool:
         ms = inc.args["time"]
         if not 0 <= ms <= MAX_TIME_MS:
-            self.emit("set_time_refused", time=ms, reason="out_of_range")
+            self.emit(Event.SET_TIME_REFUSED, time=ms, reason="out_of_range")
             return False
         self.values["time_offset_ms"] = ms - int(self.ep.now * 1000)
         return True
@@ -430,7 +431,7 @@ class NcpDevice(Device):
             else:
                 self._idle_pings += 1
                 if self._idle_pings >= 5:
-                    self.emit("primary_lost", tries=self._idle_pings)
+                    self.emit(Event.PRIMARY_LOST, tries=self._idle_pings)
                     self._idle_pings = 0
                     self._after("idle_ping", self.cfg.primary_idle_ping)
                 else:
@@ -460,7 +461,7 @@ class NcpDevice(Device):
         self._move(event)
         self.outcome = outcome
         self.sending = None
-        self.emit("ota_outcome", outcome=outcome, telemetry=self.telemetry, **fields)
+        self.emit(Event.OTA_OUTCOME, outcome=outcome, telemetry=self.telemetry, **fields)
         if not self.cfg.once:
             return
         if outcome == "rollback":
@@ -483,7 +484,7 @@ class NcpDevice(Device):
         nxt = cat.pick(self.primary.info.get("mcu", ""))
         if nxt is None:
             return False
-        self.emit("ota_fallback", failed=s.filename, file_kind=s.kind, outcome=outcome, next=nxt.filename,
+        self.emit(Event.OTA_FALLBACK, failed=s.filename, file_kind=s.kind, outcome=outcome, next=nxt.filename,
                   next_kind=nxt.kind, **fields)
         self._move(TxEvent.FALL_BACK)
         self.sending, self.offers_made, self.finish_tries = None, 0, 0
@@ -495,7 +496,7 @@ class NcpDevice(Device):
         if self.tx is Tx.OFFERED:
             # The primary accepted but never started (its Prefetch or Start was lost, or it
             # gave up): offer again while offers are left.
-            self.emit("ota_stalled", state="offered", waited=self.cfg.stage_timeout)
+            self.emit(Event.OTA_STALLED, state="offered", waited=self.cfg.stage_timeout)
             self._move(TxEvent.STALLED)
             if self.offers_made < self.cfg.offers:
                 self._consider_offer()
@@ -522,7 +523,7 @@ class NcpDevice(Device):
             self._finish(TxEvent.OLD_REPORTED, "rollback", version=version, new_version_seen=True)
         elif self.sender.can(TxEvent.RESTARTED):
             # The primary restarted in the middle of an update: it is lost on its side.
-            self.emit("ota_interrupted", state=self.tx.value, version=version, old=old,
+            self.emit(Event.OTA_INTERRUPTED, state=self.tx.value, version=version, old=old,
                       offers_left=self.cfg.offers - self.offers_made)
             self._move(TxEvent.RESTARTED)
             self.sending = None
@@ -558,7 +559,7 @@ class NcpDevice(Device):
             if self.cfg.min_version:
                 words.append(f"min={self.cfg.min_version}")
             self.ep.notify("client_blynkVPinChange", {"vpin": POLICY_VPIN, "value": " ".join(words).encode()})
-        self.emit("ota_offer", filename=s.filename, size=s.size, fw_type=s.info.get("fw-type", ""),
+        self.emit(Event.OTA_OFFER, filename=s.filename, size=s.size, fw_type=s.info.get("fw-type", ""),
                   version=s.version, offer=self.offers_made, file_kind=s.kind)
         self.ep.call("client_otaUpdateAvailable", {
             "filename": s.filename, "size": s.size, "fw_type": s.info.get("fw-type", ""),
@@ -570,7 +571,7 @@ class NcpDevice(Device):
             return  # Start came first, from inside the offer handler
         if c.ok and c.result:
             self._move(TxEvent.OFFER_ACCEPTED)
-            self.emit("ota_accepted")
+            self.emit(Event.OTA_ACCEPTED)
             return
         reason = "refused" if c.ok else f"offer_failed:{c.status:#x}"
         if c.ok:
@@ -578,7 +579,7 @@ class NcpDevice(Device):
             self._finish(TxEvent.OFFER_REFUSED, "refused")
         elif self.offers_made < self.cfg.offers:
             self._move(TxEvent.OFFER_LOST)
-            self.emit("ota_offer_declined", reason=reason, will_retry_in=self.cfg.reoffer_after)
+            self.emit(Event.OTA_OFFER_DECLINED, reason=reason, will_retry_in=self.cfg.reoffer_after)
             self._after("reoffer", self.cfg.reoffer_after)
         else:
             self._finish(TxEvent.GIVE_UP, "offer_failed", status=c.status)
@@ -593,7 +594,7 @@ class NcpDevice(Device):
         self._move(TxEvent.PREFETCH)
         started = self.ep.now
         done_at = self.net.ready_at(started, s.size)
-        self.emit("prefetch_start", size=s.size)
+        self.emit(Event.PREFETCH_START, size=s.size)
         self._prefetch_reply = inc
         if self.net.fails_before(s.size):
             self._timers["prefetch"] = self.net.ready_at(started, self.net.fail_at)
@@ -605,7 +606,7 @@ class NcpDevice(Device):
         inc, self._prefetch_reply = self._prefetch_reply, None
         s = self.shipment
         if self.net.fails_before(s.size):
-            self.emit("prefetch_failed", at=self.net.fail_at)
+            self.emit(Event.PREFETCH_FAILED, at=self.net.fail_at)
             self.ep.reply(inc, PREFETCH_CODE["download_timeout"])
             self._finish(TxEvent.PREFETCH_FAILED, "prefetch_failed", at=self.net.fail_at)
             return
@@ -615,23 +616,23 @@ class NcpDevice(Device):
             # The NCP's own storage failed (full, read-only): the cloud's answer for a
             # download that did not land.
             why = "no_fs_space" if e.errno == errno.ENOSPC else "fs_write_fail"
-            self.emit("prefetch_failed", reason=why, error=e.strerror or str(e))
+            self.emit(Event.PREFETCH_FAILED, reason=why, error=e.strerror or str(e))
             self.ep.reply(inc, PREFETCH_CODE[why])
             self._finish(TxEvent.PREFETCH_FAILED, "prefetch_failed", reason=why)
             return
         self.serve_from = self.store.source("ota.bin")
         self.prefetched = True
         self._move(TxEvent.PREFETCH_DONE)
-        self.emit("prefetch_done", size=s.size)
+        self.emit(Event.PREFETCH_DONE, size=s.size)
         self.ep.reply(inc, PREFETCH_CODE["ok"])
 
     def _on_start(self, inc: Incoming) -> bool:
         asked = inc.args["chunk_size"]
         if self.shipment is None or not self.sender.can(TxEvent.START):
-            self.emit("ota_start_refused", reason="no_update_offered", chunk_size=asked)
+            self.emit(Event.OTA_START_REFUSED, reason="no_update_offered", chunk_size=asked)
             return False
         if asked == 0:
-            self.emit("ota_start_refused", reason="chunk_size_zero")
+            self.emit(Event.OTA_START_REFUSED, reason="chunk_size_zero")
             return False
         chunk = min(asked, self.max_chunk)
         # Without prefetch the download from the cloud starts now and runs alongside the writes.
@@ -640,7 +641,7 @@ class NcpDevice(Device):
         # The NCP stays "connected" while it updates the primary: state 11 is the NCP
         # updating its own firmware ("NCP Upgrade" in the driver's examples).
         self._move(TxEvent.START)
-        self.emit("ota_start", chunk_size=chunk, asked=asked, size=self.shipment.size, prefetched=self.prefetched)
+        self.emit(Event.OTA_START, chunk_size=chunk, asked=asked, size=self.shipment.size, prefetched=self.prefetched)
         inc.then = self._discover
         return True
 
@@ -674,7 +675,7 @@ class NcpDevice(Device):
         def got_resume(c: Call | None) -> None:
             if c is not None and c.ok and c.result and c.values["offset"]:
                 sd.acked = sd.next_offset = c.values["offset"]
-                self.emit("ota_resumed", offset=sd.acked, size=self.shipment.size)
+                self.emit(Event.OTA_RESUMED, offset=sd.acked, size=self.shipment.size)
             self._discovered(window[0])
 
         ask(caps, self.cfg.pipeline, got_caps)
@@ -684,7 +685,7 @@ class NcpDevice(Device):
         if sd is None:
             return
         sd.window, sd.discovering = max(1, window), False
-        self.emit("ota_window", window=sd.window, pipelined=sd.window > 1)
+        self.emit(Event.OTA_WINDOW, window=sd.window, pipelined=sd.window > 1)
         self._pump()
 
     def _on_suspend(self, inc: Incoming) -> bool:
@@ -696,19 +697,19 @@ class NcpDevice(Device):
             if seconds:
                 self.deferrals += 1
                 self.deferred_for += seconds
-                self.emit("ota_deferred", seconds=seconds, deferrals=self.deferrals, total_seconds=self.deferred_for)
+                self.emit(Event.OTA_DEFERRED, seconds=seconds, deferrals=self.deferrals, total_seconds=self.deferred_for)
                 if self.deferred_for > self.cfg.max_defer:
                     inc.then = lambda: self._cancel("deferred", deferrals=self.deferrals,
                                                     deferred_seconds=self.deferred_for)
                     return True
                 self._after("stage", seconds + self.cfg.stage_timeout)
             else:
-                self.emit("ota_undeferred", deferrals=self.deferrals)
+                self.emit(Event.OTA_UNDEFERRED, deferrals=self.deferrals)
                 self._after("stage", self.cfg.stage_timeout)
             return True
         if self.sending is not None:
             self.sending.suspended_until = self.ep.now + seconds if seconds else 0.0
-            self.emit("ota_suspend", seconds=seconds)
+            self.emit(Event.OTA_SUSPEND, seconds=seconds)
         return True
 
     def _pump(self) -> None:
@@ -802,7 +803,7 @@ class NcpDevice(Device):
             while sd.acked in sd.done:
                 sd.done.discard(sd.acked)
                 sd.acked = min(sd.acked + sd.chunk, self.shipment.size)
-            self.emit("ota_progress", offset=sd.acked, size=self.shipment.size, retries=sd.total_retries)
+            self.emit(Event.OTA_PROGRESS, offset=sd.acked, size=self.shipment.size, retries=sd.total_retries)
         else:
             sd.total_retries += 1
             sd.losses += 1
@@ -815,7 +816,7 @@ class NcpDevice(Device):
                 # does not spend its tries. The lowest one's tries bound the whole transfer.
                 n = sd.retries.get(offset, 0)
                 why = "timeout_behind_gap"
-            self.emit("ota_retry", offset=offset, attempt=n, reason=why)
+            self.emit(Event.OTA_RETRY, offset=offset, attempt=n, reason=why)
             if c.ok and n <= self.cfg.retries:
                 # A refusal comes back at once: resent at once, the tries would all be spent
                 # within a few milliseconds, before a primary that restarted mid-transfer has
@@ -844,11 +845,11 @@ class NcpDevice(Device):
             return
         if c.ok and c.result:
             self._move(TxEvent.FINISH_ACCEPTED)
-            self.emit("ota_finished", retries=self.sending.total_retries if self.sending else 0)
+            self.emit(Event.OTA_FINISHED, retries=self.sending.total_retries if self.sending else 0)
             return
         self.finish_tries += 1
         why = "refused" if c.ok else f"status_{c.status:#x}"
-        self.emit("ota_retry", offset=self.shipment.size, attempt=self.finish_tries, reason=f"finish_{why}")
+        self.emit(Event.OTA_RETRY, offset=self.shipment.size, attempt=self.finish_tries, reason=f"finish_{why}")
         if self.finish_tries > self.cfg.retries:
             self._cancel("finish_failed", reason=why)
         else:

@@ -55,6 +55,8 @@ import zlib
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from dualmcu.rpc.events import Event
+
 from .flash import Flash, FlashError
 from .reasons import code_of, name_of
 from .records import Redundant
@@ -284,9 +286,9 @@ class Bootloader:
         def roll_back(why: str) -> BootState | None:
             target = state.confirmed
             if target == NO_SLOT or not self._verifies(state, target):
-                events.append(("rollback_impossible", {"reason": why}))
+                events.append((Event.ROLLBACK_IMPOSSIBLE, {"reason": why}))
                 return None
-            events.append(("rollback", {"from_slot": "AB"[state.active], "to_slot": "AB"[target], "reason": why}))
+            events.append((Event.ROLLBACK, {"from_slot": "AB"[state.active], "to_slot": "AB"[target], "reason": why}))
             return save(replace(state.failed(why), active=target, trial=False, attempts=0, trial_failure=0,
                                 rollbacks=state.rollbacks + 1))
 
@@ -296,21 +298,21 @@ class Bootloader:
             state = roll_back(name_of(state.trial_failure) if state.trial_failure else "trial_attempts_spent")
         elif state.trial:
             state = save(replace(state, attempts=state.attempts - 1))
-            events.append(("trial_boot", {"slot": "AB"[state.active], "attempts_left": state.attempts}))
+            events.append((Event.TRIAL_BOOT, {"slot": "AB"[state.active], "attempts_left": state.attempts}))
         if state is not None and not self._verifies(state, state.active):
-            events.append(("verify_failed", {"slot": "AB"[state.active]}))
+            events.append((Event.VERIFY_FAILED, {"slot": "AB"[state.active]}))
             if state.trial:
                 state = roll_back("trial_image_does_not_verify")
             else:
                 other = 1 - state.active
                 if self._verifies(state, other):
-                    events.append(("fallback", {"to_slot": "AB"[other]}))
+                    events.append((Event.FALLBACK, {"to_slot": "AB"[other]}))
                     state = save(replace(state.failed("image_does_not_verify"), active=other, confirmed=other,
                                          trial=False, attempts=0))
                 else:
                     state = None
         if state is None:
-            events.append(("no_bootable_image", {}))
+            events.append((Event.NO_BOOTABLE_IMAGE, {}))
             return BootResult(None, False, self.store.load(), tuple(events))
         if not written:
             state = save(state)

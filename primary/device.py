@@ -44,6 +44,7 @@ from dualmcu.image.firmware import TEST_KEY, read_info_streamed
 from dualmcu.framing import Profile
 from dualmcu.rpc import PRIMARY, Call, Incoming
 from dualmcu.rpc.device import Device, Halt, Reboot, SetBaud
+from dualmcu.rpc.events import Event
 from dualmcu.rpc.interface import EVENTS, POLICY_VPIN, STATES, TELEMETRY_FIELD
 
 from .boot import Bootloader, BootResult, Trust
@@ -97,11 +98,11 @@ class PrimaryDevice(Device):
         self.ota_state, self.ota_reason = "idle", ""
         self.config: ConfigRecord | None = None
         self.bootloader = Bootloader(flash, attempts=config.attempts, trust=config.trust,
-                                     on_unsaved=lambda error: self.emit("boot_state_not_saved", error=error))
+                                     on_unsaved=lambda error: self.emit(Event.BOOT_STATE_NOT_SAVED, error=error))
         if config.trust is None or not config.trust.keys:
-            self.emit("trust", keys=0, note="no key trusted: unsigned images are accepted")
+            self.emit(Event.TRUST, keys=0, note="no key trusted: unsigned images are accepted")
         else:
-            self.emit("trust", keys=len(config.trust.keys), target=config.trust.target)
+            self.emit(Event.TRUST, keys=len(config.trust.keys), target=config.trust.target)
         self.boot: BootResult = self.bootloader.boot()
         for kind, fields in self.boot.events:
             self.emit(kind, **fields)
@@ -109,7 +110,7 @@ class PrimaryDevice(Device):
                 self.ota_state, self.ota_reason = "rolled_back", fields["reason"]
         self.ota: OtaReceiver | None = None
         if self.boot.slot is None:
-            self.emit("halted", reason="no_bootable_image")
+            self.emit(Event.HALTED, reason="no_bootable_image")
             self.actions.append(Halt("no_bootable_image"))
             return
         if self.boot.trial:
@@ -128,17 +129,17 @@ class PrimaryDevice(Device):
         only_on = self.info.get(TEST_KEY + "-hw-rev")
         if only_on is not None and flash.identity.hw_rev not in only_on.replace(",", " ").split():
             self.behaviour, self.behaviour_arg = "", 0.0  # a bug of some hardware revisions only
-        self.emit("booted", slot="AB"[self.boot.slot], trial=self.boot.trial, version=self.info["mcu"],
+        self.emit(Event.BOOTED, slot="AB"[self.boot.slot], trial=self.boot.trial, version=self.info["mcu"],
                   fw_type=self.info["fw-type"], tagged=info is not None, boots=self.boot.state.boots,
                   crash_loop=self.boot.state.crash_loop, hw_rev=flash.identity.hw_rev,
                   bootloader=flash.identity.bootloader)
         if self.behaviour == "crash":
-            self.emit("crashed", reason="test_image_crash")
+            self.emit(Event.CRASHED, reason="test_image_crash")
             self.actions.append(Reboot("crash"))
             return
         self._load_config()
         if self.behaviour == "hang":
-            self.emit("hung", note="a test image that never confirms and never crashes")
+            self.emit(Event.HUNG, note="a test image that never confirms and never crashes")
             self.hung = True
             return
         for name, handler in (
@@ -163,14 +164,14 @@ class PrimaryDevice(Device):
                                state.slots[other].sha256 if other_ok else None)
         if loaded.record is None:
             # Written by a newer schema than this image reads: never guess at it.
-            self.emit("config_unreadable", schema=loaded.from_schema, own_schema=schema)
+            self.emit(Event.CONFIG_UNREADABLE, schema=loaded.from_schema, own_schema=schema)
             self._fail("config_unreadable")
             if not self.boot.trial:
                 self.config = ConfigStore(self.flash, slot).store(ConfigRecord(schema, state.slots[slot].sha256[:8],
                                                                                {"device_name": "dualmcu"}))
             return
         self.config = loaded.record
-        self.emit("config_loaded", schema=loaded.record.schema, source=loaded.source, from_schema=loaded.from_schema,
+        self.emit(Event.CONFIG_LOADED, schema=loaded.record.schema, source=loaded.source, from_schema=loaded.from_schema,
                   keys=len(loaded.record.values))
         if self.behaviour == "breaking-migration" and self.boot.trial:
             # The defect this image stands for: a migration the old image could not read
@@ -178,7 +179,7 @@ class PrimaryDevice(Device):
             values = dict(self.config.values)
             values["report_interval_ms"] = str(int(values.pop("report_interval_s", "60")) * 1000)
             self.config = ConfigStore(self.flash, slot).store(ConfigRecord(schema, self.config.owner, values))
-            self.emit("config_migrated", schema=schema, breaking=True)
+            self.emit(Event.CONFIG_MIGRATED, schema=schema, breaking=True)
 
     def _fail(self, reason: str) -> None:
         """Keep ``reason`` as the last failure in the boot state."""
@@ -209,7 +210,7 @@ class PrimaryDevice(Device):
         }
         self.ep.notify("blynk_setMetadata", {"field": TELEMETRY_FIELD,
                                              "value": json.dumps(report, separators=(",", ":"))})
-        self.emit("telemetry_sent", ota_state=self.ota_state, ota_reason=self.ota_reason)
+        self.emit(Event.TELEMETRY_SENT, ota_state=self.ota_state, ota_reason=self.ota_reason)
 
     # -- the core interface ------------------------------------------------------------------
 
@@ -227,7 +228,7 @@ class PrimaryDevice(Device):
     def _timer_commit(self) -> None:
         if not self.boot.trial:
             return
-        self.emit("commit_timeout", waited=self.cfg.commit_timeout, version=self.info["mcu"])
+        self.emit(Event.COMMIT_TIMEOUT, waited=self.cfg.commit_timeout, version=self.info["mcu"])
         self.bootloader.reject("commit_timeout")
         self.actions.append(Reboot("commit_timeout"))
 
@@ -239,7 +240,7 @@ class PrimaryDevice(Device):
         return (self.ota.next_deadline(),) if self.ota is not None else ()
 
     def request_reboot(self, reason: str) -> None:
-        self.emit("rebooting", reason=reason)
+        self.emit(Event.REBOOTING, reason=reason)
         self.actions.append(Reboot(reason))
 
     # -- NCP initialisation, as the driver does it ---------------------------------------------
@@ -268,13 +269,13 @@ class PrimaryDevice(Device):
     def _next_step(self, c: Call | None = None) -> None:
         if c is not None:
             if not c.ok:
-                self.emit("ncp_init_failed", call=c.fn.name, status=c.status)
+                self.emit(Event.NCP_INIT_FAILED, call=c.fn.name, status=c.status)
                 self._after("init", self.cfg.reinit_after)
                 return
             if c.fn.name == "blynk_getNcpVersion":
-                self.emit("ncp_version", version=c.values.get("version"))
+                self.emit(Event.NCP_VERSION, version=c.values.get("version"))
             elif c.fn.name == "blynk_getState":
-                self.emit("ncp_state", state=STATES.get(c.result, c.result))
+                self.emit(Event.NCP_STATE, state=STATES.get(c.result, c.result))
         if self._steps:
             name, args = self._steps.pop(0)
             self.ep.call(name, args, on_done=self._next_step)
@@ -283,14 +284,14 @@ class PrimaryDevice(Device):
             self.ep.call("hw_setUartBaudRate", {"baud": self.cfg.baud}, on_done=self._baud_set)
             return
         self.ready = True
-        self.emit("ready", version=self.info["mcu"])
+        self.emit(Event.READY, version=self.info["mcu"])
         self._health_check()
         self._after("heartbeat", self.cfg.heartbeat)
 
     def _baud_set(self, c: Call) -> None:
         self._baud_done = True
         if not (c.ok and c.result):
-            self.emit("baud_change_refused", baud=self.cfg.baud, status=c.status)
+            self.emit(Event.BAUD_CHANGE_REFUSED, baud=self.cfg.baud, status=c.status)
             return self._next_step()
         # Both ends switch once the RESULT is through; then ping until the NCP answers at the
         # new rate (the first ping may be lost while the NCP's UART settles).
@@ -300,10 +301,10 @@ class PrimaryDevice(Device):
     def _baud_ping(self) -> None:
         def answered(c: Call) -> None:
             if c.ok:
-                self.emit("baud_changed", baud=self.cfg.baud)
+                self.emit(Event.BAUD_CHANGED, baud=self.cfg.baud)
                 self._next_step()
             else:
-                self.emit("baud_ping_lost", baud=self.cfg.baud)
+                self.emit(Event.BAUD_PING_LOST, baud=self.cfg.baud)
                 self._after("baud_ping", self.cfg.ping_retry)
 
         self.ep.call("ncp_ping", on_done=answered)
@@ -319,13 +320,13 @@ class PrimaryDevice(Device):
             return
         self._send_telemetry()  # the cloud sees the trial before its verdict
         if self.behaviour in ("fail-health", "breaking-migration") or not self.described:
-            self.emit("health_check_failed", version=self.info["mcu"])
+            self.emit(Event.HEALTH_CHECK_FAILED, version=self.info["mcu"])
             # Rolled back at the next boot, naming the reason; the attempts are for crashes.
             self.bootloader.reject("health_check_failed")
             self.request_reboot("health_check_failed")
             return
         if self.behaviour == "slow-confirm" and self.behaviour_arg > 0 and "confirm" not in self._timers:
-            self.emit("health_check_running", seconds=self.behaviour_arg)
+            self.emit(Event.HEALTH_CHECK_RUNNING, seconds=self.behaviour_arg)
             self._after("confirm", self.behaviour_arg)
             return
         self._confirm()
@@ -340,7 +341,7 @@ class PrimaryDevice(Device):
         if self.ota is not None:
             self.ota.boot_state = self.boot.state
         self.ota_state, self.ota_reason = "confirmed", ""
-        self.emit("confirmed", slot="AB"[self.boot.slot], version=self.info["mcu"])
+        self.emit(Event.CONFIRMED, slot="AB"[self.boot.slot], version=self.info["mcu"])
         self._send_telemetry()
 
     def _timer_heartbeat(self) -> None:
@@ -350,7 +351,7 @@ class PrimaryDevice(Device):
             if c.ok:
                 self._misses = 0
                 if STATES.get(c.result) == "not_initialized":
-                    self.emit("ncp_restarted")
+                    self.emit(Event.NCP_RESTARTED)
                     self._init()
                     return
             elif self.ep.last_heard is not None and self.ep.last_heard >= c.sent_at:
@@ -361,7 +362,7 @@ class PrimaryDevice(Device):
             else:
                 self._misses += 1
                 if self._misses >= 3:
-                    self.emit("ncp_lost", misses=self._misses)
+                    self.emit(Event.NCP_LOST, misses=self._misses)
                     self._init()
                     return
             self._after("heartbeat", self.cfg.heartbeat)
@@ -375,15 +376,15 @@ class PrimaryDevice(Device):
         return True
 
     def _on_state(self, inc: Incoming) -> None:
-        self.emit("ncp_state", state=STATES.get(inc.args["state"], inc.args["state"]))
+        self.emit(Event.NCP_STATE, state=STATES.get(inc.args["state"], inc.args["state"]))
 
     def _on_vpin(self, inc: Incoming) -> None:
         vpin, value = inc.args["vpin"], inc.args["value"]
         if vpin == POLICY_VPIN and self.ota is not None:
             self.ota.policy = Policy.parse(value.decode("utf-8", "replace"))
-            self.emit("ota_policy", mandatory=self.ota.policy.mandatory, min_version=self.ota.policy.min_version)
+            self.emit(Event.OTA_POLICY, mandatory=self.ota.policy.mandatory, min_version=self.ota.policy.min_version)
             return
-        self.emit("vpin_change", vpin=vpin, value=value.hex())
+        self.emit(Event.VPIN_CHANGE, vpin=vpin, value=value.hex())
         # A setting from the cloud lives in the configuration store (written only on change).
         key = f"V{vpin}"
         text = value.decode("utf-8", "replace")[:64]
@@ -393,11 +394,11 @@ class PrimaryDevice(Device):
                 self.config = ConfigStore(self.flash, self.boot.slot).store(
                     ConfigRecord(self.config.schema, self.config.owner, values))
             except ValueError:  # more than a flash page holds
-                self.emit("config_full", key=key)
+                self.emit(Event.CONFIG_FULL, key=key)
 
     def _on_event(self, inc: Incoming) -> None:
         event = inc.args["event"]
-        self.emit("ncp_event", event=EVENTS.get(event, event))
+        self.emit(Event.NCP_EVENT, event=EVENTS.get(event, event))
         if event == 1:  # the NCP is rebooting: initialise it again once it is back
             self.ready = False
             self._timers.pop("heartbeat", None)

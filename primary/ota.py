@@ -85,6 +85,7 @@ from typing import Callable
 from dualmcu.image.firmware import find_tag, is_newer, parse_tag, read_info_streamed, version_key
 from dualmcu.image.package import PIECE, Applier, Header, ImageClaims, PackageError, check_base, is_package
 from dualmcu.rpc import DEFER, Call, Endpoint, Incoming
+from dualmcu.rpc.events import Event
 from dualmcu.rpc.interface import PREFETCH
 from dualmcu.rpc.machine import Machine
 
@@ -356,7 +357,7 @@ class OtaReceiver:
     # -- handlers ----------------------------------------------------------------------------
 
     def _refuse(self, call: str, reason: str, **fields) -> bool:
-        self.emit("ota_refused", call=call, reason=reason, **fields)
+        self.emit(Event.OTA_REFUSED, call=call, reason=reason, **fields)
         if call == "available":
             self.report("refused", reason)
         return False
@@ -387,7 +388,7 @@ class OtaReceiver:
                 t.kind = "image"
             t.kept = t.kept_slot = 0
             t.file_crc32 = crc
-            self.emit("ota_resumed", offset=t.offset, size=t.size, image_offset=t.written)
+            self.emit(Event.OTA_RESUMED, offset=t.offset, size=t.size, image_offset=t.written)
             return (t.offset, True)
         self._drop_kept(t)
         t.file_crc32 = crc  # persisted with the first checkpoint
@@ -406,7 +407,7 @@ class OtaReceiver:
     def on_available(self, inc: Incoming):
         a = inc.args
         offer = {"size": a["size"], "fw_type": a["fw_type"], "fw_version": a["fw_version"]}
-        self.emit("ota_offer", filename=a["filename"], fw_build=a["fw_build"], **offer)
+        self.emit(Event.OTA_OFFER, filename=a["filename"], fw_build=a["fw_build"], **offer)
         bad = [k for k in ("filename", "fw_type", "fw_version", "fw_build") if not _clean_text(a[k])]
         if bad:
             # Checked before anything touches the flash: the boot state records version and
@@ -432,7 +433,7 @@ class OtaReceiver:
         if self.boot_state.trial:
             return self._refuse("available", "trial_pending", **offer)
         if mandatory:
-            self.emit("ota_mandatory", version=a["fw_version"], min_version=policy.min_version)
+            self.emit(Event.OTA_MANDATORY, version=a["fw_version"], min_version=policy.min_version)
         self.deferred = {"args": dict(a), "mandatory": mandatory}
         if self.cfg.install_window is not None and not mandatory and self.utc_offset is None:
             # The window is in UTC, and only the NCP knows the time: ask, and answer the
@@ -470,7 +471,7 @@ class OtaReceiver:
             return self._accept(inc, held["args"], held["mandatory"])
         seconds, why = wait
         if self.t is not None:
-            self.emit("ota_cancelled", reason="replaced_by_new_offer", offset=self.t.offset)
+            self.emit(Event.OTA_CANCELLED, reason="replaced_by_new_offer", offset=self.t.offset)
             self.t, self.deadline = None, None
         self._move(OtaEvent.DEFER)
         # After the RESULT: the NCP takes a Suspend for an offer it knows was accepted.
@@ -480,7 +481,7 @@ class OtaReceiver:
     def _defer(self, seconds: float, why: str) -> None:
         suspend = int(min(MAX_SUSPEND, max(1, -(-seconds // 1))))
         self.defer_until = self.ep.now + suspend
-        self.emit("ota_deferred", reason=why, seconds=suspend, battery=round(battery_level(self.cfg, self.ep.now), 1))
+        self.emit(Event.OTA_DEFERRED, reason=why, seconds=suspend, battery=round(battery_level(self.cfg, self.ep.now), 1))
         self.report("deferred", why)
         # The NCP learns to wait: a real one pauses the update, the dualmcu one records it.
         self.ep.call("blynk_otaUpdateSuspend", {"seconds": suspend})
@@ -492,7 +493,7 @@ class OtaReceiver:
         if wait is not None:
             self._move(OtaEvent.DEFER)
             return self._defer(*wait)
-        self.emit("ota_undeferred")
+        self.emit(Event.OTA_UNDEFERRED)
         self.ep.call("blynk_otaUpdateSuspend", {"seconds": 0})
         if self._accept(None, self.deferred["args"], self.deferred["mandatory"]) is not False:
             self._after_accept()
@@ -502,7 +503,7 @@ class OtaReceiver:
         the offer being answered (None: a deferred one, answered long ago)."""
         offer = {"size": a["size"], "fw_type": a["fw_type"], "fw_version": a["fw_version"]}
         if self.t is not None:
-            self.emit("ota_cancelled", reason="replaced_by_new_offer", offset=self.t.offset)
+            self.emit(Event.OTA_CANCELLED, reason="replaced_by_new_offer", offset=self.t.offset)
         slot = 1 - self.boot_state.active
         t = Transfer(a["filename"], a["size"], a["fw_type"], a["fw_version"], a["fw_build"], slot,
                      mandatory=mandatory)
@@ -531,7 +532,7 @@ class OtaReceiver:
         self.deferred, self.defer_until = None, None
         self._move(OtaEvent.ACCEPT)
         self._arm()
-        self.emit("ota_accepted", slot="AB"[slot], **offer)
+        self.emit(Event.OTA_ACCEPTED, slot="AB"[slot], **offer)
         self.report("downloading", "")
         if inc is not None:
             inc.then = self._after_accept
@@ -547,7 +548,7 @@ class OtaReceiver:
         if self.state is not Ota.OFFERED:
             return
         if c.ok and c.result == 1:
-            self.emit("ota_prefetched")
+            self.emit(Event.OTA_PREFETCHED)
             self._start()
         else:
             why = PREFETCH.get(c.result, f"status_{c.status:#x}") if c.ok else f"status_{c.status:#x}"
@@ -583,7 +584,7 @@ class OtaReceiver:
                 same = t.recent.get(offset) == (len(chunk), crc)
             if same:
                 t.duplicates += 1
-                self.emit("ota_duplicate", offset=offset)
+                self.emit(Event.OTA_DUPLICATE, offset=offset)
                 return True
             return self._refuse("write", "offset_mismatch", offset=offset, expected=t.offset)
         if offset == t.offset:
@@ -631,7 +632,7 @@ class OtaReceiver:
             self._refuse("write", e.reason, offset=offset, error=str(e))
             self._abandon(e.reason)
             return False
-        self.emit("ota_progress", offset=t.offset, size=t.size)
+        self.emit(Event.OTA_PROGRESS, offset=t.offset, size=t.size)
         if done <= self.ep.now:
             return True
         self._reply_at(done, inc, True)
@@ -720,7 +721,7 @@ class OtaReceiver:
             _, sha = slot_digests(self.flash, active, rec.length) if rec.installed else (0, bytes(32))
             check_base(h, rec.length if rec.installed else 0, sha)
         t.claims = h.claims
-        self.emit("ota_package", package=h.describe()["kind"], compression=h.describe()["compression"],
+        self.emit(Event.OTA_PACKAGE, package=h.describe()["kind"], compression=h.describe()["compression"],
                   image_size=h.image_size, base_version=h.base_version or None)
 
     def _put(self, t: Transfer, data: bytes) -> None:
@@ -861,7 +862,7 @@ class OtaReceiver:
             self.boot_state = self.boot.install(t.slot, t.length)
         except FlashError as e:
             return fail("flash_error", error=str(e))
-        self.emit("ota_installed", slot="AB"[t.slot], version=t.fw_version, size=t.length, sha256=sha.hex(),
+        self.emit(Event.OTA_INSTALLED, slot="AB"[t.slot], version=t.fw_version, size=t.length, sha256=sha.hex(),
                   duplicates=t.duplicates, **({"package_size": t.size} if t.kind == "package" else {}))
         self.report("written", "")
         self._move(OtaEvent.INSTALLED)
@@ -876,7 +877,7 @@ class OtaReceiver:
         self._move(OtaEvent.REJECTED)
         self.t, self.deadline = None, None
         self._refuse("finish", reason, **fields)
-        self.emit("ota_cancelled", reason=reason, offset=t.size)
+        self.emit(Event.OTA_CANCELLED, reason=reason, offset=t.size)
         self.report("failed", reason)
         if inc is not None:
             self.ep.reply(inc, False)
@@ -917,4 +918,4 @@ class OtaReceiver:
         self.t, self.deadline = None, None
         # The slot was forgotten in the boot state when the offer was accepted; what was
         # written to it is garbage that the next transfer erases page by page.
-        self.emit("ota_cancelled", reason=reason, offset=offset)
+        self.emit(Event.OTA_CANCELLED, reason=reason, offset=offset)

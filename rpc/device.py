@@ -17,6 +17,7 @@ from typing import Any, Callable, Union
 from dualmcu.framing import Profile
 
 from .endpoint import Endpoint
+from .events import Event
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,13 @@ class Device:
     def _settle(self) -> None:
         """Runs after every input and tick: the place to start work that waits for a moment."""
 
-    def emit(self, kind: str, **fields: Any) -> None:
+    def emit(self, kind: Event, **fields: Any) -> None:
+        if not isinstance(kind, Event):
+            raise TypeError(f"{kind!r} is not an Event: every kind is listed in dualmcu.rpc.events")
         self._emit(kind, t=round(self.ep.now, 6), **fields)
 
-    def _wire_event(self, kind: str, **fields: Any) -> None:
-        self.emit("rpc_" + kind, **fields)
+    def _wire_event(self, kind: Event, **fields: Any) -> None:
+        self.emit(kind, **fields)
 
     def _after(self, name: str, delay: float) -> None:
         if name not in self._on_timer:

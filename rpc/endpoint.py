@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 from dualmcu.framing import Dropped, Frame, FramingError, Profile
 from dualmcu.rpc.interface import INTERFACE, INVOKE, ONEWAY, Function, Interface
+from dualmcu.rpc.events import Event
 from dualmcu.rpc.message import Invoke, Malformed, Oneway, Result, Status, parse
 from dualmcu.rpc.types import ArgsError
 
@@ -165,7 +166,7 @@ class Endpoint:
                 continue
             del self._pending[c.msg_id]
             self.stats["timeouts"] += 1
-            self.on_event("timeout", name=c.fn.name, msg_id=c.msg_id)
+            self.on_event(Event.RPC_TIMEOUT, name=c.fn.name, msg_id=c.msg_id)
             self._complete(c, Status.TIMEOUT, None)
 
     def next_deadline(self) -> float | None:
@@ -246,7 +247,7 @@ class Endpoint:
             # An answer larger than a frame carries: say so in a RESULT that fits, instead of
             # letting a peer that asks for it end this side.
             self.stats["handler_errors"] += 1
-            self.on_event("result_too_large", name=inc.fn.name, msg_id=inc.msg_id, size=len(data))
+            self.on_event(Event.RPC_RESULT_TOO_LARGE, name=inc.fn.name, msg_id=inc.msg_id, size=len(data))
             self._send(Result(inc.msg_id, Status.RESULTS_WRITE).encode())
         if inc.then is not None:
             inc.then()
@@ -270,7 +271,7 @@ class Endpoint:
         self.stats["frames_out"] += 1
 
     def _on_dropped(self, d: Dropped) -> None:
-        self.on_event("frame_dropped", reason=d.reason, size=d.size, raw=d.raw.hex())
+        self.on_event(Event.RPC_FRAME_DROPPED, reason=d.reason, size=d.size, raw=d.raw.hex())
 
     def _on_payload(self, payload: bytes) -> None:
         msg = parse(payload)
@@ -288,21 +289,21 @@ class Endpoint:
         else:
             assert isinstance(msg, Malformed)
             self.stats["malformed"] += 1
-            self.on_event("malformed", reason=msg.reason, raw=msg.payload[:64].hex())
+            self.on_event(Event.RPC_MALFORMED, reason=msg.reason, raw=msg.payload[:64].hex())
 
     def _on_result(self, r: Result) -> None:
         self.stats["results_in"] += 1
         c = self._pending.pop(r.msg_id, None)
         if c is None:
             self.stats["stale_results"] += 1
-            self.on_event("stale_result", msg_id=r.msg_id, status=r.status)
+            self.on_event(Event.RPC_STALE_RESULT, msg_id=r.msg_id, status=r.status)
             return
         if r.status != Status.OK:
             return self._complete(c, r.status, None)
         try:
             values = c.fn.decode_result(r.data)
         except ArgsError as e:
-            self.on_event("bad_result", name=c.fn.name, msg_id=r.msg_id, error=str(e))
+            self.on_event(Event.RPC_BAD_RESULT, name=c.fn.name, msg_id=r.msg_id, error=str(e))
             return self._complete(c, Status.RESULTS_READ, None)
         self._complete(c, Status.OK, values)
 
@@ -314,7 +315,7 @@ class Endpoint:
             except Exception:
                 self.stats["callback_errors"] += 1
                 log.exception("callback of %s (msg_id %d) raised", c.fn.name, c.msg_id)
-                self.on_event("callback_error", name=c.fn.name)
+                self.on_event(Event.RPC_CALLBACK_ERROR, name=c.fn.name)
         while self._held and not self._pending:  # the wait is over: serve what arrived meanwhile
             m = self._held.pop(0)
             self._on_invoke(m) if type(m) is Invoke else self._on_oneway(m)
@@ -330,7 +331,7 @@ class Endpoint:
         fn = self._lookup(m.uid, INVOKE)
         if fn is None:
             self.stats["unknown_uids"] += 1
-            self.on_event("unknown_uid", uid=m.uid, msg_id=m.msg_id, answered=self.answer_unknown)
+            self.on_event(Event.RPC_UNKNOWN_UID, uid=m.uid, msg_id=m.msg_id, answered=self.answer_unknown)
             if self.answer_unknown:
                 self._send(Result(m.msg_id, Status.UNKNOWN_UID).encode())
             return
@@ -338,7 +339,7 @@ class Endpoint:
             args = fn.decode_args(m.args)
         except ArgsError as e:
             self.stats["bad_args"] += 1
-            self.on_event("bad_args", name=fn.name, msg_id=m.msg_id, error=str(e))
+            self.on_event(Event.RPC_BAD_ARGS, name=fn.name, msg_id=m.msg_id, error=str(e))
             self._send(Result(m.msg_id, Status.ARGS_READ).encode())
             return
         inc = Incoming(fn, m.msg_id, args, self.now)
@@ -347,7 +348,7 @@ class Endpoint:
         except Exception as e:
             self.stats["handler_errors"] += 1
             log.exception("handler of %s raised", fn.name)
-            self.on_event("handler_error", name=fn.name, msg_id=m.msg_id, error=repr(e))
+            self.on_event(Event.RPC_HANDLER_ERROR, name=fn.name, msg_id=m.msg_id, error=repr(e))
             self.reply(inc, status=Status.GENERIC)
             return
         if ret is DEFER:
@@ -361,17 +362,17 @@ class Endpoint:
         fn = self._lookup(m.uid, ONEWAY)
         if fn is None:
             self.stats["unknown_uids"] += 1
-            self.on_event("unknown_uid", uid=m.uid, msg_id=None, answered=False)
+            self.on_event(Event.RPC_UNKNOWN_UID, uid=m.uid, msg_id=None, answered=False)
             return
         try:
             args = fn.decode_args(m.args)
         except ArgsError as e:
             self.stats["bad_args"] += 1
-            self.on_event("bad_args", name=fn.name, msg_id=None, error=str(e))
+            self.on_event(Event.RPC_BAD_ARGS, name=fn.name, msg_id=None, error=str(e))
             return
         try:
             self._handlers[fn.uid](Incoming(fn, None, args, self.now))
         except Exception as e:
             self.stats["handler_errors"] += 1
             log.exception("handler of %s raised", fn.name)
-            self.on_event("handler_error", name=fn.name, msg_id=None, error=repr(e))
+            self.on_event(Event.RPC_HANDLER_ERROR, name=fn.name, msg_id=None, error=repr(e))

@@ -23,6 +23,7 @@ import sys
 from dualmcu.primary.device import PrimaryDevice
 from dualmcu.primary.ota import OtaReceiver
 from dualmcu.rpc import DEFER
+from dualmcu.rpc.events import Event
 
 DEFECTS = ("duplicate-chunk-hazard", "racy-duplicate-hazard", "hang-on-empty-binary", "crash-on-long-vpin",
            "leak-on-state-change")
@@ -44,7 +45,7 @@ def plant(defects: set[str]) -> None:
 
     def write(self: OtaReceiver, inc):
         if not inc.args["chunk"] and "hang-on-empty-binary" in defects:
-            self.emit("defect_hang")
+            self.emit(Event.HUNG, note="planted defect: hang on an empty write")
             self.hang()
             return DEFER
         if resend(self, inc):

@@ -13,6 +13,7 @@ from dualmcu.ncp.update import Shipment
 from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
 from dualmcu.primary.ota import OtaConfig
 from dualmcu.rpc import Incoming
+from dualmcu.rpc.events import Event
 from dualmcu.rpc.interface import INTERFACE
 from dualmcu.sim import Simulation
 from support import active_image, provisioned, tagged
@@ -87,7 +88,7 @@ def test_peer_text_never_reaches_the_terminal_as_control_characters():
     from dualmcu.shell import EventPrinter
 
     out = io.StringIO()
-    EventPrinter("primary", as_json=False, out=out)("ota_offer", t=1.0, filename="a\x1b[2Jb\r\nforged", size=1)
+    EventPrinter("primary", as_json=False, out=out)(Event.OTA_OFFER, t=1.0, filename="a\x1b[2Jb\r\nforged", size=1)
     line = out.getvalue()
     assert "\x1b" not in line and "\r" not in line and line.count("\n") == 1
     assert "a\\x1b[2Jb\\r\\nforged" in line
@@ -168,8 +169,8 @@ def test_the_progress_line_never_wraps(monkeypatch, columns):
     clock = iter(range(10_000))
     monkeypatch.setattr("dualmcu.shell.time.monotonic", lambda: next(clock))  # each draw is due
     for off in range(0, 300 * 1024 + 1, 1024):
-        printer("ota_progress", t=101.0, offset=off, size=300 * 1024, retries=3)
-    printer("ota_finished", t=130.25, outcome="success")
+        printer(Event.OTA_PROGRESS, t=101.0, offset=off, size=300 * 1024, retries=3)
+    printer(Event.OTA_FINISHED, t=130.25, outcome="success")
     drawn = term.getvalue()
     lines = drawn.split("\n")
     assert len(lines) == 3 and lines[-1] == ""  # the progress line, closed, then the event

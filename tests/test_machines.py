@@ -12,6 +12,7 @@ import pytest
 from dualmcu.framing import get_profile
 from dualmcu.ncp import core as ncp_core
 from dualmcu.ncp.core import SENDER, Tx, TxEvent
+from dualmcu.rpc.events import Event
 from dualmcu.primary import ota as ota_mod
 from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
 from dualmcu.primary.ota import RECEIVER, Ota, OtaEvent
@@ -111,7 +112,7 @@ def test_an_illegal_move_in_a_handler_is_answered_as_an_error_not_lost():
     ota.ep.on_event = lambda kind, **f: dev_events.append(kind)
     fn = INTERFACE["client_otaUpdateAvailable"]
     ota.ep._on_invoke(Invoke(fn.uid, 9, fn.encode_args(OFFER)))
-    assert "handler_error" in dev_events
+    assert Event.RPC_HANDLER_ERROR in dev_events
     assert ota.ep.data_to_send()  # an answer went out (status 0x10), the endpoint lives on
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write the generated reference pages from the code itself.
 
-    .venv/bin/python tools/gen_docs.py          # rewrite docs/interface.md and docs/cli.md
+    .venv/bin/python tools/gen_docs.py          # rewrite docs/interface.md, cli.md and events.md
     .venv/bin/python tools/gen_docs.py --check  # exit 1 if either is out of date (the tests do this)
 """
 
@@ -20,6 +20,7 @@ import click  # noqa: E402
 
 from dualmcu.cli import main  # noqa: E402
 from dualmcu.exits import MEANING  # noqa: E402
+from dualmcu.rpc.events import Event  # noqa: E402
 from dualmcu.rpc.interface import EVENTS, EXTENSION_UIDS, INTERFACE, INVOKE, NCP, PREFETCH, STATES  # noqa: E402
 
 
@@ -58,6 +59,41 @@ def interface_md() -> str:
     return "\n".join(out)
 
 
+def events_md() -> str:
+    out = [
+        "# Events reference",
+        "",
+        "Generated from the events table in `rpc/events.py` by `tools/gen_docs.py`; do not edit.",
+        "",
+        "With `--json`, each side writes one JSON object per line:",
+        "",
+        "```",
+        '{"side": "primary", "event": "confirmed", "t": 4.411, "slot": "B", "version": "1.1.0"}',
+        "```",
+        "",
+        "- `side` is `ncp` or `primary` (`dualmcu run` adds its own lines with side `run`).",
+        "- `event` is one of the kinds below; the fields each carries are named in brackets.",
+        "- `t` is seconds since the side started, or since `dualmcu run` started, which gives both",
+        "  of its sides one origin. `port_open` names the UTC time at which `t` is 0",
+        "  (`clock_origin`), to set the stream beside other logs. Events of the set-up before the",
+        "  port opens carry no `t`.",
+        "- Binary values are hex strings. A reader should ignore fields it does not know.",
+        "",
+        "Without `--json` the same events are readable lines on stderr; `-v` adds the wire-level",
+        "ones (`rpc_frame_dropped`, `rpc_timeout`, `rpc_stale_result`) and every progress step.",
+        "",
+        "Side `both` means each side emits the event with the fields it has; `shell` means the I/O",
+        "shell of either side (the port, the process), not the emulated device.",
+    ]
+    section = None
+    for kind in Event:
+        if kind.section != section:
+            section = kind.section
+            out += ["", f"## {section}", "", "| event | side | what it means |", "|---|---|---|"]
+        out.append(f"| `{kind.value}` | {kind.side} | {kind.doc} |")
+    return "\n".join(out).rstrip("\n")
+
+
 def _walk(cmd: click.Command, path: list[str], out: list[str]) -> None:
     ctx = click.Context(cmd, info_name=" ".join(path), max_content_width=100, terminal_width=100,
                         help_option_names=["-h", "--help"])
@@ -82,7 +118,7 @@ def cli_md() -> str:
     return "\n".join(out)
 
 
-PAGES = {"docs/interface.md": interface_md, "docs/cli.md": cli_md}
+PAGES = {"docs/interface.md": interface_md, "docs/cli.md": cli_md, "docs/events.md": events_md}
 
 
 def main_() -> int:
