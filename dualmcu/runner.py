@@ -18,35 +18,42 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from dualmcu.image.firmware import build_image, make_info
+from dualmcu.ncp.core import NcpConfig
 from dualmcu.ncp.update import Catalog
-from dualmcu.primary.ota import DEFAULT_CHUNK
+from dualmcu.primary.device import PrimaryConfig
+from dualmcu.primary.flash import Geometry
+from dualmcu.rpc.events import Event
+from .child import send
 from .link import LinkConfig
 from .relay import Relay
 from .exits import ExitCode
 from .shell import Progress, detail, shown
+from .sides import NcpOptions, PrimaryOptions
 DEMO_TYPE = "TMPL0DEMO01"
 DEMO_SIZE = 300 * 1024
 
 
 @dataclass
 class RunOptions:
+    """What ``dualmcu run`` does.  The sides' own settings are the sides' config objects,
+    handed to each process whole (dualmcu/child.py); the run fills in what only it knows:
+    the ports, the files of this run, the power cut of the first boot."""
+
     firmware: list[str] = field(default_factory=list)  # files or directories of one release
     factory: str | None = None  # the primary's factory image (default: built here)
     framing: str = "cobs"
     flash: str | None = None
     link: str = "pty"
     baud: int = 115200
-    chunk_size: int = DEFAULT_CHUNK
-    prefetch: bool = False
-    retries: int = 5
+    ncp: NcpConfig = field(default_factory=NcpConfig)
+    primary: PrimaryConfig = field(default_factory=PrimaryConfig)
+    geometry: Geometry = field(default_factory=Geometry)  # of a new flash file
     net_rate: float | None = None
     net_fail_at: int | None = None
-    battery: float = 100.0
-    ota_timeout: float = 60.0
-    slot_size: int = 1 << 20
     timeout: float = 300.0
     kill_primary_at: int | None = None
     kill_ncp_at: int | None = None
@@ -59,11 +66,12 @@ class RunOptions:
     sign_key: str | None = None  # signs the factory image and the demo shipment
     target: str = "dualmcu/1"
     as_json: bool = False
-    extra_primary: list[str] = field(default_factory=list)
-    extra_ncp: list[str] = field(default_factory=list)
+    progress_interval: float = 0.0  # the sides' progress events at most this often (0: every one)
 
 
 RAW = "_line"  # a side's event line as the side printed it
+EOF = "_eof"  # the reader's own mark: the side's output has ended
+Verdict = tuple[int, str]  # the exit code and the reason the run ends with
 
 
 def _reader(side: str, proc: subprocess.Popen, q: queue.Queue) -> None:
@@ -80,7 +88,7 @@ def _reader(side: str, proc: subprocess.Popen, q: queue.Queue) -> None:
         else:
             ev = {"side": side, "event": "output", "text": line}
         q.put(ev)
-    q.put({"side": side, "event": "_eof", "proc": proc})
+    q.put({"side": side, "event": EOF, "proc": proc})
 
 
 class Run:
@@ -96,6 +104,7 @@ class Run:
         self.spawned: dict[str, int] = {"ncp": 0, "primary": 0}
         self.peak_rss: dict[str, int] = {"ncp": 0, "primary": 0}  # KiB, most of any incarnation
         self._rss_at = 0.0
+        self.handlers = self._handlers()
 
     # -- preparation -------------------------------------------------------------------------
 
@@ -138,43 +147,38 @@ class Run:
 
     # -- processes ---------------------------------------------------------------------------
 
-    def _cmd(self, side: str, path: str) -> list[str]:
+    def options(self, side: str, port: str) -> NcpOptions | PrimaryOptions:
+        """The side's whole configuration for one process on ``port``."""
         o = self.o
-        base = [sys.executable, "-m", "dualmcu", side, "--port", path, "--baud", str(o.baud),
-                "--framing", o.framing, "--json"]
         if side == "ncp":
-            base += [x for path in o.firmware for x in ("--firmware", os.path.abspath(path))]
-            base += ["--retries", str(o.retries), "--once",
-                     "--store", os.path.join(self.workdir, "ncp-store")]
-            if o.net_rate:
-                base += ["--net-rate", str(o.net_rate)]
-            if o.net_fail_at is not None:
-                base += ["--net-fail-at", str(o.net_fail_at)]
-            return base + o.extra_ncp
-        base += ["--flash", o.flash, "--provision", self.factory, "--chunk-size", str(o.chunk_size),
-                 "--battery", str(o.battery), "--ota-timeout", str(o.ota_timeout),
-                 "--slot-size", str(o.slot_size)]
-        if o.prefetch:
-            base.append("--prefetch")
+            return NcpOptions(port, o.baud, o.framing, tuple(os.path.abspath(f) for f in o.firmware),
+                              os.path.join(self.workdir, "ncp-store"), o.net_rate, o.net_fail_at,
+                              replace(o.ncp, once=True), as_json=True, progress_interval=o.progress_interval,
+                              start=self.t0)
+        cut_at = cut_seed = None
+        within = 0
         if self.spawned["primary"] == 0:  # the power fails once; the restarted device runs on
-            if o.power_cut_at is not None:
-                base += ["--power-cut-at", str(o.power_cut_at)]
-            elif o.power_cut_seed is not None:
+            cut_at, cut_seed = o.power_cut_at, None if o.power_cut_at is not None else o.power_cut_seed
+            if cut_seed is not None:
                 # Draw from the operations this update takes: page erases, chunk programs
                 # (one per page crossed) and a few boot-state writes.
-                size, page = self.largest, 4096
-                pages, chunks = -(-size // page), -(-size // o.chunk_size)
-                crossings = pages if page % o.chunk_size else 0
-                ops = pages + chunks + crossings + 6
-                base += ["--power-cut-seed", str(o.power_cut_seed), "--power-cut-within", str(ops)]
-        return base + o.extra_primary
+                page, chunk = o.geometry.page_size, o.primary.ota.chunk_size
+                pages, chunks = -(-self.largest // page), -(-self.largest // chunk)
+                crossings = pages if page % chunk else 0
+                within = pages + chunks + crossings + 6
+        geometry = None if os.path.exists(o.flash) else o.geometry  # an existing file keeps its own
+        return PrimaryOptions(port, o.flash, o.baud, o.framing, geometry, self.factory, o.primary, as_json=True,
+                              power_cut_at=cut_at, power_cut_seed=cut_seed, power_cut_within=within or 2000,
+                              progress_interval=o.progress_interval, start=self.t0)
 
     def spawn(self, side: str, path: str) -> None:
         log = os.path.join(self.workdir, f"{side}.log")
         self.logs[side] = log
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        p = subprocess.Popen(self._cmd(side, path), stdout=subprocess.PIPE, stderr=open(log, "ab"),
-                             stdin=subprocess.DEVNULL, env=env)
+        with open(log, "ab") as err:
+            p = subprocess.Popen([sys.executable, "-m", "dualmcu.child"], stdout=subprocess.PIPE, stderr=err,
+                                 stdin=subprocess.PIPE, env=env)
+        send(self.options(side, path), p.stdin)
         self.spawned[side] += 1
         self.procs[side] = p
         threading.Thread(target=_reader, args=(side, p, self.q), daemon=True).start()
@@ -222,95 +226,134 @@ class Run:
             sys.stdout.write((raw or json.dumps(obj, separators=(",", ":"))) + "\n")
             sys.stdout.flush()
 
-    def on_event(self, ev: dict) -> tuple[int, str] | None:
+    def _handlers(self) -> dict[tuple[str, str], Callable[[dict], Verdict | None]]:
+        """What the run does with each side's event; an event not listed is only shown."""
+        trouble = (Event.OTA_REFUSED, Event.OTA_CANCELLED, Event.ROLLBACK, Event.HEALTH_CHECK_FAILED, Event.CRASHED,
+                   Event.COMMIT_TIMEOUT, Event.OTA_DEFERRED, Event.HUNG)
+        return {
+            ("ncp", Event.OTA_PROGRESS): self._progressed,
+            ("ncp", Event.OTA_OFFER): self._offered,
+            ("ncp", Event.OTA_OUTCOME): self._ended,
+            ("primary", Event.POWER_CUT): self._power_cut,
+            ("primary", Event.BOOTED): self._booted,
+            ("primary", Event.READY): self._ready,
+            ("primary", Event.OTA_INSTALLED): self._installed,
+            ("primary", Event.CONFIRMED): self._confirmed,
+            ("primary", Event.HALTED): self._halted,
+            **{("primary", kind): self._trouble for kind in trouble},
+        }
+
+    def on_event(self, ev: dict) -> Verdict | None:
         side, kind = ev.get("side"), ev.get("event")
+        if kind == EOF:
+            return self._exited(side, ev["proc"])
+        self.say(ev)
+        handler = self.handlers.get((side, kind))
+        verdict = handler(ev) if handler else None
+        if verdict is not None:
+            return verdict
         st = self.state
-        if kind != "_eof":
-            self.say(ev)
-        human = None
-        if side == "ncp" and kind == "ota_progress":
-            st["offset"], st["retries"] = ev["offset"], ev["retries"]
-            if not self.o.as_json:
-                self.progress.update(ev["offset"], ev["size"], ev["retries"])
-            for who in ("primary", "ncp"):
-                at = self.o.kill_primary_at if who == "primary" else self.o.kill_ncp_at
-                if at is not None and ev["offset"] >= at and not st[f"{who}_kills"]:
-                    st[f"{who}_kills"] += 1
-                    self.killed.add(self.procs[who])
-                    self.procs[who].kill()
-                    self.procs[who].wait()
-                    human = f"{who} process killed at offset {ev['offset']}; starting it again"
-                    self.say({"side": "run", "event": f"{who}_killed", "offset": ev["offset"]})
-                    self.spawn(who, self.relay.paths["a" if who == "ncp" else "b"])
-        elif side == "primary" and kind == "power_cut":
-            st["power_cuts"] += 1
-            human = f"power cut at flash operation {ev.get('op')} ({ev.get('operation')}, {ev.get('applied')} bytes applied)"
-        elif side == "primary" and kind == "booted":
-            if st["old_version"] is None:
-                st["old_version"] = ev.get("version")
-            human = f"primary booted slot {ev.get('slot')} version {ev.get('version')}" + (" (trial)" if ev.get("trial") else "")
-        elif side == "ncp" and kind == "ota_offer":
-            human = f"ncp offers {shown(ev.get('filename'))} version {shown(ev.get('version'))}, {ev.get('size')} bytes"
-        elif side == "primary" and kind in ("ota_refused", "ota_cancelled", "rollback", "health_check_failed", "crashed",
-                                            "commit_timeout", "ota_deferred", "hung"):
-            if kind == "rollback":
-                st["rollback_reason"] = ev.get("reason")
-            elif kind == "ota_deferred":
-                st["deferred_reason"] = ev.get("reason")
-            human = f"primary {kind}: " + detail({k: v for k, v in ev.items() if k not in ("side", "event", "t")})
-        elif side == "primary" and kind == "ready" and st["ncp_outcome"] == "rollback":
-            # The old image is back, confirmed, and talking to the NCP: the rollback is done.
-            return ExitCode.FAILED, (f"rolled back to {ev.get('version')} "
-                                     f"({st.get('rollback_reason') or 'reason unknown'}); the old image runs, confirmed")
-        elif side == "primary" and kind == "ota_installed":
-            st["installed"] = ev.get("version")
-            human = f"primary installed version {ev.get('version')} in slot {ev.get('slot')}, sha256 {ev.get('sha256')}"
-        elif side == "primary" and kind == "confirmed":
-            if st["installed"] and ev.get("version") == self.new_version:
-                st["confirmed"] = ev.get("version")
-            human = f"primary confirmed version {ev.get('version')} in slot {ev.get('slot')}"
-        elif side == "primary" and kind == "halted":
-            return ExitCode.FAILED, f"the primary has no bootable image ({ev.get('reason')})"
-        elif side == "ncp" and kind == "ota_outcome":
-            st["ncp_outcome"] = ev.get("outcome")
-            human = f"ncp outcome: {ev.get('outcome')}"
-            if ev.get("outcome") == "deferred":
-                return ExitCode.FAILED, f"update deferred by the device ({st.get('deferred_reason')}) past --max-defer"
-            if ev.get("outcome") not in ("success", "up_to_date", "rollback"):
-                why = f" ({ev['reason']})" if ev.get("reason") else ""
-                return ExitCode.FAILED, f"update failed: {ev.get('outcome')}{why}"
-        elif kind == "_eof":
-            proc = ev["proc"]
-            try:
-                code = proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                code = None
-            if proc in self.killed or (side == "ncp" and st["ncp_outcome"] in ("success", "up_to_date", "rollback")):
-                return None
-            if side == "primary" and code == ExitCode.POWER_CUT:
-                self.spawn("primary", self.relay.paths["b"])  # power comes back: the device boots
-                if not self.o.as_json:
-                    self.progress.line("primary powered up again")
-                return None
-            return ExitCode.IO, f"the {side} process exited with code {code}:\n{self.tail(side)}"
-        if human and not self.o.as_json:
-            self.progress.line(human)
         if st["confirmed"] == self.new_version and st["ncp_outcome"] == "success":
             return ExitCode.OK, f"updated {st['old_version']} -> {self.new_version}, confirmed"
         if st["ncp_outcome"] == "up_to_date":
             return ExitCode.OK, f"already running {self.new_version}"
         return None
 
+    def tell(self, text: str) -> None:
+        """A line for a human; the JSON stream has the event itself."""
+        if not self.o.as_json:
+            self.progress.line(text)
+
+    def _progressed(self, ev: dict) -> None:
+        st = self.state
+        st["offset"], st["retries"] = ev["offset"], ev["retries"]
+        if not self.o.as_json:
+            self.progress.update(ev["offset"], ev["size"], ev["retries"])
+        for who in ("primary", "ncp"):
+            at = self.o.kill_primary_at if who == "primary" else self.o.kill_ncp_at
+            if at is not None and ev["offset"] >= at and not st[f"{who}_kills"]:
+                st[f"{who}_kills"] += 1
+                self.killed.add(self.procs[who])
+                self.procs[who].kill()
+                self.procs[who].wait()
+                self.say({"side": "run", "event": f"{who}_killed", "offset": ev["offset"]})
+                self.tell(f"{who} process killed at offset {ev['offset']}; starting it again")
+                self.spawn(who, self.relay.paths["a" if who == "ncp" else "b"])
+
+    def _offered(self, ev: dict) -> None:
+        self.tell(f"ncp offers {shown(ev.get('filename'))} version {shown(ev.get('version'))}, {ev.get('size')} bytes")
+
+    def _ended(self, ev: dict) -> Verdict | None:
+        st = self.state
+        st["ncp_outcome"] = ev.get("outcome")
+        self.tell(f"ncp outcome: {ev.get('outcome')}")
+        if ev.get("outcome") == "deferred":
+            return ExitCode.FAILED, f"update deferred by the device ({st.get('deferred_reason')}) past --max-defer"
+        if ev.get("outcome") not in ("success", "up_to_date", "rollback"):
+            why = f" ({ev['reason']})" if ev.get("reason") else ""
+            return ExitCode.FAILED, f"update failed: {ev.get('outcome')}{why}"
+        return None
+
+    def _power_cut(self, ev: dict) -> None:
+        self.state["power_cuts"] += 1
+        self.tell(f"power cut at flash operation {ev.get('op')} ({ev.get('operation')}, {ev.get('applied')} bytes applied)")
+
+    def _booted(self, ev: dict) -> None:
+        if self.state["old_version"] is None:
+            self.state["old_version"] = ev.get("version")
+        self.tell(f"primary booted slot {ev.get('slot')} version {ev.get('version')}" + (" (trial)" if ev.get("trial") else ""))
+
+    def _trouble(self, ev: dict) -> None:
+        kind = ev.get("event")
+        if kind == Event.ROLLBACK:
+            self.state["rollback_reason"] = ev.get("reason")
+        elif kind == Event.OTA_DEFERRED:
+            self.state["deferred_reason"] = ev.get("reason")
+        self.tell(f"primary {kind}: " + detail({k: v for k, v in ev.items() if k not in ("side", "event", "t")}))
+
+    def _ready(self, ev: dict) -> Verdict | None:
+        if self.state["ncp_outcome"] != "rollback":
+            return None
+        # The old image is back, confirmed, and talking to the NCP: the rollback is done.
+        return ExitCode.FAILED, (f"rolled back to {ev.get('version')} "
+                                 f"({self.state.get('rollback_reason') or 'reason unknown'}); the old image runs, confirmed")
+
+    def _installed(self, ev: dict) -> None:
+        self.state["installed"] = ev.get("version")
+        self.tell(f"primary installed version {ev.get('version')} in slot {ev.get('slot')}, sha256 {ev.get('sha256')}")
+
+    def _confirmed(self, ev: dict) -> None:
+        if self.state["installed"] and ev.get("version") == self.new_version:
+            self.state["confirmed"] = ev.get("version")
+        self.tell(f"primary confirmed version {ev.get('version')} in slot {ev.get('slot')}")
+
+    def _halted(self, ev: dict) -> Verdict:
+        return ExitCode.FAILED, f"the primary has no bootable image ({ev.get('reason')})"
+
+    def _exited(self, side: str, proc: subprocess.Popen) -> Verdict | None:
+        try:
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        if proc in self.killed or (side == "ncp" and self.state["ncp_outcome"] in ("success", "up_to_date", "rollback")):
+            return None
+        if side == "primary" and code == ExitCode.POWER_CUT:
+            self.spawn("primary", self.relay.paths["b"])  # power comes back: the device boots
+            self.tell("primary powered up again")
+            return None
+        return ExitCode.IO, f"the {side} process exited with code {code}:\n{self.tail(side)}"
+
     # -- the whole run -----------------------------------------------------------------------
 
     def run(self) -> int:
+        # Events and the result's seconds count from here, when the user started waiting.
+        self.t0 = t0 = time.monotonic()
         try:
             self.prepare()
         except (ValueError, OSError) as e:
             print(f"error: {shown(e)}", file=sys.stderr)
             return ExitCode.USAGE
-        t0 = time.monotonic()
-        verdict: tuple[int, str] | None = None
+        verdict: Verdict | None = None
         try:
             # Started before any reader thread, in a process of its own: see Relay.start.
             with Relay(self.o.link, self.o.link_config, self.o.disconnects).start(process=True) as relay:
@@ -338,6 +381,9 @@ class Run:
                 self.sample_memory()
                 self.stop_all()
             counts = relay.stats  # the relay process's, now that it has ended
+        except BrokenPipeError:
+            self.stop_all()  # the reader of --json went away: click ends the command quietly
+            raise
         except OSError as e:
             # No pty, no fork, no process: the system refused, and the user gets one line.
             self.stop_all()

@@ -17,6 +17,7 @@ from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
 from dualmcu.primary.flash import DEFAULT_ENDURANCE, Flash, FlashError, Geometry, Identity, PowerCut
 
 from dualmcu.rpc.device import Exit, Halt, Reboot, SetBaud
+from dualmcu.rpc.events import Event
 
 from .exits import ExitCode
 from .paths import default_store
@@ -28,14 +29,14 @@ def switch_baud(port: Port, baud: int, emit) -> None:
     try:
         port.set_baud(baud)
     except (ValueError, OSError) as e:
-        emit("baud_change_failed", baud=baud, error=str(e))
+        emit(Event.BAUD_CHANGE_FAILED, baud=baud, error=str(e))
 
 
 def reboot_port(port: Port, initial_baud: int, emit) -> None:
     """A rebooted side's UART comes back at its initial rate and has lost what it held."""
     if port.serial.baudrate != initial_baud:
         switch_baud(port, initial_baud, emit)  # sends what was queued at the old rate first
-        emit("baud_reset", baud=initial_baud)
+        emit(Event.BAUD_RESET, baud=initial_baud)
     else:
         port.flush()
     port.discard_input()
@@ -54,10 +55,11 @@ class NcpOptions:
     as_json: bool = False
     verbose: bool = False
     progress_interval: float = 0.0  # JSON progress at most this often (0: every chunk)
+    start: float | None = None  # the monotonic time events count from (None: now)
 
 
 def run_ncp(o: NcpOptions) -> int:
-    emit = EventPrinter("ncp", o.as_json, o.verbose, progress_interval=o.progress_interval)
+    emit = EventPrinter("ncp", o.as_json, o.verbose, progress_interval=o.progress_interval, start=o.start)
     try:
         catalog = Catalog.from_paths(list(o.firmware)) if o.firmware else None
     except (ValueError, OSError) as e:
@@ -80,13 +82,13 @@ def run_ncp(o: NcpOptions) -> int:
 
     if catalog:
         for s in catalog.shipments:
-            emit("shipment", file=s.filename, file_kind=s.kind, size=s.size, version=s.version,
+            emit(Event.SHIPMENT, file=s.filename, file_kind=s.kind, size=s.size, version=s.version,
                  fw_type=s.info.get("fw-type"), sha256=s.digests.sha256.hex(),
                  **({"base_version": s.package.base_version} if s.kind == "delta" else {}))
         if catalog.skipped:
-            emit("shipment_skipped", files=catalog.skipped, note=f"older than {catalog.shipments[0].version}")
+            emit(Event.SHIPMENT_SKIPPED, files=catalog.skipped, note=f"older than {catalog.shipments[0].version}")
     else:
-        emit("shipment", file=None, note="no --firmware: serving the interface, no update to offer")
+        emit(Event.SHIPMENT, file=None, note="no --firmware: serving the interface, no update to offer")
 
     if o.config.baud is None:
         o.config.baud = o.baud
@@ -97,7 +99,7 @@ def run_ncp(o: NcpOptions) -> int:
                 switch_baud(port, baud, emit)
             case Reboot():
                 reboot_port(port, o.baud, emit)
-                emit("rebooted")
+                emit(Event.REBOOTED)
                 return make(time.monotonic())
             case Exit(outcome):
                 raise Stop(ExitCode.OK if outcome in ("success", "up_to_date") else ExitCode.FAILED, outcome)
@@ -132,6 +134,7 @@ class PrimaryOptions:
     identity: Identity | None = None  # hardware revision and bootloader (None: the file's own)
     endurance: int = DEFAULT_ENDURANCE  # erases a page takes before it wears out
     progress_interval: float = 0.0  # JSON progress at most this often (0: every chunk)
+    start: float | None = None  # the monotonic time events count from (None: now)
 
 
 def power_cut_hook(at: int | None, seed: int | None, within: int, base: int = 0):
@@ -181,9 +184,9 @@ def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit
             if image is None:
                 raise ValueError(f"{path} holds no firmware: give --provision IMAGE for its factory image")
             Bootloader(flash, trust=trust).provision(image)
-            emit("provisioned", image=provision, size=len(image))
+            emit(Event.PROVISIONED, image=provision, size=len(image))
         elif provision:
-            emit("provision_ignored", image=provision,
+            emit(Event.PROVISION_IGNORED, image=provision,
                  note=f"{path} already holds firmware; to provision again, delete it or give another --flash")
     except BaseException:
         flash.close()
@@ -192,7 +195,7 @@ def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit
 
 
 def run_primary(o: PrimaryOptions) -> int:
-    emit = EventPrinter("primary", o.as_json, o.verbose, progress_interval=o.progress_interval)
+    emit = EventPrinter("primary", o.as_json, o.verbose, progress_interval=o.progress_interval, start=o.start)
     try:
         flash = open_flash(o.flash, o.geometry, o.provision, emit, o.config.trust, o.identity, o.endurance)
     except (ValueError, OSError, FlashError) as e:
@@ -203,18 +206,18 @@ def run_primary(o: PrimaryOptions) -> int:
     profile = get_profile(o.framing)
     outcome: dict[str, Any] = {}
 
-    def watch(kind: str, f: dict) -> None:
+    def watch(kind: Event, f: dict) -> None:
         # With --once the update's end ends the program: a confirmed new image, a rollback,
         # a refused offer or a cancelled transfer.
-        if kind == "ota_installed":
+        if kind is Event.OTA_INSTALLED:
             outcome["installed"] = f.get("version")
-        elif kind == "confirmed" and outcome.get("installed") == f.get("version"):
+        elif kind is Event.CONFIRMED and outcome.get("installed") == f.get("version"):
             outcome["end"] = (ExitCode.OK, "confirmed")
-        elif kind == "rollback":
+        elif kind is Event.ROLLBACK:
             outcome["end"] = (ExitCode.FAILED, "rollback")
-        elif kind == "ota_cancelled" and f.get("reason") != "replaced_by_new_offer":
+        elif kind is Event.OTA_CANCELLED and f.get("reason") != "replaced_by_new_offer":
             outcome["end"] = (ExitCode.FAILED, f"cancelled:{f.get('reason')}")
-        elif kind == "ota_refused" and f.get("call") == "available":
+        elif kind is Event.OTA_REFUSED and f.get("call") == "available":
             outcome["end"] = (ExitCode.FAILED, f"refused:{f.get('reason')}")
 
     emit.watchers.append(watch)
@@ -240,7 +243,7 @@ def run_primary(o: PrimaryOptions) -> int:
     try:
         return _serve(o.port, o.baud, o.framing, make, on_action, emit, check_once)
     except PowerCut as cut:
-        emit("power_cut", op=cut.op - base, operation=cut.kind, applied=cut.applied)
+        emit(Event.POWER_CUT, op=cut.op - base, operation=cut.kind, applied=cut.applied)
         return ExitCode.POWER_CUT
     finally:
         flash.close()
@@ -252,26 +255,26 @@ def _serve(url: str, baud: int, framing: str, make, on_action, emit, check=None,
     except PortError as e:
         print(f"error: {shown(e)}", file=sys.stderr)
         return ExitCode.IO
-    emit("port_open", port=url, baud=baud)
+    emit(Event.PORT_OPEN, t=time.monotonic(), port=url, baud=baud, clock_origin=emit.origin_utc())
     try:
         runner = Runner(port, make(time.monotonic()), on_action, check, Silence(emit, framing, baud), emit)
         runner.start()
         runner.run()
         return ExitCode.OK
     except Stop as s:
-        emit("exit", code=int(s.code), reason=s.reason)
+        emit(Event.EXIT, code=int(s.code), reason=s.reason)
         return s.code
     except PortError as e:
         known = verdict() if verdict is not None else None
         if known is not None:
-            emit("exit", code=int(known[0]), reason=known[1], note=str(e))
+            emit(Event.EXIT, code=int(known[0]), reason=known[1], note=str(e))
             return known[0]
         print(f"error: {shown(e)}", file=sys.stderr)
         return ExitCode.IO
     except KeyboardInterrupt:
-        emit("exit", code=int(ExitCode.INTERRUPTED), reason="interrupted")
+        emit(Event.EXIT, code=int(ExitCode.INTERRUPTED), reason="interrupted")
         return ExitCode.INTERRUPTED
     finally:
         if port.dropped:
-            emit("tx_dropped", bytes=port.dropped, note="the peer did not read: the oldest queued bytes were dropped")
+            emit(Event.TX_DROPPED, bytes=port.dropped, note="the peer did not read: the oldest queued bytes were dropped")
         port.close()

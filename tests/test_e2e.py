@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from dualmcu.image.firmware import build_image, make_info
+from dualmcu.rpc.events import Event
 
 TIMEOUT = 90
 
@@ -424,8 +425,8 @@ def test_a_step_s_bytes_leave_before_its_events_are_printed():
         actions: list = []
 
         def receive(self, data, now):
-            printer("ota_progress", offset=1, size=2)
-            printer("state", state="x")
+            printer(Event.OTA_PROGRESS, offset=1, size=2)
+            printer(Event.STATE, state="x")
 
         def tick(self, now):
             pass
@@ -456,8 +457,8 @@ def test_progress_is_thinned_only_when_asked_and_its_last_step_is_always_printed
         out = io.StringIO()
         p = EventPrinter("ncp", as_json=True, out=out, progress_interval=interval)
         for off in (1024, 2048, 3072):
-            p("ota_progress", offset=off, size=3072, retries=0)
-            p("state", state="connected")
+            p(Event.OTA_PROGRESS, offset=off, size=3072, retries=0)
+            p(Event.STATE, state="connected")
         return [json.loads(x) for x in out.getvalue().splitlines()]
 
     every = lines(0.0)
@@ -506,5 +507,44 @@ def test_run_asks_the_sides_for_every_step_only_when_someone_reads_them(monkeypa
     monkeypatch.setattr(runner, "Run", Captured)
     r = CliRunner().invoke(main, ["run", *args])
     assert r.exit_code == 0, r.output
-    for extra in (seen["o"].extra_ncp, seen["o"].extra_primary):
-        assert extra[extra.index("--progress-interval") + 1] == every
+    assert seen["o"].progress_interval == float(every)  # handed to both sides (Run.options)
+
+
+def test_run_hands_each_side_its_whole_configuration_as_one_object(tmp_path):
+    # No option goes back through argv: the side gets the run's config objects, and the
+    # power cut is drawn from this flash's own page size, not an assumed 4 KiB.
+    import io
+    import pickle
+
+    from dualmcu.child import send
+    from dualmcu.image.signing import generate, load_keys
+    from dualmcu.primary.boot import Trust
+    from dualmcu.primary.device import PrimaryConfig
+    from dualmcu.primary.flash import Geometry
+    from dualmcu.runner import Run, RunOptions
+
+    (tmp_path / "k.pub").write_bytes(generate()[1])
+    trust = Trust(load_keys([str(tmp_path / "k.pub")]), "dualmcu/1")
+    o = RunOptions(workdir=str(tmp_path), geometry=Geometry(page_size=8192, slot_size=1 << 20), power_cut_seed=7,
+                   primary=PrimaryConfig(trust=trust))
+    run = Run(o)
+    run.t0 = 123.0
+    run.prepare()
+    p = run.options("primary", "/dev/pts/9")
+    pages, chunks = -(-run.largest // 8192), -(-run.largest // o.primary.ota.chunk_size)
+    assert p.power_cut_seed == 7 and p.power_cut_within == pages + chunks + 6  # 1 KiB chunks never cross an 8 KiB page
+    assert p.geometry.page_size == 8192 and p.start == 123.0 and p.as_json and p.provision == run.factory
+    n = run.options("ncp", "/dev/pts/8")
+    assert n.config.once and not o.ncp.once and n.start == 123.0 and n.port == "/dev/pts/8"
+
+    class Pipe(io.BytesIO):
+        def close(self):  # keep the bytes to read back
+            self.kept = self.getvalue()
+
+    pipe = Pipe()
+    send(p, pipe)
+    back = pickle.loads(pipe.kept)
+    assert back.config.trust.keys.keys() == trust.keys.keys()  # the key travels as its raw bytes
+    assert [k.public_bytes_raw() for k in back.config.trust.keys.values()] == \
+        [k.public_bytes_raw() for k in trust.keys.values()]
+    assert back.config.ota == p.config.ota and back.power_cut_within == p.power_cut_within

@@ -350,7 +350,7 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--heartbeat", type=seconds(), default=10.0, show_default=True, help="Seconds between the primary's checks of the NCP (a restarted NCP is noticed at the next one).")
 @click.option("--write-timeout", type=seconds(0.001, False), help="Fixed seconds the NCP waits for a write's answer (default: derived).")
 @click.option("--pipeline/--no-pipeline", default=True, show_default=True, help="Writes in flight through the extension (off: one at a time, as the real protocol).")
-@click.option("--flash-timing", default="0.4,45,150", show_default=True, metavar="PROG,SECTOR,BLOCK", callback=lambda c, p, v: (parse_flash_timing(v), v)[1], help="The primary's flash timing in ms (see `dualmcu primary --help`).")
+@click.option("--flash-timing", default="0.4,45,150", show_default=True, metavar="PROG,SECTOR,BLOCK", help="The primary's flash timing in ms (see `dualmcu primary --help`).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Resume an interrupted transfer of the same file (extension).")
 @WRITE_ANSWER
 @click.option("--trust", "trust_keys", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Public key the primary trusts (repeatable); signed images only.")
@@ -384,19 +384,28 @@ def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, ret
         progress_interval = 0.0 if exact else 0.1
     elif progress_interval and (kill_primary_at is not None or kill_ncp_at is not None):
         raise click.UsageError("--kill-primary-at and --kill-ncp-at need every progress step: leave out --progress-interval")
-    shown_every = ["--progress-interval", str(progress_interval)]
+    from dualmcu.ncp.core import NcpConfig
+    from dualmcu.primary.device import PrimaryConfig
+    from dualmcu.primary.flash import FlashError, Geometry
+    from dualmcu.primary.ota import OtaConfig
+    from dualmcu.primary.timing import FlashTiming
 
-    o = RunOptions(firmware=list(firmware), factory=factory, framing=framing, flash=flash, link=link, baud=baud, chunk_size=chunk_size,
-                   prefetch=prefetch, retries=retries, net_rate=net_rate, net_fail_at=net_fail_at, battery=battery,
-                   ota_timeout=ota_timeout, slot_size=slot_size, timeout=timeout, kill_primary_at=kill_primary_at,
-                   kill_ncp_at=kill_ncp_at, power_cut_at=power_cut_at, extra_primary=["--heartbeat", str(heartbeat), "--flash-timing", flash_timing, "--target", device_target,
-                                  "--commit-timeout", str(commit_timeout), "--write-answer", write_answer, *shown_every]
-                   + [x for k in trust_keys for x in ("--trust", os.path.abspath(k))],
-                   extra_ncp=["--max-defer", str(max_defer), *shown_every] + (["--write-timeout", str(write_timeout)] if write_timeout else [])
-                   + ([] if pipeline else ["--no-pipeline"]) + ([] if resume else ["--no-resume"]),
-                   power_cut_seed=seed if power_cut_random else None,
+    try:
+        geometry = Geometry(slot_size=slot_size)
+    except FlashError as e:
+        raise click.BadParameter(str(e), param_hint="--slot-size") from None
+    ncp_cfg = NcpConfig(retries=retries, write_timeout=write_timeout, pipeline=pipeline, resume=resume,
+                        max_defer=max_defer, once=True)
+    ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, battery=battery, prefetch=prefetch,
+                    timing=FlashTiming(*parse_flash_timing(flash_timing)), write_answer=write_answer)
+    primary_cfg = PrimaryConfig(ota=ota, heartbeat=heartbeat, commit_timeout=commit_timeout,
+                                trust=load_trust(trust_keys, device_target))
+    o = RunOptions(firmware=list(firmware), factory=factory, framing=framing, flash=flash, link=link, baud=baud,
+                   ncp=ncp_cfg, primary=primary_cfg, geometry=geometry, net_rate=net_rate, net_fail_at=net_fail_at,
+                   timeout=timeout, kill_primary_at=kill_primary_at, kill_ncp_at=kill_ncp_at,
+                   power_cut_at=power_cut_at, power_cut_seed=seed if power_cut_random else None,
                    link_config=make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer,
                                          rx_poll, seed),
                    disconnects=[parse_disconnect(d) for d in disconnects], workdir=workdir, keep=keep, as_json=as_json,
-                   sign_key=sign_key, target=device_target)
+                   sign_key=sign_key, target=device_target, progress_interval=progress_interval)
     sys.exit(Run(o).run())
