@@ -92,7 +92,7 @@ from dualmcu.rpc.machine import Machine
 from .boot import Bootloader, BootState, Receiving, check_signature, slot_digests
 from .config import ConfigStore
 from .flash import Flash, FlashError
-from .timing import BLOCK, SECTOR, FlashTiming
+from .timing import BLOCK, SECTOR, FlashTiming, TimedFlash
 
 DEFAULT_CHUNK = 1024  # what the primary asks for in otaUpdateStart unless told otherwise
 MAX_SUSPEND = 18 * 3600  # the longest pause blynk_otaUpdateSuspend takes
@@ -148,11 +148,28 @@ RECEIVER: dict[Ota, dict[OtaEvent, Ota]] = {
 }
 
 
+class VersionPolicy(str, Enum):
+    """Which offered versions the primary installs."""
+
+    NEWER = "newer"  # only a version newer than its own (or one the cloud marks mandatory)
+    ANY = "any"  # any other version: downgrades too
+    MANDATORY_ONLY = "mandatory-only"  # only what the cloud marks mandatory
+
+
+class WriteAnswer(str, Enum):
+    """When a write is answered."""
+
+    PROGRAMMED = "programmed"  # once its chunk is in the flash: the reference MCU, and the safe default
+    # Once the flash has taken the chunk before it: the chunk waits in a second RAM buffer and
+    # programs while the next one crosses the wire (double buffering, within the plain protocol).
+    BUFFERED = "buffered"
+
+
 @dataclass
 class OtaConfig:
     chunk_size: int = DEFAULT_CHUNK
     ota_timeout: float = 60.0
-    version_policy: str = "newer"  # or "any", or "mandatory-only"
+    version_policy: VersionPolicy = VersionPolicy.NEWER
     battery: float = 100.0  # percent, at time 0
     battery_rate: float = 0.0  # percent per hour: > 0 charging, < 0 discharging
     min_battery: int = 20  # below it an update is deferred
@@ -165,11 +182,12 @@ class OtaConfig:
     buffer: int = 32 * 1024  # bytes of chunks held while an earlier one is missing
     # RAM for applying a package: decompressor state, one chunk and one output piece must fit.
     package_ram: int = DEFAULT_PACKAGE_RAM
-    # When a write is answered: "programmed", once its chunk is in the flash (the reference
-    # MCU, and the safe default), or "buffered", once the flash has taken the chunk before it,
-    # so the chunk waits in a second RAM buffer and programs while the next one crosses the
-    # wire (double buffering, within the plain protocol).
-    write_answer: str = "programmed"
+    write_answer: WriteAnswer = WriteAnswer.PROGRAMMED
+
+    def __post_init__(self) -> None:
+        # Given as text (a config file, a test), a value is checked against its enum here.
+        self.version_policy = VersionPolicy(self.version_policy)
+        self.write_answer = WriteAnswer(self.write_answer)
 
 
 @dataclass
@@ -290,7 +308,7 @@ class OtaReceiver:
         self.machine: Machine[Ota, OtaEvent] = Machine("OTA receiver", RECEIVER, Ota.IDLE)
         self.t: Transfer | None = None
         self.deadline: float | None = None
-        self.busy_until = 0.0  # when the flash finishes what it was given
+        self.timed = TimedFlash(flash, config.timing)  # the slot's programs and erases, with their time
         self.replies: list[tuple[float, int, Incoming, bool]] = []  # answers due when flash work ends
         self._seq = 0
         if config.window > 1:
@@ -328,11 +346,6 @@ class OtaReceiver:
         if self.defer_until is not None and now >= self.defer_until:
             self.defer_until = None
             self._reconsider()
-
-    def _work(self, seconds: float) -> float:
-        """Give the flash ``seconds`` of work; when it will be done."""
-        self.busy_until = max(self.ep.now, self.busy_until) + seconds
-        return self.busy_until
 
     def _reply_at(self, when: float, inc: Incoming, value: bool) -> None:
         if when <= self.ep.now:
@@ -398,10 +411,7 @@ class OtaReceiver:
         """Erase bytes kept from an earlier transfer (not this image after all)."""
         if not t.kept:
             return
-        base, page = self.flash.geometry.slot_offset(t.slot), self.flash.page_size
-        for off in range(0, t.kept_slot, page):
-            self.flash.erase_page(base + off)
-        self._work(self.cfg.timing.erase(t.kept_slot))
+        self.timed.erase(self.flash.geometry.slot_offset(t.slot), t.kept_slot, self.ep.now)
         t.kept = t.kept_slot = 0
 
     def on_available(self, inc: Incoming):
@@ -425,9 +435,9 @@ class OtaReceiver:
         own_version = self.own.get("mcu", "")
         policy, self.policy = self.policy, Policy()  # the cloud's word holds for the offer it came with
         mandatory = policy.mandatory_for(own_version)
-        if self.cfg.version_policy == "mandatory-only" and not mandatory:
+        if self.cfg.version_policy is VersionPolicy.MANDATORY_ONLY and not mandatory:
             return self._refuse("available", "not_mandatory", **offer)
-        if (self.cfg.version_policy == "newer" and not mandatory
+        if (self.cfg.version_policy is VersionPolicy.NEWER and not mandatory
                 and not is_newer(a["fw_version"], own_version)):
             return self._refuse("available", "not_newer", own_version=own_version, **offer)
         if self.boot_state.trial:
@@ -656,9 +666,9 @@ class OtaReceiver:
 
     def _answer_time(self, t: Transfer, offset: int, chunk: bytes) -> float:
         """Program one chunk; when its write may be answered (see OtaConfig.write_answer)."""
-        taken = max(self.ep.now, self.busy_until)  # the flash starts on this chunk
+        taken = self.timed.free_at(self.ep.now)  # the flash starts on this chunk
         done = self._program(t, offset, chunk)
-        return taken if self.cfg.write_answer == "buffered" else done
+        return taken if self.cfg.write_answer is WriteAnswer.BUFFERED else done
 
     def _program(self, t: Transfer, offset: int, chunk: bytes) -> float:
         """Take one chunk at the next offset; when the flash will have done its part."""
@@ -677,7 +687,7 @@ class OtaReceiver:
             # say which, so at most 3 bytes wait here.
             t.sniff += chunk
             if len(t.sniff) < 4:
-                return self.busy_until
+                return self.timed.busy_until
             chunk, t.sniff = t.sniff, b""
             if is_package(chunk):
                 t.kind = "package"
@@ -691,7 +701,7 @@ class OtaReceiver:
             self._put(t, chunk)
             if t.file_crc32 is not None and t.written - t.checkpoint >= self.cfg.checkpoint_every:
                 self._checkpoint(t, t.written - t.written % self.flash.page_size, None)
-            return self.busy_until
+            return self.timed.busy_until
         a = t.applier
         seen = len(a.boundaries)
         for piece in a.feed(chunk):
@@ -703,7 +713,7 @@ class OtaReceiver:
             if (t.file_crc32 is not None and out % self.flash.page_size == 0
                     and out - t.checkpoint_slot >= self.cfg.checkpoint_every):
                 self._checkpoint(t, out, (at, zlib.crc32(chunk[: at - start], crc_before)))
-        return self.busy_until
+        return self.timed.busy_until
 
     def _base_reader(self, slot: int) -> Callable[[int, int], bytes]:
         base = self.flash.geometry.slot_offset(slot)
@@ -730,16 +740,12 @@ class OtaReceiver:
         end = t.written + len(data)
         if t.erased_to < end and t.erasing is not None:
             target, left = t.erasing
-            self._erase_to(t, target)
+            self._erase_to(t, target, left)  # resumed, and waited for
             t.erasing = None
-            self._work(left)
-        erased = t.erased_to
-        if erased < end:
-            self._erase_to(t, min(max(end, erased + BLOCK), max(end, t.length)))
-            self._work(self.cfg.timing.erase(t.erased_to - erased))
-        self.flash.write(self.flash.geometry.slot_offset(t.slot) + t.written, data)
+        if t.erased_to < end:
+            self._erase_to(t, min(max(end, t.erased_to + BLOCK), max(end, t.length)), None)
+        self.timed.program(self.flash.geometry.slot_offset(t.slot) + t.written, data, self.ep.now)
         t.written = end
-        self._work(self.cfg.timing.program(len(data)))
 
     def _checkpoint(self, t: Transfer, aligned: int, package: tuple[int, int] | None) -> None:
         """Persist progress: ``aligned`` bytes of the slot, with the CRC of what the flash holds
@@ -766,7 +772,7 @@ class OtaReceiver:
         can see which pages are erased meanwhile, and the slot is not bootable anyway."""
         now, page = self.ep.now, self.flash.page_size
         end = min(-(-t.length // page) * page, self.flash.geometry.slot_size)
-        clock = max(t.ahead_clock, self.busy_until)
+        clock = max(t.ahead_clock, self.timed.busy_until)
         while clock < now and t.erased_to < end:
             if t.erasing is None:
                 aligned = t.erased_to % BLOCK == 0 and end - t.erased_to >= BLOCK
@@ -778,15 +784,18 @@ class OtaReceiver:
             if spent < left:
                 t.erasing = (target, left - spent)
                 break
-            self._erase_to(t, target)
+            self._erase_to(t, target, 0.0)  # done in time the flash was idle
             t.erasing = None
         t.ahead_clock = max(t.ahead_clock, min(clock, now))
 
-    def _erase_to(self, t: Transfer, end: int) -> None:
+    def _erase_to(self, t: Transfer, end: int, seconds: float | None) -> None:
+        """Erase the slot up to ``end``, taking ``seconds`` of flash time (None: the full erase)."""
+        if end <= t.erased_to:
+            return
         base, page = self.flash.geometry.slot_offset(t.slot), self.flash.page_size
-        while t.erased_to < end:
-            self.flash.erase_page(base + t.erased_to)
-            t.erased_to += page
+        nbytes = -(-(end - t.erased_to) // page) * page
+        self.timed.erase(base + t.erased_to, nbytes, self.ep.now, seconds)
+        t.erased_to += nbytes
 
     def on_finish(self, inc: Incoming):
         if self.state is not Ota.RECEIVING or self.t is None:
@@ -870,7 +879,7 @@ class OtaReceiver:
         inc.then = lambda: self.reboot("ota_installed")
         # An answer given once a chunk was buffered leaves the last programs running: Finish is
         # answered (and the device reboots) only when the flash has done them.
-        self._reply_at(self.busy_until, inc, True)
+        self._reply_at(self.timed.busy_until, inc, True)
 
     def _reject(self, t: Transfer, reason: str, inc: Incoming | None = None, **fields) -> None:
         """Arrived whole, but not an image this device may install: FINISHING -> IDLE."""
@@ -894,7 +903,7 @@ class OtaReceiver:
         if tag["mcu"] != t.fw_version or tag["fw-type"] != t.fw_type:
             return "image_not_as_offered", {"image_version": tag["mcu"], "offered_version": t.fw_version,
                                             "image_type": tag["fw-type"], "offered_type": t.fw_type}
-        if self.cfg.version_policy == "newer" and not t.mandatory and not is_newer(tag["mcu"], own_version):
+        if self.cfg.version_policy is VersionPolicy.NEWER and not t.mandatory and not is_newer(tag["mcu"], own_version):
             return "image_not_newer", {"image_version": tag["mcu"], "own_version": own_version}
         ident = self.flash.identity
         why = compat_refusal(tag, ident.hw_rev, ident.bootloader)

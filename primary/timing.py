@@ -15,6 +15,10 @@ blocks, suspending an erase while a chunk is programmed (see ota.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .flash import Flash
 
 BLOCK = 64 * 1024
 SECTOR = 4 * 1024
@@ -41,3 +45,39 @@ class FlashTiming:
     @property
     def erase_us_per_block(self) -> int:
         return round(self.erase_block * 1e6)
+
+
+class TimedFlash:
+    """The flash as the update drives it: each program and erase takes its time here.
+
+    Operations queue as on a serial NOR chip: one starts when the one before it ends.  The
+    OTA receiver asks :attr:`busy_until` when its answers are due; nothing else adds up flash
+    time.  An erase may be given the time it has left (the rest of one suspended while a chunk
+    was programmed), or none when it ran in time the flash was idle anyway.
+    """
+
+    def __init__(self, flash: Flash, timing: FlashTiming):
+        self.flash = flash
+        self.timing = timing
+        self.busy_until = 0.0  # when the flash finishes what it was given
+
+    def free_at(self, now: float) -> float:
+        """When the flash can start on something given now."""
+        return max(now, self.busy_until)
+
+    def program(self, offset: int, data: bytes, now: float) -> float:
+        """Program ``data`` at ``offset``; when it is done."""
+        self.flash.write(offset, data)
+        return self._occupy(now, self.timing.program(len(data)))
+
+    def erase(self, offset: int, nbytes: int, now: float, seconds: float | None = None) -> float:
+        """Erase the pages of ``nbytes`` from ``offset``, taking ``seconds`` (default: the
+        erase's full time from the timing); when it is done."""
+        page = self.flash.page_size
+        for at in range(offset, offset + nbytes, page):
+            self.flash.erase_page(at)
+        return self._occupy(now, self.timing.erase(nbytes) if seconds is None else seconds)
+
+    def _occupy(self, now: float, seconds: float) -> float:
+        self.busy_until = self.free_at(now) + seconds
+        return self.busy_until

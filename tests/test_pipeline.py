@@ -208,3 +208,25 @@ def test_a_heartbeat_queued_behind_the_writes_never_loses_the_ncp():
     assert s.run_update() == "success"
     assert not s.find("ncp_lost", "primary")
     assert hashlib.sha256(image(s.flash)).digest() == hashlib.sha256(NEW).digest()
+
+
+def test_the_timed_flash_queues_its_operations_and_owns_their_time(tmp_path):
+    from dualmcu.primary.flash import Flash, Geometry
+    from dualmcu.primary.timing import FlashTiming, TimedFlash
+
+    flash = Flash.open(str(tmp_path / "f"), Geometry(4096, 1 << 16))
+    timed = TimedFlash(flash, FlashTiming(0.0004, 0.045, 0.150))
+    base = flash.geometry.slot_offset(1)
+    assert timed.erase(base, 8192, now=1.0) == pytest.approx(1.09)  # two sectors
+    assert timed.program(base, b"\x5a" * 1024, now=1.0) == pytest.approx(1.0916)  # queued behind the erase
+    assert timed.erase(base + 8192, 4096, now=5.0, seconds=0.0) == 5.0  # done while the flash was idle
+    assert timed.free_at(4.0) == 5.0 and flash.read(base, 4) == b"\x5a" * 4 and flash.read(base + 8192, 1) == b"\xff"
+
+
+def test_ota_config_checks_its_choices():
+    from dualmcu.primary.ota import VersionPolicy, WriteAnswer
+
+    assert OtaConfig(write_answer="buffered").write_answer is WriteAnswer.BUFFERED
+    assert OtaConfig(version_policy="mandatory-only").version_policy is VersionPolicy.MANDATORY_ONLY
+    with pytest.raises(ValueError):
+        OtaConfig(version_policy="newest")
