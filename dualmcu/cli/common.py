@@ -18,6 +18,7 @@ from dualmcu import __version__
 from dualmcu.exits import MEANING, ExitCode
 from dualmcu.framing import PROFILE_NAMES
 from dualmcu.paths import default_flash, shown
+from dualmcu.primary.ota import WriteAnswer
 
 EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text.split(':')[0]}" for code, text in MEANING.items()) + "."
 
@@ -125,7 +126,8 @@ FRAMING = click.option(
 )
 JSON = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 WRITE_ANSWER = click.option(
-    "--write-answer", type=click.Choice(["programmed", "buffered"]), default="programmed", show_default=True,
+    "--write-answer", type=click.Choice([w.value for w in WriteAnswer]), default=WriteAnswer.PROGRAMMED.value,
+    show_default=True,
     help="When the primary answers a write: once the chunk is programmed (the reference MCU), or once "
          "it is buffered while the flash programs the chunk before it (double buffering).")
 PORT = click.option("-p", "--port", required=True, envvar="DUALMCU_PORT", show_envvar=True, callback=resolve_port,

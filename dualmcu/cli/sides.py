@@ -30,7 +30,7 @@ from .common import (
 )
 
 from dualmcu.primary.device import DEFAULT_COMMIT_TIMEOUT
-from dualmcu.primary.ota import DEFAULT_CHUNK
+from dualmcu.primary.ota import DEFAULT_CHUNK, VersionPolicy
 
 MAX_SLOT = 1 << 30  # a slot of up to 1 GiB; image lengths travel as u32
 MAX_PAGE = 1 << 16
@@ -93,7 +93,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--page-size", type=Size(MAX_PAGE), default="4K", show_default=True, help="Flash page size when the flash file is made.")
 @click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=DEFAULT_CHUNK, show_default=True, help="Chunk size asked for in otaUpdateStart.")
 @click.option("--ota-timeout", type=seconds(), default=60.0, show_default=True, help="Seconds without a chunk before the primary cancels.")
-@click.option("--version-policy", type=click.Choice(["newer", "any", "mandatory-only"]), default="newer", show_default=True, help="Accept only newer versions, any, or only what the cloud marks mandatory.")
+@click.option("--version-policy", type=click.Choice([v.value for v in VersionPolicy]), default=VersionPolicy.NEWER.value, show_default=True, help="Accept only newer versions, any, or only what the cloud marks mandatory.")
 @click.option("--battery", type=Number(min=0, max=100), default=100.0, show_default=True, help="Battery level at start, percent.")
 @click.option("--battery-rate", type=Number(min=-1000, max=1000), default=0.0, show_default=True, help="Percent per hour the battery gains (charging) or, negative, loses.")
 @click.option("--min-battery", type=click.IntRange(0, 100), default=20, show_default=True, help="Below this battery level an update is deferred until it has recovered.")
