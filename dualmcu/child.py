@@ -32,7 +32,7 @@ def _raw_key(key):
 
 def send(options: Options, stream: IO[bytes]) -> None:
     """Write a side's options for a child; a trusted key travels as its 32 raw bytes."""
-    trust = getattr(getattr(options, "config", None), "trust", None)
+    trust = options.config.trust if isinstance(options, PrimaryOptions) else None
     if trust is not None and trust.keys:
         # A key object of the cryptography package does not pickle by itself.
         copyreg.pickle(type(next(iter(trust.keys.values()))), _raw_key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dualmcu.framing import get_profile
@@ -91,7 +91,7 @@ def run_ncp(o: NcpOptions) -> int:
         emit(Event.SHIPMENT, file=None, note="no --firmware: serving the interface, no update to offer")
 
     if o.config.baud is None:
-        o.config.baud = o.baud
+        o = replace(o, config=replace(o.config, baud=o.baud))  # the rate of its own port, for timeouts
 
     def on_action(action, port: Port) -> NcpDevice | None:
         match action:

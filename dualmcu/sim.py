@@ -14,6 +14,7 @@ resends and timeouts happen exactly where a test wants them.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable
 
 from dualmcu.framing import get_profile
@@ -54,7 +55,8 @@ class Simulation:
         self.primary_config = primary_config or PrimaryConfig()
         self.ncp_config = ncp_config or NcpConfig()
         if self.ncp_config.baud is None and self.link.cfg.baud:
-            self.ncp_config.baud = self.link.cfg.baud  # the NCP knows the rate of its own UART
+            # The NCP knows the rate of its own UART; the caller's config object stays as given.
+            self.ncp_config = replace(self.ncp_config, baud=self.link.cfg.baud)
         self.shipment = shipment
         self.network = network
         self.store = Store()

@@ -216,7 +216,7 @@ class NcpDevice(Device):
         self.serve_from = shipment.source if shipment else None
         self.prefetched = False
         # A write must fit one frame: the blynk framing sends at most 1536 bytes.
-        frame_limit = getattr(profile, "send_limit", profile.max_message)
+        frame_limit = profile.send_limit
         self.max_chunk = min(self.cfg.max_chunk or 0xFFFF, frame_limit - WRITE_OVERHEAD)
         self.state = STATE["not_initialized"]
         self.primary = Primary()

@@ -39,6 +39,11 @@ class FlashTiming:
         return blocks * self.erase_block + -(-rest // SECTOR) * self.erase_sector
 
     @property
+    def text(self) -> str:
+        """PROG,SECTOR,BLOCK in milliseconds, as --flash-timing takes them: 0.4,45,150."""
+        return ",".join(f"{v * 1000:g}" for v in (self.program_page, self.erase_sector, self.erase_block))
+
+    @property
     def program_us_per_kib(self) -> int:
         return round(self.program(1024) * 1e6)
 

@@ -31,6 +31,7 @@ from .common import (
 
 from dualmcu.primary.device import DEFAULT_COMMIT_TIMEOUT
 from dualmcu.primary.ota import DEFAULT_CHUNK, VersionPolicy
+from dualmcu.primary.timing import FlashTiming
 
 MAX_SLOT = 1 << 30  # a slot of up to 1 GiB; image lengths travel as u32
 MAX_PAGE = 1 << 16
@@ -112,7 +113,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @WRITE_ANSWER
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Keep transfer progress in the boot state and offer resume (an extension uid).")
 @click.option("--package-ram", type=Size(1 << 26), default="64K", show_default=True, help="RAM for applying a package: decompressor state, one chunk and a 4K output buffer must fit, or the package is refused.")
-@click.option("--flash-timing", type=str, default="0.4,45,150", show_default=True, metavar="PROG,SECTOR,BLOCK",
+@click.option("--flash-timing", type=str, default=FlashTiming().text, show_default=True, metavar="PROG,SECTOR,BLOCK",
               help="Milliseconds per 256-byte program, 4 KiB sector erase and 64 KiB block erase (W25Q128JV typical); 0,0,0 for an instant flash.")
 @click.option("--flash-endurance", type=click.IntRange(1), default=100_000, show_default=True, metavar="CYCLES",
               help="Erases a flash page takes before it wears out; past it, erasing the page fails (W25Q128JV: 100,000).")
@@ -158,7 +159,6 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
             raise click.BadParameter(str(e), param_hint="--hw-rev/--bootloader-version") from None
     if os.path.exists(flash):
         geometry = None  # an existing file keeps its own geometry
-    from dualmcu.primary.timing import FlashTiming
 
     prog, sector, block = parse_flash_timing(flash_timing)
     ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy,
@@ -228,7 +228,7 @@ def parse_flash_timing(text: str) -> tuple[float, float, float]:
     except ValueError:
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values):
-        raise click.BadParameter(f"{text!r}: give three finite, non-negative numbers, e.g. 0.4,45,150",
+        raise click.BadParameter(f"{text!r}: give three finite, non-negative numbers, e.g. {FlashTiming().text}",
                                  param_hint="--flash-timing")
     return values  # type: ignore[return-value]
 
@@ -350,7 +350,7 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--heartbeat", type=seconds(), default=10.0, show_default=True, help="Seconds between the primary's checks of the NCP (a restarted NCP is noticed at the next one).")
 @click.option("--write-timeout", type=seconds(0.001, False), help="Fixed seconds the NCP waits for a write's answer (default: derived).")
 @click.option("--pipeline/--no-pipeline", default=True, show_default=True, help="Writes in flight through the extension (off: one at a time, as the real protocol).")
-@click.option("--flash-timing", default="0.4,45,150", show_default=True, metavar="PROG,SECTOR,BLOCK", help="The primary's flash timing in ms (see `dualmcu primary --help`).")
+@click.option("--flash-timing", default=FlashTiming().text, show_default=True, metavar="PROG,SECTOR,BLOCK", help="The primary's flash timing in ms (see `dualmcu primary --help`).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Resume an interrupted transfer of the same file (extension).")
 @WRITE_ANSWER
 @click.option("--trust", "trust_keys", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Public key the primary trusts (repeatable); signed images only.")
@@ -388,7 +388,6 @@ def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, ret
     from dualmcu.primary.device import PrimaryConfig
     from dualmcu.primary.flash import FlashError, Geometry
     from dualmcu.primary.ota import OtaConfig
-    from dualmcu.primary.timing import FlashTiming
 
     try:
         geometry = Geometry(slot_size=slot_size)
