@@ -53,6 +53,7 @@ class Core(Protocol):
     def tick(self, now: float) -> None: ...
     def next_deadline(self) -> float | None: ...
     def data_to_send(self) -> bytes: ...
+    def idle(self) -> None: ...
 
 
 class PortError(Exception):
@@ -401,6 +402,7 @@ class Runner:
                 if deadline is not None and deadline <= now:
                     core.tick(now)
                 self._flush()
+                core.idle()  # work nothing waits for, once the bytes are out
                 if self.events is not None:
                     self.events.release()
                 self._act()

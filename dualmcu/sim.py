@@ -153,6 +153,8 @@ class Simulation:
         self.ncp.tick(self.now)
         self._primary_does(lambda: self.primary.tick(self.now))
         self._flush()
+        self.ncp.idle()  # as a shell does once the bytes are out
+        self._primary_does(self.primary.idle)
         self._actions()
         return True
 

@@ -69,6 +69,8 @@ from dualmcu.rpc.message import Status
 
 from .update import FALLBACK_OUTCOMES, Catalog, Network, Shipment, Store
 
+WRITE = INTERFACE["client_otaUpdateWrite"]
+
 
 NCP_VERSION = "0.7.0-dualmcu"
 WRITE_OVERHEAD = 6 + 4 + 2 + 4  # INVOKE header, offset, Binary length, crc32
@@ -232,6 +234,7 @@ class NcpDevice(Device):
         self.deferrals = 0
         self._await_telemetry = False
         self._prefetch_reply: Incoming | None = None
+        self._next_write: tuple[tuple, dict, bytes] | None = None  # (source, offset, length), args, encoded
         self.values: dict[str, Any] = {"vendor_prefix": "Blynk", "vendor_server": "blynk.cloud", "configured": True,
                                        "time_offset_ms": None}
         self._serve_interface()
@@ -746,7 +749,7 @@ class NcpDevice(Device):
                 sd.next_offset = end
             else:
                 return
-            data = self.serve_from.read(offset, min(sd.chunk, s.size - offset))
+            args, encoded = self._write_args(offset, min(sd.chunk, s.size - offset))
             sd.sent_losses[offset] = sd.losses
             timeout = self._write_timeout(sd)
             if timeout is not None and sd.retries.get(offset):
@@ -754,11 +757,35 @@ class NcpDevice(Device):
                 # the tries span a glitch of the line instead of all falling inside it.
                 timeout = min(timeout * 2 ** sd.retries[offset], max(timeout, WRITE_TIMEOUT_CAP))
             sd.in_flight[offset] = self.ep.call(
-                "client_otaUpdateWrite",
-                {"offset": offset, "chunk": data, "crc32": zlib.crc32(data)},
-                timeout=timeout,
+                "client_otaUpdateWrite", args, encoded=encoded, timeout=timeout,
                 on_done=lambda c, off=offset: self._written(off, c),
             )
+
+    def _write_args(self, offset: int, length: int) -> tuple[dict, bytes]:
+        """A write's arguments, and them encoded: prepared ahead by :meth:`idle` when it could."""
+        ready, self._next_write = self._next_write, None
+        if ready is not None and ready[0] == (self.serve_from, offset, length):
+            return ready[1], ready[2]
+        return self._encode_write(offset, length)
+
+    def _encode_write(self, offset: int, length: int) -> tuple[dict, bytes]:
+        data = self.serve_from.read(offset, length)
+        args = {"offset": offset, "chunk": data, "crc32": zlib.crc32(data)}
+        return args, WRITE.encode_args(args)
+
+    def idle(self) -> None:
+        # Read and encode the next write while the one on the wire is answered: the answer
+        # then sends it at once, which takes the file read and the encoding off each round trip.
+        sd, s = self.sending, self.shipment
+        if self.tx is not Tx.SENDING or sd is None or sd.discovering or self.serve_from is None:
+            return
+        offset = sd.resend[0] if sd.resend else sd.next_offset
+        if offset >= s.size or offset in sd.in_flight:
+            return
+        length = min(sd.chunk, s.size - offset)
+        key = (self.serve_from, offset, length)
+        if self._next_write is None or self._next_write[0] != key:
+            self._next_write = (key, *self._encode_write(offset, length))
 
     def _write_timeout(self, sd: Sending) -> float | None:
         """How long one write may take to be answered, from the work it stands for.

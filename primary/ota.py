@@ -309,8 +309,6 @@ class OtaReceiver:
         self.t: Transfer | None = None
         self.deadline: float | None = None
         self.timed = TimedFlash(flash, config.timing)  # the slot's programs and erases, with their time
-        self.replies: list[tuple[float, int, Incoming, bool]] = []  # answers due when flash work ends
-        self._seq = 0
         if config.window > 1:
             endpoint.handle("dualmcu_otaCapabilities", self.on_capabilities)
         if config.resume:
@@ -333,14 +331,10 @@ class OtaReceiver:
     # -- time --------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        ds = [d for d in (self.deadline, self.defer_until, self.replies[0][0] if self.replies else None)
-              if d is not None]
+        ds = [d for d in (self.deadline, self.defer_until) if d is not None]
         return min(ds) if ds else None
 
     def tick(self, now: float) -> None:
-        while self.replies and self.replies[0][0] <= now:
-            _, _, inc, value = self.replies.pop(0)
-            self.ep.reply(inc, value)
         if self.deadline is not None and now >= self.deadline:
             self._abandon("timeout")
         if self.defer_until is not None and now >= self.defer_until:
@@ -348,12 +342,8 @@ class OtaReceiver:
             self._reconsider()
 
     def _reply_at(self, when: float, inc: Incoming, value: bool) -> None:
-        if when <= self.ep.now:
-            self.ep.reply(inc, value)
-            return
-        self._seq += 1
-        self.replies.append((when, self._seq, inc, value))
-        self.replies.sort(key=lambda r: (r[0], r[1]))
+        """Answer when the flash is done with the chunk: the endpoint sends it then."""
+        self.ep.reply(inc, value, at=when)
 
     def on_capabilities(self, inc: Incoming):
         # Only a peer that asked gets writes held out of order; any other peer gets the plain

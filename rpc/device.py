@@ -1,7 +1,7 @@
 """What both emulated sides share: an endpoint, named timers, events and actions.
 
-A device is a sans-IO core.  Its shell calls ``receive``, ``tick``, ``next_deadline`` and
-``data_to_send``, and carries out the :data:`Action` items the device appends to ``actions``:
+A device is a sans-IO core.  Its shell calls ``receive``, ``tick``, ``next_deadline``,
+``data_to_send`` and, once the bytes are out, ``idle``, and carries out the :data:`Action` items the device appends to ``actions``:
 only a shell can reboot a process, switch a port's baud rate or end a program.
 
 Timers have names.  A subclass lists them once, with what each one does, in
@@ -99,6 +99,11 @@ class Device:
 
     def _settle(self) -> None:
         """Runs after every input and tick: the place to start work that waits for a moment."""
+
+    def idle(self) -> None:
+        """Work nothing waits for.  The shell calls this once a step's bytes are out (and a
+        simulation after each step): what is prepared here, such as the next frame, is off
+        the round trip.  It sends nothing and changes no state a peer can see."""
 
     def emit(self, kind: Event, **fields: Any) -> None:
         if not isinstance(kind, Event):

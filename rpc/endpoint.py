@@ -25,7 +25,9 @@ Rules (as the Blynk.NCP C driver behaves, unless noted):
   ``answer_unknown`` is set, in which case it gets 0x13.
 * A handler that raises is answered with 0x10 and logged; the endpoint carries on.
 * A handler may return :data:`DEFER` and answer later with :meth:`Endpoint.reply`, e.g. after
-  calls of its own have completed.
+  calls of its own have completed, or with ``reply(..., at=when)``: the RESULT is encoded at
+  once and goes out when the clock reaches ``when`` (an answer due when the flash is done), so
+  the moment it is due costs a write and no work.
 
 Callbacks (``on_done`` of a call, handlers) run synchronously inside ``receive``/``tick``; they
 may call and reply freely, which only appends to the output buffer.
@@ -33,6 +35,7 @@ may call and reply freely, which only appends to the output buffer.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -119,6 +122,8 @@ class Endpoint:
         self._deferred: set[Incoming] = set()
         self._next_id = 1
         self._out = bytearray()
+        self._timed: list[tuple[float, int, bytes, Incoming]] = []  # (due, order, frame, inc): replies at a time
+        self._order = 0
         self.now = 0.0
         self.last_heard: float | None = None  # when the last well-formed message from the peer arrived
         self.stats = {
@@ -159,6 +164,11 @@ class Endpoint:
 
     def tick(self, now: float) -> None:
         self.now = now
+        while self._timed and self._timed[0][0] <= now:
+            _, _, frame, inc = heapq.heappop(self._timed)
+            self._out += frame
+            if inc.then is not None:
+                inc.then()
         expired = [c for c in self._pending.values() if c.deadline is not None and c.deadline <= now]
         for c in expired:
             # A callback of an earlier expiry may have answered or re-armed this call.
@@ -171,6 +181,8 @@ class Endpoint:
 
     def next_deadline(self) -> float | None:
         deadlines = [c.deadline for c in self._pending.values() if c.deadline is not None]
+        if self._timed:
+            deadlines.append(self._timed[0][0])
         return min(deadlines) if deadlines else None
 
     def data_to_send(self) -> bytes:
@@ -196,15 +208,18 @@ class Endpoint:
         now: float | None = None,
         timeout: float | None = None,
         on_done: Callable[[Call], None] | None = None,
+        encoded: bytes | None = None,
     ) -> Call:
-        """INVOKE ``name`` on the peer; the returned Call completes later."""
+        """INVOKE ``name`` on the peer; the returned Call completes later.  ``encoded`` is
+        ``args`` already encoded (:meth:`Function.encode_args`), prepared ahead of time."""
         fn = self.interface[name]
         if fn.kind != INVOKE:
             raise ValueError(f"{name} is a ONEWAY: use notify()")
         if fn.server == self.side:
             raise ValueError(f"{name} is served by this side ({self.side}); the peer cannot answer it")
         now = self.now if now is None else now
-        encoded = fn.encode_args(args)
+        if encoded is None:
+            encoded = fn.encode_args(args)
         msg_id = self._allocate_id()
         self._send(Invoke(fn.uid, msg_id, encoded).encode())
         timeout = fn.timeout if timeout is None else timeout
@@ -228,12 +243,27 @@ class Endpoint:
 
     # -- answering ---------------------------------------------------------------------------
 
-    def reply(self, inc: Incoming, ret: Any = None, status: int = Status.OK) -> None:
-        """Answer a deferred invocation (also used internally for immediate answers)."""
+    def reply(self, inc: Incoming, ret: Any = None, status: int = Status.OK, at: float | None = None) -> None:
+        """Answer a deferred invocation (also used internally for immediate answers); with
+        ``at`` later than now, the answer is encoded now and sent when the clock reaches it.
+        Answers given the same ``at`` go out in the order they were given."""
         if inc.msg_id is None or inc.replied:
             return
         inc.replied = True
         self._deferred.discard(inc)
+        if at is not None and at > self.now:
+            start = len(self._out)
+            self._answer(inc, ret, status)
+            frame = bytes(self._out[start:])
+            del self._out[start:]
+            self._order += 1
+            heapq.heappush(self._timed, (at, self._order, frame, inc))
+            return
+        self._answer(inc, ret, status)
+        if inc.then is not None:
+            inc.then()
+
+    def _answer(self, inc: Incoming, ret: Any, status: int) -> None:
         data = b""
         if status == Status.OK:
             try:
@@ -249,8 +279,6 @@ class Endpoint:
             self.stats["handler_errors"] += 1
             self.on_event(Event.RPC_RESULT_TOO_LARGE, name=inc.fn.name, msg_id=inc.msg_id, size=len(data))
             self._send(Result(inc.msg_id, Status.RESULTS_WRITE).encode())
-        if inc.then is not None:
-            inc.then()
 
     @property
     def deferred(self) -> set[Incoming]:

@@ -437,6 +437,9 @@ def test_a_step_s_bytes_leave_before_its_events_are_printed():
         def data_to_send(self):
             return b"answer" if "bytes" not in order else b""
 
+        def idle(self):
+            pass
+
     def check():
         raise Stop(0, "done")
 

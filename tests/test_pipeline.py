@@ -230,3 +230,33 @@ def test_ota_config_checks_its_choices():
     assert OtaConfig(version_policy="mandatory-only").version_policy is VersionPolicy.MANDATORY_ONLY
     with pytest.raises(ValueError):
         OtaConfig(version_policy="newest")
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_the_ncp_prepares_each_next_write_while_the_last_is_answered(monkeypatch, pipeline):
+    # NcpDevice.idle reads and encodes the next write after a step's bytes are out, so an
+    # answer sends it without that work.  Prepared or not, the bytes on the wire are the same.
+    from dualmcu.ncp.core import NcpDevice
+
+    wires = {}
+    for prepare in (True, False):
+        if not prepare:
+            monkeypatch.setattr(NcpDevice, "idle", lambda self: None)
+        ready = []
+        real = NcpDevice._write_args
+
+        def spy(self, offset, length, real=real, ready=ready):
+            ready.append(self._next_write is not None and self._next_write[0][1:] == (offset, length))
+            return real(self, offset, length)
+
+        monkeypatch.setattr(NcpDevice, "_write_args", spy)
+        sent = []
+        monkeypatch.setattr(InFlight, "to_primary", lambda self, d: sent.append(d) or d)
+        s, _ = run(window=8, pipeline=pipeline)
+        assert s.run_update() == "success" and image(s.flash) == NEW
+        wires[prepare] = b"".join(sent)
+        if prepare:
+            assert sum(ready) >= len(ready) - 1 - (8 if pipeline else 0)  # all but the first (the window's)
+        else:
+            assert not any(ready)
+    assert wires[True] == wires[False]

@@ -278,3 +278,30 @@ def test_endpoint_survives_any_bytes(framing, junk):
     c = pair.mcu.call("ncp_ping")
     pair.pump()
     assert c.ok
+
+
+def test_a_reply_at_a_time_goes_out_then_in_the_order_given_and_runs_its_follow_up_then():
+    # The primary answers a write when the flash is done: the RESULT is encoded at once and
+    # sent when the clock reaches it, with whatever must follow the answer (a reboot) after it.
+    pair = Pair()
+    held = []
+    pair.mcu.handle("client_otaUpdateWrite", lambda inc: held.append(inc) or DEFER)
+    calls = [pair.ncp.call("client_otaUpdateWrite", {"offset": o, "chunk": b"x", "crc32": 0}) for o in (0, 1, 2)]
+    pair.pump()
+    followed = []
+    held[1].then = lambda: followed.append(pair.mcu.now)
+    pair.mcu.reply(held[1], True, at=0.5)
+    pair.mcu.reply(held[0], True, at=0.5)  # the same time: after the one given first
+    pair.mcu.reply(held[2], False, at=0.2)
+    assert pair.mcu.next_deadline() == 0.2 and not pair.mcu.data_to_send() and not followed
+    pair.advance(0.2)
+    pair.pump()
+    assert calls[2].done and calls[2].result is False and not calls[0].done
+    pair.advance(0.3)
+    sent = pair.mcu.data_to_send()
+    order = [M.parse(f.message).msg_id for f in get_profile("cobs").decoder().feed(sent)]
+    assert order == [calls[1].msg_id, calls[0].msg_id]
+    assert followed == [0.5] and pair.mcu.next_deadline() is None
+    pair.ncp.receive(sent, pair.now)
+    assert calls[0].ok and calls[1].ok and calls[0].result is True
+    assert pair.mcu.reply(held[1], False, at=1.0) is None and not pair.mcu._timed  # answered once only

@@ -4,8 +4,8 @@
     .venv/bin/python tools/bench_realtime.py [--json] [--runs 3] [--only paced|unpaced]
 
 Each row runs the command a user runs, `dualmcu run --pace --baud B --latency 0.001 --json`,
-from a start of its own, and reads the processes' events (both sides stamp them with the
-system-wide monotonic clock).  It reports, per run:
+from a start of its own, and reads the processes' events (both sides count their time from the
+run's start, one origin).  It reports, per run:
 
 * from the offer to the confirmed boot, and its phases: offer -> first write, the transfer,
   Finish -> confirmed;
