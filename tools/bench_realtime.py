@@ -12,7 +12,9 @@ run's start, one origin).  It reports, per run:
 * the whole command, from its start to its exit, and what a 4 KiB run of the same command
   costs (start-up, provisioning, reboots): the fixed part a user waits for whatever the size;
 * the same update on the virtual clock (tools/bench_ota.py's model: the same cores, link and
-  flash timing), side by side, and the gap in points of the wire (or of max(wire, flash)).
+  flash timing), side by side, and the gap in points of the wire (or of max(wire, flash));
+* one write at a time, what real time adds to each round trip, next to the floor: two bare
+  processes that only echo a write's bytes and its answer's through the same paced relay.
 
 A run that does not end with the new image confirmed stops the benchmark with an error: it is
 never a row.  `unpaced` moves 16 MiB through the pty relay with nothing paced and an instant
@@ -125,7 +127,12 @@ def paced(runs: int, factory: str, files: dict[int, str], small: str) -> list[di
             r_pct, v_pct = 100 * ideal / real["from_offer_seconds"], 100 * ideal / virt["from_offer_seconds"]
         else:
             r_pct, v_pct = 100 * wire / real["first_write_seconds"], 100 * wire / virt["seconds"]
+        trips = -(-size // chunk)
+        added = (real["phases"]["transfer"] - virt["phases"]["transfer"]) / trips  # per round trip
+        floor = echo_floor(baud, chunk) if not pipeline else None
         rows.append({"what": what, "baud": baud, "size": size, "chunk": chunk, "write_answer": answer,
+                     "added_us_per_round_trip": None if pipeline else round(added * 1e6),
+                     "echo_floor_us": None if floor is None else round(floor * 1e6),
                      "measure": "% of max(wire, flash) from the offer" if pipeline else "% of the wire from the first write",
                      "real_percent": round(r_pct, 1), "virtual_percent": round(v_pct, 1),
                      "gap_points": round(v_pct - r_pct, 1), "real": real,
@@ -133,6 +140,65 @@ def paced(runs: int, factory: str, files: dict[int, str], small: str) -> list[di
                      "fixed_whole_seconds_4k": fixed[(baud, pipeline, chunk, answer)],
                      "wire_seconds": round(wire, 3), "ideal_seconds": round(ideal, 3)})
     return rows
+
+
+# -- the floor: what the relay and two bare processes cost a round trip -------------------------
+
+ECHO = r"""
+import os, sys, time, tty, statistics
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY)
+tty.setraw(fd)
+size, answer = int(sys.argv[3]), int(sys.argv[4])
+if sys.argv[2] == "answer":
+    while True:
+        got = 0
+        while got < size:
+            d = os.read(fd, 65536)
+            if not d:
+                sys.exit()
+            got += len(d)
+        os.write(fd, b"a" * answer)
+time.sleep(0.3)
+ts = []
+for _ in range(300):
+    t = time.monotonic()
+    os.write(fd, b"w" * size)
+    got = 0
+    while got < answer:
+        got += len(os.read(fd, 65536))
+    ts.append(time.monotonic() - t)
+print(statistics.median(ts))
+"""
+
+
+def frame_sizes(chunk: int) -> tuple[int, int]:
+    """Bytes on the wire of one write of ``chunk`` bytes and of its answer (cobs)."""
+    from dualmcu.framing import get_profile
+    from dualmcu.rpc.interface import INTERFACE
+    from dualmcu.rpc.message import Invoke, Result
+
+    p, fn = get_profile("cobs"), INTERFACE["client_otaUpdateWrite"]
+    write = Invoke(fn.uid, 0x1234, fn.encode_args({"offset": 1 << 20, "chunk": bytes(chunk), "crc32": 0})).encode()
+    return len(p.encode(write)), len(p.encode(Result(0x1234, 0, fn.encode_result(True)).encode()))
+
+
+def echo_floor(baud: int, chunk: int) -> float:
+    """Seconds a round trip costs above the wire and the two latencies, for two processes that
+    only read and write (a write's bytes one way, its answer's back) through the paced relay:
+    what no emulated side can go below on this machine."""
+    from dualmcu.link import LinkConfig
+    from dualmcu.relay import Relay
+
+    size, answer = frame_sizes(chunk)
+    with Relay("pty", LinkConfig(baud=baud, latency=0.001)).start(process=True) as relay:
+        peer = subprocess.Popen([sys.executable, "-c", ECHO, relay.paths["b"], "answer", str(size), str(answer)])
+        out = subprocess.run([sys.executable, "-c", ECHO, relay.paths["a"], "ask", str(size), str(answer)],
+                             capture_output=True, text=True, timeout=120)
+        peer.kill()
+        peer.wait()
+    if out.returncode != 0:
+        raise SystemExit(f"bench_realtime: the echo through the relay failed: {out.stderr.strip()[-200:]}")
+    return float(out.stdout) - (size + answer) * 10 / baud - 0.002
 
 
 # -- unpaced: a pty OTA against a plain pty copy ----------------------------------------------------
@@ -216,14 +282,17 @@ def main() -> None:
                    "(the range is of the time from the offer)",
                    ["what", "baud", "image", "chunk", "measure", "real", "virtual", "gap (points)",
                     "real phases: offer>first write / transfer / finish>confirmed", "real from offer (range)",
-                    "whole command (a 4 KiB run)", "resends real / virtual"],
+                    "whole command (a 4 KiB run)", "resends real / virtual",
+                    "added a round trip: real / bare echo"],
                    lambda r: (r["what"], r["baud"], f"{r['size'] // 1024} KiB", r["chunk"], r["measure"],
                               f"{r['real_percent']} %", f"{r['virtual_percent']} %", r["gap_points"],
                               " / ".join(f"{v} s" for v in r["real"]["phases"].values()),
                               f"{r['real']['from_offer_seconds']} s ({r['real']['from_offer_range'][0]}-"
                               f"{r['real']['from_offer_range'][1]})",
                               f"{r['real']['whole_seconds']} s ({r['fixed_whole_seconds_4k']} s)",
-                              f"{r['real']['resends']} / {r['virtual_resends']}"))
+                              f"{r['real']['resends']} / {r['virtual_resends']}",
+                              "-" if r["echo_floor_us"] is None
+                              else f"{r['added_us_per_round_trip']} / {r['echo_floor_us']} us"))
         if "unpaced" in only:
             rows = unpaced(a.runs, factory, files)
             report(rows, a.json, f"\nUnpaced, instant flash, 16 MiB, median of {a.runs} runs",
