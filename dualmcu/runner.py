@@ -156,7 +156,7 @@ class Run:
                               replace(o.ncp, once=True), as_json=True, progress_interval=o.progress_interval,
                               start=self.t0)
         cut_at = cut_seed = None
-        within = 0
+        within: dict = {}  # the side's own default unless a seed is drawn from
         if self.spawned["primary"] == 0:  # the power fails once; the restarted device runs on
             cut_at, cut_seed = o.power_cut_at, None if o.power_cut_at is not None else o.power_cut_seed
             if cut_seed is not None:
@@ -165,11 +165,11 @@ class Run:
                 page, chunk = o.geometry.page_size, o.primary.ota.chunk_size
                 pages, chunks = -(-self.largest // page), -(-self.largest // chunk)
                 crossings = pages if page % chunk else 0
-                within = pages + chunks + crossings + 6
+                within = {"power_cut_within": pages + chunks + crossings + 6}
         geometry = None if os.path.exists(o.flash) else o.geometry  # an existing file keeps its own
         return PrimaryOptions(port, o.flash, o.baud, o.framing, geometry, self.factory, o.primary, as_json=True,
-                              power_cut_at=cut_at, power_cut_seed=cut_seed, power_cut_within=within or 2000,
-                              progress_interval=o.progress_interval, start=self.t0)
+                              power_cut_at=cut_at, power_cut_seed=cut_seed, progress_interval=o.progress_interval,
+                              start=self.t0, **within)
 
     def spawn(self, side: str, path: str) -> None:
         log = os.path.join(self.workdir, f"{side}.log")
