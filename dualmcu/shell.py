@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol
 
 import serial
 
-from dualmcu.rpc.events import Event
+from dualmcu.rpc.events import Event, checked
 
 IDLE_WAKE = 0.5  # with no deadline, wake this often anyway (signals, --once checks, silence)
 FALLBACK_POLL = 0.002  # read timeout for URL handlers without a file descriptor
@@ -170,8 +170,8 @@ class EventPrinter:
         self.out = out
         self.start = time.monotonic() if start is None else start
         self.progress = Progress(out or sys.stderr)
-        self.watchers: list[Callable[[str, dict], None]] = []
-        self._held: list[tuple[str, dict]] | None = None  # a step's events, while held
+        self.watchers: list[Callable[[Event, dict], None]] = []
+        self._held: list[tuple[Event, dict]] | None = None  # a step's events, while held
 
     def origin_utc(self) -> str:
         """The wall-clock time at which ``t`` is 0, to set this stream beside other logs."""
@@ -191,7 +191,7 @@ class EventPrinter:
             out.write("".join(map(self._line, held)))
             out.flush()
 
-    def _line(self, item: tuple[str, dict]) -> str:
+    def _line(self, item: tuple[Event, dict]) -> str:
         kind, fields = item
         rec = {"side": self.side, "event": kind}
         rec.update({k: (v.hex() if isinstance(v, bytes) else v) for k, v in fields.items()})
@@ -200,8 +200,7 @@ class EventPrinter:
         return json.dumps(rec, separators=(",", ":")) + "\n"
 
     def __call__(self, kind: Event, **fields: Any) -> None:
-        if not isinstance(kind, Event):
-            raise TypeError(f"{kind!r} is not an Event: every kind is listed in dualmcu.rpc.events")
+        checked(kind)
         for w in self.watchers:
             w(kind, fields)
         if self.as_json:

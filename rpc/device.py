@@ -1,8 +1,9 @@
 """What both emulated sides share: an endpoint, named timers, events and actions.
 
 A device is a sans-IO core.  Its shell calls ``receive``, ``tick``, ``next_deadline``,
-``data_to_send`` and, once the bytes are out, ``idle``, and carries out the :data:`Action` items the device appends to ``actions``:
-only a shell can reboot a process, switch a port's baud rate or end a program.
+``data_to_send`` and, once the bytes are out, ``idle``, and carries out the :data:`Action`
+items the device appends to ``actions``: only a shell can reboot a process, switch a port's
+baud rate or end a program.
 
 Timers have names.  A subclass lists them once, with what each one does, in
 :meth:`Device._timer_table`; it arms one with ``_after(name, delay)`` (re-arming replaces
@@ -17,7 +18,7 @@ from typing import Any, Callable, Union
 from dualmcu.framing import Profile
 
 from .endpoint import Endpoint
-from .events import Event
+from .events import Event, checked
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Device:
     def __init__(self, side: str, profile: Profile, now: float, emit: Callable[..., None] | None,
                  answer_unknown: bool = False, blocking: bool = False):
         self._emit = emit or (lambda kind, **fields: None)
-        self.ep = Endpoint(side, profile, answer_unknown=answer_unknown, on_event=self._wire_event, blocking=blocking)
+        self.ep = Endpoint(side, profile, answer_unknown=answer_unknown, on_event=self.emit, blocking=blocking)
         self.ep.now = now
         self.actions: list[Action] = []
         self._timers: dict[str, float] = {}
@@ -106,12 +107,7 @@ class Device:
         the round trip.  It sends nothing and changes no state a peer can see."""
 
     def emit(self, kind: Event, **fields: Any) -> None:
-        if not isinstance(kind, Event):
-            raise TypeError(f"{kind!r} is not an Event: every kind is listed in dualmcu.rpc.events")
-        self._emit(kind, t=round(self.ep.now, 6), **fields)
-
-    def _wire_event(self, kind: Event, **fields: Any) -> None:
-        self.emit(kind, **fields)
+        self._emit(checked(kind), t=round(self.ep.now, 6), **fields)
 
     def _after(self, name: str, delay: float) -> None:
         if name not in self._on_timer:

@@ -166,7 +166,7 @@ class Endpoint:
         self.now = now
         while self._timed and self._timed[0][0] <= now:
             _, _, frame, inc = heapq.heappop(self._timed)
-            self._out += frame
+            self._put(frame)
             if inc.then is not None:
                 inc.then()
         expired = [c for c in self._pending.values() if c.deadline is not None and c.deadline <= now]
@@ -251,19 +251,16 @@ class Endpoint:
             return
         inc.replied = True
         self._deferred.discard(inc)
+        frame = self._result_frame(inc, ret, status)
         if at is not None and at > self.now:
-            start = len(self._out)
-            self._answer(inc, ret, status)
-            frame = bytes(self._out[start:])
-            del self._out[start:]
             self._order += 1
             heapq.heappush(self._timed, (at, self._order, frame, inc))
             return
-        self._answer(inc, ret, status)
+        self._put(frame)
         if inc.then is not None:
             inc.then()
 
-    def _answer(self, inc: Incoming, ret: Any, status: int) -> None:
+    def _result_frame(self, inc: Incoming, ret: Any, status: int) -> bytes:
         data = b""
         if status == Status.OK:
             try:
@@ -272,13 +269,13 @@ class Endpoint:
                 log.error("%s handler returned %r, which does not encode: %s", inc.fn.name, ret, e)
                 status = Status.RESULTS_WRITE
         try:
-            self._send(Result(inc.msg_id, status, data).encode())
+            return self._encode(Result(inc.msg_id, status, data).encode())
         except FramingError:
             # An answer larger than a frame carries: say so in a RESULT that fits, instead of
             # letting a peer that asks for it end this side.
             self.stats["handler_errors"] += 1
             self.on_event(Event.RPC_RESULT_TOO_LARGE, name=inc.fn.name, msg_id=inc.msg_id, size=len(data))
-            self._send(Result(inc.msg_id, Status.RESULTS_WRITE).encode())
+            return self._encode(Result(inc.msg_id, Status.RESULTS_WRITE).encode())
 
     @property
     def deferred(self) -> set[Incoming]:
@@ -295,7 +292,10 @@ class Endpoint:
         raise RuntimeError("all 65535 msg_ids are pending")
 
     def _send(self, message: bytes) -> None:
-        self._out += self._encode(message)
+        self._put(self._encode(message))
+
+    def _put(self, frame: bytes) -> None:
+        self._out += frame
         self.stats["frames_out"] += 1
 
     def _on_dropped(self, d: Dropped) -> None:

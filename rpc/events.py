@@ -181,6 +181,13 @@ _SECTIONS = {kind: section for kind, _, _, section in _ROWS}
 Event = _Kind("Event", [(kind.upper(), (kind, side, doc)) for kind, side, doc, _ in _ROWS])
 
 
+def checked(kind: Event) -> Event:
+    """``kind``, or a TypeError when it is not a member: what every emitter calls first."""
+    if not isinstance(kind, Event):
+        raise TypeError(f"{kind!r} is not an Event: every kind is listed in dualmcu.rpc.events")
+    return kind
+
+
 def oneway_event(fn_name: str) -> Event:
     """The event under which the NCP logs a one-way call of the primary."""
     return Event("primary_" + fn_name.removeprefix("blynk_"))
