@@ -1,7 +1,8 @@
 """A UART between two sides, as a sans-IO model: bytes and times in, bytes and times out.
 
-The same model runs in the tests (on a virtual clock) and inside the relay of ``dualmcu run``
-and ``dualmcu link`` (on the monotonic clock).  Each direction is a :class:`Lane`:
+The same model runs in the tests (on a virtual clock), inside the relay of ``dualmcu link``,
+and at each end of ``dualmcu run``'s virtual UART, where each side paces what it sends
+(:class:`End`), on the monotonic clock.  Each direction is a :class:`Lane`:
 
 * pacing: a byte takes 10 bit times (8N1) on the wire; a lane sends one byte at a time, so a
   burst of N bytes written at once arrives over N × 10 / baud seconds, at the baud's limit;
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass
@@ -114,6 +115,12 @@ class Lane:
                 st["garbage_bytes"] += n
         return bytes(out)
 
+    def cut(self, until: float) -> None:
+        """Nothing gets through until ``until``; what is on the wire now is lost."""
+        self.cut_until = max(self.cut_until, until)
+        self.stats["disconnect_lost"] += sum(len(d) for _, d in self.queue)
+        self.queue.clear()
+
     def next_deadline(self) -> float | None:
         if not self.queue:
             return None
@@ -169,11 +176,8 @@ class Link:
 
     def disconnect(self, side: str, now: float, duration: float) -> None:
         """Cut one side off for ``duration`` seconds: nothing to or from it gets through."""
-        until = now + duration
         for lane in self.lanes.values():
-            lane.cut_until = max(lane.cut_until, until)
-            lane.stats["disconnect_lost"] += sum(len(d) for _, d in lane.queue)
-            lane.queue.clear()
+            lane.cut(now + duration)
         self.lanes["a_to_b"].stats["disconnects"] += 1  # one event, counted once
 
     @property
@@ -183,3 +187,62 @@ class Link:
             for k, v in lane.stats.items():
                 total[k] = total.get(k, 0) + v
         return total
+
+
+LANE_OF = {"a": "a_to_b", "b": "b_to_a"}  # the lane a side sends on
+
+
+class End:
+    """One side's transmitter, when the two sides of a link run in two processes.
+
+    Each side paces what it sends itself, and writes it to the other side's descriptor when
+    it has arrived: a round trip crosses two processes instead of four hops through a relay
+    process.  Its lane is the one a :class:`Link` with the same config gives that side, drawn
+    from the same seed, so the faults are those the relay or the simulation would inject.
+    Every disconnection of the plan cuts both directions, as :meth:`Link.disconnect` does, so
+    each end applies all of them to its own lane.
+    """
+
+    def __init__(self, cfg: LinkConfig, side: str, disconnects: list[tuple[str, float, float]] | None = None,
+                 start: float = 0.0):
+        self.cfg = replace(cfg)  # its own: a baud switch of this end is not the other's
+        self.side = side
+        self.lane = Link(self.cfg).lanes[LANE_OF[side]]
+        self.cuts = sorted((start + at, seconds) for _, at, seconds in disconnects or [])
+
+    @property
+    def transparent(self) -> bool:
+        """Nothing to model: bytes may go straight out, at once and unchanged."""
+        c = self.cfg
+        return not (c.baud or c.latency or c.rx_poll or c.faults.any or self.cuts)
+
+    def send(self, data: bytes, now: float) -> None:
+        self._disconnect(now)
+        self.lane.send(data, now)
+
+    def due(self, now: float) -> bytes:
+        """What has arrived at the other side by ``now``."""
+        self._disconnect(now)
+        return self.lane.receive(now)
+
+    def next_deadline(self) -> float | None:
+        d = self.lane.next_deadline()
+        if self.cuts and (d is None or self.cuts[0][0] < d):
+            return self.cuts[0][0]
+        return d
+
+    def set_baud(self, baud: int) -> None:
+        """This side's UART switched: what it sends from now on goes at ``baud`` (when paced)."""
+        if self.cfg.baud:
+            self.cfg.baud = baud
+
+    def _disconnect(self, now: float) -> None:
+        while self.cuts and self.cuts[0][0] <= now:
+            at, seconds = self.cuts.pop(0)
+            self.lane.cut(at + seconds)
+            if self.side == "a":
+                self.lane.stats["disconnects"] += 1  # one event, counted at one end
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.lane.stats

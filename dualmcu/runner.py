@@ -1,7 +1,7 @@
 """``dualmcu run``: a whole update between two emulated processes joined by a virtual UART.
 
 The parent process builds what is missing (a demo shipment, a factory image, a fresh flash),
-starts the relay, starts ``ncp`` and ``primary`` as two OS processes on the relay's two ports,
+makes the virtual UART, starts ``ncp`` and ``primary`` as two OS processes on its two ends,
 reads their JSON events, shows progress, and decides: success only when the primary has booted
 and confirmed the new version.
 """
@@ -15,9 +15,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import socket
 import tempfile
 import threading
 import time
+import tty
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -29,9 +31,8 @@ from dualmcu.primary.flash import Geometry
 from dualmcu.rpc.events import Event
 from .child import send
 from .link import LinkConfig
-from .relay import Relay
 from .exits import ExitCode
-from .shell import Progress, detail, shown
+from .shell import Progress, Tally, Wire, detail, shown
 from .sides import NcpOptions, PrimaryOptions
 DEMO_TYPE = "TMPL0DEMO01"
 DEMO_SIZE = 300 * 1024
@@ -67,6 +68,54 @@ class RunOptions:
     target: str = "dualmcu/1"
     as_json: bool = False
     progress_interval: float = 0.0  # the sides' progress events at most this often (0: every one)
+
+
+class VirtualUart:
+    """The wire between the two sides: a pty pair, or a connected pair of loopback sockets.
+
+    Each side's process gets one end as an inherited descriptor and paces what it sends
+    itself (:class:`~dualmcu.link.End`): a round trip crosses the two sides' processes and
+    nothing else.  A relay process in between, as ``dualmcu link`` has, cost four more hops,
+    0.4-0.6 ms a round trip on a 2-core machine, more than a whole answer takes at 3 Mbaud.
+
+    The parent keeps both ends open, so that a side's process can be killed and started again
+    on the same end; what the other side sent meanwhile waits in the kernel's buffer (and past
+    it in the sender's queue, up to 1 MiB)."""
+
+    SIDES = ("a", "b")
+
+    def __init__(self, kind: str):
+        if kind == "pty":
+            master, slave = os.openpty()
+            # Raw at once: a cooked pty echoes and translates bytes.
+            tty.setraw(master)
+            tty.setraw(slave)
+            path = os.ttyname(slave)
+            self.fds = {"a": master, "b": slave}
+            self.names = {"a": f"{path} (master)", "b": path}
+            return
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:
+            srv.bind(("127.0.0.1", 0))
+            srv.listen(1)
+            a = socket.create_connection(srv.getsockname())
+            b, _ = srv.accept()
+        for sock in (a, b):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.names = {"a": "socket://%s:%d" % a.getsockname(), "b": "socket://%s:%d" % b.getsockname()}
+        self.fds = {"a": a.detach(), "b": b.detach()}
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+
+def link_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    """The run's link counters from its two ends' tallies, in the relay's terms."""
+    counts = {"a_to_b": a.get("sent", 0), "b_to_a": b.get("sent", 0), "lost": a.get("lost", 0) + b.get("lost", 0)}
+    for key in Tally.KEYS[2:]:
+        counts[key] = a.get(key, 0) + b.get(key, 0)
+    return counts
 
 
 RAW = "_line"  # a side's event line as the side printed it
@@ -147,14 +196,22 @@ class Run:
 
     # -- processes ---------------------------------------------------------------------------
 
-    def options(self, side: str, port: str) -> NcpOptions | PrimaryOptions:
-        """The side's whole configuration for one process on ``port``."""
+    def wire(self, side: str) -> Wire:
+        end = "a" if side == "ncp" else "b"
         o = self.o
+        return Wire(self.uart.fds[end], end, o.baud, self.uart.names[end], o.link_config,
+                    tuple(o.disconnects), self.t0, os.path.join(self.workdir, f"link-{end}.tally"))
+
+    def options(self, side: str) -> NcpOptions | PrimaryOptions:
+        """The side's whole configuration for one process on its end of the virtual UART."""
+        o = self.o
+        wire = self.wire(side)
+        port = wire.name
         if side == "ncp":
             return NcpOptions(port, o.baud, o.framing, tuple(os.path.abspath(f) for f in o.firmware),
                               os.path.join(self.workdir, "ncp-store"), o.net_rate, o.net_fail_at,
                               replace(o.ncp, once=True), as_json=True, progress_interval=o.progress_interval,
-                              start=self.t0)
+                              start=self.t0, wire=wire)
         cut_at = cut_seed = None
         within: dict = {}  # the side's own default unless a seed is drawn from
         if self.spawned["primary"] == 0:  # the power fails once; the restarted device runs on
@@ -169,16 +226,17 @@ class Run:
         geometry = None if os.path.exists(o.flash) else o.geometry  # an existing file keeps its own
         return PrimaryOptions(port, o.flash, o.baud, o.framing, geometry, self.factory, o.primary, as_json=True,
                               power_cut_at=cut_at, power_cut_seed=cut_seed, progress_interval=o.progress_interval,
-                              start=self.t0, **within)
+                              start=self.t0, wire=wire, **within)
 
-    def spawn(self, side: str, path: str) -> None:
+    def spawn(self, side: str) -> None:
         log = os.path.join(self.workdir, f"{side}.log")
         self.logs[side] = log
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(log, "ab") as err:
+            options = self.options(side)
             p = subprocess.Popen([sys.executable, "-m", "dualmcu.child"], stdout=subprocess.PIPE, stderr=err,
-                                 stdin=subprocess.PIPE, env=env)
-        send(self.options(side, path), p.stdin)
+                                 stdin=subprocess.PIPE, env=env, pass_fds=(options.wire.fd,))
+        send(options, p.stdin)
         self.spawned[side] += 1
         self.procs[side] = p
         threading.Thread(target=_reader, args=(side, p, self.q), daemon=True).start()
@@ -278,7 +336,7 @@ class Run:
                 self.procs[who].wait()
                 self.say({"side": "run", "event": f"{who}_killed", "offset": ev["offset"]})
                 self.tell(f"{who} process killed at offset {ev['offset']}; starting it again")
-                self.spawn(who, self.relay.paths["a" if who == "ncp" else "b"])
+                self.spawn(who)
 
     def _offered(self, ev: dict) -> None:
         self.tell(f"ncp offers {shown(ev.get('filename'))} version {shown(ev.get('version'))}, {ev.get('size')} bytes")
@@ -338,7 +396,7 @@ class Run:
         if proc in self.killed or (side == "ncp" and self.state["ncp_outcome"] in ("success", "up_to_date", "rollback")):
             return None
         if side == "primary" and code == ExitCode.POWER_CUT:
-            self.spawn("primary", self.relay.paths["b"])  # power comes back: the device boots
+            self.spawn("primary")  # power comes back: the device boots
             self.tell("primary powered up again")
             return None
         return ExitCode.IO, f"the {side} process exited with code {code}:\n{self.tail(side)}"
@@ -354,33 +412,35 @@ class Run:
             print(f"error: {shown(e)}", file=sys.stderr)
             return ExitCode.USAGE
         verdict: Verdict | None = None
+        tallies = [os.path.join(self.workdir, f"link-{end}.tally") for end in VirtualUart.SIDES]
+        for path in tallies:  # a work directory used again counts this run only
+            if os.path.exists(path):
+                os.remove(path)
+        self.uart = None
         try:
-            # Started before any reader thread, in a process of its own: see Relay.start.
-            with Relay(self.o.link, self.o.link_config, self.o.disconnects).start(process=True) as relay:
-                self.relay = relay
-                if not self.o.as_json:
-                    self.progress.line(
-                        f"link: {self.o.link}, ncp on {relay.paths['a']}, primary on {relay.paths['b']}, "
-                        f"framing {self.o.framing}; work files in {self.workdir}")
-                self.spawn("ncp", relay.paths["a"])
-                self.spawn("primary", relay.paths["b"])
-                deadline = t0 + self.o.timeout
-                while verdict is None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        verdict = (ExitCode.TIMEOUT, f"no result within {self.o.timeout:.0f} s "
-                                                 f"(at offset {self.state['offset']})")
-                        break
-                    self.sample_memory()
-                    try:
-                        ev = self.q.get(timeout=min(left, 0.5))
-                    except queue.Empty:
-                        continue
-                    verdict = self.on_event(ev)
-                self._rss_at = 0.0
+            self.uart = uart = VirtualUart(self.o.link)
+            if not self.o.as_json:
+                self.progress.line(f"link: {self.o.link}, ncp on {uart.names['a']}, primary on {uart.names['b']}, "
+                                   f"framing {self.o.framing}; work files in {self.workdir}")
+            self.spawn("ncp")
+            self.spawn("primary")
+            deadline = t0 + self.o.timeout
+            while verdict is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    verdict = (ExitCode.TIMEOUT, f"no result within {self.o.timeout:.0f} s "
+                                             f"(at offset {self.state['offset']})")
+                    break
                 self.sample_memory()
-                self.stop_all()
-            counts = relay.stats  # the relay process's, now that it has ended
+                try:
+                    ev = self.q.get(timeout=min(left, 0.5))
+                except queue.Empty:
+                    continue
+                verdict = self.on_event(ev)
+            self._rss_at = 0.0
+            self.sample_memory()
+            self.stop_all()
+            counts = link_counts(*(Tally.read(path) for path in tallies))
         except BrokenPipeError:
             self.stop_all()  # the reader of --json went away: click ends the command quietly
             raise
@@ -397,6 +457,9 @@ class Run:
                       "reason": "interrupted", "workdir": self.workdir})
             print(f"interrupted; work files kept in {self.workdir}", file=sys.stderr)
             return ExitCode.INTERRUPTED
+        finally:
+            if self.uart is not None:
+                self.uart.close()
         code, reason = verdict
         # A temporary work directory goes once the run succeeded, unless --keep: a failed run
         # keeps it, for its logs and flash.

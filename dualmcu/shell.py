@@ -11,22 +11,29 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import mmap
 import os
 import select
 import shutil
 import signal
 import socket
+import stat
+import struct
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import serial
 
 from dualmcu.rpc.events import Event, checked
 
+from .link import End, LinkConfig, new_stats
+
 IDLE_WAKE = 0.5  # with no deadline, wake this often anyway (signals, --once checks, silence)
 FALLBACK_POLL = 0.002  # read timeout for URL handlers without a file descriptor
 try:  # tcdrain and tcflush raise termios.error, which is no OSError
+    import termios
     from termios import error as TERMIOS_ERROR
 except ImportError:  # not a POSIX system
     TERMIOS_ERROR = OSError
@@ -44,6 +51,11 @@ def wait_for(deadline: float | None, now: float, idle: float) -> float:
         return idle
     left = deadline - now
     return min(idle, left - SPIN) if left > SPIN else 0.0
+
+
+def earliest(*deadlines: float | None) -> float | None:
+    known = [d for d in deadlines if d is not None]
+    return min(known) if known else None
 
 
 class Core(Protocol):
@@ -227,6 +239,66 @@ class EventPrinter:
         self.progress.line(f"{self.side:<7} {stamp} {kind:<20} {detail(fields)}")
 
 
+@dataclass(frozen=True)
+class Wire:
+    """One side's end of ``dualmcu run``'s virtual UART, handed down to the side's process: a
+    descriptor of a pty or socket pair, and the link model this side sends through."""
+
+    fd: int
+    side: str  # "a" (the NCP) or "b" (the primary)
+    baud: int
+    name: str  # what the user is told: the pty's path, the socket's address
+    link: LinkConfig | None = None
+    disconnects: tuple[tuple[str, float, float], ...] = ()
+    start: float = 0.0  # the monotonic time the disconnections count from
+    tally: str | None = None  # the file of this end's counters (Tally)
+
+
+class Tally:
+    """One end's counters, in a small file that the parent reads when the run ends.
+
+    A file, not an event at exit: a side killed on purpose (``--kill-*-at``) or by a power cut
+    does not get to say anything, and the bytes it sent and the faults injected into them still
+    count.  A restarted side adds to what its previous process counted."""
+
+    KEYS = ("sent", "lost", *new_stats())
+
+    def __init__(self, path: str):
+        size = 8 * len(self.KEYS)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._cells = memoryview(self._map).cast("q")
+        self._base = list(self._cells)
+
+    def update(self, port: Port) -> None:
+        stats = port.end.stats if port.end is not None else {}
+        cells, base = self._cells, self._base
+        cells[0] = base[0] + port.sent
+        cells[1] = base[1] + port.dropped
+        for i, key in enumerate(self.KEYS[2:], 2):
+            cells[i] = base[i] + stats.get(key, 0)
+
+    def close(self) -> None:
+        self._cells.release()
+        self._map.close()
+
+    @classmethod
+    def read(cls, path: str) -> dict[str, int]:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(8 * len(cls.KEYS))
+        except OSError:
+            return {}
+        if len(raw) < 8 * len(cls.KEYS):
+            return {}
+        return dict(zip(cls.KEYS, struct.unpack(f"{len(cls.KEYS)}q", raw)))
+
+
 class Port:
     """A pyserial port as the shell uses it: wait for bytes or a deadline, write without waiting.
 
@@ -240,11 +312,28 @@ class Port:
     bytes are dropped and counted (the framing recovers at the next frame).
     """
 
-    def __init__(self, port: serial.SerialBase, max_queue: int = MAX_QUEUE):
+    def __init__(self, port: serial.SerialBase | None, max_queue: int = MAX_QUEUE, *, fd: int | None = None,
+                 baud: int | None = None, end: End | None = None, tally: Tally | None = None):
         self.serial = port
         self.max_queue = max_queue
         self.queue = bytearray()
         self.dropped = 0
+        self.sent = 0  # bytes this side has written
+        self.baudrate = port.baudrate if port is not None else baud
+        # With an end, this side paces what it sends (and injects its direction's faults):
+        # bytes wait in the end's lane until they have arrived, then go out.  A transparent
+        # end (nothing paced, nothing injected) is left out: bytes go straight out.
+        self.end = end if end is not None and not end.transparent else None
+        self.tally = tally
+        self._sock = None
+        if port is None:  # a descriptor handed down by the parent (dualmcu run)
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                self._sock, fd = socket.socket(fileno=fd), None
+                self._sock.setblocking(False)
+            else:
+                os.set_blocking(fd, False)
+            self._fd = fd
+            return
         # Only a socket:// port is a plain socket to read and write directly.  An rfc2217://
         # port has one too, but it carries telnet commands and escaped 0xFF bytes, and the
         # client's own thread reads it: going round that thread splits the stream.
@@ -257,6 +346,12 @@ class Port:
             except (AttributeError, NotImplementedError, ValueError, serial.SerialException):
                 fd = None
         self._fd = fd
+
+    @classmethod
+    def of(cls, wire: Wire) -> Port:
+        """The port of one side of ``dualmcu run``'s virtual UART."""
+        end = End(wire.link, wire.side, wire.disconnects, wire.start) if wire.link is not None else None
+        return cls(None, fd=wire.fd, baud=wire.baud, end=end, tally=Tally(wire.tally) if wire.tally else None)
 
     def wait_read(self, wait: float) -> bytes:
         """What arrives within ``wait`` seconds (all of it that is there once the first byte is)."""
@@ -301,14 +396,42 @@ class Port:
             self._drain()
         return bool(readable)
 
-    def write(self, data: bytes) -> None:
-        """Queue ``data`` and send what the peer takes now; never waits for it."""
+    def write(self, data: bytes, now: float | None = None) -> None:
+        """Queue ``data`` and send what the peer takes now; never waits for it.
+
+        With an end, ``data`` starts on the wire at ``now``: the time of the step that made it,
+        as the core was given it, so the emulator's own work in the step does not count as
+        wire time (a real MCU answers in microseconds)."""
+        self.sent += len(data)
+        if self.end is not None:
+            self.end.send(data, time.monotonic() if now is None else now)
+            self.pump(time.monotonic())
+            return
+        self._queue(data)
+
+    def _queue(self, data: bytes) -> None:
         self.queue += data
         self._drain()
         over = len(self.queue) - self.max_queue
         if over > 0:
             del self.queue[:over]
             self.dropped += over
+        if self.tally is not None:
+            self.tally.update(self)
+
+    def next_deadline(self) -> float | None:
+        """When the end has bytes arriving at the other side (None: nothing on the wire)."""
+        return self.end.next_deadline() if self.end is not None else None
+
+    def pump(self, now: float) -> None:
+        """Send what has arrived at the other side by ``now``."""
+        if self.end is None:
+            return
+        due = self.end.due(now)
+        if due:
+            self._queue(due)
+        elif self.tally is not None:
+            self.tally.update(self)
 
     def _drain(self) -> None:
         try:
@@ -328,8 +451,16 @@ class Port:
             raise PortError(f"the port failed: {e}") from None
 
     def flush(self, timeout: float = 2.0) -> None:
-        """Wait until the queue has left (bounded), then until the UART has sent it."""
+        """Wait until what is on the wire has arrived and the queue has left (bounded), then
+        until the UART has sent it."""
         end = time.monotonic() + timeout
+        while self.end is not None and (deadline := self.end.next_deadline()) is not None:
+            now = time.monotonic()
+            if deadline > end or now >= end:
+                break
+            if deadline > now:
+                time.sleep(deadline - now)
+            self.pump(time.monotonic())
         while self.queue and time.monotonic() < end:
             handle = self._sock if self._sock is not None else self._fd
             if handle is None:
@@ -337,7 +468,7 @@ class Port:
                 break
             select.select([], [handle], [], max(0.0, end - time.monotonic()))
             self._drain()
-        if self._sock is None:
+        if self.serial is not None and self._sock is None:
             try:
                 self.serial.flush()
             except (serial.SerialException, OSError, TERMIOS_ERROR):
@@ -345,16 +476,34 @@ class Port:
 
     def set_baud(self, baud: int) -> None:
         self.flush()
-        self.serial.baudrate = baud
+        if self.serial is not None:
+            self.serial.baudrate = baud
+        if self.end is not None:
+            self.end.set_baud(baud)
+        self.baudrate = baud
 
     def discard_input(self) -> None:
         try:
-            self.serial.reset_input_buffer()
-        except (serial.SerialException, OSError, TERMIOS_ERROR):
+            if self.serial is not None:
+                self.serial.reset_input_buffer()
+            elif self._sock is not None:
+                while self._sock.recv(65536, socket.MSG_DONTWAIT):
+                    pass
+            elif os.isatty(self._fd):
+                termios.tcflush(self._fd, termios.TCIFLUSH)
+        except (BlockingIOError, serial.SerialException, OSError, TERMIOS_ERROR):
             pass
 
     def close(self) -> None:
-        self.serial.close()
+        if self.tally is not None:
+            self.tally.update(self)
+            self.tally.close()
+        if self.serial is not None:
+            self.serial.close()
+        elif self._sock is not None:
+            self._sock.close()
+        else:
+            os.close(self._fd)
 
 
 class Runner:
@@ -387,9 +536,10 @@ class Runner:
         signal.signal(signal.SIGTERM, self.stop)
         try:
             while not self._stopping:
-                wait = wait_for(self.core.next_deadline(), time.monotonic(), IDLE_WAKE)
-                data = port.wait_read(wait)
+                deadline = earliest(self.core.next_deadline(), port.next_deadline())
+                data = port.wait_read(wait_for(deadline, time.monotonic(), IDLE_WAKE))
                 now = time.monotonic()
+                port.pump(now)  # what has arrived at the peer goes out first: it is due
                 core = self.core
                 if self.events is not None:
                     self.events.hold()
@@ -400,7 +550,7 @@ class Runner:
                 deadline = core.next_deadline()
                 if deadline is not None and deadline <= now:
                     core.tick(now)
-                self._flush()
+                self._flush(now)
                 core.idle()  # work nothing waits for, once the bytes are out
                 if self.events is not None:
                     self.events.release()
@@ -432,10 +582,10 @@ class Runner:
                 self.core = replaced
                 self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, now: float | None = None) -> None:
         out = self.core.data_to_send()
         if out:
-            self.port.write(out)
+            self.port.write(out, now)
 
 
 class Silence:

@@ -21,7 +21,7 @@ from dualmcu.rpc.events import Event
 
 from .exits import ExitCode
 from .paths import default_store
-from .shell import EventPrinter, Port, PortError, Runner, Silence, Stop, open_port, shown
+from .shell import EventPrinter, Port, PortError, Runner, Silence, Stop, Wire, open_port, shown
 
 
 def switch_baud(port: Port, baud: int, emit) -> None:
@@ -34,7 +34,7 @@ def switch_baud(port: Port, baud: int, emit) -> None:
 
 def reboot_port(port: Port, initial_baud: int, emit) -> None:
     """A rebooted side's UART comes back at its initial rate and has lost what it held."""
-    if port.serial.baudrate != initial_baud:
+    if port.baudrate != initial_baud:
         switch_baud(port, initial_baud, emit)  # sends what was queued at the old rate first
         emit(Event.BAUD_RESET, baud=initial_baud)
     else:
@@ -56,6 +56,7 @@ class NcpOptions:
     verbose: bool = False
     progress_interval: float = 0.0  # JSON progress at most this often (0: every chunk)
     start: float | None = None  # the monotonic time events count from (None: now)
+    wire: Wire | None = None  # an end of dualmcu run's virtual UART, instead of opening port
 
 
 def run_ncp(o: NcpOptions) -> int:
@@ -113,7 +114,7 @@ def run_ncp(o: NcpOptions) -> int:
             return None
         return (ExitCode.OK if out in ("success", "up_to_date") else ExitCode.FAILED), out
 
-    return _serve(o.port, o.baud, o.framing, make, on_action, emit, verdict=verdict)
+    return _serve(o.port, o.baud, o.framing, make, on_action, emit, verdict=verdict, wire=o.wire)
 
 
 @dataclass
@@ -135,6 +136,7 @@ class PrimaryOptions:
     endurance: int = DEFAULT_ENDURANCE  # erases a page takes before it wears out
     progress_interval: float = 0.0  # JSON progress at most this often (0: every chunk)
     start: float | None = None  # the monotonic time events count from (None: now)
+    wire: Wire | None = None  # an end of dualmcu run's virtual UART, instead of opening port
 
 
 def power_cut_hook(at: int | None, seed: int | None, within: int, base: int = 0):
@@ -241,7 +243,7 @@ def run_primary(o: PrimaryOptions) -> int:
             raise Stop(*outcome["end"])
 
     try:
-        return _serve(o.port, o.baud, o.framing, make, on_action, emit, check_once)
+        return _serve(o.port, o.baud, o.framing, make, on_action, emit, check_once, wire=o.wire)
     except PowerCut as cut:
         emit(Event.POWER_CUT, op=cut.op - base, operation=cut.kind, applied=cut.applied)
         return ExitCode.POWER_CUT
@@ -249,10 +251,11 @@ def run_primary(o: PrimaryOptions) -> int:
         flash.close()
 
 
-def _serve(url: str, baud: int, framing: str, make, on_action, emit, check=None, verdict=None) -> int:
+def _serve(url: str, baud: int, framing: str, make, on_action, emit, check=None, verdict=None,
+           wire: Wire | None = None) -> int:
     try:
-        port = Port(open_port(url, baud))
-    except PortError as e:
+        port = Port.of(wire) if wire is not None else Port(open_port(url, baud))
+    except (PortError, OSError) as e:
         print(f"error: {shown(e)}", file=sys.stderr)
         return ExitCode.IO
     emit(Event.PORT_OPEN, t=time.monotonic(), port=url, baud=baud, clock_origin=emit.origin_utc())

@@ -407,7 +407,13 @@ def test_a_step_s_bytes_leave_before_its_events_are_printed():
         def wait_read(self, wait):
             return b"x"
 
-        def write(self, data):
+        def next_deadline(self):
+            return None
+
+        def pump(self, now):
+            pass
+
+        def write(self, data, now=None):
             order.append("bytes")
 
         def flush(self):
@@ -524,21 +530,33 @@ def test_run_hands_each_side_its_whole_configuration_as_one_object(tmp_path):
     from dualmcu.primary.boot import Trust
     from dualmcu.primary.device import PrimaryConfig
     from dualmcu.primary.flash import Geometry
+    from dualmcu.link import LinkConfig
     from dualmcu.runner import Run, RunOptions
 
     (tmp_path / "k.pub").write_bytes(generate()[1])
     trust = Trust(load_keys([str(tmp_path / "k.pub")]), "dualmcu/1")
     o = RunOptions(workdir=str(tmp_path), geometry=Geometry(page_size=8192, slot_size=1 << 20), power_cut_seed=7,
-                   primary=PrimaryConfig(trust=trust))
+                   primary=PrimaryConfig(trust=trust), link_config=LinkConfig(baud=115200, latency=0.001),
+                   disconnects=[("b", 2.0, 1.0)])
     run = Run(o)
     run.t0 = 123.0
     run.prepare()
-    p = run.options("primary", "/dev/pts/9")
+
+    class Uart:  # what a VirtualUart gives: a descriptor and a name per end
+        fds = {"a": 8, "b": 9}
+        names = {"a": "/dev/pts/9 (master)", "b": "/dev/pts/9"}
+
+    run.uart = Uart()
+    p = run.options("primary")
     pages, chunks = -(-run.largest // 8192), -(-run.largest // o.primary.ota.chunk_size)
     assert p.power_cut_seed == 7 and p.power_cut_within == pages + chunks + 6  # 1 KiB chunks never cross an 8 KiB page
     assert p.geometry.page_size == 8192 and p.start == 123.0 and p.as_json and p.provision == run.factory
-    n = run.options("ncp", "/dev/pts/8")
-    assert n.config.once and not o.ncp.once and n.start == 123.0 and n.port == "/dev/pts/8"
+    n = run.options("ncp")
+    assert n.config.once and not o.ncp.once and n.start == 123.0 and n.port == "/dev/pts/9 (master)"
+    # Each side sends through its own end of the link, with the run's model and plan.
+    assert (n.wire.fd, n.wire.side, p.wire.fd, p.wire.side) == (8, "a", 9, "b")
+    assert p.wire.link == o.link_config and p.wire.disconnects == (("b", 2.0, 1.0),) and p.wire.start == 123.0
+    assert p.wire.tally != n.wire.tally and os.path.dirname(p.wire.tally) == str(tmp_path)
 
     class Pipe(io.BytesIO):
         def close(self):  # keep the bytes to read back

@@ -1,9 +1,11 @@
 """The link model: pacing to the baud rate, latency, buffers and seeded faults."""
 
+from dataclasses import replace
+
 import pytest
 
 from dualmcu.image.firmware import build_image, make_info
-from dualmcu.link import Faults, Link, LinkConfig
+from dualmcu.link import End, Faults, Link, LinkConfig
 from dualmcu.sim import Simulation
 from support import provisioned, tagged
 from dualmcu.ncp.update import Shipment
@@ -63,6 +65,69 @@ def test_a_disconnected_side_loses_everything_for_a_while():
     link.send("a", b"also lost", 0.5)
     link.send("a", b"kept", 1.5)
     assert drain(link, "b", 2.0) == b"kept" and link.stats["disconnect_lost"] == 13
+
+
+def test_each_end_injects_what_the_whole_link_would_on_its_direction():
+    # dualmcu run's sides pace and damage what they send themselves: with the same seed and
+    # plan, each end must give the bytes, times and counts a Link gives that direction.
+    cfg = LinkConfig(baud=115200, latency=0.001, faults=Faults(ber=1e-3, drop=1e-3, dup=1e-3, garbage=1e-3), seed=3)
+    plan = [("b", 0.5, 0.25)]
+    data = bytes(range(256)) * 8
+    link, ends = Link(replace(cfg)), {side: End(cfg, side, plan, start=10.0) for side in "ab"}
+    for side in "ab":
+        link.send(side, data, 10.0)
+        ends[side].send(data, 10.0)
+    assert ends["a"].next_deadline() == link.lanes["a_to_b"].next_deadline()
+    link.disconnect("b", 10.5, 0.25)
+    for t in (10.6, 10.7):  # sent while cut off: lost at both
+        link.send("a", b"lost", t)
+        ends["a"].send(b"lost", t)
+    link.send("a", b"kept", 10.8)
+    ends["a"].send(b"kept", 10.8)
+    for side, other in (("a", "b"), ("b", "a")):
+        assert ends[side].due(12.0) == link.receive(other, 12.0)
+    total = {k: ends["a"].stats[k] + ends["b"].stats[k] for k in link.stats}
+    assert total == link.stats and total["disconnects"] == 1 and total["disconnect_lost"] > 8
+
+
+def test_an_end_switches_its_own_rate_and_says_when_nothing_is_to_model():
+    cfg = LinkConfig(baud=115200)
+    a, b = End(cfg, "a"), End(cfg, "b")
+    a.set_baud(921600)
+    a.send(bytes(92160), 0.0)
+    b.send(bytes(11520), 0.0)
+    assert a.next_deadline() == pytest.approx(1.0) and b.next_deadline() == pytest.approx(1.0)
+    assert cfg.baud == 115200  # the caller's config is not the end's
+    assert End(LinkConfig(), "a").transparent and not End(LinkConfig(), "a", [("a", 1, 1)]).transparent
+    unpaced = End(LinkConfig(), "a")
+    unpaced.set_baud(9600)
+    assert unpaced.transparent  # a switch of rate does not pace an unpaced link
+
+
+def test_a_paced_port_writes_a_frame_when_it_has_arrived_and_counts_it(tmp_path):
+    import socket
+    import time
+
+    from dualmcu.shell import Port, Tally, Wire
+
+    mine, peer = socket.socketpair()
+    tally = str(tmp_path / "a.tally")
+    port = Port.of(Wire(mine.detach(), "a", 115200, "test", LinkConfig(baud=115200, latency=0.002), tally=tally))
+    peer.setblocking(False)
+    t = time.monotonic() + 100  # far ahead of the real clock: only the times given count
+    port.write(bytes(1152), t)  # 0.1 s of wire
+    assert port.next_deadline() == pytest.approx(t + 0.102)
+    port.pump(t + 0.1)
+    with pytest.raises(BlockingIOError):
+        peer.recv(4096)  # still on the wire
+    port.pump(t + 0.102)
+    assert peer.recv(4096) == bytes(1152) and port.next_deadline() is None
+    port.close()
+    port = Port.of(Wire(socket.socketpair()[0].detach(), "a", 115200, "test", LinkConfig(baud=115200), tally=tally))
+    port.write(b"again", time.monotonic())
+    port.close()
+    counts = Tally.read(tally)  # a process started again adds to what the last one counted
+    assert counts["sent"] == 1157 and counts["bytes"] == 1157
 
 
 def device(slot=512 * 1024):

@@ -14,7 +14,8 @@ run's start, one origin).  It reports, per run:
 * the same update on the virtual clock (tools/bench_ota.py's model: the same cores, link and
   flash timing), side by side, and the gap in points of the wire (or of max(wire, flash));
 * one write at a time, what real time adds to each round trip, next to the floor: two bare
-  processes that only echo a write's bytes and its answer's through the same paced relay.
+  processes that only echo a write's bytes and its answer's through the same virtual UART,
+  each pacing what it sends with the shell's own port.
 
 A run that does not end with the new image confirmed stops the benchmark with an error: it is
 never a row.  `unpaced` moves 16 MiB through the pty relay with nothing paced and an instant
@@ -142,31 +143,34 @@ def paced(runs: int, factory: str, files: dict[int, str], small: str) -> list[di
     return rows
 
 
-# -- the floor: what the relay and two bare processes cost a round trip -------------------------
+# -- the floor: what two bare processes on the same virtual UART cost a round trip ---------------
 
 ECHO = r"""
-import os, sys, time, tty, statistics
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY)
-tty.setraw(fd)
-size, answer = int(sys.argv[3]), int(sys.argv[4])
-if sys.argv[2] == "answer":
+import pickle, statistics, sys, time
+from dualmcu.shell import Port, earliest, wait_for
+wire, role, size, answer = pickle.loads(bytes.fromhex(sys.argv[1])), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+port = Port.of(wire)
+
+def until(got_enough):
+    # The shell's own wait: the next byte or the end's next deadline, the last stretch polled.
+    got = 0
+    while not got_enough(got):
+        data = port.wait_read(wait_for(port.next_deadline(), time.monotonic(), 0.5))
+        now = time.monotonic()
+        port.pump(now)
+        got += len(data)
+    return now
+
+if role == "answer":
     while True:
-        got = 0
-        while got < size:
-            d = os.read(fd, 65536)
-            if not d:
-                sys.exit()
-            got += len(d)
-        os.write(fd, b"a" * answer)
+        now = until(lambda got: got >= size)
+        port.write(b"a" * answer, now)
 time.sleep(0.3)
 ts = []
 for _ in range(300):
     t = time.monotonic()
-    os.write(fd, b"w" * size)
-    got = 0
-    while got < answer:
-        got += len(os.read(fd, 65536))
-    ts.append(time.monotonic() - t)
+    port.write(b"w" * size, t)
+    ts.append(until(lambda got: got >= answer) - t)
 print(statistics.median(ts))
 """
 
@@ -184,21 +188,35 @@ def frame_sizes(chunk: int) -> tuple[int, int]:
 
 def echo_floor(baud: int, chunk: int) -> float:
     """Seconds a round trip costs above the wire and the two latencies, for two processes that
-    only read and write (a write's bytes one way, its answer's back) through the paced relay:
-    what no emulated side can go below on this machine."""
+    only read and write (a write's bytes one way, its answer's back) through the same virtual
+    UART as `dualmcu run`'s, each pacing what it sends with the shell's own port: what no
+    emulated side can go below on this machine."""
+    import pickle
+
     from dualmcu.link import LinkConfig
-    from dualmcu.relay import Relay
+    from dualmcu.runner import VirtualUart
+    from dualmcu.shell import Wire
 
     size, answer = frame_sizes(chunk)
-    with Relay("pty", LinkConfig(baud=baud, latency=0.001)).start(process=True) as relay:
-        peer = subprocess.Popen([sys.executable, "-c", ECHO, relay.paths["b"], "answer", str(size), str(answer)])
-        out = subprocess.run([sys.executable, "-c", ECHO, relay.paths["a"], "ask", str(size), str(answer)],
-                             capture_output=True, text=True, timeout=120)
+    uart = VirtualUart("pty")
+    link = LinkConfig(baud=baud, latency=0.001)
+
+    def side(end: str, role: str, **kw):
+        wire = pickle.dumps(Wire(uart.fds[end], end, baud, uart.names[end], link)).hex()
+        return subprocess.Popen([sys.executable, "-c", ECHO, wire, role, str(size), str(answer)],
+                                pass_fds=(uart.fds[end],), **kw)
+
+    try:
+        peer = side("b", "answer")
+        asker = side("a", "ask", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = asker.communicate(timeout=120)
         peer.kill()
         peer.wait()
-    if out.returncode != 0:
-        raise SystemExit(f"bench_realtime: the echo through the relay failed: {out.stderr.strip()[-200:]}")
-    return float(out.stdout) - (size + answer) * 10 / baud - 0.002
+    finally:
+        uart.close()
+    if asker.returncode != 0:
+        raise SystemExit(f"bench_realtime: the bare echo failed: {err.strip()[-200:]}")
+    return float(out) - (size + answer) * 10 / baud - 0.002
 
 
 # -- unpaced: a pty OTA against a plain pty copy ----------------------------------------------------

@@ -330,7 +330,7 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--factory", type=click.Path(exists=True, dir_okay=False), help="The primary's factory image (default: one built on the spot; a delta needs its base here).")
 @FRAMING
 @click.option("--flash", type=click.Path(dir_okay=False), help="The primary's flash file (default: a fresh one in the work directory).")
-@click.option("--link", type=click.Choice(["pty", "socket"]), default="pty", show_default=True, help="Virtual UART: two ptys or two loopback sockets, with a relay between.")
+@click.option("--link", type=click.Choice(["pty", "socket"]), default="pty", show_default=True, help="Virtual UART: a pty pair or two connected loopback sockets; each side paces what it sends.")
 @click.option("-b", "--baud", type=click.IntRange(300, 10_000_000), default=115200, show_default=True)
 @click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=DEFAULT_CHUNK, show_default=True)
 @click.option("--prefetch", is_flag=True, help="Download the whole image into the NCP before the transfer.")
