@@ -276,12 +276,13 @@ class Tally:
         self._base = list(self._cells)
 
     def update(self, port: Port) -> None:
-        stats = port.end.stats if port.end is not None else {}
         cells, base = self._cells, self._base
         cells[0] = base[0] + port.sent
         cells[1] = base[1] + port.dropped
-        for i, key in enumerate(self.KEYS[2:], 2):
-            cells[i] = base[i] + stats.get(key, 0)
+        if port.end is not None:  # a transparent link counts nothing else
+            stats = port.end.stats
+            for i, key in enumerate(self.KEYS[2:], 2):
+                cells[i] = base[i] + stats[key]
 
     def close(self) -> None:
         self._cells.release()

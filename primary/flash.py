@@ -309,7 +309,7 @@ class Flash:
         applied = self._begin("program", offset, len(data))
         old = self._store.read(offset, applied)
         new = data[:applied]
-        if old != b"\xff" * applied:
+        if old.count(0xFF) != applied:  # not erased: bits already 0 stay 0
             new = bytes(a & b for a, b in zip(old, new))
         self._store.write(offset, new)
         self._end("program", applied, len(data))

@@ -608,7 +608,7 @@ class OtaReceiver:
         self._move(OtaEvent.WRITE)
         try:
             self._erase_ahead(t)
-            done = self._answer_time(t, offset, chunk)
+            done = self._answer_time(t, offset, chunk, crc)
             while t.offset in t.held:  # the gap is filled: write what was held, in order
                 held_inc, held_chunk = t.held.pop(t.offset)
                 t.held_bytes -= len(held_chunk)
@@ -654,18 +654,19 @@ class OtaReceiver:
         ident = self.flash.identity
         return compat_refusal(parse_tag(tag), ident.hw_rev, ident.bootloader)
 
-    def _answer_time(self, t: Transfer, offset: int, chunk: bytes) -> float:
+    def _answer_time(self, t: Transfer, offset: int, chunk: bytes, crc: int | None = None) -> float:
         """Program one chunk; when its write may be answered (see OtaConfig.write_answer)."""
         taken = self.timed.free_at(self.ep.now)  # the flash starts on this chunk
-        done = self._program(t, offset, chunk)
+        done = self._program(t, offset, chunk, crc)
         return taken if self.cfg.write_answer is WriteAnswer.BUFFERED else done
 
-    def _program(self, t: Transfer, offset: int, chunk: bytes) -> float:
-        """Take one chunk at the next offset; when the flash will have done its part."""
+    def _program(self, t: Transfer, offset: int, chunk: bytes, crc: int | None = None) -> float:
+        """Take one chunk at the next offset; when the flash will have done its part.  ``crc``
+        is the chunk's CRC-32 when already checked."""
         if t.kept:
             self._drop_kept(t)  # the NCP started over without confirming: not the same file
         crc_before = t.file_crc
-        t.recent[offset] = (len(chunk), zlib.crc32(chunk))
+        t.recent[offset] = (len(chunk), zlib.crc32(chunk) if crc is None else crc)
         if len(t.recent) > RECENT:
             del t.recent[next(iter(t.recent))]
         t.offset += len(chunk)

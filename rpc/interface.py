@@ -152,6 +152,10 @@ PREFETCH = {
 }
 
 
+SCALARS = (bool, int, type(None))
+_RESULTS: dict[int, dict[tuple[type, Any], bytes]] = {}  # Function.encode_result's encodings, by uid
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
@@ -186,6 +190,16 @@ class Function:
         return decode_fields(self.args, data, self.name)
 
     def encode_result(self, values: Any = None) -> bytes:
+        if type(values) in SCALARS:
+            # The same few answers over and over (a write's True, a state's number): each is
+            # encoded once.  A refused value raises and is not kept.
+            cache = _RESULTS.setdefault(self.uid, {})
+            key = (type(values), values)
+            if key not in cache:
+                if len(cache) >= 64:
+                    cache.clear()
+                cache[key] = encode_fields(self.results, self.result_values(values), self.name)
+            return cache[key]
         return encode_fields(self.results, self.result_values(values), self.name)
 
     def decode_result(self, data: bytes) -> dict[str, Any]:

@@ -305,3 +305,17 @@ def test_a_reply_at_a_time_goes_out_then_in_the_order_given_and_runs_its_follow_
     pair.ncp.receive(sent, pair.now)
     assert calls[0].ok and calls[1].ok and calls[0].result is True
     assert pair.mcu.reply(held[1], False, at=1.0) is None and not pair.mcu._timed  # answered once only
+
+
+def test_a_scalar_answer_is_encoded_once_and_a_bad_one_is_refused_every_time():
+    # A write's True is encoded once per function; what does not encode is never kept, so a
+    # handler that returns a bad value is told so on every call.
+    from dualmcu.rpc.interface import INTERFACE, ArgsError, encode_fields
+
+    fn = INTERFACE["client_otaUpdateWrite"]
+    assert fn.encode_result(True) is fn.encode_result(True)
+    assert fn.encode_result(True) == encode_fields(fn.results, [True], fn.name) == b"\x01"
+    assert fn.encode_result(False) == b"\x00" and fn.encode_result(1) == encode_fields(fn.results, [1], fn.name)
+    for _ in range(2):
+        with pytest.raises(ArgsError):
+            INTERFACE["hw_getWiFiMAC"].encode_result(7)  # (out mac, return): one scalar is not it

@@ -18,9 +18,8 @@ run's start, one origin).  It reports, per run:
   each pacing what it sends with the shell's own port.
 
 A run that does not end with the new image confirmed stops the benchmark with an error: it is
-never a row.  `unpaced` moves 16 MiB through the pty relay with nothing paced and an instant
-flash, against a plain copy through the same relay (writer and reader in processes of their
-own).  Peak memory per image size is tools/bench_memory.py's.  A run that fails stops the
+never a row.  `unpaced` moves 16 MiB through the pty pair with nothing paced and an instant
+flash, against a plain copy through a pty pair (writer and reader in processes of their own).  Peak memory per image size is tools/bench_memory.py's.  A run that fails stops the
 benchmark with its reason on stderr and exit 1.
 """
 
@@ -222,46 +221,40 @@ def echo_floor(baud: int, chunk: int) -> float:
 # -- unpaced: a pty OTA against a plain pty copy ----------------------------------------------------
 
 COPY = r"""
-import sys, time
-from dualmcu.shell import open_port
-port = open_port(sys.argv[1], 115200)
-n, ACK, WINDOW = int(sys.argv[2]), 256 * 1024, 768 * 1024
+import os, sys, time
+fd, n = int(sys.argv[1]), int(sys.argv[2])
+os.set_blocking(fd, True)
 if sys.argv[3] == "write":
-    # At most WINDOW bytes unacknowledged: the relay keeps at most 1 MiB for a slow reader,
-    # as a UART without flow control would, so an unbounded writer would lose bytes.
     block = bytes(range(256)) * 256
-    sent = acked = 0
-    while sent < n:
-        while sent - acked >= WINDOW:
-            acked += ACK * len(port.read(1))
-        k = min(len(block), n - sent)
-        port.write(block[:k])
-        sent += k
-    port.flush()
+    sent = 0
+    while sent < n:  # a pty holds back a writer whose reader lags: nothing is lost
+        sent += os.write(fd, block[:min(len(block), n - sent)])
     time.sleep(1)
 else:
     got = 0
     while got < n:
-        before = got
-        got += len(port.read(max(1, port.in_waiting)))
-        port.write(b"k" * (got // ACK - before // ACK))
+        got += len(os.read(fd, 65536))
     print(time.monotonic())
 """
 
 
 def plain_copy(size: int) -> float:
-    """Seconds for ``size`` bytes through the relay (in its own process), from a writer process
-    to a reader process, with a window of 768 KiB acknowledged every 256 KiB."""
-    from dualmcu.relay import Relay
+    """Seconds for ``size`` bytes through the same virtual UART as `dualmcu run`'s (a pty
+    pair), from a writer process to a reader process, 64 KiB a write."""
+    from dualmcu.runner import VirtualUart
 
-    with Relay("pty").start(process=True) as relay:
-        reader = subprocess.Popen([sys.executable, "-c", COPY, relay.paths["b"], str(size), "read"],
-                                  stdout=subprocess.PIPE, text=True)
-        time.sleep(0.5)  # the reader has its port open before the first byte
+    uart = VirtualUart("pty")
+    try:
+        reader = subprocess.Popen([sys.executable, "-c", COPY, str(uart.fds["b"]), str(size), "read"],
+                                  stdout=subprocess.PIPE, text=True, pass_fds=(uart.fds["b"],))
+        time.sleep(0.5)  # the reader is waiting before the first byte
         t0 = time.monotonic()
-        writer = subprocess.Popen([sys.executable, "-c", COPY, relay.paths["a"], str(size), "write"])
+        writer = subprocess.Popen([sys.executable, "-c", COPY, str(uart.fds["a"]), str(size), "write"],
+                                  pass_fds=(uart.fds["a"],))
         out, _ = reader.communicate(timeout=300)
         writer.wait(timeout=60)
+    finally:
+        uart.close()
     if reader.returncode != 0:
         raise SystemExit("bench_realtime: the plain copy failed")
     return float(out.strip()) - t0
