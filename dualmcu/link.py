@@ -124,11 +124,21 @@ class Lane:
     def next_deadline(self) -> float | None:
         if not self.queue:
             return None
-        at = self.queue[0][0]
-        return max(at, self.next_poll) if self.cfg.rx_poll else at
+        at, data = self.queue[0]
+        if not self.cfg.rx_poll:
+            return at
+        # A receiver that polls reads what has come so far: its next read is due once the
+        # first byte is in.
+        return max(at - (len(data) - 1) * self.byte_time(), self.next_poll)
 
     def receive(self, now: float) -> bytes:
-        """The bytes the receiver reads at ``now``."""
+        """The bytes the receiver reads at ``now``.
+
+        A receiver that reads at once gets a burst when its last byte is in (as a USB-serial
+        bridge hands over a packet).  One that polls (``rx_poll``) gets every byte that has
+        arrived by ``now``, a burst's first part too: a UART fills its buffer a byte at a time,
+        and a frame longer than the buffer overflows only when the receiver is slower than the
+        wire."""
         if self.cfg.rx_poll:
             if now < self.next_poll:
                 return b""
@@ -137,8 +147,20 @@ class Lane:
             return b""
         out = bytearray()
         cap = self.cfg.rx_buffer
-        while self.queue and self.queue[0][0] <= now:
-            _, data = self.queue.popleft()
+        t = self.byte_time()
+        while self.queue:
+            at, data = self.queue[0]
+            if at <= now:
+                self.queue.popleft()
+            elif self.cfg.rx_poll and t:
+                # Byte i of n arrives at at - (n - 1 - i) * t: those in by now are read.
+                n = len(data)
+                k = min(n, int((now - (at - n * t)) / t + 1e-9))
+                if k <= 0:
+                    break
+                data, self.queue[0] = data[:k], (at, data[k:])
+            else:
+                break
             if cap is not None and self.cfg.rx_poll:
                 # What arrived while the receiver was not reading piles up; past the
                 # buffer's size it is lost.

@@ -58,6 +58,21 @@ def test_a_full_buffer_loses_what_arrives_while_the_receiver_is_not_reading():
     assert len(got) == 64 and link.stats["overflow_lost"] == 320 - 64
 
 
+def test_a_receiver_that_polls_reads_a_long_frame_as_it_comes():
+    # 1152 bytes at 115200 take 0.1 s.  Read every 2 ms (23 bytes a read), a 256-byte buffer
+    # never fills.  Read every 50 ms it overflows, as a real UART's would: the first read
+    # takes the first byte, the next 576 bytes (256 kept), the last the other 575 (256 kept).
+    for poll, lost in ((0.002, 0), (0.05, (576 - 256) + (575 - 256))):
+        link = Link(LinkConfig(baud=115200, rx_buffer=256, rx_poll=poll))
+        data = bytes(range(256)) * 4 + bytes(128)
+        link.send("a", data, 0.0)
+        assert link.next_deadline() == pytest.approx(10 / 115200)  # the first byte is in
+        got = drain(link, "b", 1.0)
+        assert link.stats["overflow_lost"] == lost and len(got) == len(data) - lost
+        if not lost:
+            assert got == data
+
+
 def test_a_disconnected_side_loses_everything_for_a_while():
     link = Link(LinkConfig())
     link.send("a", b"lost", 0.0)
