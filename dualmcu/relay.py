@@ -1,4 +1,4 @@
-"""The virtual UART between two processes: a relay that carries the link model.
+"""A relay between two ports that carries the link model (``dualmcu link``).
 
 Each side opens an ordinary port: a pty slave path (``/dev/pts/N``), a pyserial URL
 (``socket://127.0.0.1:PORT``), or, with :meth:`Relay.between`, the relay itself opens two
@@ -15,10 +15,8 @@ replaces its old connection.
 
 from __future__ import annotations
 
-import json
 import os
 import selectors
-import signal
 import socket
 import threading
 import time
@@ -46,8 +44,6 @@ class Relay:
         self._sel = selectors.SelectSelector()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pid = 0  # the relay process, when started as one
-        self._final: dict[str, int] | None = None  # its counters, once it has ended
         self._fds: dict[str, int | None] = {"a": None, "b": None}
         self._backlog: dict[str, bytearray] = {"a": bytearray(), "b": bytearray()}
         self._keep: list[int] = []
@@ -105,53 +101,17 @@ class Relay:
         self._backlog[side].clear()
         self._sel.register(fd, selectors.EVENT_READ, side)
 
-    def start(self, process: bool = False) -> Relay:
-        """Relay in a thread of this process, or (``process``) in a process of its own.
-
-        A process of its own keeps the relay's timing out of this process's interpreter lock:
-        a parent that also reads and re-prints both sides' events (``dualmcu run``) held the
-        relay thread up for up to a switch interval, and the paced round trip with it.  The
-        process is forked before any thread starts, runs only the loop, and ends when this
-        side says so or goes away; its counters come back at close."""
+    def start(self) -> Relay:
+        """Relay in a thread of this process (``dualmcu link`` runs nothing else)."""
         self.started = time.monotonic()
-        if not process:
-            self._thread = threading.Thread(target=self._loop, name="relay", daemon=True)
-            self._thread.start()
-            return self
-        stop_r, self._stop_w = os.pipe()
-        self._stats_r, stats_w = os.pipe()
-        self._pid = os.fork()
-        if self._pid == 0:  # the relay process
-            code = 0
-            try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-                os.close(self._stop_w)
-                os.close(self._stats_r)
-                self._sel.register(stop_r, selectors.EVENT_READ, "stop")
-                self._loop()
-                with os.fdopen(stats_w, "w") as f:
-                    f.write(json.dumps(self.stats))
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(stop_r)
-        os.close(stats_w)
+        self._thread = threading.Thread(target=self._loop, name="relay", daemon=True)
+        self._thread.start()
         return self
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
-        if self._pid:
-            # Closing the pipe is the signal to stop (a parent that dies closes it too).
-            os.close(self._stop_w)
-            with os.fdopen(self._stats_r) as f:
-                got = f.read()
-            os.waitpid(self._pid, 0)
-            self._pid = 0
-            if got:
-                self._final = json.loads(got)
         # Ports opened by the caller are the caller's to close; what the relay made, it closes.
         mine = list(self._keep)
         if self.kind != "ports":
@@ -173,8 +133,6 @@ class Relay:
 
     @property
     def stats(self) -> dict[str, int]:
-        if self._final is not None:
-            return dict(self._final)
         return {**self.counts, **self.link.stats}
 
     # -- the loop --------------------------------------------------------------------------------
@@ -207,8 +165,6 @@ class Relay:
                 wait = min(wait, max(0.0, self.started + self.disconnects[0][1] - now))
             for key, mask in self._sel.select(timeout=wait):
                 tag = key.data
-                if tag == "stop":
-                    return
                 if isinstance(tag, tuple):
                     self._accept(tag[1])
                     continue
