@@ -219,6 +219,23 @@ def test_run_on_a_paced_noisy_link_counts_what_it_injected(tmp_path, shipment):
     assert flash_show(flash)["slots"]["B"]["sha256"] == sha
 
 
+@pytest.mark.slow
+def test_run_counts_what_a_killed_side_sent_and_cuts_both_ways_once(tmp_path, shipment):
+    # Each side paces and counts its own direction; a side killed mid-transfer cannot report
+    # at exit, so its counts live in a file the run reads, and the restarted side adds to it.
+    fw, sha = shipment
+    flash = tmp_path / "dev.flash"
+    r = dualmcu("run", "--firmware", fw, "--flash", flash, "--workdir", tmp_path / "w", "--json", "--link", "socket",
+                "--pace", "--baud", 921600, "--kill-primary-at", 60000, "--disconnect", "b@1.5:0.3")
+    evs = events(r.stdout)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = evs[-1]
+    link = result["link"]
+    assert result["primary_kills"] == 1 and link["disconnects"] == 1
+    assert link["a_to_b"] >= 200_000 and link["bytes"] == link["a_to_b"] + link["b_to_a"]
+    assert flash_show(flash)["slots"]["B"]["sha256"] == sha
+
+
 def test_link_relays_between_two_ports_and_counts_faults(tmp_path):
     import serial
 
