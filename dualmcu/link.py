@@ -247,7 +247,12 @@ class End:
         self._disconnect(now)
         return self.lane.receive(now)
 
+    def arriving(self) -> float | None:
+        """When the next bytes on the wire arrive (None: none are on it)."""
+        return self.lane.next_deadline()
+
     def next_deadline(self) -> float | None:
+        """When this end has something to do: bytes arrive, or a disconnection begins."""
         d = self.lane.next_deadline()
         if self.cuts and (d is None or self.cuts[0][0] < d):
             return self.cuts[0][0]

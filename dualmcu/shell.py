@@ -455,7 +455,7 @@ class Port:
         """Wait until what is on the wire has arrived and the queue has left (bounded), then
         until the UART has sent it."""
         end = time.monotonic() + timeout
-        while self.end is not None and (deadline := self.end.next_deadline()) is not None:
+        while self.end is not None and (deadline := self.end.arriving()) is not None:
             now = time.monotonic()
             if deadline > end or now >= end:
                 break

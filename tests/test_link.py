@@ -105,6 +105,27 @@ def test_each_end_injects_what_the_whole_link_would_on_its_direction():
     assert total == link.stats and total["disconnects"] == 1 and total["disconnect_lost"] > 8
 
 
+def test_a_flush_waits_for_bytes_on_the_wire_not_for_a_planned_disconnection():
+    # Before a baud switch or at exit a side waits until its bytes have arrived; a cut planned
+    # for later is not something to wait for.
+    import socket
+    import time
+
+    from dualmcu.shell import Port, Wire
+
+    mine, peer = socket.socketpair()
+    start = time.monotonic()
+    wire = Wire(mine.detach(), "a", 115200, "test", LinkConfig(baud=115200), disconnects=(("b", 1.5, 1.0),), start=start)
+    port = Port.of(wire)
+    port.write(bytes(115), time.monotonic())  # 10 ms of wire
+    port.flush()
+    took = time.monotonic() - start
+    assert peer.recv(4096) == bytes(115) and 0.01 <= took < 1.0
+    assert port.next_deadline() == pytest.approx(start + 1.5)  # the cut is still planned
+    port.close()
+    peer.close()
+
+
 def test_an_end_switches_its_own_rate_and_says_when_nothing_is_to_model():
     cfg = LinkConfig(baud=115200)
     a, b = End(cfg, "a"), End(cfg, "b")
