@@ -200,7 +200,11 @@ class Run:
         end = "a" if side == "ncp" else "b"
         o = self.o
         return Wire(self.uart.fds[end], end, o.baud, self.uart.names[end], o.link_config,
-                    tuple(o.disconnects), self.t0, os.path.join(self.workdir, f"link-{end}.tally"))
+                    tuple(o.disconnects), self.t0, self.tally(end))
+
+    def tally(self, end: str) -> str:
+        """The file of one end's link counters (shell.Tally)."""
+        return os.path.join(self.workdir, f"link-{end}.tally")
 
     def options(self, side: str) -> NcpOptions | PrimaryOptions:
         """The side's whole configuration for one process on its end of the virtual UART."""
@@ -412,7 +416,7 @@ class Run:
             print(f"error: {shown(e)}", file=sys.stderr)
             return ExitCode.USAGE
         verdict: Verdict | None = None
-        tallies = [os.path.join(self.workdir, f"link-{end}.tally") for end in VirtualUart.SIDES]
+        tallies = [self.tally(end) for end in VirtualUart.SIDES]
         for path in tallies:  # a work directory used again counts this run only
             if os.path.exists(path):
                 os.remove(path)
