@@ -23,6 +23,8 @@ import random
 from collections import deque
 from dataclasses import dataclass, field, replace
 
+from dualmcu.rpc.endpoint import earliest
+
 
 @dataclass
 class Faults:
@@ -189,8 +191,7 @@ class Link:
         return self.lanes["b_to_a" if side == "a" else "a_to_b"].receive(now)
 
     def next_deadline(self) -> float | None:
-        ds = [d for d in (lane.next_deadline() for lane in self.lanes.values()) if d is not None]
-        return min(ds) if ds else None
+        return earliest(*(lane.next_deadline() for lane in self.lanes.values()))
 
     def set_baud(self, baud: int, now: float) -> None:
         """Both ends switch; what is already on the wire keeps the timing it was sent with."""
@@ -253,10 +254,7 @@ class End:
 
     def next_deadline(self) -> float | None:
         """When this end has something to do: bytes arrive, or a disconnection begins."""
-        d = self.lane.next_deadline()
-        if self.cuts and (d is None or self.cuts[0][0] < d):
-            return self.cuts[0][0]
-        return d
+        return earliest(self.lane.next_deadline(), self.cuts[0][0] if self.cuts else None)
 
     def set_baud(self, baud: int) -> None:
         """This side's UART switched: what it sends from now on goes at ``baud`` (when paced)."""

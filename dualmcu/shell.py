@@ -26,6 +26,7 @@ from typing import Any, Callable, Protocol
 
 import serial
 
+from dualmcu.rpc.endpoint import earliest
 from dualmcu.rpc.events import Event, checked
 
 from .link import End, LinkConfig, new_stats
@@ -51,11 +52,6 @@ def wait_for(deadline: float | None, now: float, idle: float) -> float:
         return idle
     left = deadline - now
     return min(idle, left - SPIN) if left > SPIN else 0.0
-
-
-def earliest(*deadlines: float | None) -> float | None:
-    known = [d for d in deadlines if d is not None]
-    return min(known) if known else None
 
 
 class Core(Protocol):
@@ -406,7 +402,7 @@ class Port:
         self.sent += len(data)
         if self.end is not None:
             self.end.send(data, time.monotonic() if now is None else now)
-            self.pump(time.monotonic())
+            self.pump(time.monotonic(), counted=False)
             return
         self._queue(data)
 
@@ -424,14 +420,16 @@ class Port:
         """When the end has bytes arriving at the other side (None: nothing on the wire)."""
         return self.end.next_deadline() if self.end is not None else None
 
-    def pump(self, now: float) -> None:
-        """Send what has arrived at the other side by ``now``."""
+    def pump(self, now: float, counted: bool = True) -> None:
+        """Send what has arrived at the other side by ``now``.  ``counted``: the end's counters
+        have not changed since the tally last took them (it runs on every turn of the loop)."""
         if self.end is None:
             return
+        cuts = len(self.end.cuts)
         due = self.end.due(now)
         if due:
-            self._queue(due)
-        elif self.tally is not None:
+            self._queue(due)  # tallies
+        elif self.tally is not None and (not counted or cuts != len(self.end.cuts)):
             self.tally.update(self)
 
     def _drain(self) -> None:

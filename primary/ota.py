@@ -85,6 +85,7 @@ from typing import Callable
 from dualmcu.image.firmware import find_tag, is_newer, parse_tag, read_info_streamed, version_key
 from dualmcu.image.package import PIECE, Applier, Header, ImageClaims, PackageError, check_base, is_package
 from dualmcu.rpc import DEFER, Call, Endpoint, Incoming
+from dualmcu.rpc.endpoint import earliest
 from dualmcu.rpc.events import Event
 from dualmcu.rpc.interface import PREFETCH
 from dualmcu.rpc.machine import Machine
@@ -331,8 +332,7 @@ class OtaReceiver:
     # -- time --------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        ds = [d for d in (self.deadline, self.defer_until) if d is not None]
-        return min(ds) if ds else None
+        return earliest(self.deadline, self.defer_until)
 
     def tick(self, now: float) -> None:
         if self.deadline is not None and now >= self.deadline:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Union
 
 from dualmcu.framing import Profile
 
-from .endpoint import Endpoint
+from .endpoint import Endpoint, earliest
 from .events import Event, checked
 
 
@@ -79,9 +79,7 @@ class Device:
         self._settle()
 
     def next_deadline(self) -> float | None:
-        ds = [d for d in (self.ep.next_deadline(), *self._deadlines()) if d is not None]
-        ds += self._timers.values()
-        return min(ds) if ds else None
+        return earliest(self.ep.next_deadline(), *self._deadlines(), *self._timers.values())
 
     def data_to_send(self) -> bytes:
         return self.ep.data_to_send()

@@ -51,6 +51,12 @@ log = logging.getLogger("dualmcu.rpc")
 DEFER = object()  # returned by a handler that will answer later with Endpoint.reply()
 
 
+def earliest(*deadlines: float | None) -> float | None:
+    """The first of some deadlines, None among them meaning none; None when there is none."""
+    known = [d for d in deadlines if d is not None]
+    return min(known) if known else None
+
+
 @dataclass(eq=False)
 class Call:
     """A call this side made; ``status`` is None until it completes."""
@@ -180,10 +186,7 @@ class Endpoint:
             self._complete(c, Status.TIMEOUT, None)
 
     def next_deadline(self) -> float | None:
-        deadlines = [c.deadline for c in self._pending.values() if c.deadline is not None]
-        if self._timed:
-            deadlines.append(self._timed[0][0])
-        return min(deadlines) if deadlines else None
+        return earliest(*(c.deadline for c in self._pending.values()), self._timed[0][0] if self._timed else None)
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)

@@ -146,7 +146,7 @@ def paced(runs: int, factory: str, files: dict[int, str], small: str) -> list[di
 
 ECHO = r"""
 import pickle, statistics, sys, time
-from dualmcu.shell import Port, earliest, wait_for
+from dualmcu.shell import Port, wait_for
 wire, role, size, answer = pickle.loads(bytes.fromhex(sys.argv[1])), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 port = Port.of(wire)
 
