@@ -32,7 +32,10 @@ from .base import (
     check_message,
 )
 
-DEFAULT_MAX_MESSAGE = 4096
+# Room for a write of the largest chunk otaUpdateStart can ask for (a UInt16: 65535 bytes, and
+# the write's 16 bytes around it).  Between two dualmcu sides larger chunks are the main lever
+# on an unpaced link: each chunk costs both sides a fixed amount of work whatever its size.
+DEFAULT_MAX_MESSAGE = 0xFFFF + 16
 CRC_RESIDUE = 0x2144DF1C
 
 _cobs_encode = _cobs.encode

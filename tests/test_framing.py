@@ -124,7 +124,8 @@ def test_cobs_drop_reasons():
     assert reasons(p, bytes(bad_crc)) == [BAD_CRC]
     assert reasons(p, b"\x05\x01\x00") == [BAD_ENCODING]
     assert reasons(p, b"\x03\x01\x02\x00") == [TRUNCATED]
-    assert reasons(p, get_profile("cobs", max_message=10000).encode(bytes(5000))) == [OVERSIZE]
+    assert reasons(p, get_profile("cobs", max_message=70000).encode(bytes(0xFFFF + 17))) == [OVERSIZE]
+    assert reasons(p, p.encode(bytes(0xFFFF + 16))) == []  # the write of the largest chunk fits
     from cobs import cobs
 
     assert reasons(p, cobs.encode(zlib.crc32(b"").to_bytes(4, "little")) + b"\x00") == [EMPTY]
