@@ -800,10 +800,14 @@ class NcpDevice(Device):
         """
         if self.cfg.write_timeout is not None:
             return self.cfg.write_timeout
-        if not sd.negotiated or not self.baud:
-            return None  # the table's timeout
-        bit = 10 / self.baud
+        bit = 10 / self.baud if self.baud else 0.0
         frame = sd.chunk + WRITE_OVERHEAD + 16
+        if not sd.negotiated or not self.baud:
+            # The table's 5 s is sized for the real NCP's chunks (1520 bytes at most). A larger
+            # one, which cobs can carry, may take longer than that on a slow line: it gets
+            # twice its time on the wire, or it could never be answered in time.
+            wire = frame * bit
+            return 2 * wire + 0.05 if 2 * wire > WRITE_TIMEOUT_CAP else None
         work = (sd.window * (frame * bit + sd.program_per_kib * sd.chunk / 1024) + sd.erase_per_block
                 + 24 * bit)
         # A measured round trip longer than the work (a slow bridge) stretches the timeout,

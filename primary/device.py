@@ -354,10 +354,13 @@ class PrimaryDevice(Device):
                     self.emit(Event.NCP_RESTARTED)
                     self._init()
                     return
-            elif self.ep.last_heard is not None and self.ep.last_heard >= c.sent_at:
-                # The NCP spoke after the ping left (a write of a transfer, say): it is alive,
-                # and the answer is only queued behind what it sends.  An answered write is
-                # proof of life; a heartbeat must never end the transfer it guards.
+            elif self.ep.last_heard is not None and self.ep.last_heard >= c.sent_at - self.cfg.heartbeat:
+                # The NCP spoke within a heartbeat of the ping leaving (a write of a transfer,
+                # say): it is alive, and the answer is only queued behind what it sends.  An
+                # answered write is proof of life; a heartbeat must never end the transfer it
+                # guards.  "Within a heartbeat", not "after": a 64 KiB write takes 5.7 s at
+                # 115200, and a ping may time out between two of them.  A dead NCP is still
+                # found, one heartbeat later.
                 self._misses = 0
             else:
                 self._misses += 1

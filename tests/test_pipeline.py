@@ -260,3 +260,27 @@ def test_the_ncp_prepares_each_next_write_while_the_last_is_answered(monkeypatch
         else:
             assert not any(ready)
     assert wires[True] == wires[False]
+
+
+def test_a_chunk_longer_on_the_wire_than_the_tables_timeout_still_gets_answered():
+    # cobs carries 65535-byte chunks: 5.7 s at 115200, past the table's 5 s for a write. Without
+    # negotiated timings the NCP gives such a write twice its wire time, or every try of it
+    # would time out however healthy the link.
+    s = Simulation(device(), Shipment.from_bytes(NEW), link=LinkConfig(baud=115200),
+                   ncp_config=NcpConfig(pipeline=False),
+                   primary_config=PrimaryConfig(ota=OtaConfig(chunk_size=0xFFFF)))
+    assert s.run_update(limit=600) == "success" and image(s.flash) == NEW
+    assert s.find("ota_start", "ncp")[0]["chunk_size"] == 0xFFFF
+    assert not s.find("ota_retry", "ncp") and not s.find("rpc_timeout", "ncp")
+
+
+def test_writes_longer_than_a_heartbeats_timeout_never_lose_the_ncp():
+    """One 65535-byte write is 5.7 s of wire at 115200: a getState sent while one crosses may
+    time out before the next write has arrived whole, three times in a row over a long image.
+    The NCP spoke within a heartbeat of each ping, so no miss is counted."""
+    new = build_image(make_info("1.1.0", "TMPLP", build="Jan  1 2026 00:00:00"), 600_000)
+    s = Simulation(provisioned(tagged("1.0.0", "TMPLP", 80_000), 1 << 20), Shipment.from_bytes(new),
+                   link=LinkConfig(baud=115200), ncp_config=NcpConfig(pipeline=False),
+                   primary_config=PrimaryConfig(ota=OtaConfig(chunk_size=0xFFFF)))
+    assert s.run_update(limit=600) == "success" and image(s.flash) == new
+    assert s.find("rpc_timeout", "primary") and not s.find("ncp_lost", "primary")
