@@ -173,6 +173,11 @@ class Flash:
         self.erases = erases if erases is not None else array("I", bytes(4 * geometry.pages))
         self.endurance = endurance  # None: a flash that never wears out
         self._counted = counted  # the store keeps the counters after the flash (a layout-3 file)
+        # page -> offset in it from which this object knows the page is erased: set by an
+        # erase it made, raised by its programs.  A program above the mark needs no read of the
+        # old bytes (1 AND x is x), and a chunk over such pages is one store write.  Nothing
+        # is known of a page at the start: the first program of it reads, as before.
+        self._erased: dict[int, int] = {}
 
     # -- construction ------------------------------------------------------------------------
 
@@ -277,6 +282,7 @@ class Flash:
             raise FlashError(f"erase at {offset:#x} is not page aligned")
         self._check(offset, self.page_size)
         page = offset // self.page_size
+        self._erased.pop(page, None)
         self.erases[page] += 1
         n = self.erases[page]
         if self._counted:
@@ -288,6 +294,35 @@ class Flash:
         applied = self._begin("erase", offset, self.page_size)
         self._store.write(offset, b"\xff" * applied)
         self._end("erase", applied, self.page_size)
+        self._erased[page] = 0
+
+    def erase(self, offset: int, nbytes: int) -> None:
+        """Erase the pages of ``nbytes`` from ``offset``: page by page, as :meth:`erase_page`.
+        With no power cut planned and no page worn out, the same bytes and counters go to the
+        store in two writes instead of two a page (a 64 KiB block: 32 system calls fewer)."""
+        p = self.page_size
+        if offset % p or nbytes % p or self.interrupt is not None:
+            for at in range(offset, offset + nbytes, p):
+                self.erase_page(at)
+            return
+        self._check(offset, nbytes)
+        first, count = offset // p, nbytes // p
+        counts = self.erases[first : first + count]
+        if self.endurance is not None and max(counts, default=0) >= self.endurance:
+            for at in range(offset, offset + nbytes, p):
+                self.erase_page(at)  # says which page wore out, after erasing those before it
+            return
+        for i in range(count):
+            counts[i] += 1
+        self.erases[first : first + count] = counts
+        if self._counted:
+            if sys.byteorder != "little":
+                counts.byteswap()
+            self._store.write(self.size + 4 * first, counts.tobytes())
+        self._store.write(offset, b"\xff" * nbytes)
+        self.ops += count
+        for page in range(first, first + count):
+            self._erased[page] = 0
 
     def erase_counts(self) -> dict[str, dict[str, int]]:
         """Erases per region: the most any page of it took, and the total."""
@@ -306,21 +341,55 @@ class Flash:
         self._check(offset, len(data))
         if offset // self.page_size != (offset + len(data) - 1) // self.page_size:
             raise FlashError(f"program of {len(data)} bytes at {offset:#x} crosses a page boundary")
+        page, at = divmod(offset, self.page_size)
+        mark = self._erased.get(page)
         applied = self._begin("program", offset, len(data))
-        old = self._store.read(offset, applied)
         new = data[:applied]
-        if old.count(0xFF) != applied:  # not erased: bits already 0 stay 0
-            new = bytes(a & b for a, b in zip(old, new))
+        if mark is None or at < mark:
+            old = self._store.read(offset, applied)
+            if old.count(0xFF) != applied:  # not erased: bits already 0 stay 0
+                new = bytes(a & b for a, b in zip(old, new))
         self._store.write(offset, new)
+        if mark is not None:
+            self._raise_mark(page, max(mark, at + len(data)))
         self._end("program", applied, len(data))
 
     def write(self, offset: int, data: bytes) -> None:
         """Program ``data`` page by page (the pages must already be erased)."""
+        if self.interrupt is None and self._known_erased(offset, len(data)):
+            # Every byte lands on bytes this object erased: the same result as page by page,
+            # in one store write.
+            self._check(offset, len(data))
+            p = self.page_size
+            first, last = offset // p, (offset + len(data) - 1) // p
+            self._store.write(offset, data)
+            self.ops += last - first + 1
+            for page in range(first, last):
+                del self._erased[page]  # programmed to its end
+            self._raise_mark(last, (offset + len(data) - 1) % p + 1)
+            return
         pos = 0
         while pos < len(data):
             room = self.page_size - (offset + pos) % self.page_size
             self.program(offset + pos, data[pos : pos + room])
             pos += room
+
+    def _known_erased(self, offset: int, length: int) -> bool:
+        """Whether this object knows ``length`` bytes from ``offset`` are all erased."""
+        if length <= 0:
+            return False
+        p, erased = self.page_size, self._erased
+        page, at = divmod(offset, p)
+        last = (offset + length - 1) // p
+        if erased.get(page, p) > at:
+            return False
+        return all(erased.get(q) == 0 for q in range(page + 1, last + 1))
+
+    def _raise_mark(self, page: int, mark: int) -> None:
+        if mark >= self.page_size:
+            self._erased.pop(page, None)
+        else:
+            self._erased[page] = mark
 
     def _check(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:

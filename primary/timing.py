@@ -78,9 +78,7 @@ class TimedFlash:
     def erase(self, offset: int, nbytes: int, now: float, seconds: float | None = None) -> float:
         """Erase the pages of ``nbytes`` from ``offset``, taking ``seconds`` (default: the
         erase's full time from the timing); when it is done."""
-        page = self.flash.page_size
-        for at in range(offset, offset + nbytes, page):
-            self.flash.erase_page(at)
+        self.flash.erase(offset, nbytes)
         return self._occupy(now, self.timing.erase(nbytes) if seconds is None else seconds)
 
     def _occupy(self, now: float, seconds: float) -> float:

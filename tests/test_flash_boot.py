@@ -2,7 +2,7 @@
 at every flash operation."""
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dualmcu.image.firmware import build_image, make_info
@@ -39,6 +39,58 @@ def test_nor_program_only_clears_bits():
         f.program(off + 4090, bytes(10))  # crosses a page
     with pytest.raises(FlashError):
         f.erase_page(off + 1)
+
+
+SMALL = Geometry(256, 2048)
+
+
+@example([("write", 300, b"\x0f"), ("erase", 0, 1), ("write", 250, b"\xf0" * 100)])
+@given(st.lists(st.one_of(
+    st.tuples(st.just("erase"), st.integers(0, 7), st.integers(1, 4)),
+    st.tuples(st.just("write"), st.integers(0, 2047), st.binary(min_size=1, max_size=700))), max_size=25))
+def test_the_fast_paths_give_the_bytes_and_counts_of_page_by_page(ops):
+    """Erasing a range in two store writes, and writing over pages known erased in one, must
+    leave what page-by-page operations leave (bits only cleared, every page's erase counted).
+    A flash with an interrupt hook (that never cuts) takes the page-by-page path."""
+    fast, slow = Flash.in_memory(SMALL), Flash.in_memory(SMALL, interrupt=lambda *a: None)
+    base = SMALL.slot_offset(0)
+    for kind, a, b in ops:
+        for f in (fast, slow):
+            if kind == "erase":
+                start = base + a * SMALL.page_size
+                f.erase(start, min(b * SMALL.page_size, f.size - start))
+            else:
+                f.write(base + a, b[: f.size - base - a])
+    assert bytes(fast._store.buf) == bytes(slow._store.buf)
+    assert fast.erases == slow.erases and fast.ops == slow.ops
+
+
+def test_a_program_above_what_was_erased_still_only_clears_bits():
+    f = Flash.in_memory(G)
+    off = G.slot_offset(0)
+    f.erase(off, 2 * G.page_size)
+    f.write(off + 100, b"\x0f" * 10)      # above the erased mark: no read needed
+    f.write(off + 100, b"\xf0" * 10)      # below the mark now: read, AND
+    f.write(off + 4090, b"\x3c" * 12)     # across two pages, one partly programmed
+    f.write(off + 4090, b"\xc3" * 12)
+    f.write(off + 3 * G.page_size, b"\x0f" * 8)  # a page not erased here
+    f.erase(off + 2 * G.page_size, G.page_size)
+    f.write(off + 3 * G.page_size - 8, b"\xf0" * 16)  # from an erased page into that one
+    assert f.read(off + 3 * G.page_size - 8, 16) == b"\xf0" * 8 + bytes(8)
+    assert f.read(off + 100, 10) == bytes(10) and f.read(off + 4090, 12) == bytes(12)
+    assert f.read(off + 110, 4) == b"\xff" * 4
+
+
+def test_a_block_erase_in_a_flash_file_counts_every_page(tmp_path):
+    f = Flash.open(tmp_path / "f.flash", G)
+    off = G.slot_offset(0)
+    f.write(off, b"\x00" * 8192)
+    f.erase(off, 8 * G.page_size)
+    f.close()
+    g = Flash.open(tmp_path / "f.flash", G)
+    first = off // G.page_size
+    assert list(g.erases[first : first + 8]) == [1] * 8 and g.erases[first + 8] == 0
+    assert g.read(off, 8192) == b"\xff" * 8192
 
 
 def test_boot_state_newer_valid_copy_wins_and_a_torn_copy_is_ignored():
