@@ -339,10 +339,11 @@ class Bootloader:
         assert state is not None
         return state if not state.crash_loop else self._keep(replace(state, crash_loop=0))
 
-    def install(self, slot: int, length: int) -> BootState:
-        """Make ``slot`` (already written) the active image, on trial."""
+    def install(self, slot: int, length: int, digests: tuple[int, bytes] | None = None) -> BootState:
+        """Make ``slot`` (already written) the active image, on trial.  ``digests``: its CRC-32
+        and SHA-256 as the caller has just read them back (else they are read here)."""
         state = self.store.load() or BootState()
-        crc, sha = slot_digests(self.flash, slot, length)
+        crc, sha = digests if digests is not None else slot_digests(self.flash, slot, length)
         state = state.with_slot(slot, SlotRecord(True, length, crc, sha))
         return self.store.store(replace(state, active=slot, trial=True, attempts=self.attempts, receiving=Receiving(),
                                         trial_failure=0))

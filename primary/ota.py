@@ -112,9 +112,14 @@ def _clean_text(text: str, limit: int = 255) -> bool:
     return len(raw) <= limit and text.isprintable()
 
 
-def slot_crc(flash: Flash, start: int, length: int, crc: int = 0, block: int = 1 << 16) -> int:
+def slot_crc(flash: Flash, start: int, length: int, crc: int = 0, block: int = 1 << 16, sha=None) -> int:
+    """CRC-32 of ``length`` bytes read back from ``start``, continuing ``crc``; the same bytes
+    also go into ``sha`` when given."""
     for pos in range(0, length, block):
-        crc = zlib.crc32(flash.read(start + pos, min(block, length - pos)), crc)
+        data = flash.read(start + pos, min(block, length - pos))
+        crc = zlib.crc32(data, crc)
+        if sha is not None:
+            sha.update(data)
     return crc
 
 
@@ -209,6 +214,9 @@ class Transfer:
     file_crc32: int | None = None  # the file's CRC-32 as the NCP reported it (resume)
     checkpoint: int = 0  # how far progress was last persisted (page aligned)
     checkpoint_crc: int = 0  # CRC-32 of the slot's bytes below ``checkpoint``
+    # SHA-256 of the same bytes, as they were read back at each checkpoint (None after a
+    # resume: it cannot be persisted).
+    readback_sha: object = field(default_factory=hashlib.sha256)
     mandatory: bool = False
     tag_checked: bool = False  # the image's tag was found in the arriving chunks and checked
     carry: bytes = b""  # the end of the previous chunk, for a tag that spans two
@@ -378,7 +386,7 @@ class OtaReceiver:
             t.offset = t.checkpoint = t.kept
             t.checkpoint_crc = t.file_crc = rx.running_crc32
             t.written = t.checkpoint_slot = t.kept_slot
-            t.file_sha = None  # the file's SHA-256 so far cannot be persisted: its CRC-32 is checked
+            t.file_sha = t.readback_sha = None  # a SHA-256 so far cannot be persisted: CRC-32s are checked
             if rx.package:
                 # Goes on at the segment boundary the checkpoint recorded; the base is still
                 # the running image (installing another would have cleared this record).
@@ -744,7 +752,8 @@ class OtaReceiver:
         package offset and CRC-32 it resumes from, and the image it rebuilds."""
         base = self.flash.geometry.slot_offset(t.slot)
         if package is None:
-            t.checkpoint_crc = slot_crc(self.flash, base + t.checkpoint, aligned - t.checkpoint, t.checkpoint_crc)
+            t.checkpoint_crc = slot_crc(self.flash, base + t.checkpoint, aligned - t.checkpoint, t.checkpoint_crc,
+                                        sha=t.readback_sha)
             t.checkpoint = aligned
             rx = Receiving(t.size, t.file_crc32, aligned, t.checkpoint_crc, t.fw_version[:24], t.fw_build[:32])
         else:
@@ -840,8 +849,17 @@ class OtaReceiver:
             if (t.written, crc, sha) != (c.size, c.crc32, c.sha256):
                 return self._reject(t, "package_image_mismatch", inc, crc32=f"{crc:08x}",
                                     expected=f"{c.crc32:08x}")
+        elif t.readback_sha is not None:
+            # The slot below the last checkpoint was read back there, and nothing of this
+            # transfer programs it again: only the rest is read back now.  A 16 MiB image is
+            # verified without reading 16 MiB at the Finish the NCP waits on.
+            h = t.readback_sha.copy()
+            base = self.flash.geometry.slot_offset(t.slot)
+            crc = slot_crc(self.flash, base + t.checkpoint, t.size - t.checkpoint, t.checkpoint_crc, sha=h)
+            sha = h.digest()
         else:
             crc, sha = slot_digests(self.flash, t.slot, t.size)
+        if t.kind != "package":
             if crc != ncp_crc:
                 return fail("crc_mismatch", ours=f"{crc:08x}", ncp=f"{ncp_crc:08x}")
             if sha != ncp_sha:
@@ -859,7 +877,7 @@ class OtaReceiver:
                 return self._reject(t, f"signature_{v.reason}", inc,
                                     counter=v.signature.counter if v.signature else None)
         try:
-            self.boot_state = self.boot.install(t.slot, t.length)
+            self.boot_state = self.boot.install(t.slot, t.length, (crc, sha))  # as just read back
         except FlashError as e:
             return fail("flash_error", error=str(e))
         self.emit(Event.OTA_INSTALLED, slot="AB"[t.slot], version=t.fw_version, size=t.length, sha256=sha.hex(),

@@ -209,6 +209,30 @@ def test_wrong_final_digest_is_never_installed():
     assert image == OLD and not st.trial
 
 
+@pytest.mark.parametrize("near", [1000, 150_000, len(NEW) - 10])
+def test_a_byte_the_flash_took_wrong_is_found_at_finish(near):
+    # Below a checkpoint the slot is read back when the checkpoint is made, the rest at
+    # Finish: a bit the flash failed to program anywhere must fail the digests, and the
+    # image is never installed.
+    at = next(i for i in range(near, len(NEW)) if NEW[i])  # a byte with a bit to lose
+    s = sim()
+    base = s.flash.geometry.slot_offset(1)
+    store, write, hits = s.flash._store, s.flash._store.write, []
+
+    def faulty(offset, data):
+        if offset <= base + at < offset + len(data) and data.count(0xFF) != len(data):  # a program
+            data = bytearray(data)
+            data[base + at - offset] &= data[base + at - offset] - 1  # its lowest 1 is lost
+            hits.append(offset)
+        write(offset, bytes(data))
+
+    store.write = faulty
+    assert s.run_update() == "finish_failed" and hits
+    assert {e["reason"] for e in s.find("ota_refused", "primary")} == {"crc_mismatch"}
+    st, image = active_image(s.flash)
+    assert image == OLD and not st.trial
+
+
 @pytest.mark.parametrize("behaviour", ["fail-health", "crash"])
 def test_an_image_that_never_confirms_is_rolled_back(behaviour):
     bad = build_image(make_info("1.1.0", "TMPL1", build="Jan  1 2026 00:00:00", **{"dualmcu-test": behaviour}), 120_000)
