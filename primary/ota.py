@@ -678,9 +678,6 @@ class OtaReceiver:
         if len(t.recent) > RECENT:
             del t.recent[next(iter(t.recent))]
         t.offset += len(chunk)
-        t.file_crc = zlib.crc32(chunk, t.file_crc)
-        if t.file_sha is not None:
-            t.file_sha.update(chunk)
         if t.kind is None:
             # An image is programmed as it is; a package (DMPK) is applied. Its first bytes
             # say which, so at most 3 bytes wait here.
@@ -701,6 +698,11 @@ class OtaReceiver:
             if t.file_crc32 is not None and t.written - t.checkpoint >= self.cfg.checkpoint_every:
                 self._checkpoint(t, t.written - t.written % self.flash.page_size, None)
             return self.timed.busy_until
+        # A package is checked by the file's digests as it arrived; an image by what the flash
+        # holds, read back (see _verify), so an image's chunks are not hashed on arrival.
+        t.file_crc = zlib.crc32(chunk, t.file_crc)
+        if t.file_sha is not None:
+            t.file_sha.update(chunk)
         a = t.applier
         seen = len(a.boundaries)
         for piece in a.feed(chunk):
