@@ -19,8 +19,9 @@ run's start, one origin).  It reports, per run:
 
 A run that does not end with the new image confirmed stops the benchmark with an error: it is
 never a row.  `unpaced` moves 16 MiB through the pty pair with nothing paced and an instant
-flash, against a plain copy through a pty pair (writer and reader in processes of their own).  Peak memory per image size is tools/bench_memory.py's.  A run that fails stops the
-benchmark with its reason on stderr and exit 1.
+flash, against a plain copy through a pty pair (writer and reader in processes of their own,
+from the first write to the last read).  Peak memory per image size is tools/bench_memory.py's.
+A run that fails stops the benchmark with its reason on stderr and exit 1.
 """
 
 from __future__ import annotations
@@ -227,6 +228,7 @@ os.set_blocking(fd, True)
 if sys.argv[3] == "write":
     block = bytes(range(256)) * 256
     sent = 0
+    print(time.monotonic(), flush=True)  # the copy starts with its first write
     while sent < n:  # a pty holds back a writer whose reader lags: nothing is lost
         sent += os.write(fd, block[:min(len(block), n - sent)])
     time.sleep(1)
@@ -248,31 +250,39 @@ def plain_copy(size: int) -> float:
         reader = subprocess.Popen([sys.executable, "-c", COPY, str(uart.fds["b"]), str(size), "read"],
                                   stdout=subprocess.PIPE, text=True, pass_fds=(uart.fds["b"],))
         time.sleep(0.5)  # the reader is waiting before the first byte
-        t0 = time.monotonic()
         writer = subprocess.Popen([sys.executable, "-c", COPY, str(uart.fds["a"]), str(size), "write"],
-                                  pass_fds=(uart.fds["a"],))
+                                  stdout=subprocess.PIPE, text=True, pass_fds=(uart.fds["a"],))
         out, _ = reader.communicate(timeout=300)
-        writer.wait(timeout=60)
+        started, _ = writer.communicate(timeout=60)
     finally:
         uart.close()
-    if reader.returncode != 0:
+    if reader.returncode != 0 or writer.returncode != 0:
         raise SystemExit("bench_realtime: the plain copy failed")
-    return float(out.strip()) - t0
+    # From the first write to the last read: the writer's start-up is no part of the copy,
+    # as the OTA's transfer is timed from its first write.
+    return float(out.strip()) - float(started.strip())
 
 
 def unpaced(runs: int, factory: str, files: dict[int, str]) -> list[dict]:
+    """Each row's runs alternate with plain copies, and the ratio is of their medians: the
+    machine's speed drifts by half between minutes on a shared host, a copy measured once
+    at the start would not be fair to either."""
     size = 16 * MiB
-    copy = statistics.median(plain_copy(size) for _ in range(runs))
     rows = []
-    for pipeline, chunk in ((False, 4080), (True, 1024), (True, 4080)):
+    for pipeline, chunk in ((False, 4080), (True, 1024), (True, 4080), (True, 16384), (True, 65535)):
         for every in ("0", "0.1"):  # every chunk (--json), or what a person's progress line needs
             args = ["--flash-timing", "0,0,0", "--progress-interval", every] + ([] if pipeline else ["--no-pipeline"])
-            r = median_run(runs, factory, files[size], size, "--chunk-size", str(chunk), *args)
+            copies, got = [], []
+            for _ in range(runs):
+                copies.append(plain_copy(size))
+                got.append(run(factory, files[size], size, "--chunk-size", str(chunk), *args))
+            transfer = statistics.median(r["phases"]["transfer"] for r in got)
+            copy = statistics.median(copies)
             rows.append({"mode": "pipelined" if pipeline else "stop-and-wait", "chunk": chunk, "size": size,
                          "progress": "every chunk" if every == "0" else "every 0.1 s",
-                         "transfer_seconds": r["phases"]["transfer"], "copy_seconds": round(copy, 3),
-                         "ratio_to_copy": round(copy / r["phases"]["transfer"], 2),
-                         "mb_per_s": round(size / r["phases"]["transfer"] / 1e6, 1), "whole_seconds": r["whole_seconds"]})
+                         "transfer_seconds": round(transfer, 3), "copy_seconds": round(copy, 3),
+                         "ratio_to_copy": round(copy / transfer, 2), "mb_per_s": round(size / transfer / 1e6, 1),
+                         "whole_seconds": statistics.median(r["whole_seconds"] for r in got)})
     return rows
 
 
