@@ -330,6 +330,7 @@ class Port:
             else:
                 os.set_blocking(fd, False)
             self._fd = fd
+            self._nonblocking = fd is not None
             return
         # Only a socket:// port is a plain socket to read and write directly.  An rfc2217://
         # port has one too, but it carries telnet commands and escaped 0xFF bytes, and the
@@ -343,6 +344,8 @@ class Port:
             except (AttributeError, NotImplementedError, ValueError, serial.SerialException):
                 fd = None
         self._fd = fd
+        # pyserial opens a port non-blocking; a read before a select must never block.
+        self._nonblocking = fd is not None and not os.get_blocking(fd)
 
     @classmethod
     def of(cls, wire: Wire) -> Port:
@@ -390,7 +393,7 @@ class Port:
         """Whether to try a read before waiting in select(): on a descriptor with nothing paced.
         A side that cannot keep up then finds its next bytes there and skips the select, one
         system call in two on its busiest path; one with nothing waiting pays a failed read."""
-        return self.end is None and (self._sock is not None or self._fd is not None)
+        return self.end is None and (self._sock is not None or self._nonblocking)
 
     def read_waiting(self) -> bytes:
         """What has already arrived, without waiting (b"" when nothing has); queued output

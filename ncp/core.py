@@ -807,7 +807,7 @@ class NcpDevice(Device):
             # one, which cobs can carry, may take longer than that on a slow line: it gets
             # twice its time on the wire, or it could never be answered in time.
             wire = frame * bit
-            return 2 * wire + 0.05 if 2 * wire > WRITE_TIMEOUT_CAP else None
+            return 2 * wire + 0.05 if 2 * wire > WRITE.timeout else None
         work = (sd.window * (frame * bit + sd.program_per_kib * sd.chunk / 1024) + sd.erase_per_block
                 + 24 * bit)
         # A measured round trip longer than the work (a slow bridge) stretches the timeout,

@@ -166,6 +166,49 @@ def test_a_paced_port_writes_a_frame_when_it_has_arrived_and_counts_it(tmp_path)
     assert counts["sent"] == 1157 and counts["bytes"] == 1157
 
 
+def test_an_unpaced_port_reads_before_it_waits_and_never_blocks_on_a_blocking_descriptor():
+    import os
+    import pty
+    import time
+    import tty
+
+    import serial
+
+    from dualmcu.shell import Port
+
+    # The virtual UART of an unpaced run: what waits is read without a select, nothing waiting
+    # reads as nothing at once, and queued output still goes out as the peer takes it.
+    a, b = pty.openpty()
+    tty.setraw(a), tty.setraw(b)
+    port = Port(None, fd=a)
+    assert port.reads_first and port.read_waiting() == b""
+    os.write(b, b"\x00frame\x00")
+    deadline = time.monotonic() + 2
+    got = b""
+    while got != b"\x00frame\x00" and time.monotonic() < deadline:
+        got += port.read_waiting()
+    assert got == b"\x00frame\x00"
+    port.queue += b"answer"
+    assert port.read_waiting() == b"" and not port.queue
+    assert os.read(b, 100) == b"answer"
+    port.close()
+    os.close(b)
+
+    # A port whose descriptor blocks (not one pyserial opened) is never read before a select.
+    class Blocking(serial.SerialBase):
+        def __init__(self, fd):
+            super().__init__()
+            self._fd = fd
+
+        def fileno(self):
+            return self._fd
+
+    r, w = os.pipe()
+    assert os.get_blocking(r)
+    assert not Port(Blocking(r)).reads_first
+    os.close(r), os.close(w)
+
+
 def device(slot=512 * 1024):
     return provisioned(tagged("1.0.0", "TMPL1", 60_000), slot)
 
