@@ -420,6 +420,7 @@ def test_a_step_s_bytes_leave_before_its_events_are_printed():
 
     class Port:
         dropped = 0
+        reads_first = False  # every step waits, as a paced port does
 
         def wait_read(self, wait):
             return b"x"
