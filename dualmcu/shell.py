@@ -356,30 +356,11 @@ class Port:
     def wait_read(self, wait: float) -> bytes:
         """What arrives within ``wait`` seconds (all of it that is there once the first byte is)."""
         try:
-            if self._sock is not None:
-                # pyserial's socket:// reads byte by byte; take whole segments instead.
-                ready = self._select(wait)
-                if not ready:
-                    return b""
-                data = self._sock.recv(65536)
-                if not data:
-                    raise PortError("the other side closed the connection")
-                return data
-            if self._fd is not None:
-                if not self._select(wait):
-                    return b""
-                # Straight from the descriptor select() found readable: pyserial's read
-                # would select again and ask the driver how much waits, two more system
-                # calls on every round trip.  A port that hung up (a USB adapter pulled)
-                # reads empty, as pyserial reports it.
-                try:
-                    data = os.read(self._fd, 65536)
-                except BlockingIOError:
-                    return b""
-                if not data:
-                    raise PortError("the port failed: it reports data to read but gives none "
-                                    "(device disconnected, or another program on the port?)")
-                return data
+            if self._sock is not None or self._fd is not None:
+                # Straight from the socket or descriptor select() found readable: pyserial's
+                # socket:// reads byte by byte, and its serial read would select again and ask
+                # the driver how much waits, two more system calls on every round trip.
+                return self._read_now(hung_up=True) if self._select(wait) else b""
             self.serial.timeout = max(0.0, min(wait, FALLBACK_POLL))
             data = self.serial.read(1)
             if data and self.serial.in_waiting:
@@ -398,19 +379,28 @@ class Port:
     def read_waiting(self) -> bytes:
         """What has already arrived, without waiting (b"" when nothing has); queued output
         goes out as the peer takes it, as it would in a wait."""
+        if self.queue:
+            self._drain()
         try:
-            if self.queue:
-                self._drain()
-            if self._sock is not None:
-                data = self._sock.recv(65536, socket.MSG_DONTWAIT)
-                if not data:
-                    raise PortError("the other side closed the connection")
-                return data
-            return os.read(self._fd, 65536)  # b"" from a pty whose peer hung up: the next wait says so
-        except (BlockingIOError, InterruptedError):
-            return b""
+            # A pty reads empty for a while after its peer closed (a relay reconnecting): only
+            # a socket's empty read, and one after select() said readable, are a hang-up.
+            return self._read_now(hung_up=self._sock is not None)
         except OSError as e:
             raise PortError(f"the port failed: {e}") from None
+
+    def _read_now(self, hung_up: bool) -> bytes:
+        """What the socket or descriptor holds now, b"" when nothing.  ``hung_up``: an empty
+        read means the peer closed or a USB adapter was pulled, as pyserial reports it."""
+        try:
+            data = (self._sock.recv(65536, socket.MSG_DONTWAIT) if self._sock is not None
+                    else os.read(self._fd, 65536))
+        except (BlockingIOError, InterruptedError):
+            return b""
+        if not data and hung_up:
+            raise PortError("the other side closed the connection" if self._sock is not None else
+                            "the port failed: it reports data to read but gives none "
+                            "(device disconnected, or another program on the port?)")
+        return data
 
     def _select(self, wait: float) -> bool:
         handle = self._sock if self._sock is not None else self._fd
@@ -572,7 +562,9 @@ class Runner:
                 if self.events is not None:
                     self.events.hold()
                 if data:
-                    self._receive(data, now)
+                    core.receive(data, now)
+                    if self.watchdog is not None:
+                        self.watchdog.bytes += len(data)
                 deadline = core.next_deadline()
                 if deadline is not None and deadline <= now:
                     core.tick(now)
@@ -592,11 +584,6 @@ class Runner:
         finally:
             if self.events is not None:
                 self.events.release()  # a power cut loses the step's bytes, never its events
-
-    def _receive(self, data: bytes, now: float) -> None:
-        self.core.receive(data, now)
-        if self.watchdog is not None:
-            self.watchdog.bytes += len(data)
 
     def start(self) -> None:
         """Carry out what the core asked for at boot (e.g. a device that halts at once)."""

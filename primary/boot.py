@@ -200,14 +200,21 @@ class BootResult:
     events: tuple[tuple[str, dict], ...]  # what the bootloader did, for the log
 
 
-def slot_digests(flash: Flash, slot: int, length: int) -> tuple[int, bytes]:
-    base = flash.geometry.slot_offset(slot)
-    crc, sha = 0, hashlib.sha256()
+def read_back(flash: Flash, start: int, length: int, crc: int = 0, sha=None) -> int:
+    """CRC-32 of ``length`` bytes of the flash from ``start``, continuing ``crc``, read in
+    64 KiB blocks (nothing holds an image whole); the same bytes also go into ``sha``."""
     step = 1 << 16
     for pos in range(0, length, step):
-        chunk = flash.read(base + pos, min(step, length - pos))
-        crc = zlib.crc32(chunk, crc)
-        sha.update(chunk)
+        data = flash.read(start + pos, min(step, length - pos))
+        crc = zlib.crc32(data, crc)
+        if sha is not None:
+            sha.update(data)
+    return crc
+
+
+def slot_digests(flash: Flash, slot: int, length: int) -> tuple[int, bytes]:
+    sha = hashlib.sha256()
+    crc = read_back(flash, flash.geometry.slot_offset(slot), length, sha=sha)
     return crc, sha.digest()
 
 

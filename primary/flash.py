@@ -301,16 +301,15 @@ class Flash:
         With no power cut planned and no page worn out, the same bytes and counters go to the
         store in two writes instead of two a page (a 64 KiB block: 32 system calls fewer)."""
         p = self.page_size
-        if offset % p or nbytes % p or self.interrupt is not None:
+        first, count = offset // p, nbytes // p
+        whole = not (offset % p or nbytes % p) and self.interrupt is None
+        if whole:
+            self._check(offset, nbytes)
+            counts = self.erases[first : first + count]
+            whole = self.endurance is None or max(counts, default=0) < self.endurance
+        if not whole:  # a power cut planned, or a page worn out: erase_page says which, and when
             for at in range(offset, offset + nbytes, p):
                 self.erase_page(at)
-            return
-        self._check(offset, nbytes)
-        first, count = offset // p, nbytes // p
-        counts = self.erases[first : first + count]
-        if self.endurance is not None and max(counts, default=0) >= self.endurance:
-            for at in range(offset, offset + nbytes, p):
-                self.erase_page(at)  # says which page wore out, after erasing those before it
             return
         for i in range(count):
             counts[i] += 1

@@ -90,7 +90,7 @@ from dualmcu.rpc.events import Event
 from dualmcu.rpc.interface import PREFETCH
 from dualmcu.rpc.machine import Machine
 
-from .boot import Bootloader, BootState, Receiving, check_signature, slot_digests
+from .boot import Bootloader, BootState, Receiving, check_signature, read_back, slot_digests
 from .config import ConfigStore
 from .flash import Flash, FlashError
 from .timing import BLOCK, SECTOR, FlashTiming, TimedFlash
@@ -110,17 +110,6 @@ def _clean_text(text: str, limit: int = 255) -> bool:
     except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as surrogates
         return False
     return len(raw) <= limit and text.isprintable()
-
-
-def slot_crc(flash: Flash, start: int, length: int, crc: int = 0, block: int = 1 << 16, sha=None) -> int:
-    """CRC-32 of ``length`` bytes read back from ``start``, continuing ``crc``; the same bytes
-    also go into ``sha`` when given."""
-    for pos in range(0, length, block):
-        data = flash.read(start + pos, min(block, length - pos))
-        crc = zlib.crc32(data, crc)
-        if sha is not None:
-            sha.update(data)
-    return crc
 
 
 class Ota(Enum):
@@ -382,7 +371,7 @@ class OtaReceiver:
         rx = self.boot_state.receiving
         base = self.flash.geometry.slot_offset(t.slot)
         vouched = rx.image_crc32_so_far if rx.package else rx.running_crc32
-        if t.kept and crc == rx.file_crc32 and slot_crc(self.flash, base, t.kept_slot) == vouched:
+        if t.kept and crc == rx.file_crc32 and read_back(self.flash, base, t.kept_slot) == vouched:
             t.offset = t.checkpoint = t.kept
             t.checkpoint_crc = t.file_crc = rx.running_crc32
             t.written = t.checkpoint_slot = t.kept_slot
@@ -754,13 +743,13 @@ class OtaReceiver:
         package offset and CRC-32 it resumes from, and the image it rebuilds."""
         base = self.flash.geometry.slot_offset(t.slot)
         if package is None:
-            t.checkpoint_crc = slot_crc(self.flash, base + t.checkpoint, aligned - t.checkpoint, t.checkpoint_crc,
-                                        sha=t.readback_sha)
+            t.checkpoint_crc = read_back(self.flash, base + t.checkpoint, aligned - t.checkpoint, t.checkpoint_crc,
+                                         sha=t.readback_sha)
             t.checkpoint = aligned
             rx = Receiving(t.size, t.file_crc32, aligned, t.checkpoint_crc, t.fw_version[:24], t.fw_build[:32])
         else:
-            t.checkpoint_slot_crc = slot_crc(self.flash, base + t.checkpoint_slot, aligned - t.checkpoint_slot,
-                                             t.checkpoint_slot_crc)
+            t.checkpoint_slot_crc = read_back(self.flash, base + t.checkpoint_slot, aligned - t.checkpoint_slot,
+                                              t.checkpoint_slot_crc)
             t.checkpoint_slot = aligned
             t.checkpoint, t.checkpoint_crc = package
             c = t.claims
@@ -851,17 +840,8 @@ class OtaReceiver:
             if (t.written, crc, sha) != (c.size, c.crc32, c.sha256):
                 return self._reject(t, "package_image_mismatch", inc, crc32=f"{crc:08x}",
                                     expected=f"{c.crc32:08x}")
-        elif t.readback_sha is not None:
-            # The slot below the last checkpoint was read back there, and nothing of this
-            # transfer programs it again: only the rest is read back now.  A 16 MiB image is
-            # verified without reading 16 MiB at the Finish the NCP waits on.
-            h = t.readback_sha.copy()
-            base = self.flash.geometry.slot_offset(t.slot)
-            crc = slot_crc(self.flash, base + t.checkpoint, t.size - t.checkpoint, t.checkpoint_crc, sha=h)
-            sha = h.digest()
         else:
-            crc, sha = slot_digests(self.flash, t.slot, t.size)
-        if t.kind != "package":
+            crc, sha = self._image_digests(t)
             if crc != ncp_crc:
                 return fail("crc_mismatch", ours=f"{crc:08x}", ncp=f"{ncp_crc:08x}")
             if sha != ncp_sha:
@@ -891,6 +871,18 @@ class OtaReceiver:
         # An answer given once a chunk was buffered leaves the last programs running: Finish is
         # answered (and the device reboots) only when the flash has done them.
         self._reply_at(self.timed.busy_until, inc, True)
+
+    def _image_digests(self, t: Transfer) -> tuple[int, bytes]:
+        """The CRC-32 and SHA-256 of the image as the flash holds it.  The slot below the last
+        checkpoint was read back there, and nothing of this transfer programs it again: only
+        the rest is read back now, so a 16 MiB image is verified without reading 16 MiB at the
+        Finish the NCP waits on.  After a resume the whole slot is read."""
+        if t.readback_sha is None:
+            return slot_digests(self.flash, t.slot, t.size)
+        h = t.readback_sha.copy()
+        base = self.flash.geometry.slot_offset(t.slot)
+        crc = read_back(self.flash, base + t.checkpoint, t.size - t.checkpoint, t.checkpoint_crc, sha=h)
+        return crc, h.digest()
 
     def _reject(self, t: Transfer, reason: str, inc: Incoming | None = None, **fields) -> None:
         """Arrived whole, but not an image this device may install: FINISHING -> IDLE."""
