@@ -57,7 +57,7 @@ def wait_for(deadline: float | None, now: float, idle: float) -> float:
 class Core(Protocol):
     actions: list
 
-    def receive(self, data: bytes, now: float) -> None: ...
+    def receive(self, data: bytes, now: float) -> int | None: ...  # frames the bytes ended
     def tick(self, now: float) -> None: ...
     def next_deadline(self) -> float | None: ...
     def data_to_send(self) -> bytes: ...
@@ -550,29 +550,39 @@ class Runner:
     def run(self) -> None:
         port = self.port
         signal.signal(signal.SIGTERM, self.stop)
+        deadline = self.core.next_deadline()  # the core's, as the last full step left it
         try:
             while not self._stopping:
                 data = port.read_waiting() if port.reads_first else b""
                 if not data:
-                    deadline = earliest(self.core.next_deadline(), port.next_deadline())
-                    data = port.wait_read(wait_for(deadline, time.monotonic(), IDLE_WAKE))
+                    data = port.wait_read(wait_for(earliest(deadline, port.next_deadline()), time.monotonic(), IDLE_WAKE))
                 now = time.monotonic()
                 port.pump(now)  # what has arrived at the peer goes out first: it is due
                 core = self.core
                 if self.events is not None:
                     self.events.hold()
                 if data:
-                    core.receive(data, now)
                     if self.watchdog is not None:
                         self.watchdog.bytes += len(data)
+                    if core.receive(data, now) == 0 and (deadline is None or deadline > now):
+                        # The bytes only continued a frame: nothing the core sends, does or
+                        # waits for has changed, so the step ends here.  A pty reads 4 KiB at a
+                        # time, so this is fifteen of the sixteen reads of a 64 KiB write.
+                        if self.events is not None:
+                            self.events.release()
+                        if self.watchdog is not None:
+                            self.watchdog.check(core, now)
+                        continue
                 deadline = core.next_deadline()
                 if deadline is not None and deadline <= now:
                     core.tick(now)
                 self._flush(now)
                 core.idle()  # work nothing waits for, once the bytes are out
+                self._flush(now)  # what that work had to say (a failure found in it)
                 if self.events is not None:
                     self.events.release()
                 self._act()
+                deadline = self.core.next_deadline()  # after the tick, the idle work and a reboot
                 if self.watchdog is not None:
                     self.watchdog.check(core, now)
                 if self.check is not None:

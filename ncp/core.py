@@ -60,7 +60,7 @@ from enum import Enum
 from typing import Any, Callable
 
 from dualmcu.framing import Profile
-from dualmcu.rpc import DEFER, NCP, Call, Incoming
+from dualmcu.rpc import DEFER, NCP, Call, Framed, Incoming
 from dualmcu.rpc.device import Device, Exit, Reboot, SetBaud
 from dualmcu.rpc.events import Event, oneway_event
 from dualmcu.rpc.interface import INTERFACE, POLICY_VPIN, PREFETCH, STATES, TELEMETRY_FIELD
@@ -234,7 +234,8 @@ class NcpDevice(Device):
         self.deferrals = 0
         self._await_telemetry = False
         self._prefetch_reply: Incoming | None = None
-        self._next_write: tuple[tuple, dict, bytes] | None = None  # (source, offset, length), args, encoded
+        # ((source, offset, length), args, encoded, frame): the next write, made by idle()
+        self._next_write: tuple[tuple, dict, bytes, Framed | None] | None = None
         self.values: dict[str, Any] = {"vendor_prefix": "Blynk", "vendor_server": "blynk.cloud", "configured": True,
                                        "time_offset_ms": None}
         self._serve_interface()
@@ -242,12 +243,13 @@ class NcpDevice(Device):
 
     # -- the core interface ------------------------------------------------------------------
 
-    def receive(self, data: bytes, now: float) -> None:
+    def receive(self, data: bytes, now: float) -> int:
         before = self.ep.stats["invokes_in"] + self.ep.stats["oneways_in"]
-        super().receive(data, now)
+        ended = super().receive(data, now)
         if self.ep.stats["invokes_in"] + self.ep.stats["oneways_in"] != before:
             self._idle_pings = 0
             self._after("idle_ping", self.cfg.primary_idle_ping)
+        return ended
 
     def _settle(self) -> None:
         self._pump()
@@ -749,7 +751,7 @@ class NcpDevice(Device):
                 sd.next_offset = end
             else:
                 return
-            args, encoded = self._write_args(offset, min(sd.chunk, s.size - offset))
+            args, encoded, framed = self._write_args(offset, min(sd.chunk, s.size - offset))
             sd.sent_losses[offset] = sd.losses
             timeout = self._write_timeout(sd)
             if timeout is not None and sd.retries.get(offset):
@@ -757,16 +759,17 @@ class NcpDevice(Device):
                 # the tries span a glitch of the line instead of all falling inside it.
                 timeout = min(timeout * 2 ** sd.retries[offset], max(timeout, WRITE_TIMEOUT_CAP))
             sd.in_flight[offset] = self.ep.call(
-                "client_otaUpdateWrite", args, encoded=encoded, timeout=timeout,
+                "client_otaUpdateWrite", args, encoded=encoded, framed=framed, timeout=timeout,
                 on_done=lambda c, off=offset: self._written(off, c),
             )
 
-    def _write_args(self, offset: int, length: int) -> tuple[dict, bytes]:
-        """A write's arguments, and them encoded: prepared ahead by :meth:`idle` when it could."""
+    def _write_args(self, offset: int, length: int) -> tuple[dict, bytes, Framed | None]:
+        """A write's arguments, them encoded, and its frame: prepared ahead by :meth:`idle`
+        when it could."""
         ready, self._next_write = self._next_write, None
         if ready is not None and ready[0] == (self.serve_from, offset, length):
-            return ready[1], ready[2]
-        return self._encode_write(offset, length)
+            return ready[1], ready[2], ready[3]
+        return *self._encode_write(offset, length), None
 
     def _encode_write(self, offset: int, length: int) -> tuple[dict, bytes]:
         data = self.serve_from.read(offset, length)
@@ -774,8 +777,9 @@ class NcpDevice(Device):
         return args, WRITE.encode_args(args)
 
     def idle(self) -> None:
-        # Read and encode the next write while the one on the wire is answered: the answer
-        # then sends it at once, which takes the file read and the encoding off each round trip.
+        # Read, encode and frame the next write while the one on the wire is answered: the
+        # answer then sends it at once, which takes the file read, the encoding and the
+        # framing off each round trip.
         sd, s = self.sending, self.shipment
         if self.tx is not Tx.SENDING or sd is None or sd.discovering or self.serve_from is None:
             return
@@ -785,7 +789,8 @@ class NcpDevice(Device):
         length = min(sd.chunk, s.size - offset)
         key = (self.serve_from, offset, length)
         if self._next_write is None or self._next_write[0] != key:
-            self._next_write = (key, *self._encode_write(offset, length))
+            args, encoded = self._encode_write(offset, length)
+            self._next_write = (key, args, encoded, self.ep.frame_ahead("client_otaUpdateWrite", encoded))
 
     def _write_timeout(self, sd: Sending) -> float | None:
         """How long one write may take to be answered, from the work it stands for.

@@ -217,9 +217,10 @@ class PrimaryDevice(Device):
     def _hang(self) -> None:
         self.hung = True
 
-    def receive(self, data: bytes, now: float) -> None:
-        if not self.hung:  # a hung MCU reads nothing (a test image, or a planted defect)
-            super().receive(data, now)
+    def receive(self, data: bytes, now: float) -> int:
+        if self.hung:  # a hung MCU reads nothing (a test image, or a planted defect)
+            return 0
+        return super().receive(data, now)
 
     def _timer_table(self) -> dict[str, Callable[[], None]]:
         return {"commit": self._timer_commit, "init": self._timer_init, "baud_ping": self._timer_baud_ping,
@@ -235,6 +236,10 @@ class PrimaryDevice(Device):
     def _tick(self, now: float) -> None:
         if self.ota is not None:
             self.ota.tick(now)
+
+    def idle(self) -> None:
+        if self.ota is not None:
+            self.ota.idle()
 
     def _deadlines(self) -> tuple[float | None, ...]:
         return (self.ota.next_deadline(),) if self.ota is not None else ()

@@ -338,6 +338,27 @@ class OtaReceiver:
             self.defer_until = None
             self._reconsider()
 
+    def idle(self) -> None:
+        """Once a write's answer is out: persist the progress it made (see :meth:`_persist`)."""
+        t = self.t
+        if t is None or self.state is not Ota.RECEIVING:
+            return
+        try:
+            self._persist(t)
+        except FlashError as e:
+            # The boot state's page failed under the checkpoint: as when a write's own flash
+            # operation fails, the transfer cannot go on (the NCP's next call is refused).
+            self._refuse("write", "flash_error", offset=t.offset, error=str(e))
+            self._abandon("flash_error")
+
+    def _persist(self, t: Transfer) -> None:
+        """An image's checkpoint, when one is due.  It reads the new pages back and writes a
+        boot-state record: about 0.2 ms for 64 KiB here, as on an MCU a noticeable share of a
+        chunk's time, so it runs after the write is answered, while the next chunk crosses
+        the wire, or at the latest before that chunk is programmed."""
+        if t.kind == "image" and t.file_crc32 is not None and t.written - t.checkpoint >= self.cfg.checkpoint_every:
+            self._checkpoint(t, t.written - t.written % self.flash.page_size, None)
+
     def _reply_at(self, when: float, inc: Incoming, value: bool) -> None:
         """Answer when the flash is done with the chunk: the endpoint sends it then."""
         self.ep.reply(inc, value, at=when)
@@ -683,9 +704,8 @@ class OtaReceiver:
             else:
                 t.kind = "image"
         if t.kind == "image":
+            self._persist(t)  # the checkpoint before this chunk, if idle() has not made it
             self._put(t, chunk)
-            if t.file_crc32 is not None and t.written - t.checkpoint >= self.cfg.checkpoint_every:
-                self._checkpoint(t, t.written - t.written % self.flash.page_size, None)
             return self.timed.busy_until
         # A package is checked by the file's digests as it arrived; an image by what the flash
         # holds, read back (see _verify), so an image's chunks are not hashed on arrival.

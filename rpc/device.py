@@ -64,9 +64,12 @@ class Device:
 
     # -- the core interface ------------------------------------------------------------------
 
-    def receive(self, data: bytes, now: float) -> None:
-        self.ep.receive(data, now)
-        self._settle()
+    def receive(self, data: bytes, now: float) -> int:
+        """Bytes from the wire; how many frames they ended (see :meth:`Endpoint.receive`)."""
+        ended = self.ep.receive(data, now)
+        if ended:
+            self._settle()
+        return ended
 
     def tick(self, now: float) -> None:
         self.ep.now = now
@@ -101,8 +104,9 @@ class Device:
 
     def idle(self) -> None:
         """Work nothing waits for.  The shell calls this once a step's bytes are out (and a
-        simulation after each step): what is prepared here, such as the next frame, is off
-        the round trip.  It sends nothing and changes no state a peer can see."""
+        simulation after each step): what is done here, such as framing the next write or
+        persisting the progress a write made, is off the round trip.  It sends nothing,
+        unless that work fails and the device must say so."""
 
     def emit(self, kind: Event, **fields: Any) -> None:
         self._emit(checked(kind), t=round(self.ep.now, 6), **fields)

@@ -291,3 +291,63 @@ def test_wait_for_polls_the_last_stretch_before_a_deadline():
     assert wait_for(20.0, 10.0, 0.5) == 0.5
     assert wait_for(10.0 + SPIN / 2, 10.0, 0.5) == 0.0
     assert wait_for(9.0, 10.0, 0.5) == 0.0  # a deadline already passed
+
+
+
+def test_the_shell_skips_the_step_for_bytes_that_only_continue_a_frame_but_not_a_deadline():
+    """A pty hands over 4 KiB a read, so a 64 KiB write is sixteen reads; for the fifteen
+    that only continue a frame (receive says it ended none) the shell neither ticks, flushes
+    nor runs idle work.  A deadline that passes meanwhile still ticks the core on time."""
+    import time
+
+    from dualmcu.shell import Runner, Stop
+
+    calls = []
+
+    class Core:
+        actions: list = []
+        due = time.monotonic() + 0.05
+
+        def receive(self, data, now):
+            calls.append(data.decode())
+            return 0  # every byte only continues a frame
+
+        def tick(self, now):
+            calls.append("tick")
+            self.due = None
+
+        def next_deadline(self):
+            return self.due
+
+        def data_to_send(self):
+            return b""
+
+        def idle(self):
+            calls.append("idle")
+
+    class FakePort:
+        reads_first, end = True, None
+        reads = ["a", "b", "c"]
+
+        def read_waiting(self):
+            if not self.reads:
+                raise Stop(0, "done")
+            if self.reads[0] == "b":
+                time.sleep(max(0.0, Core.due - time.monotonic()) + 0.01)  # "b" comes after the deadline
+            return self.reads.pop(0).encode()
+
+        def wait_read(self, wait):
+            return self.read_waiting()
+
+        def next_deadline(self):
+            return None
+
+        def pump(self, now, counted=True):
+            pass
+
+        def flush(self):
+            pass
+
+    with pytest.raises(Stop):
+        Runner(FakePort(), Core(), lambda a, p: None).run()
+    assert calls == ["a", "b", "tick", "idle", "c"]

@@ -185,6 +185,34 @@ def test_msg_id_wraps_at_16_bits_and_skips_pending_ids():
     assert a.ok and b.ok and not held.done
 
 
+def test_a_frame_made_ahead_is_the_frame_the_call_would_make_and_is_not_used_for_another_id():
+    """The NCP frames its next write while the one before is answered (frame_ahead); the
+    call then only queues it.  The bytes must be those the call would have made, and a
+    call that got another msg_id (something called in between) must frame its own."""
+    write = INTERFACE["client_otaUpdateWrite"]
+    encoded = write.encode_args({"offset": 0, "chunk": bytes(range(256)) * 8, "crc32": 1})
+
+    def sent(**kw):
+        pair = Pair()
+        pair.ncp._next_id = 0xFFFF  # the id wraps and skips a pending one (test above)
+        framed = pair.ncp.frame_ahead("client_otaUpdateWrite", encoded)
+        if kw.pop("call_between", False):
+            pair.ncp.call("mcu_hasUID", {"uid": 1})
+        c = pair.ncp.call("client_otaUpdateWrite", encoded=encoded, framed=framed, **kw)
+        frames = get_profile("cobs").decoder().feed(pair.ncp.data_to_send())
+        return framed, c, M.parse(frames[-1].message)
+
+    framed, c, msg = sent()
+    assert framed.msg_id == c.msg_id == 0xFFFF
+    assert (msg.msg_id, msg.uid, msg.args) == (0xFFFF, write.uid, encoded)
+    framed, c, msg = sent(call_between=True)
+    assert framed.msg_id == 0xFFFF and c.msg_id == 1
+    assert (msg.msg_id, msg.uid, msg.args) == (1, write.uid, encoded)
+    # Frames beyond what the framing carries are not made ahead: the call says so itself.
+    big = write.encode_args({"offset": 0, "chunk": bytes(1600), "crc32": 1})
+    assert Pair("blynk").ncp.frame_ahead("client_otaUpdateWrite", big) is None
+
+
 def test_bad_and_leftover_args_answer_0x15():
     pair = Pair()
     pair.mcu.handle("client_otaUpdateWrite", lambda inc: True)
