@@ -353,9 +353,9 @@ class OtaReceiver:
 
     def _persist(self, t: Transfer) -> None:
         """An image's checkpoint, when one is due.  It reads the new pages back and writes a
-        boot-state record: about 0.2 ms for 64 KiB here, as on an MCU a noticeable share of a
-        chunk's time, so it runs after the write is answered, while the next chunk crosses
-        the wire, or at the latest before that chunk is programmed."""
+        boot-state record (about 0.2 ms of this process's time for 64 KiB), so it runs after
+        the write is answered, while the next chunk crosses the wire, or at the latest before
+        that chunk is programmed."""
         if t.kind == "image" and t.file_crc32 is not None and t.written - t.checkpoint >= self.cfg.checkpoint_every:
             self._checkpoint(t, t.written - t.written % self.flash.page_size, None)
 
