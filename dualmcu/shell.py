@@ -555,7 +555,8 @@ class Runner:
             while not self._stopping:
                 data = port.read_waiting() if port.reads_first else b""
                 if not data:
-                    data = port.wait_read(wait_for(earliest(deadline, port.next_deadline()), time.monotonic(), IDLE_WAKE))
+                    wait = wait_for(earliest(deadline, port.next_deadline()), time.monotonic(), IDLE_WAKE)
+                    data = port.wait_read(wait)
                 now = time.monotonic()
                 port.pump(now)  # what has arrived at the peer goes out first: it is due
                 core = self.core

@@ -348,8 +348,7 @@ class OtaReceiver:
         except FlashError as e:
             # The boot state's page failed under the checkpoint: as when a write's own flash
             # operation fails, the transfer cannot go on (the NCP's next call is refused).
-            self._refuse("write", "flash_error", offset=t.offset, error=str(e))
-            self._abandon("flash_error")
+            self._write_failed("flash_error", t.offset, e)
 
     def _persist(self, t: Transfer) -> None:
         """An image's checkpoint, when one is due.  It reads the new pages back and writes a
@@ -376,6 +375,12 @@ class OtaReceiver:
         self.deadline = self.ep.now + self.cfg.ota_timeout
 
     # -- handlers ----------------------------------------------------------------------------
+
+    def _write_failed(self, reason: str, offset: int, error: Exception) -> bool:
+        """A write the transfer cannot go on from: refused with ``reason``, then abandoned."""
+        self._refuse("write", reason, offset=offset, error=str(error))
+        self._abandon(reason)
+        return False
 
     def _refuse(self, call: str, reason: str, **fields) -> bool:
         self.emit(Event.OTA_REFUSED, call=call, reason=reason, **fields)
@@ -641,15 +646,11 @@ class OtaReceiver:
             # The chunk is counted but not in the flash (the erase under it failed, or the
             # program did): this transfer cannot be trusted any more. Abandoning it reports
             # why, where refusing only would leave the NCP resending into a wrong offset.
-            self._refuse("write", "flash_error", offset=offset, error=str(e))
-            self._abandon("flash_error")
-            return False
+            return self._write_failed("flash_error", offset, e)
         except PackageError as e:
             # Not applied further: nothing of it is installed, and the NCP may fall back
             # to the full image.
-            self._refuse("write", e.reason, offset=offset, error=str(e))
-            self._abandon(e.reason)
-            return False
+            return self._write_failed(e.reason, offset, e)
         self.emit(Event.OTA_PROGRESS, offset=t.offset, size=t.size)
         if done <= self.ep.now:
             return True

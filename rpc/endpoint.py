@@ -254,8 +254,8 @@ class Endpoint:
     def frame_ahead(self, name: str, encoded: bytes) -> Framed | None:
         """The frame of a call of ``name`` with ``encoded`` arguments, made now for the msg_id
         the next call would get, so that the call itself only queues it (a 64 KiB write is
-        0.13 ms of COBS and CRC-32 here).  Another call in between takes that id, and the call then
-        frames its own.  None when the arguments do not fit a frame: the call says so."""
+        0.13 ms of COBS and CRC-32 here).  Another call in between takes that id, and the call
+        then frames its own.  None when the arguments do not fit a frame: the call says so."""
         fn = self.interface[name]
         msg_id = self._free_id()
         try:
