@@ -322,6 +322,9 @@ class Port:
         # end (nothing paced, nothing injected) is left out: bytes go straight out.
         self.end = end if end is not None and not end.transparent else None
         self.tally = tally
+        # Whether the last wait ended only because the peer took queued bytes: no byte came
+        # in, so the loop has nothing to hand the core.
+        self.made_room = False
         self._sock = None
         if port is None:  # a descriptor handed down by the parent (dualmcu run)
             if stat.S_ISSOCK(os.fstat(fd).st_mode):
@@ -354,7 +357,10 @@ class Port:
         return cls(None, fd=wire.fd, baud=wire.baud, end=end, tally=Tally(wire.tally) if wire.tally else None)
 
     def wait_read(self, wait: float) -> bytes:
-        """What arrives within ``wait`` seconds (all of it that is there once the first byte is)."""
+        """What arrives within ``wait`` seconds (all of it that is there once the first byte is);
+        b"" when the wait ended with nothing, ``made_room`` set when it ended early because the
+        peer took queued bytes."""
+        self.made_room = False
         try:
             if self._sock is not None or self._fd is not None:
                 # Straight from the socket or descriptor select() found readable: pyserial's
@@ -408,6 +414,7 @@ class Port:
         readable, writable, _ = select.select([handle], writers, [], max(0.0, wait))
         if writable:
             self._drain()
+            self.made_room = not readable
         return bool(readable)
 
     def write(self, data: bytes, now: float | None = None) -> None:
@@ -551,12 +558,20 @@ class Runner:
         port = self.port
         signal.signal(signal.SIGTERM, self.stop)
         deadline = self.core.next_deadline()  # the core's, as the last full step left it
+        stepped = time.monotonic()  # when the last full step ran
         try:
             while not self._stopping:
                 data = port.read_waiting() if port.reads_first else b""
                 if not data:
-                    wait = wait_for(earliest(deadline, port.next_deadline()), time.monotonic(), IDLE_WAKE)
-                    data = port.wait_read(wait)
+                    # A full step at least every IDLE_WAKE (signals, --once checks, silence),
+                    # even for a side whose wakes all only let queued bytes out.
+                    due = earliest(deadline, port.next_deadline(), stepped + IDLE_WAKE)
+                    data = port.wait_read(wait_for(due, time.monotonic(), IDLE_WAKE))
+                    if not data and port.made_room and due > time.monotonic():
+                        # The wake only let queued bytes out: a pty takes about 12 KiB at a
+                        # time, so a 64 KiB write wakes its writer four or five times.  Nothing
+                        # reached the core and nothing is due, so there is no step to take.
+                        continue
                 now = time.monotonic()
                 port.pump(now)  # what has arrived at the peer goes out first: it is due
                 core = self.core
@@ -574,6 +589,7 @@ class Runner:
                         if self.watchdog is not None:
                             self.watchdog.check(core, now)
                         continue
+                stepped = now
                 deadline = core.next_deadline()
                 if deadline is not None and deadline <= now:
                     core.tick(now)

@@ -351,3 +351,75 @@ def test_the_shell_skips_the_step_for_bytes_that_only_continue_a_frame_but_not_a
     with pytest.raises(Stop):
         Runner(FakePort(), Core(), lambda a, p: None).run()
     assert calls == ["a", "b", "tick", "idle", "c"]
+
+
+def test_the_shell_takes_no_step_for_a_wake_that_only_let_queued_bytes_out(monkeypatch):
+    """A pty takes a 64 KiB write about 12 KiB at a time, so its writer wakes four or five
+    times a write only to let more out.  Those wakes hand the core nothing, so the shell takes
+    no step for them (no tick, no idle work).  A deadline that passes meanwhile still ticks
+    the core, and a side whose every wake only lets bytes out still gets a step each
+    IDLE_WAKE (signals, --once checks, the silence watchdog)."""
+    import time
+
+    from dualmcu import shell
+    from dualmcu.shell import Runner, Stop
+
+    calls = []
+
+    class Core:
+        actions: list = []
+
+        def __init__(self, due):
+            self.due = due
+
+        def receive(self, data, now):
+            calls.append(data.decode())
+            return 1
+
+        def tick(self, now):
+            calls.append("tick")
+            self.due = None
+
+        def next_deadline(self):
+            return self.due
+
+        def data_to_send(self):
+            return b""
+
+        def idle(self):
+            calls.append("idle")
+
+    class FakePort:
+        reads_first, end, made_room = False, None, False
+
+        def __init__(self, wakes):
+            self.wakes = wakes  # (seconds to wait, bytes); b"": the wake made room only
+
+        def wait_read(self, wait):
+            if not self.wakes:
+                raise Stop(0, "done")
+            pause, data = self.wakes.pop(0)
+            time.sleep(pause() if callable(pause) else pause)
+            self.made_room = not data
+            return data
+
+        def next_deadline(self):
+            return None
+
+        def pump(self, now, counted=True):
+            pass
+
+        def flush(self):
+            pass
+
+    core = Core(time.monotonic() + 0.05)
+    past_due = lambda: max(0.0, core.due - time.monotonic()) + 0.01  # noqa: E731
+    with pytest.raises(Stop):
+        Runner(FakePort([(0, b""), (0, b""), (past_due, b""), (0, b"x")]), core, lambda a, p: None).run()
+    assert calls == ["tick", "idle", "x", "idle"]
+
+    calls.clear()
+    monkeypatch.setattr(shell, "IDLE_WAKE", 0.05)
+    with pytest.raises(Stop):
+        Runner(FakePort([(0.01, b"")] * 30), Core(None), lambda a, p: None).run()
+    assert 2 <= calls.count("idle") < 30, calls
