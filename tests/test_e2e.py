@@ -537,6 +537,30 @@ def test_run_asks_the_sides_for_every_step_only_when_someone_reads_them(monkeypa
     assert seen["o"].progress_interval == float(every)  # handed to both sides (Run.options)
 
 
+def test_run_gives_the_primary_the_buffer_that_decides_the_window_of_large_chunks(monkeypatch):
+    # The NCP keeps buffer // chunk + 1 writes in flight: with the default 32 KiB, chunks of
+    # 64 KiB go one at a time; a primary with 64 KiB for one held chunk takes two.
+    from click.testing import CliRunner
+
+    from dualmcu import runner
+    from dualmcu.cli import main
+
+    seen = []
+
+    class Captured:
+        def __init__(self, o):
+            seen.append(o.primary.ota)
+
+        def run(self):
+            return 0
+
+    monkeypatch.setattr(runner, "Run", Captured)
+    for args in ([], ["--buffer", "64K"]):
+        r = CliRunner().invoke(main, ["run", "--chunk-size", "65535", *args])
+        assert r.exit_code == 0, r.output
+    assert [o.buffer for o in seen] == [32768, 65536]
+
+
 def test_run_hands_each_side_its_whole_configuration_as_one_object(tmp_path):
     # No option goes back through argv: the side gets the run's config objects, and the
     # power cut is drawn from this flash's own page size, not an assumed 4 KiB.

@@ -81,6 +81,22 @@ def test_without_the_extension_one_write_at_a_time_as_the_real_protocol(window, 
         assert s.primary.ep.serves(INTERFACE["dualmcu_otaCapabilities"].uid) is False
 
 
+@pytest.mark.parametrize("buffer,window", [(32 * 1024, 1), (64 * 1024, 2), (200 * 1024, 4)])
+def test_the_primary_s_buffer_bounds_the_window_of_large_chunks(buffer, window):
+    # Beyond the chunk being received, a write in flight may have to wait in the buffer
+    # behind a missing one: chunks of 64 KiB go one at a time in 32 KiB, two at a time in 64.
+    w = InFlight()
+    new = build_image(make_info("1.1.0", "TMPLP", build="Jan  1 2026 00:00:00"), 600_000)
+    s = Simulation(provisioned(tagged("1.0.0", "TMPLP", 30_000), 1 << 20), Shipment.from_bytes(new),
+                   link=LinkConfig(baud=921600, latency=0.001),
+                   primary_config=PrimaryConfig(ota=OtaConfig(chunk_size=65535, buffer=buffer)),
+                   tap_to_primary=w.to_primary, tap_to_ncp=w.to_ncp)
+    assert s.run_update() == "success"
+    assert s.find("ota_window", "ncp")[0]["window"] == window
+    assert w.most == window
+    assert image(s.flash) == new
+
+
 def test_pipelining_is_faster_on_a_link_with_latency():
     times = {}
     for pipeline in (False, True):

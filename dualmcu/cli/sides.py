@@ -18,6 +18,7 @@ from .common import (
     FRAMING,
     JSON,
     PROGRESS_INTERVAL,
+    HOLD_BUFFER,
     WRITE_ANSWER,
     PORT,
     PROBABILITY,
@@ -109,7 +110,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--answer-unknown", is_flag=True, help="Answer unknown uids with status 0x13 (the real driver stays silent).")
 @click.option("--switch-baud", type=click.IntRange(300, 10_000_000), help="After initialising, ask the NCP to switch to this baud rate.")
 @click.option("--window", type=click.IntRange(1, 255), default=8, show_default=True, help="Writes taken in flight (offered through an extension uid); 1 turns the extension off.")
-@click.option("--buffer", "rx_hold", type=Size(), default="32K", show_default=True, help="Bytes of chunks held while an earlier one is missing.")
+@HOLD_BUFFER
 @WRITE_ANSWER
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Keep transfer progress in the boot state and offer resume (an extension uid).")
 @click.option("--package-ram", type=Size(1 << 26), default="64K", show_default=True, help="RAM for applying a package: decompressor state, one chunk and a 4K output buffer must fit, or the package is refused.")
@@ -353,6 +354,7 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--flash-timing", default=FlashTiming().text, show_default=True, metavar="PROG,SECTOR,BLOCK", help="The primary's flash timing in ms (see `dualmcu primary --help`).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Resume an interrupted transfer of the same file (extension).")
 @WRITE_ANSWER
+@HOLD_BUFFER
 @click.option("--trust", "trust_keys", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Public key the primary trusts (repeatable); signed images only.")
 @click.option("--target", "device_target", default="dualmcu/1", show_default=True, help="The primary's target identity for signed images.")
 @click.option("--key", "sign_key", type=click.Path(exists=True, dir_okay=False), help="Private key that signs the factory image (and the demo shipment) when --trust is given.")
@@ -365,8 +367,8 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
               help="Progress events at most this often, and the last one (default: every chunk with --json, "
                    "0.1 s for the progress line; --kill-*-at needs every chunk).")
 def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
-        ota_timeout, commit_timeout, max_defer, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, write_answer, trust_keys,
-        device_target, sign_key, latency, ber, drop,
+        ota_timeout, commit_timeout, max_defer, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, write_answer, rx_hold,
+        trust_keys, device_target, sign_key, latency, ber, drop,
         dup, garbage, stall, stall_time, rx_buffer, rx_poll, disconnects, seed, timeout, workdir, keep, as_json, progress_interval) -> None:
     """Run a complete update between an NCP process and a primary process.
 
@@ -396,7 +398,8 @@ def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, ret
     ncp_cfg = NcpConfig(retries=retries, write_timeout=write_timeout, pipeline=pipeline, resume=resume,
                         max_defer=max_defer, once=True)
     ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, battery=battery, prefetch=prefetch,
-                    timing=FlashTiming(*parse_flash_timing(flash_timing)), write_answer=write_answer)
+                    timing=FlashTiming(*parse_flash_timing(flash_timing)), write_answer=write_answer,
+                    buffer=rx_hold)
     primary_cfg = PrimaryConfig(ota=ota, heartbeat=heartbeat, commit_timeout=commit_timeout,
                                 trust=load_trust(trust_keys, device_target))
     o = RunOptions(firmware=list(firmware), factory=factory, framing=framing, flash=flash, link=link, baud=baud,
