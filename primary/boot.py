@@ -189,7 +189,7 @@ class BootStore(Redundant[BootState]):
     """The boot state in flash pages 1 and 2 (records.py keeps it redundantly)."""
 
     def __init__(self, flash: Flash):
-        super().__init__(flash, flash.geometry.state_offsets, BootState.decode)
+        super().__init__(flash, flash.geometry.state_offsets, BootState.decode, remember=True)
 
 
 @dataclass(frozen=True)

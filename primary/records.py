@@ -25,14 +25,31 @@ R = TypeVar("R", bound=Record)
 
 
 class Redundant(Generic[R]):
-    def __init__(self, flash: Flash, offsets: tuple[int, int], decode: Callable[[bytes], R | None]):
+    """``remember``: keep the last record decoded from each copy, with the bytes it came from,
+    and decode a copy again only when its bytes differ.  Only for a record nobody can change
+    in place (the boot state): a receiver's checkpoint reads both copies twice, and one of
+    them changed since the last checkpoint."""
+
+    def __init__(self, flash: Flash, offsets: tuple[int, int], decode: Callable[[bytes], R | None],
+                 remember: bool = False):
         self.flash = flash
         self.offsets = offsets
         self.decode = decode
+        self._decoded: dict[int, tuple[bytes, R | None]] | None = {} if remember else None
 
     def copies(self) -> list[R | None]:
         page = self.flash.page_size
-        return [self.decode(self.flash.read(off, page)) for off in self.offsets]
+        known = self._decoded
+        if known is None:
+            return [self.decode(self.flash.read(off, page)) for off in self.offsets]
+        out = []
+        for off in self.offsets:
+            raw = self.flash.read(off, page)
+            last = known.get(off)
+            if last is None or last[0] != raw:
+                last = known[off] = (raw, self.decode(raw))
+            out.append(last[1])
+        return out
 
     def load(self) -> R | None:
         valid = [r for r in self.copies() if r is not None]
