@@ -274,17 +274,26 @@ def stolen() -> float:
         return 0.0
 
 
+UNPACED = [
+    # (pipelined, chunk, the primary's --buffer): 32K is its default; with 64K it holds one
+    # chunk of 64 KiB ahead, so those go two at a time.
+    (False, 4080, "32K"), (True, 1024, "32K"), (True, 4080, "32K"), (True, 16384, "32K"), (True, 65535, "32K"),
+    (True, 65535, "64K"),
+]
+
+
 def unpaced(runs: int, factory: str, files: dict[int, str]) -> list[dict]:
     """Each row's runs alternate with plain copies, and the ratio is of their medians: the
     machine's speed drifts by half between minutes on a shared host, a copy measured once
     at the start would not be fair to either.  The window is the one the two sides agreed
-    on: the NCP asks to pipeline, and the primary's 32 KiB buffer decides how many chunks
-    may be held ahead of a missing one (none of 65535 bytes)."""
+    on: the NCP asks to pipeline, and the primary's buffer decides how many chunks may be
+    held ahead of a missing one (none of 65535 bytes in its default 32 KiB)."""
     size = 16 * MiB
     rows = []
-    for pipeline, chunk in ((False, 4080), (True, 1024), (True, 4080), (True, 16384), (True, 65535)):
+    for pipeline, chunk, buffer in UNPACED:
         for every in ("0", "0.1"):  # every chunk (--json), or what a person's progress line needs
-            args = ["--flash-timing", "0,0,0", "--progress-interval", every] + ([] if pipeline else ["--no-pipeline"])
+            args = ["--flash-timing", "0,0,0", "--progress-interval", every, "--buffer", buffer] + \
+                ([] if pipeline else ["--no-pipeline"])
             copies, got = [], []
             steal = -stolen()
             for _ in range(runs):
@@ -294,7 +303,7 @@ def unpaced(runs: int, factory: str, files: dict[int, str]) -> list[dict]:
             transfer = statistics.median(r["phases"]["transfer"] for r in got)
             copy = statistics.median(copies)
             windows = sorted({r["window"] for r in got})
-            rows.append({"mode": "pipelined" if pipeline else "stop-and-wait (--no-pipeline)",
+            rows.append({"mode": "pipelined" if pipeline else "stop-and-wait (--no-pipeline)", "buffer": buffer,
                          "window": windows[0] if len(windows) == 1 else windows, "chunk": chunk, "size": size,
                          "progress": "every chunk" if every == "0" else "every 0.1 s",
                          "transfer_seconds": round(transfer, 3), "copy_seconds": round(copy, 3),
@@ -335,9 +344,9 @@ def main() -> None:
         if "unpaced" in only:
             rows = unpaced(a.runs, factory, files)
             report(rows, a.json, f"\nUnpaced, instant flash, 16 MiB, median of {a.runs} runs",
-                   ["asked", "window", "chunk", "progress events", "transfer", "MB/s", "plain copy",
+                   ["asked", "buffer", "window", "chunk", "progress events", "transfer", "MB/s", "plain copy",
                     "ratio to the copy", "whole command", "CPU the host took meanwhile"],
-                   lambda r: (r["mode"], r["window"], r["chunk"], r["progress"], f"{r['transfer_seconds']} s",
+                   lambda r: (r["mode"], r["buffer"], r["window"], r["chunk"], r["progress"], f"{r['transfer_seconds']} s",
                               r["mb_per_s"], f"{r['copy_seconds']} s", r["ratio_to_copy"], f"{r['whole_seconds']} s",
                               f"{r['host_stole_seconds']} s"))
 
