@@ -117,7 +117,9 @@ def paced(runs: int, factory: str, files: dict[int, str], small: str) -> list[di
     for what, baud, size, pipeline, chunk, answer in PACED:
         args = ["--pace", "--baud", str(baud), "--latency", "0.001", "--chunk-size", str(chunk),
                 "--write-answer", answer] + ([] if pipeline else ["--no-pipeline"])
+        steal = -stolen()
         real = median_run(runs, factory, files[size], size, *args)
+        steal += stolen()
         if (baud, pipeline, chunk, answer) not in fixed:
             fixed[(baud, pipeline, chunk, answer)] = median_run(runs, factory, small, 4096, *args)["whole_seconds"]
         virt = measure(baud, size, pipeline, chunk, "cobs", answer)
@@ -140,7 +142,8 @@ def paced(runs: int, factory: str, files: dict[int, str], small: str) -> list[di
                      "gap_points": round(v_pct - r_pct, 1), "real": real,
                      "virtual_from_offer_seconds": virt["from_offer_seconds"], "virtual_resends": virt["retries"],
                      "fixed_whole_seconds_4k": fixed[(baud, pipeline, chunk, answer)],
-                     "wire_seconds": round(wire, 3), "ideal_seconds": round(ideal, 3)})
+                     "wire_seconds": round(wire, 3), "ideal_seconds": round(ideal, 3),
+                     "host_stole_seconds": round(steal, 2)})
     return rows
 
 
@@ -335,7 +338,7 @@ def main() -> None:
                    ["what", "baud", "image", "chunk", "measure", "real", "virtual", "gap (points)",
                     "real phases: offer>first write / transfer / finish>confirmed", "real from offer (range)",
                     "whole command (a 4 KiB run)", "resends real / virtual",
-                    "added a round trip: real / bare echo"],
+                    "added a round trip: real / bare echo", "CPU the host took meanwhile"],
                    lambda r: (r["what"], r["baud"], f"{r['size'] // 1024} KiB", r["chunk"], r["measure"],
                               f"{r['real_percent']} %", f"{r['virtual_percent']} %", r["gap_points"],
                               " / ".join(f"{v} s" for v in r["real"]["phases"].values()),
@@ -344,7 +347,8 @@ def main() -> None:
                               f"{r['real']['whole_seconds']} s ({r['fixed_whole_seconds_4k']} s)",
                               f"{r['real']['resends']} / {r['virtual_resends']}",
                               "-" if r["echo_floor_us"] is None
-                              else f"{r['added_us_per_round_trip']} / {r['echo_floor_us']} us"))
+                              else f"{r['added_us_per_round_trip']} / {r['echo_floor_us']} us",
+                              f"{r['host_stole_seconds']} s"))
         if "unpaced" in only:
             rows = unpaced(a.runs, factory, files)
             report(rows, a.json, f"\nUnpaced, instant flash, 16 MiB, median of {a.runs} runs",
