@@ -359,11 +359,14 @@ def test_the_shell_takes_no_step_for_a_wake_that_only_let_queued_bytes_out(monke
     no step for them (no tick, no idle work).  A deadline that passes meanwhile still ticks
     the core, and a side whose every wake only lets bytes out still gets a step each
     IDLE_WAKE (signals, --once checks, the silence watchdog)."""
-    import time
+    import types
 
     from dualmcu import shell
     from dualmcu.shell import Runner, Stop
 
+    clock = [1024.0]  # the shell's clock, moved by the port's waits: no real time in the test
+    monkeypatch.setattr(shell, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(shell, "IDLE_WAKE", 1 / 16)  # binary fractions: exact sums
     calls = []
 
     class Core:
@@ -393,13 +396,13 @@ def test_the_shell_takes_no_step_for_a_wake_that_only_let_queued_bytes_out(monke
         reads_first, end, made_room = False, None, False
 
         def __init__(self, wakes):
-            self.wakes = wakes  # (seconds to wait, bytes); b"": the wake made room only
+            self.wakes = wakes  # (seconds the wait took, bytes); b"": it only made room
 
         def wait_read(self, wait):
             if not self.wakes:
                 raise Stop(0, "done")
-            pause, data = self.wakes.pop(0)
-            time.sleep(pause() if callable(pause) else pause)
+            took, data = self.wakes.pop(0)
+            clock[0] += took
             self.made_room = not data
             return data
 
@@ -412,14 +415,14 @@ def test_the_shell_takes_no_step_for_a_wake_that_only_let_queued_bytes_out(monke
         def flush(self):
             pass
 
-    core = Core(time.monotonic() + 0.05)
-    past_due = lambda: max(0.0, core.due - time.monotonic()) + 0.01  # noqa: E731
+    # Two wakes before the deadline, one after it, then bytes.
+    port = FakePort([(0.001, b""), (0.001, b""), (0.02, b""), (0.001, b"x")])
     with pytest.raises(Stop):
-        Runner(FakePort([(0, b""), (0, b""), (past_due, b""), (0, b"x")]), core, lambda a, p: None).run()
+        Runner(port, Core(clock[0] + 0.01), lambda a, p: None).run()
     assert calls == ["tick", "idle", "x", "idle"]
 
+    # No deadline at all, and 30 wakes 1/64 s apart: a step every fourth, at each 1/16 s.
     calls.clear()
-    monkeypatch.setattr(shell, "IDLE_WAKE", 0.05)
     with pytest.raises(Stop):
-        Runner(FakePort([(0.01, b"")] * 30), Core(None), lambda a, p: None).run()
-    assert 2 <= calls.count("idle") < 30, calls
+        Runner(FakePort([(1 / 64, b"")] * 30), Core(None), lambda a, p: None).run()
+    assert calls == ["idle"] * 7

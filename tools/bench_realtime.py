@@ -280,17 +280,18 @@ def stolen() -> float:
 UNPACED = [
     # (pipelined, chunk, the primary's --buffer): 32K is its default; with 64K it holds one
     # chunk of 64 KiB ahead, so those go two at a time.
-    (False, 4080, "32K"), (True, 1024, "32K"), (True, 4080, "32K"), (True, 16384, "32K"), (True, 65535, "32K"),
-    (True, 65535, "64K"),
+    (False, 4080, "32K"), (True, 1024, "32K"), (True, 4080, "32K"), (True, 16384, "32K"),
+    (True, 65535, "32K"), (True, 65535, "64K"),
 ]
 
 
 def unpaced(runs: int, factory: str, files: dict[int, str]) -> list[dict]:
     """Each row's runs alternate with plain copies, and the ratio is the median of each run's
     against the copy just before it: the machine's speed drifts by half between minutes on a
-    shared host, a copy measured once at the start would not be fair to either.  The window is the one the two sides agreed
-    on: the NCP asks to pipeline, and the primary's buffer decides how many chunks may be
-    held ahead of a missing one (none of 65535 bytes in its default 32 KiB)."""
+    shared host, a copy measured once at the start would not be fair to either.  The window
+    is the one the two sides agreed on: the NCP asks to pipeline, and the primary's buffer
+    decides how many chunks may be held ahead of a missing one (none of 65535 bytes in its
+    default 32 KiB)."""
     size = 16 * MiB
     rows = []
     for pipeline, chunk, buffer in UNPACED:
@@ -309,12 +310,14 @@ def unpaced(runs: int, factory: str, files: dict[int, str]) -> list[dict]:
             # minutes, and a pair shares its minute.
             paired = sorted(c / r["phases"]["transfer"] for c, r in zip(copies, got))
             windows = sorted({r["window"] for r in got})
-            rows.append({"mode": "pipelined" if pipeline else "stop-and-wait (--no-pipeline)", "buffer": buffer,
+            rows.append({"mode": "pipelined" if pipeline else "stop-and-wait (--no-pipeline)",
+                         "buffer": buffer,
                          "window": windows[0] if len(windows) == 1 else windows, "chunk": chunk, "size": size,
                          "progress": "every chunk" if every == "0" else "every 0.1 s",
                          "transfer_seconds": round(transfer, 3), "copy_seconds": round(copy, 3),
                          "ratio_to_copy": round(statistics.median(paired), 2),
-                         "pair_ratios": [round(x, 2) for x in paired], "mb_per_s": round(size / transfer / 1e6, 1),
+                         "pair_ratios": [round(x, 2) for x in paired],
+                         "mb_per_s": round(size / transfer / 1e6, 1),
                          "whole_seconds": statistics.median(r["whole_seconds"] for r in got),
                          "host_stole_seconds": round(steal, 2)})
     return rows
@@ -352,12 +355,14 @@ def main() -> None:
         if "unpaced" in only:
             rows = unpaced(a.runs, factory, files)
             report(rows, a.json, f"\nUnpaced, instant flash, 16 MiB, median of {a.runs} runs",
-                   ["asked", "buffer", "window", "chunk", "progress events", "transfer", "MB/s", "plain copy",
-                    "ratio to the copy (pairs: median, range)", "whole command", "CPU the host took meanwhile"],
-                   lambda r: (r["mode"], r["buffer"], r["window"], r["chunk"], r["progress"], f"{r['transfer_seconds']} s",
-                              r["mb_per_s"], f"{r['copy_seconds']} s",
-                              f"{r['ratio_to_copy']} ({r['pair_ratios'][0]}-{r['pair_ratios'][-1]})", f"{r['whole_seconds']} s",
-                              f"{r['host_stole_seconds']} s"))
+                   ["asked", "buffer", "window", "chunk", "progress events", "transfer", "MB/s",
+                    "plain copy", "ratio to the copy (pairs: median, range)", "whole command",
+                    "CPU the host took meanwhile"],
+                   lambda r: (r["mode"], r["buffer"], r["window"], r["chunk"], r["progress"],
+                              f"{r['transfer_seconds']} s", r["mb_per_s"], f"{r['copy_seconds']} s",
+                              f"{r['ratio_to_copy']} "
+                              f"({r['pair_ratios'][0]}-{r['pair_ratios'][-1]})",
+                              f"{r['whole_seconds']} s", f"{r['host_stole_seconds']} s"))
 
 
 if __name__ == "__main__":

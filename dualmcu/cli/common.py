@@ -133,8 +133,9 @@ WRITE_ANSWER = click.option(
 # RAM, not flash: a peer may fill it, so it is bounded far above any MCU's.
 HOLD_BUFFER = click.option(
     "--buffer", "rx_hold", type=Size(1 << 24), default="32K", show_default=True,
-    help="Bytes of chunks the primary holds while an earlier one is missing.  With writes in flight "
-         "the NCP keeps at most buffer // chunk + 1 of them, so chunks larger than it go one at a time.")
+    help="Bytes of chunks the primary holds while an earlier one is missing.  With writes in "
+         "flight the NCP keeps at most buffer // chunk + 1 of them, so chunks larger than it go "
+         "one at a time.")
 PORT = click.option("-p", "--port", required=True, envvar="DUALMCU_PORT", show_envvar=True, callback=resolve_port,
                     help="Port path or pyserial URL (/dev/ttyUSB0, COM3, socket://HOST:PORT, rfc2217://HOST:PORT, "
                          "loop://), or auto for the one USB-serial port present.")

@@ -16,9 +16,9 @@ from .common import (
     DEFAULT_FLASH,
     FLASH_HELP_DEFAULT,
     FRAMING,
+    HOLD_BUFFER,
     JSON,
     PROGRESS_INTERVAL,
-    HOLD_BUFFER,
     WRITE_ANSWER,
     PORT,
     PROBABILITY,
@@ -398,8 +398,8 @@ def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, ret
     ncp_cfg = NcpConfig(retries=retries, write_timeout=write_timeout, pipeline=pipeline, resume=resume,
                         max_defer=max_defer, once=True)
     ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, battery=battery, prefetch=prefetch,
-                    timing=FlashTiming(*parse_flash_timing(flash_timing)), write_answer=write_answer,
-                    buffer=rx_hold)
+                    timing=FlashTiming(*parse_flash_timing(flash_timing)),
+                    write_answer=write_answer, buffer=rx_hold)
     primary_cfg = PrimaryConfig(ota=ota, heartbeat=heartbeat, commit_timeout=commit_timeout,
                                 trust=load_trust(trust_keys, device_target))
     o = RunOptions(firmware=list(firmware), factory=factory, framing=framing, flash=flash, link=link, baud=baud,
