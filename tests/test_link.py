@@ -294,6 +294,49 @@ def test_wait_for_polls_the_last_stretch_before_a_deadline():
 
 
 
+class RecordingCore:
+    """A core for the shell's loop that records what the loop asks of it: the bytes it is
+    handed, its ticks and its idle work.  ``ended`` is how many frames receive() says any
+    bytes end."""
+
+    actions: list = []
+
+    def __init__(self, due, ended):
+        self.due, self.ended, self.calls = due, ended, []
+
+    def receive(self, data, now):
+        self.calls.append(data.decode())
+        return self.ended
+
+    def tick(self, now):
+        self.calls.append("tick")
+        self.due = None
+
+    def next_deadline(self):
+        return self.due
+
+    def data_to_send(self):
+        return b""
+
+    def idle(self):
+        self.calls.append("idle")
+
+
+class QuietPort:
+    """What the shell's loop asks of a port beyond reading: nothing paced, nothing to send."""
+
+    end = None
+
+    def next_deadline(self):
+        return None
+
+    def pump(self, now, counted=True):
+        pass
+
+    def flush(self):
+        pass
+
+
 def test_the_shell_skips_the_step_for_bytes_that_only_continue_a_frame_but_not_a_deadline():
     """A pty hands over 4 KiB a read, so a 64 KiB write is sixteen reads; for the fifteen
     that only continue a frame (receive says it ended none) the shell neither ticks, flushes
@@ -302,55 +345,25 @@ def test_the_shell_skips_the_step_for_bytes_that_only_continue_a_frame_but_not_a
 
     from dualmcu.shell import Runner, Stop
 
-    calls = []
+    core = RecordingCore(time.monotonic() + 0.05, ended=0)  # every byte only continues a frame
 
-    class Core:
-        actions: list = []
-        due = time.monotonic() + 0.05
-
-        def receive(self, data, now):
-            calls.append(data.decode())
-            return 0  # every byte only continues a frame
-
-        def tick(self, now):
-            calls.append("tick")
-            self.due = None
-
-        def next_deadline(self):
-            return self.due
-
-        def data_to_send(self):
-            return b""
-
-        def idle(self):
-            calls.append("idle")
-
-    class FakePort:
-        reads_first, end = True, None
+    class FakePort(QuietPort):
+        reads_first = True
         reads = ["a", "b", "c"]
 
         def read_waiting(self):
             if not self.reads:
                 raise Stop(0, "done")
             if self.reads[0] == "b":
-                time.sleep(max(0.0, Core.due - time.monotonic()) + 0.01)  # "b" comes after the deadline
+                time.sleep(max(0.0, core.due - time.monotonic()) + 0.01)  # "b" comes after the deadline
             return self.reads.pop(0).encode()
 
         def wait_read(self, wait):
             return self.read_waiting()
 
-        def next_deadline(self):
-            return None
-
-        def pump(self, now, counted=True):
-            pass
-
-        def flush(self):
-            pass
-
     with pytest.raises(Stop):
-        Runner(FakePort(), Core(), lambda a, p: None).run()
-    assert calls == ["a", "b", "tick", "idle", "c"]
+        Runner(FakePort(), core, lambda a, p: None).run()
+    assert core.calls == ["a", "b", "tick", "idle", "c"]
 
 
 def test_the_shell_takes_no_step_for_a_wake_that_only_let_queued_bytes_out(monkeypatch):
@@ -367,33 +380,9 @@ def test_the_shell_takes_no_step_for_a_wake_that_only_let_queued_bytes_out(monke
     clock = [1024.0]  # the shell's clock, moved by the port's waits: no real time in the test
     monkeypatch.setattr(shell, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     monkeypatch.setattr(shell, "IDLE_WAKE", 1 / 16)  # binary fractions: exact sums
-    calls = []
 
-    class Core:
-        actions: list = []
-
-        def __init__(self, due):
-            self.due = due
-
-        def receive(self, data, now):
-            calls.append(data.decode())
-            return 1
-
-        def tick(self, now):
-            calls.append("tick")
-            self.due = None
-
-        def next_deadline(self):
-            return self.due
-
-        def data_to_send(self):
-            return b""
-
-        def idle(self):
-            calls.append("idle")
-
-    class FakePort:
-        reads_first, end, made_room = False, None, False
+    class FakePort(QuietPort):
+        reads_first, made_room = False, False
 
         def __init__(self, wakes):
             self.wakes = wakes  # (seconds the wait took, bytes); b"": it only made room
@@ -406,23 +395,15 @@ def test_the_shell_takes_no_step_for_a_wake_that_only_let_queued_bytes_out(monke
             self.made_room = not data
             return data
 
-        def next_deadline(self):
-            return None
-
-        def pump(self, now, counted=True):
-            pass
-
-        def flush(self):
-            pass
-
     # Two wakes before the deadline, one after it, then bytes.
+    core = RecordingCore(clock[0] + 0.01, ended=1)
     port = FakePort([(0.001, b""), (0.001, b""), (0.02, b""), (0.001, b"x")])
     with pytest.raises(Stop):
-        Runner(port, Core(clock[0] + 0.01), lambda a, p: None).run()
-    assert calls == ["tick", "idle", "x", "idle"]
+        Runner(port, core, lambda a, p: None).run()
+    assert core.calls == ["tick", "idle", "x", "idle"]
 
     # No deadline at all, and 30 wakes 1/64 s apart: a step every fourth, at each 1/16 s.
-    calls.clear()
+    core = RecordingCore(None, ended=1)
     with pytest.raises(Stop):
-        Runner(FakePort([(1 / 64, b"")] * 30), Core(None), lambda a, p: None).run()
-    assert calls == ["idle"] * 7
+        Runner(FakePort([(1 / 64, b"")] * 30), core, lambda a, p: None).run()
+    assert core.calls == ["idle"] * 7
