@@ -355,7 +355,8 @@ def test_the_shell_skips_the_step_for_bytes_that_only_continue_a_frame_but_not_a
             if not self.reads:
                 raise Stop(0, "done")
             if self.reads[0] == "b":
-                time.sleep(max(0.0, core.due - time.monotonic()) + 0.01)  # "b" comes after the deadline
+                # "b" comes after the deadline
+                time.sleep(max(0.0, core.due - time.monotonic()) + 0.01)
             return self.reads.pop(0).encode()
 
         def wait_read(self, wait):
