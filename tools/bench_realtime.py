@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Real time, as a user clocks it: `dualmcu run` in real processes, next to the virtual clock.
 
-    .venv/bin/python tools/bench_realtime.py [--json] [--runs 3] [--only paced|unpaced]
+    .venv/bin/python tools/bench_realtime.py [--json] [--runs 3] [--only paced|unpaced] [--chunk N]
 
 Each row runs the command a user runs, `dualmcu run --pace --baud B --latency 0.001 --json`,
 from a start of its own, and reads the processes' events (both sides count their time from the
@@ -277,6 +277,9 @@ def stolen() -> float:
         return 0.0
 
 
+# A pair (a copy and a run, about 2.5 s) the host took at most this much CPU from is quiet.
+QUIET = 0.05
+
 UNPACED = [
     # (pipelined, chunk, the primary's --buffer): 32K is its default; with 64K it holds one
     # chunk of 64 KiB ahead, so those go two at a time.
@@ -285,7 +288,7 @@ UNPACED = [
 ]
 
 
-def unpaced(runs: int, factory: str, files: dict[int, str]) -> list[dict]:
+def unpaced(runs: int, factory: str, files: dict[int, str], chunks: list[int]) -> list[dict]:
     """Each row's runs alternate with plain copies, and the ratio is the median of each run's
     against the copy just before it: the machine's speed drifts by half between minutes on a
     shared host, a copy measured once at the start would not be fair to either.  The window
@@ -295,20 +298,27 @@ def unpaced(runs: int, factory: str, files: dict[int, str]) -> list[dict]:
     size = 16 * MiB
     rows = []
     for pipeline, chunk, buffer in UNPACED:
+        if chunks and chunk not in chunks:
+            continue
         for every in ("0", "0.1"):  # every chunk (--json), or what a person's progress line needs
             args = ["--flash-timing", "0,0,0", "--progress-interval", every, "--buffer", buffer] + \
                 ([] if pipeline else ["--no-pipeline"])
-            copies, got = [], []
-            steal = -stolen()
+            copies, got, stole = [], [], []
             for _ in range(runs):
+                before = stolen()
                 copies.append(plain_copy(size))
                 got.append(run(factory, files[size], size, "--chunk-size", str(chunk), *args))
-            steal += stolen()
+                stole.append(stolen() - before)
+            steal = sum(stole)
             transfer = statistics.median(r["phases"]["transfer"] for r in got)
             copy = statistics.median(copies)
             # Each run against the copy made just before it: the host's speed drifts between
             # minutes, and a pair shares its minute.
-            paired = sorted(c / r["phases"]["transfer"] for c, r in zip(copies, got))
+            pairs = [(c / r["phases"]["transfer"], t) for c, r, t in zip(copies, got, stole)]
+            paired = sorted(ratio for ratio, _ in pairs)
+            # The pairs the host took (next to) nothing from: the CPU it gives other guests
+            # slows the copy and the run unevenly, so a busy minute says little either way.
+            quiet = sorted(ratio for ratio, t in pairs if t <= QUIET)
             windows = sorted({r["window"] for r in got})
             rows.append({"mode": "pipelined" if pipeline else "stop-and-wait (--no-pipeline)",
                          "buffer": buffer,
@@ -317,6 +327,9 @@ def unpaced(runs: int, factory: str, files: dict[int, str]) -> list[dict]:
                          "transfer_seconds": round(transfer, 3), "copy_seconds": round(copy, 3),
                          "ratio_to_copy": round(statistics.median(paired), 2),
                          "pair_ratios": [round(x, 2) for x in paired],
+                         "quiet_pair_ratios": [round(x, 2) for x in quiet],
+                         "pairs": [{"copy": round(c, 3), "transfer": round(r["phases"]["transfer"], 3),
+                                    "host_stole": round(t, 2)} for c, r, t in zip(copies, got, stole)],
                          "mb_per_s": round(size / transfer / 1e6, 1),
                          "whole_seconds": statistics.median(r["whole_seconds"] for r in got),
                          "host_stole_seconds": round(steal, 2)})
@@ -328,9 +341,14 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--runs", type=int, default=3, help="Runs of each row; the median is reported.")
     ap.add_argument("--only", choices=["paced", "unpaced"], action="append")
+    ap.add_argument("--chunk", type=int, action="append", default=[],
+                    help="Only the unpaced rows of this chunk size (repeatable).")
     a = ap.parse_args()
     if a.runs < 1:
         ap.error("--runs must be at least 1")
+    sizes = sorted({chunk for _, chunk, _ in UNPACED})
+    if not set(a.chunk) <= set(sizes):
+        ap.error(f"--chunk: the unpaced rows have chunks of {', '.join(map(str, sizes))} bytes")
     only = set(a.only or ["paced", "unpaced"])
     with tempfile.TemporaryDirectory() as tmp:
         factory, files = images(tmp, [4096, MiB, 4 * MiB, 16 * MiB])
@@ -353,15 +371,17 @@ def main() -> None:
                               else f"{r['added_us_per_round_trip']} / {r['echo_floor_us']} us",
                               f"{r['host_stole_seconds']} s"))
         if "unpaced" in only:
-            rows = unpaced(a.runs, factory, files)
+            rows = unpaced(a.runs, factory, files, a.chunk)
             report(rows, a.json, f"\nUnpaced, instant flash, 16 MiB, median of {a.runs} runs",
                    ["asked", "buffer", "window", "chunk", "progress events", "transfer", "MB/s",
-                    "plain copy", "ratio to the copy (pairs: median, range)", "whole command",
-                    "CPU the host took meanwhile"],
+                    "plain copy", "ratio to the copy (pairs: median, range)",
+                    "quiet pairs: median (how many)", "whole command", "CPU the host took meanwhile"],
                    lambda r: (r["mode"], r["buffer"], r["window"], r["chunk"], r["progress"],
                               f"{r['transfer_seconds']} s", r["mb_per_s"], f"{r['copy_seconds']} s",
                               f"{r['ratio_to_copy']} "
                               f"({r['pair_ratios'][0]}-{r['pair_ratios'][-1]})",
+                              f"{statistics.median(r['quiet_pair_ratios'])} ({len(r['quiet_pair_ratios'])})"
+                              if r["quiet_pair_ratios"] else "- (0)",
                               f"{r['whole_seconds']} s", f"{r['host_stole_seconds']} s"))
 
 
