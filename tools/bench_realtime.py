@@ -331,7 +331,7 @@ def unpaced(runs: int, factory: str, files: dict[int, str], chunks: list[int]) -
                          "pairs": [{"copy": round(c, 3), "transfer": round(r["phases"]["transfer"], 3),
                                     "host_stole": round(t, 2)} for c, r, t in zip(copies, got, stole)],
                          "mb_per_s": round(size / transfer / 1e6, 1),
-                         "whole_seconds": statistics.median(r["whole_seconds"] for r in got),
+                         "whole_seconds": round(statistics.median(r["whole_seconds"] for r in got), 3),
                          "host_stole_seconds": round(steal, 2)})
     return rows
 
@@ -380,7 +380,7 @@ def main() -> None:
                               f"{r['transfer_seconds']} s", r["mb_per_s"], f"{r['copy_seconds']} s",
                               f"{r['ratio_to_copy']} "
                               f"({r['pair_ratios'][0]}-{r['pair_ratios'][-1]})",
-                              f"{statistics.median(r['quiet_pair_ratios'])} ({len(r['quiet_pair_ratios'])})"
+                              f"{round(statistics.median(r['quiet_pair_ratios']), 2)} ({len(r['quiet_pair_ratios'])})"
                               if r["quiet_pair_ratios"] else "- (0)",
                               f"{r['whole_seconds']} s", f"{r['host_stole_seconds']} s"))
 
