@@ -582,8 +582,8 @@ class Runner:
                         self.watchdog.bytes += len(data)
                     if core.receive(data, now) == 0 and (deadline is None or deadline > now):
                         # The bytes only continued a frame: nothing the core sends, does or
-                        # waits for has changed, so the step ends here.  A pty reads 4 KiB at a
-                        # time, so this is fifteen of the sixteen reads of a 64 KiB write.
+                        # waits for has changed, so the step ends here.  A pty hands over 4 to
+                        # 6 KiB a read, so this is ten of eleven reads of a 64 KiB write.
                         if self.events is not None:
                             self.events.release()
                         if self.watchdog is not None:
