@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Real time, as a user clocks it: `dualmcu run` in real processes, next to the virtual clock.
 
-    .venv/bin/python tools/bench_realtime.py [--json] [--runs 3] [--only paced|unpaced] [--chunk N]
+    .venv/bin/python tools/bench_realtime.py [--json] [--runs 3] [--only paced|unpaced]
+                                             [--chunk N]
 
 Each row runs the command a user runs, `dualmcu run --pace --baud B --latency 0.001 --json`,
 from a start of its own, and reads the processes' events (both sides count their time from the
@@ -328,12 +329,20 @@ def unpaced(runs: int, factory: str, files: dict[int, str], chunks: list[int]) -
                          "ratio_to_copy": round(statistics.median(paired), 2),
                          "pair_ratios": [round(x, 2) for x in paired],
                          "quiet_pair_ratios": [round(x, 2) for x in quiet],
-                         "pairs": [{"copy": round(c, 3), "transfer": round(r["phases"]["transfer"], 3),
-                                    "host_stole": round(t, 2)} for c, r, t in zip(copies, got, stole)],
+                         "pairs": [{"copy": round(c, 3),
+                                    "transfer": round(r["phases"]["transfer"], 3),
+                                    "host_stole": round(t, 2)}
+                                   for c, r, t in zip(copies, got, stole)],
                          "mb_per_s": round(size / transfer / 1e6, 1),
-                         "whole_seconds": round(statistics.median(r["whole_seconds"] for r in got), 3),
+                         "whole_seconds": round(statistics.median(r["whole_seconds"] for r in got),
+                                                3),
                          "host_stole_seconds": round(steal, 2)})
     return rows
+
+
+def quiet_cell(ratios: list[float]) -> str:
+    """The quiet pairs' median ratio and how many there were."""
+    return f"{round(statistics.median(ratios), 2)} ({len(ratios)})" if ratios else "- (0)"
 
 
 def main() -> None:
@@ -375,13 +384,13 @@ def main() -> None:
             report(rows, a.json, f"\nUnpaced, instant flash, 16 MiB, median of {a.runs} runs",
                    ["asked", "buffer", "window", "chunk", "progress events", "transfer", "MB/s",
                     "plain copy", "ratio to the copy (pairs: median, range)",
-                    "quiet pairs: median (how many)", "whole command", "CPU the host took meanwhile"],
+                    "quiet pairs: median (how many)", "whole command",
+                    "CPU the host took meanwhile"],
                    lambda r: (r["mode"], r["buffer"], r["window"], r["chunk"], r["progress"],
                               f"{r['transfer_seconds']} s", r["mb_per_s"], f"{r['copy_seconds']} s",
                               f"{r['ratio_to_copy']} "
                               f"({r['pair_ratios'][0]}-{r['pair_ratios'][-1]})",
-                              f"{round(statistics.median(r['quiet_pair_ratios']), 2)} ({len(r['quiet_pair_ratios'])})"
-                              if r["quiet_pair_ratios"] else "- (0)",
+                              quiet_cell(r["quiet_pair_ratios"]),
                               f"{r['whole_seconds']} s", f"{r['host_stole_seconds']} s"))
 
 
