@@ -293,7 +293,6 @@ def test_wait_for_polls_the_last_stretch_before_a_deadline():
     assert wait_for(9.0, 10.0, 0.5) == 0.0  # a deadline already passed
 
 
-
 class RecordingCore:
     """A core for the shell's loop that records what the loop asks of it: the bytes it is
     handed, its ticks and its idle work.  ``ended`` is how many frames receive() says any
@@ -338,9 +337,9 @@ class QuietPort:
 
 
 def test_the_shell_skips_the_step_for_bytes_that_only_continue_a_frame_but_not_a_deadline():
-    """A pty hands over 4 KiB a read, so a 64 KiB write is sixteen reads; for the fifteen
-    that only continue a frame (receive says it ended none) the shell neither ticks, flushes
-    nor runs idle work.  A deadline that passes meanwhile still ticks the core on time."""
+    """A pty hands over 4 to 6 KiB a read, so a 64 KiB write is eleven to sixteen reads; for
+    those that only continue a frame (receive says it ended none) the shell neither ticks,
+    flushes nor runs idle work.  A deadline that passes meanwhile still ticks the core on time."""
     import time
 
     from dualmcu.shell import Runner, Stop
