@@ -149,7 +149,8 @@ class Run:
         self.killed: set[subprocess.Popen] = set()
         self.progress = Progress(sys.stderr)
         self.state: dict = {"installed": None, "confirmed": None, "ncp_outcome": None, "retries": 0,
-                            "offset": 0, "old_version": None, "primary_kills": 0, "ncp_kills": 0, "power_cuts": 0}
+                            "offset": 0, "old_version": None, "primary_kills": 0, "ncp_kills": 0, "power_cuts": 0,
+                            "rolled_back": False, "back_on": None}
         self.spawned: dict[str, int] = {"ncp": 0, "primary": 0}
         self.peak_rss: dict[str, int] = {"ncp": 0, "primary": 0}  # KiB, most of any incarnation
         self._rss_at = 0.0
@@ -315,6 +316,9 @@ class Run:
         if verdict is not None:
             return verdict
         st = self.state
+        if st["ncp_outcome"] == "rollback" and st["back_on"] is not None:
+            return ExitCode.FAILED, (f"rolled back to {st['back_on']} "
+                                     f"({st.get('rollback_reason') or 'reason unknown'}); the old image runs, confirmed")
         if st["confirmed"] == self.new_version and st["ncp_outcome"] == "success":
             return ExitCode.OK, f"updated {st['old_version']} -> {self.new_version}, confirmed"
         if st["ncp_outcome"] == "up_to_date":
@@ -369,16 +373,19 @@ class Run:
         kind = ev.get("event")
         if kind == Event.ROLLBACK:
             self.state["rollback_reason"] = ev.get("reason")
+            self.state["rolled_back"] = True
         elif kind == Event.OTA_DEFERRED:
             self.state["deferred_reason"] = ev.get("reason")
         self.tell(f"primary {kind}: " + detail({k: v for k, v in ev.items() if k not in ("side", "event", "t")}))
 
-    def _ready(self, ev: dict) -> Verdict | None:
-        if self.state["ncp_outcome"] != "rollback":
-            return None
-        # The old image is back, confirmed, and talking to the NCP: the rollback is done.
-        return ExitCode.FAILED, (f"rolled back to {ev.get('version')} "
-                                 f"({self.state.get('rollback_reason') or 'reason unknown'}); the old image runs, confirmed")
+    def _ready(self, ev: dict) -> None:
+        # The two sides' lines reach this queue in no set order: the primary's READY after its
+        # rollback may come before or after the NCP's outcome. Each side's own lines keep their
+        # order, so a READY that follows the primary's ROLLBACK is the old image back, confirmed
+        # and talking to the NCP; the run ends once the NCP's outcome says rollback too.
+        st = self.state
+        if st["rolled_back"] or st["ncp_outcome"] == "rollback":
+            st["back_on"] = ev.get("version")
 
     def _installed(self, ev: dict) -> None:
         self.state["installed"] = ev.get("version")

@@ -110,6 +110,31 @@ def test_run_with_a_hanging_build_ends_once_the_old_image_runs_again(tmp_path):
     assert d["counters"]["rollbacks"] == 1 and d["config"]["schema"] == 1
 
 
+@pytest.mark.parametrize("at", [4, 5, 6, 7])
+def test_a_rollback_ends_the_run_whichever_side_is_heard_first(at):
+    """The sides' lines reach the run through one queue, each side's in order but the two
+    interleaved in no set order. The NCP's outcome follows the primary's boot of the old image
+    on the wire, yet may be heard anywhere from the primary's COMMIT_TIMEOUT on. A run once
+    waited forever when the primary's READY after its rollback came before the outcome."""
+    from dualmcu.runner import Run, RunOptions
+
+    run = Run(RunOptions())
+    run.new_version = "9.0.0"
+    primary = [{"side": "primary", "event": Event.BOOTED, "version": "1.0.0", "slot": "A"},
+               {"side": "primary", "event": Event.READY, "version": "1.0.0"},
+               {"side": "primary", "event": Event.BOOTED, "version": "9.0.0", "slot": "B", "trial": True},
+               {"side": "primary", "event": Event.COMMIT_TIMEOUT, "waited": 2.0},
+               {"side": "primary", "event": Event.ROLLBACK, "reason": "commit_timeout"},
+               {"side": "primary", "event": Event.BOOTED, "version": "1.0.0", "slot": "A"},
+               {"side": "primary", "event": Event.READY, "version": "1.0.0"}]
+    outcome = {"side": "ncp", "event": Event.OTA_OUTCOME, "outcome": "rollback"}
+    stream = [*primary[:at], outcome, *primary[at:]]
+    verdicts = [run.on_event(dict(ev)) for ev in stream]
+    # The first READY, before the update, ends nothing; the last line heard ends the run.
+    assert verdicts[:-1] == [None] * (len(stream) - 1)
+    assert verdicts[-1] == (1, "rolled back to 1.0.0 (commit_timeout); the old image runs, confirmed")
+
+
 def test_side_alone_on_a_missing_port_fails_clearly(tmp_path):
     factory = tmp_path / "factory.bin"
     factory.write_bytes(build_image(make_info("2.0.0", "TMPLE2E", build="Jan  1 2026 00:00:00"), 20_000))
