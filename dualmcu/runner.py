@@ -149,8 +149,8 @@ class Run:
         self.killed: set[subprocess.Popen] = set()
         self.progress = Progress(sys.stderr)
         self.state: dict = {"installed": None, "confirmed": None, "ncp_outcome": None, "retries": 0,
-                            "offset": 0, "old_version": None, "primary_kills": 0, "ncp_kills": 0, "power_cuts": 0,
-                            "rolled_back": False, "back_on": None}
+                            "offset": 0, "old_version": None, "primary_kills": 0, "ncp_kills": 0,
+                            "power_cuts": 0, "rolled_back": False, "back_on": None}
         self.spawned: dict[str, int] = {"ncp": 0, "primary": 0}
         self.peak_rss: dict[str, int] = {"ncp": 0, "primary": 0}  # KiB, most of any incarnation
         self._rss_at = 0.0
@@ -317,8 +317,9 @@ class Run:
             return verdict
         st = self.state
         if st["ncp_outcome"] == "rollback" and st["back_on"] is not None:
-            return ExitCode.FAILED, (f"rolled back to {st['back_on']} "
-                                     f"({st.get('rollback_reason') or 'reason unknown'}); the old image runs, confirmed")
+            why = st.get("rollback_reason") or "reason unknown"
+            return ExitCode.FAILED, (f"rolled back to {st['back_on']} ({why}); "
+                                     "the old image runs, confirmed")
         if st["confirmed"] == self.new_version and st["ncp_outcome"] == "success":
             return ExitCode.OK, f"updated {st['old_version']} -> {self.new_version}, confirmed"
         if st["ncp_outcome"] == "up_to_date":

@@ -122,7 +122,8 @@ def test_a_rollback_ends_the_run_whichever_side_is_heard_first(at):
     run.new_version = "9.0.0"
     primary = [{"side": "primary", "event": Event.BOOTED, "version": "1.0.0", "slot": "A"},
                {"side": "primary", "event": Event.READY, "version": "1.0.0"},
-               {"side": "primary", "event": Event.BOOTED, "version": "9.0.0", "slot": "B", "trial": True},
+               {"side": "primary", "event": Event.BOOTED, "version": "9.0.0", "slot": "B",
+                "trial": True},
                {"side": "primary", "event": Event.COMMIT_TIMEOUT, "waited": 2.0},
                {"side": "primary", "event": Event.ROLLBACK, "reason": "commit_timeout"},
                {"side": "primary", "event": Event.BOOTED, "version": "1.0.0", "slot": "A"},
@@ -132,7 +133,8 @@ def test_a_rollback_ends_the_run_whichever_side_is_heard_first(at):
     verdicts = [run.on_event(dict(ev)) for ev in stream]
     # The first READY, before the update, ends nothing; the last line heard ends the run.
     assert verdicts[:-1] == [None] * (len(stream) - 1)
-    assert verdicts[-1] == (1, "rolled back to 1.0.0 (commit_timeout); the old image runs, confirmed")
+    assert verdicts[-1] == (1, "rolled back to 1.0.0 (commit_timeout); "
+                               "the old image runs, confirmed")
 
 
 def test_side_alone_on_a_missing_port_fails_clearly(tmp_path):
