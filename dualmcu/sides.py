@@ -114,7 +114,10 @@ def run_ncp(o: NcpOptions) -> int:
             return None
         return (ExitCode.OK if out in ("success", "up_to_date") else ExitCode.FAILED), out
 
-    return _serve(o.port, o.baud, o.framing, make, on_action, emit, verdict=verdict, wire=o.wire)
+    port = open_side_port(o.port, o.baud, o.wire)
+    if port is None:
+        return ExitCode.IO
+    return _serve(port, o.port, o.baud, o.framing, make, on_action, emit, verdict=verdict)
 
 
 @dataclass
@@ -172,13 +175,22 @@ def read_factory_image(path: str) -> bytes:
     return image
 
 
-def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit, trust=None,
-               identity: Identity | None = None, endurance: int = DEFAULT_ENDURANCE) -> Flash:
-    """Open (or make) the flash file; give a blank one its factory image."""
+def factory_for(path: str, provision: str | None) -> bytes | None:
+    """The factory image for the flash file at ``path``, checked before anything is opened."""
     image = read_factory_image(provision) if provision else None
     if image is None and not os.path.exists(path):
         # Refused before anything is made: a blank flash file would only hide the mistake.
         raise ValueError(f"no flash file at {path}: give --provision IMAGE to make one with its factory image")
+    return image
+
+
+def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit, trust=None,
+               identity: Identity | None = None, endurance: int = DEFAULT_ENDURANCE,
+               image: bytes | None = None) -> Flash:
+    """Open (or make) the flash file; give a blank one its factory image (``image``, when
+    :func:`factory_for` has read it already)."""
+    if image is None:
+        image = factory_for(path, provision)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     flash = Flash.open(path, geometry, identity=identity, endurance=endurance)
     try:
@@ -199,9 +211,32 @@ def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit
 def run_primary(o: PrimaryOptions) -> int:
     emit = EventPrinter("primary", o.as_json, o.verbose, progress_interval=o.progress_interval, start=o.start)
     try:
-        flash = open_flash(o.flash, o.geometry, o.provision, emit, o.config.trust, o.identity, o.endurance)
-    except (ValueError, OSError, FlashError) as e:
+        image = factory_for(o.flash, o.provision)
+    except (ValueError, OSError) as e:
         print(f"error: {shown(e)}", file=sys.stderr)
+        return ExitCode.USAGE
+
+    def opened() -> Flash | None:
+        try:
+            return open_flash(o.flash, o.geometry, o.provision, emit, o.config.trust, o.identity,
+                              o.endurance, image=image)
+        except (ValueError, OSError, FlashError) as e:
+            print(f"error: {shown(e)}", file=sys.stderr)
+            return None
+
+    # An existing flash file is opened first: one in use by another primary, or not a flash
+    # file at all, is the first thing to say. A new one is made once the port is open, so a
+    # wrong port leaves no file behind to be found provisioned with the failed try's image.
+    flash = opened() if os.path.exists(o.flash) else None
+    if flash is None and os.path.exists(o.flash):
+        return ExitCode.USAGE
+    port = open_side_port(o.port, o.baud, o.wire)
+    if port is None:
+        if flash is not None:
+            flash.close()
+        return ExitCode.IO
+    if flash is None and (flash := opened()) is None:
+        port.close()
         return ExitCode.USAGE
     base = flash.ops
     flash.interrupt = power_cut_hook(o.power_cut_at, o.power_cut_seed, o.power_cut_within, base)
@@ -243,7 +278,7 @@ def run_primary(o: PrimaryOptions) -> int:
             raise Stop(*outcome["end"])
 
     try:
-        return _serve(o.port, o.baud, o.framing, make, on_action, emit, check_once, wire=o.wire)
+        return _serve(port, o.port, o.baud, o.framing, make, on_action, emit, check_once)
     except PowerCut as cut:
         emit(Event.POWER_CUT, op=cut.op - base, operation=cut.kind, applied=cut.applied)
         return ExitCode.POWER_CUT
@@ -251,13 +286,17 @@ def run_primary(o: PrimaryOptions) -> int:
         flash.close()
 
 
-def _serve(url: str, baud: int, framing: str, make, on_action, emit, check=None, verdict=None,
-           wire: Wire | None = None) -> int:
+def open_side_port(url: str, baud: int, wire: Wire | None) -> Port | None:
+    """The side's port, or None once the reason it cannot be opened has been said."""
     try:
-        port = Port.of(wire) if wire is not None else Port(open_port(url, baud))
+        return Port.of(wire) if wire is not None else Port(open_port(url, baud))
     except (PortError, OSError) as e:
         print(f"error: {shown(e)}", file=sys.stderr)
-        return ExitCode.IO
+        return None
+
+
+def _serve(port: Port, url: str, baud: int, framing: str, make, on_action, emit, check=None,
+           verdict=None) -> int:
     emit(Event.PORT_OPEN, t=time.monotonic(), port=url, baud=baud, clock_origin=emit.origin_utc())
     try:
         runner = Runner(port, make(time.monotonic()), on_action, check, Silence(emit, framing, baud), emit)

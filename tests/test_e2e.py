@@ -142,6 +142,9 @@ def test_side_alone_on_a_missing_port_fails_clearly(tmp_path):
     factory.write_bytes(build_image(make_info("2.0.0", "TMPLE2E", build="Jan  1 2026 00:00:00"), 20_000))
     r = dualmcu("primary", "--port", "/dev/does-not-exist", "--flash", tmp_path / "f", "--provision", factory)
     assert r.returncode == 3 and b"no port at /dev/does-not-exist" in r.stderr
+    # A wrong port leaves no flash file behind: the command given again with the right port
+    # provisions the image it is given then.
+    assert not (tmp_path / "f").exists()
     # A factory image the device could not describe is refused first, before port and flash.
     r = dualmcu("primary", "--port", "/dev/does-not-exist", "--flash", tmp_path / "g", "--provision", __file__)
     assert r.returncode == 2 and b"firmware tag" in r.stderr and not (tmp_path / "g").exists()

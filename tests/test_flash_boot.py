@@ -355,6 +355,10 @@ def test_flash_endurance_reaches_the_flash_the_primary_opens(tmp_path, monkeypat
 
     image = tmp_path / "fw.bin"
     image.write_bytes(OLD)
+    # A flash file that exists is opened before the port (a new one only once the port is
+    # open), so /dev/null, not a port, ends the run after the open this test looks at.
+    path = tmp_path / "f.flash"
+    Flash.open(path, Geometry(4096, 64 * 1024)).close()
     opened = []
     real_open = Flash.open
 
@@ -364,6 +368,6 @@ def test_flash_endurance_reaches_the_flash_the_primary_opens(tmp_path, monkeypat
         return f
 
     monkeypatch.setattr(Flash, "open", spy)
-    r = CliRunner().invoke(main, ["primary", "-p", "/dev/null", "--flash", str(tmp_path / "f.flash"),
+    r = CliRunner().invoke(main, ["primary", "-p", "/dev/null", "--flash", str(path),
                                   "--provision", str(image), "--slot-size", "64K", "--flash-endurance", "7"])
-    assert opened == [7], (opened, r.output)  # then /dev/null, not a port, ends the run
+    assert opened == [7], (opened, r.output)
