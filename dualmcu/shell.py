@@ -21,6 +21,7 @@ import stat
 import struct
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -68,7 +69,35 @@ class PortError(Exception):
     """A port that cannot be opened or used, said in words a user can act on."""
 
 
+def check_host_url(url: str) -> None:
+    """A socket:// or rfc2217:// URL is HOST:PORT, checked here: pyserial's own message for a
+    bad one is a formatting error of its own (``'debug|info|warning|error'``)."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("socket", "rfc2217"):
+        return
+    form = f"expected {scheme}://HOST:PORT with a port from 1 to 65535"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None or not 1 <= port <= 65535:
+        raise PortError(f"cannot open {url}: {form}")
+    options = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    allowed = {"logging"}
+    if scheme == "rfc2217":
+        allowed |= {"ign_set_control", "poll_modem", "timeout"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        known = ", ".join(sorted(allowed))
+        raise PortError(f"cannot open {url}: unknown option {unknown[0]!r} (known: {known})")
+
+
 def open_port(url: str, baud: int) -> serial.SerialBase:
+    if not url:
+        raise PortError("no port given: a device path (/dev/ttyUSB0) "
+                        "or a pyserial URL (socket://HOST:PORT)")
+    check_host_url(url)
     try:
         port = serial.serial_for_url(url, do_not_open=True)
         port.baudrate = baud
@@ -91,6 +120,14 @@ def open_port(url: str, baud: int) -> serial.SerialBase:
             raise PortError(f"no permission to open {url}: join the dialout group or run with access") from None
         if "Connection refused" in text or "Errno 111" in text:
             raise PortError(f"nothing is listening at {url}") from None
+        if "Inappropriate ioctl" in text or "(25," in text:
+            raise PortError(f"{url} is not a serial port: "
+                            "it takes no baud rate or line settings") from None
+        if "Name or service not known" in text or "Errno -2" in text:
+            raise PortError(f"cannot open {url}: no host of that name") from None
+        # pyserial says the URL again ("Could not open port URL: why"): the line says it once.
+        for said in (f"could not open port {url}: ", f"Could not open port {url}: "):
+            text = text.removeprefix(said)
         raise PortError(f"cannot open {url}: {text}") from None
     except (ValueError, OSError) as e:
         raise PortError(f"cannot open {url}: {e}") from None

@@ -152,6 +152,27 @@ def test_side_alone_on_a_missing_port_fails_clearly(tmp_path):
     assert r.returncode == 3 and b"nothing is listening" in r.stderr
 
 
+@pytest.mark.parametrize("url, said", [
+    ("", "no port given"),
+    ("/dev/null", "/dev/null is not a serial port"),
+    ("socket://localhost:99999", "expected socket://HOST:PORT with a port from 1 to 65535"),
+    ("socket://localhost", "expected socket://HOST:PORT"),
+    ("socket://[::1:5", "expected socket://HOST:PORT"),
+    ("socket://localhost:5?x=1", "unknown option 'x' (known: logging)"),
+    ("socket://no-such-host.invalid:5", "no host of that name"),
+    ("bogus://x", "protocol 'bogus' not known"),
+])
+def test_a_port_that_cannot_be_opened_is_said_in_one_line(url, said):
+    """pyserial's own words for a bad URL were a formatting error of its own, or the URL said
+    twice; each is said once, with what was expected."""
+    from dualmcu.shell import PortError, open_port
+
+    with pytest.raises(PortError) as e:
+        open_port(url, 115200)
+    assert said in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value).count(url) <= 1 or not url
+
+
 def test_a_blank_flash_needs_a_factory_image(tmp_path):
     r = dualmcu("primary", "--port", "/dev/null", "--flash", tmp_path / "f")
     assert r.returncode == 2 and b"--provision" in r.stderr
