@@ -150,7 +150,8 @@ class Run:
         self.progress = Progress(sys.stderr)
         self.state: dict = {"installed": None, "confirmed": None, "ncp_outcome": None, "retries": 0,
                             "offset": 0, "old_version": None, "primary_kills": 0, "ncp_kills": 0,
-                            "power_cuts": 0, "rolled_back": False, "back_on": None}
+                            "power_cuts": 0, "rolled_back": False, "back_on": None,
+                            "trial": None}  # the version on trial, unconfirmed
         self.spawned: dict[str, int] = {"ncp": 0, "primary": 0}
         self.peak_rss: dict[str, int] = {"ncp": 0, "primary": 0}  # KiB, most of any incarnation
         self._rss_at = 0.0
@@ -368,7 +369,17 @@ class Run:
     def _booted(self, ev: dict) -> None:
         if self.state["old_version"] is None:
             self.state["old_version"] = ev.get("version")
+        self.state["trial"] = ev.get("version") if ev.get("trial") else None
         self.tell(f"primary booted slot {ev.get('slot')} version {ev.get('version')}" + (" (trial)" if ev.get("trial") else ""))
+
+    def _on_trial(self) -> str:
+        """Why a run that timed out had no verdict yet, when the new image was on trial."""
+        trial = self.state["trial"]
+        if trial is None:
+            return ""
+        ct = self.o.primary.commit_timeout
+        return (f"; {trial} ran on trial, unconfirmed, and is rolled back only {ct:g} s "
+                "after its boot (--commit-timeout)")
 
     def _trouble(self, ev: dict) -> None:
         kind = ev.get("event")
@@ -393,6 +404,7 @@ class Run:
         self.tell(f"primary installed version {ev.get('version')} in slot {ev.get('slot')}, sha256 {ev.get('sha256')}")
 
     def _confirmed(self, ev: dict) -> None:
+        self.state["trial"] = None
         if self.state["installed"] and ev.get("version") == self.new_version:
             self.state["confirmed"] = ev.get("version")
         self.tell(f"primary confirmed version {ev.get('version')} in slot {ev.get('slot')}")
@@ -440,8 +452,9 @@ class Run:
             while verdict is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    verdict = (ExitCode.TIMEOUT, f"no result within {self.o.timeout:.0f} s "
-                                             f"(at offset {self.state['offset']})")
+                    verdict = (ExitCode.TIMEOUT,
+                               f"no result within {self.o.timeout:.0f} s "
+                               f"(at offset {self.state['offset']}){self._on_trial()}")
                     break
                 self.sample_memory()
                 try:

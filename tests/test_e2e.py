@@ -137,6 +137,19 @@ def test_a_rollback_ends_the_run_whichever_side_is_heard_first(at):
                                "the old image runs, confirmed")
 
 
+def test_a_run_that_times_out_on_a_trial_image_says_why():
+    """--timeout shorter than --commit-timeout cannot see a rollback: the reason says so."""
+    from dualmcu.runner import Run, RunOptions
+
+    run = Run(RunOptions())
+    run.new_version = "9.0.0"
+    run.on_event({"side": "primary", "event": Event.BOOTED, "version": "9.0.0", "trial": True})
+    assert run._on_trial() == ("; 9.0.0 ran on trial, unconfirmed, and is rolled back only 60 s "
+                               "after its boot (--commit-timeout)")
+    run.on_event({"side": "primary", "event": Event.CONFIRMED, "version": "9.0.0"})
+    assert run._on_trial() == ""
+
+
 def test_side_alone_on_a_missing_port_fails_clearly(tmp_path):
     factory = tmp_path / "factory.bin"
     factory.write_bytes(build_image(make_info("2.0.0", "TMPLE2E", build="Jan  1 2026 00:00:00"), 20_000))
