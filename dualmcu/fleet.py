@@ -38,6 +38,7 @@ as they arrive between waves, or when the wave in progress ends.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import queue
@@ -116,7 +117,27 @@ def _number(d: dict, key: str, default: float, lo: float, hi: float, where: str)
     return float(v)
 
 
+POPULATION_KEYS = ("devices", "seed", "group")
+GROUP_KEYS = ("share", "hw_rev", "version", "channel", "baud", "ber", "drop", "battery",
+              "slow_flash_share", "weak_flash_share", "install_window")
+PLAN_KEYS = ("channel", "hw_revs", "canary_percent", "ramp_percent", "soak_seconds", "min_version",
+             "blocklist", "gates", "actions")
+GATE_KEYS = ("min_confirm_rate", "max_rollback_rate", "max_download_limit_rate")
+ACTION_KEYS = ("at_seconds", "action", "build")
+
+
+def _known(d: dict, keys: tuple[str, ...], where: str) -> None:
+    """A key the file format does not have is refused: a misspelt one (canary = 5) would
+    otherwise leave its default in place without a word."""
+    for key in d:
+        if key not in keys:
+            near = difflib.get_close_matches(str(key), keys, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else f" (known: {', '.join(keys)})"
+            raise FleetError(f"{where}: unknown key {key!r}{hint}")
+
+
 def parse_population(data: dict, devices: int | None = None, seed: int | None = None) -> tuple[list[Group], int, int]:
+    _known(data, POPULATION_KEYS, "population")
     if not isinstance(data.get("group", []), list):
         raise FleetError("population: [[group]] must be a list of tables")
     groups = []
@@ -124,6 +145,7 @@ def parse_population(data: dict, devices: int | None = None, seed: int | None = 
         where = f"population group {i + 1}"
         if not isinstance(g, dict):
             raise FleetError(f"{where}: a group is a table of keys (share, hw_rev, version, ...)")
+        _known(g, GROUP_KEYS, where)
         bat = g.get("battery", [100.0, 100.0])
         if not (isinstance(bat, list) and len(bat) == 2):
             raise FleetError(f"{where}: battery is [low, high] in percent")
@@ -197,6 +219,8 @@ def parse_plan(data: dict) -> Plan:
     gates = data.get("gates", {})
     if not isinstance(gates, dict):
         raise FleetError("plan: [gates] must be a table")
+    _known(data, PLAN_KEYS, "plan")
+    _known(gates, GATE_KEYS, "plan gates")
     ramp = data.get("ramp_percent", [25, 50, 100])
     if not isinstance(ramp, list) or not ramp:
         raise FleetError("plan: ramp_percent is a list of percents, e.g. [25, 50, 100]")
@@ -209,6 +233,7 @@ def parse_plan(data: dict) -> Plan:
     for i, a in enumerate(actions):
         if not isinstance(a, dict) or a.get("action") not in ACTIONS:
             raise FleetError(f"plan action {i + 1}: action is pause, resume, stop or blocklist")
+        _known(a, ACTION_KEYS, f"plan action {i + 1}")
         _number(a, "at_seconds", 0, 0, 1e12, f"plan action {i + 1}")
         if a["action"] == "blocklist" and not isinstance(a.get("build"), str):
             raise FleetError(f"plan action {i + 1}: blocklist needs build = \"VERSION\"")

@@ -91,6 +91,16 @@ def test_a_yaml_population_is_the_same_fleet_as_its_toml(tmp_path):
     ("--population", "pop.yml", "group: [1, 2]\n", "a group is a table"),
     ("--population", "pop.yml", "devices: [\n", "not YAML"),
     ("--population", "pop.yml", "devices: .nan\n", "devices"),
+    # A misspelt key would leave its default in place without a word.
+    ("--plan", "plan.toml", "canary = 50",
+     "plan: unknown key 'canary' (did you mean canary_percent?)"),
+    ("--plan", "plan.toml", "[gates]\nmin_confirm = 0.5", "plan gates: unknown key 'min_confirm'"),
+    ("--plan", "plan.toml", "[[actions]]\nat_seconds = 1\naction = \"pause\"\nwhen = 2",
+     "plan action 1: unknown key 'when'"),
+    ("--population", "pop.toml", "device = 50",
+     "population: unknown key 'device' (did you mean devices?)"),
+    ("--population", "pop.toml", "[[group]]\nhwrev = \"B\"",
+     "population group 1: unknown key 'hwrev'"),
 ])
 def test_a_bad_plan_or_population_gets_one_line(tmp_path, option, name, text, says):
     f = tmp_path / name
