@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ OTA_SIZE = 4096
 OTA_CHUNK = 256
 RSS_GROWTH = 1 << 20  # a case that leaves the target this much bigger has leaked (bytes)
 RSS_CEILING = 256 << 20  # a target this much bigger than when it started is restarted
+START_WAIT = 15.0  # seconds a target process has to answer ping after it starts
 
 
 class Failure(AssertionError):
@@ -523,6 +525,8 @@ class Target:
     relay: Any = None
     restarts: int = 0
     started_rss: int | None = None  # the process's memory once it answered after its start
+    # The target process's stderr, kept so that one that will not start can say why.
+    stderr: Any = None
 
     def rss(self) -> int | None:
         """Resident memory of the target process (Linux /proc), or None."""
@@ -556,8 +560,25 @@ class Target:
 
     def _spawn(self) -> None:
         cmd = self.target_cmd.replace("{port}", self.relay.paths["b"])
-        self.proc = subprocess.Popen(shlex.split(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        if self.stderr is not None:
+            self.stderr.close()
+        self.stderr = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(shlex.split(cmd), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=self.stderr)
+        except (OSError, ValueError) as e:
+            why = getattr(e, "strerror", None) or e
+            raise TargetDown(f"cannot run the target command {cmd!r}: {why}") from None
+
+    def ended(self, code: int) -> str:
+        """Why the target process is gone: its exit code and the last line it wrote to stderr."""
+        said = ""
+        if self.stderr is not None:
+            self.stderr.seek(0, 2)
+            self.stderr.seek(max(0, self.stderr.tell() - 4096))
+            lines = self.stderr.read().decode("utf-8", "replace").strip().splitlines()
+            said = f": {lines[-1].strip()}" if lines else ""
+        return f"the target command exited with code {code}{said}"
 
     def revive(self) -> bool:
         """Bring a dead target back; False when there is no way to."""
@@ -577,6 +598,8 @@ class Target:
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
+        if self.stderr is not None:
+            self.stderr.close()
         if self.relay is not None:
             self.relay.close()
 
@@ -593,17 +616,23 @@ def ensure_alive(session: Session, target: Target, known_dead: bool = False) -> 
     fresh_start(session, target)
 
 
-def fresh_start(session: Session, target: Target | None = None) -> None:
+def fresh_start(session: Session, target: Target | None = None, after: str = "a restart") -> None:
     """Wait for a target that was just (re)started to answer, and let it finish initialising."""
     session.info = {}
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + START_WAIT
     while time.monotonic() < deadline:
+        code = session.exit_code()
+        if code is not None:
+            # A process that has ended answers nothing: said at once, with its own words,
+            # instead of pinging it until the deadline.
+            raise TargetDown(target.ended(code) if target is not None
+                             else f"the target exited with code {code}")
         if session.alive(waits=(0.1,)):
             session.pump(0.2)
             if target is not None:
                 target.started_rss = target.rss()
             return
-    raise TargetDown("the target did not come back after a restart")
+    raise TargetDown(f"the target did not answer ping within {START_WAIT:g} s of {after}")
 
 
 @dataclass

@@ -145,6 +145,27 @@ def test_fuzz_needs_a_target():
     assert r.returncode == 3 and b"no port at /dev/nope" in r.stderr
 
 
+@pytest.mark.parametrize("cmd, code, says", [
+    # A target that cannot start says why, at once: its exit code and its last stderr line.
+    # (It used to be pinged in a busy loop for 15 s per restart, and said only that it "did
+    # not come back".)
+    ("sh -c 'echo boom {port} >&2; exit 7'", 3,
+     "the target command exited with code 7: boom /dev/pts/"),
+    (f"{sys.executable} -m dualmcu primary --port {{port}} --flash nowhere.flash", 3,
+     "exited with code 2: error: no flash file at nowhere.flash"),
+    ("no-such-program {port}", 3, "cannot run the target command 'no-such-program /dev/pts/"),
+    # Refused before anything starts.
+    ("'unclosed {port}", 2, "No closing quotation"),
+    ("sleep 100", 2, "has no {port}"),
+])
+def test_a_target_command_that_cannot_serve_gets_one_line(tmp_path, cmd, code, says):
+    r = dualmcu("fuzz", "--target", "primary", "--examples", 3, "--out", tmp_path / "x",
+                "--target-cmd", cmd, timeout=60)
+    err = r.stderr.decode()
+    assert r.returncode == code and says in err and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("content", ["not json", "[]", '{"steps": []}', '{"steps": [{"what": "x", "send": "zz"}]}',
                                      '{"steps": [{"what": "x", "send": "00", "msg_id": -1}]}'])
 def test_a_case_file_that_is_not_one_gets_one_line(tmp_path, content):

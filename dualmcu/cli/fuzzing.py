@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 
 import click
@@ -55,6 +56,14 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, dura
 
     if bool(port) == bool(target_cmd):
         raise click.UsageError("give --port or --target-cmd (one of them)")
+    if target_cmd:
+        try:
+            shlex.split(target_cmd)
+        except ValueError as e:
+            raise click.BadParameter(f"{target_cmd!r}: {e}", param_hint="--target-cmd") from None
+        if "{port}" not in target_cmd:
+            raise click.BadParameter(f"{target_cmd!r} has no {{port}}: the target would not know "
+                                     "the port the fuzzer listens on", param_hint="--target-cmd")
     steps = None
     if replay:
         try:
@@ -65,14 +74,19 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, dura
     target = F.Target(port, baud, target_cmd, reset_cmd)
     try:
         p = target.open()
-    except PortError as e:
+    except (PortError, F.TargetDown) as e:
         target.close()
         raise IOFailure(str(e)) from None
     session = F.Session(p, framing, target_side, ping_wait)
     session.rss, session.exit_code, session.rss_growth = target.rss, target.exit_code, rss_growth
     try:
-        session.pump(0.5 if target_cmd else 0.1)
-        target.started_rss = target.rss()
+        if target_cmd:
+            try:
+                F.fresh_start(session, target, after="its start")
+            except F.TargetDown as e:
+                raise IOFailure(str(e)) from None
+        else:
+            session.pump(0.1)
         if steps is not None:
             problem = F.play(session, steps)
             say({"event": "replay", "file": replay, "failure": str(problem) if problem else None,
