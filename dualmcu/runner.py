@@ -274,6 +274,21 @@ class Run:
                 p.kill()
                 p.wait()
 
+    def drain(self, seconds: float = 2.0) -> None:
+        """Show the lines the sides printed before they stopped and the verdict did not wait
+        for: --json holds every side's every line, and the run's result stays the last."""
+        running = set(self.procs.values())
+        end = time.monotonic() + seconds
+        while running and (left := end - time.monotonic()) > 0:
+            try:
+                ev = self.q.get(timeout=left)
+            except queue.Empty:
+                return
+            if ev.get("event") == EOF:
+                running.discard(ev["proc"])
+            else:
+                self.say(ev)
+
     def tail(self, side: str, n: int = 8) -> str:
         try:
             with open(self.logs[side], "rb") as f:
@@ -356,7 +371,12 @@ class Run:
         st["ncp_outcome"] = ev.get("outcome")
         self.tell(f"ncp outcome: {ev.get('outcome')}")
         if ev.get("outcome") == "deferred":
-            return ExitCode.FAILED, f"update deferred by the device ({st.get('deferred_reason')}) past --max-defer"
+            # The primary's own OTA_DEFERRED line may not have been heard yet (the sides' lines
+            # come in no set order); the telemetry the NCP's outcome carries has the reason too.
+            told = (ev.get("telemetry") or {}).get("ota_reason") or None
+            st["deferred_reason"] = st.get("deferred_reason") or told
+            why = st["deferred_reason"] or "reason unknown"
+            return ExitCode.FAILED, f"update deferred by the device ({why}) past --max-defer"
         if ev.get("outcome") not in ("success", "up_to_date", "rollback"):
             why = f" ({ev['reason']})" if ev.get("reason") else ""
             return ExitCode.FAILED, f"update failed: {ev.get('outcome')}{why}"
@@ -465,6 +485,7 @@ class Run:
             self._rss_at = 0.0
             self.sample_memory()
             self.stop_all()
+            self.drain()
             counts = link_counts(*(Tally.read(path) for path in tallies))
         except BrokenPipeError:
             self.stop_all()  # the reader of --json went away: click ends the command quietly
