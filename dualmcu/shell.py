@@ -72,7 +72,7 @@ class PortError(Exception):
 def check_host_url(url: str) -> None:
     """A socket:// or rfc2217:// URL is HOST:PORT, checked here: pyserial's own message for a
     bad one is a formatting error of its own (``'debug|info|warning|error'``)."""
-    scheme, _, rest = url.partition("://")
+    scheme = url.partition("://")[0]
     if scheme not in ("socket", "rfc2217"):
         return
     form = f"expected {scheme}://HOST:PORT with a port from 1 to 65535"
