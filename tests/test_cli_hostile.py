@@ -120,3 +120,20 @@ def test_control_characters_in_a_value_never_reach_the_terminal_raw(value, path,
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert "\x1b" not in r.output and "forged line\n" not in r.output.replace("\\n", "")
     assert math.isfinite(r.exit_code)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--only", "paced", "--chunk", "65535"], "with --only paced it has nothing to select"),
+    (["--chunk", "7"], "the unpaced rows have chunks of"),
+    (["--runs", "0"], "--runs must be at least 1"),
+])
+def test_the_realtime_benchmark_refuses_what_it_cannot_run_before_it_starts(args, says):
+    """A benchmark's options are checked before any image is built or run: --chunk with only
+    the paced rows used to be ignored without a word."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).parent.parent / "tools" / "bench_realtime.py"
+    r = subprocess.run([sys.executable, str(tool), *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr

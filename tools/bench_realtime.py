@@ -359,6 +359,8 @@ def main() -> None:
     if not set(a.chunk) <= set(sizes):
         ap.error(f"--chunk: the unpaced rows have chunks of {', '.join(map(str, sizes))} bytes")
     only = set(a.only or ["paced", "unpaced"])
+    if a.chunk and "unpaced" not in only:
+        ap.error("--chunk selects unpaced rows: with --only paced it has nothing to select")
     with tempfile.TemporaryDirectory() as tmp:
         factory, files = images(tmp, [4096, MiB, 4 * MiB, 16 * MiB])
         if "paced" in only:
