@@ -227,8 +227,9 @@ def run_primary(o: PrimaryOptions) -> int:
     # An existing flash file is opened first: one in use by another primary, or not a flash
     # file at all, is the first thing to say. A new one is made once the port is open, so a
     # wrong port leaves no file behind to be found provisioned with the failed try's image.
-    flash = opened() if os.path.exists(o.flash) else None
-    if flash is None and os.path.exists(o.flash):
+    existing = os.path.exists(o.flash)
+    flash = opened() if existing else None
+    if existing and flash is None:
         return ExitCode.USAGE
     port = open_side_port(o.port, o.baud, o.wire)
     if port is None:
