@@ -17,6 +17,19 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # stopped by Ctrl-C
 
 
+# Each code's meaning: a short phrase for the --help epilog, and the full text for docs/cli.md.
+SHORT = {
+    ExitCode.OK: "success",
+    ExitCode.FAILED: "the job ended against it",
+    ExitCode.USAGE: "bad arguments, option values or input files (nothing was started)",
+    ExitCode.IO: "a port, a peer or a child process could not be used",
+    ExitCode.TIMEOUT: "no verdict within --timeout",
+    ExitCode.PAUSED: "a fleet rollout paused by a health gate",
+    ExitCode.STOPPED: "a fleet rollout stopped or its build blocklisted",
+    ExitCode.POWER_CUT: "the emulated power was cut (--power-cut-*)",
+    ExitCode.INTERRUPTED: "stopped by Ctrl-C",
+}
+
 MEANING = {
     ExitCode.OK: "success: the update was confirmed, nothing was found, the file was written",
     ExitCode.FAILED: "the job ended against it: the update failed or rolled back, the fuzzer confirmed a failure, verify refused the image",

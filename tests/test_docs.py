@@ -53,3 +53,18 @@ def test_wire_doc_states_the_largest_chunk_of_each_framing():
         p = get_profile(name)
         assert f"**{getattr(p, 'send_limit', p.max_message) - WRITE_OVERHEAD} bytes in {name}**" in text or \
             f"**{getattr(p, 'send_limit', p.max_message) - WRITE_OVERHEAD} in {name}**" in text
+
+
+def test_help_names_every_exit_code_by_its_own_meaning():
+    """`dualmcu --help` is where a script writer looks up an exit code: each code needs its
+    own phrase there (the fleet's two codes once both read only "`dualmcu fleet`")."""
+    from click.testing import CliRunner
+
+    from dualmcu.cli import main
+    from dualmcu.exits import MEANING, SHORT, ExitCode
+
+    assert set(SHORT) == set(MEANING) == set(ExitCode)
+    assert len(set(SHORT.values())) == len(SHORT)
+    out = " ".join(CliRunner().invoke(main, ["--help"]).output.split())
+    for code, text in SHORT.items():
+        assert f"{int(code)} {text}" in out

@@ -15,12 +15,12 @@ import os
 import click
 
 from dualmcu import __version__
-from dualmcu.exits import MEANING, ExitCode
+from dualmcu.exits import SHORT, ExitCode
 from dualmcu.framing import PROFILE_NAMES
 from dualmcu.paths import default_flash, shown
 from dualmcu.primary.ota import WriteAnswer
 
-EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text.split(':')[0]}" for code, text in MEANING.items()) + "."
+EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in SHORT.items()) + "."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
