@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import re
-from typing import Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from dualmcu.framing import Dropped, get_profile
 from dualmcu.rpc.interface import INTERFACE, Function, Interface
@@ -23,14 +23,11 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+NOT_HEX = "not a hex string: use pairs of hex digits, spaces allowed"
+
+
 def parse_hex(text: str) -> bytes:
-    cleaned = "".join(text.split()).replace(":", "").replace(",", "")
-    if cleaned.lower().startswith("0x"):
-        cleaned = cleaned[2:]
-    try:
-        return bytes.fromhex(cleaned)
-    except ValueError:
-        raise ValueError("not a hex string: use pairs of hex digits, spaces allowed") from None
+    return b"".join(hex_blocks([text.encode()]))
 
 
 def looks_like_hex(data: bytes) -> bool:
@@ -39,11 +36,60 @@ def looks_like_hex(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     stripped = "".join(text.split())
+    if stripped[:2].lower() == "0x":
+        stripped = stripped[2:]
     return bool(stripped) and all(c in "0123456789abcdefABCDEF:," for c in stripped)
 
 
-def decode_capture(data: bytes, framing: str, interface: Interface = INTERFACE) -> Iterator[dict]:
+READ_BLOCK = 1 << 16
+
+
+def blocks(f: IO[bytes]) -> Iterator[bytes]:
+    """A binary stream in blocks, as they can be read: a capture is decoded as it is read, so
+    that one of any length, or a device that never ends (a port, a FIFO), takes bounded
+    memory and shows each record as soon as its frame has ended."""
+    while True:
+        # read1: what one read gives (a pipe's or a FIFO's bytes as they come), never waiting
+        # to fill the block; a raw file object has only read, which does the same.
+        block = f.read1(READ_BLOCK) if hasattr(f, "read1") else f.read(READ_BLOCK)
+        if not block:
+            return
+        yield block
+
+
+def hex_blocks(texts: Iterable[bytes]) -> Iterator[bytes]:
+    """Hex text (spaces, colons and commas allowed, one 0x in front) in blocks, as bytes:
+    a pair of digits split between two blocks is joined."""
+    carry = ""
+    first = True
+    for raw in texts:
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(NOT_HEX) from None
+        cleaned = carry + "".join(text.split()).replace(":", "").replace(",", "")
+        if first:  # the 0x in front, once two characters have come
+            if len(cleaned) < 2:
+                carry = cleaned
+                continue
+            first = False
+            if cleaned[:2].lower() == "0x":
+                cleaned = cleaned[2:]
+        cut = len(cleaned) - len(cleaned) % 2
+        carry = cleaned[cut:]
+        try:
+            yield bytes.fromhex(cleaned[:cut])
+        except ValueError:
+            raise ValueError(NOT_HEX) from None
+    if carry:
+        raise ValueError(NOT_HEX)
+
+
+def decode_capture(data: bytes | Iterable[bytes], framing: str,
+                   interface: Interface = INTERFACE) -> Iterator[dict]:
     """Every frame of a capture as a record, in order, with RESULTs typed by their request.
+    ``data``: the capture's bytes, or its blocks as they are read (records come as each
+    frame ends).
 
     A capture may hold both directions; msg_ids are per side, so the request a RESULT answers is
     taken to be the latest INVOKE with that msg_id not yet answered.
@@ -51,7 +97,14 @@ def decode_capture(data: bytes, framing: str, interface: Interface = INTERFACE) 
     profile = get_profile(framing, max_message=0xFFFF)
     dec = profile.decoder()
     waiting: dict[int, Function | None] = {}
-    for item in dec.feed(data) + dec.close():
+    for block in [data] if isinstance(data, (bytes, bytearray)) else data:
+        yield from _records(dec.feed(block), waiting, interface)
+    yield from _records(dec.close(), waiting, interface)
+
+
+def _records(items: list, waiting: dict[int, Function | None],
+             interface: Interface) -> Iterator[dict]:
+    for item in items:
         if isinstance(item, Dropped):
             yield {"kind": "error", "reason": item.reason, "size": item.size, "raw": item.raw.hex()}
             continue

@@ -72,6 +72,54 @@ def test_decode_reads_stdin_hex_and_raw_files(tmp_path):
     assert r.exit_code == 2 and "not a hex string" in r.output
 
 
+def test_hex_split_anywhere_between_blocks_reads_the_same():
+    """stdin hex is parsed block by block: a digit pair cut by a block edge, or the 0x in
+    front, must give the same bytes as the whole text."""
+    from dualmcu.capture import hex_blocks
+
+    text = ("0x" + CAPTURE).encode()
+    whole = bytes.fromhex(CAPTURE)
+    for cut in range(1, len(text)):
+        assert b"".join(hex_blocks([text[:cut], text[cut:]])) == whole
+
+
+def test_decode_streams_a_capture_that_has_not_ended(tmp_path):
+    """A FIFO (or a port, or /dev/zero) never ends: each record is shown as its frame ends,
+    and memory stays bounded, instead of reading to the end first (a MemoryError on
+    /dev/zero once)."""
+    import os
+    import select
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "cap"
+    os.mkfifo(fifo)
+    cmd = [sys.executable, "-m", "dualmcu", "decode", "--framing", "blynk", "-f", str(fifo)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        with open(fifo, "wb", buffering=0) as w:
+            w.write(bytes.fromhex("aa f3 1c 21 04 01 5b bb"))
+            # Before the writer closes: the frame was decoded alone.
+            assert select.select([p.stdout], [], [], 30)[0], "no record before the capture ended"
+            line = p.stdout.readline()
+            assert "client_processEvent" in line and p.poll() is None
+        assert p.wait(timeout=30) == 0
+    finally:
+        p.kill()
+        p.stdout.close()
+
+
+def test_decode_refuses_to_pair_a_capture_larger_than_it_holds(tmp_path, monkeypatch):
+    import dualmcu.cli.wire as wire
+
+    monkeypatch.setattr(wire, "MAX_PAIRED", 8)
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(bytes.fromhex(CAPTURE))
+    b.write_bytes(bytes.fromhex(CAPTURE))
+    r = run("decode", "--framing", "blynk", "-f", str(a), "--other", str(b))
+    assert r.exit_code == 2 and "larger than" in r.output and "Traceback" not in r.output
+
+
 def test_decode_cobs_round_trip_from_encode():
     frame = run("encode", "blynk_setFirmwareInfo", "type=TMPL1", "version=1.2.3", "build=b", "blynk=0.6.4").output
     r = run("decode", "--json", frame)

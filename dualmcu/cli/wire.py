@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 import click
@@ -12,6 +13,9 @@ from dualmcu.rpc.message import Invoke, Oneway
 from dualmcu.rpc.types import ArgsError
 
 from .common import FRAMING, JSON, emit_json, main
+
+# Two directions are paired in memory (--other, --spy); one direction streams without bound.
+MAX_PAIRED = 256 << 20
 
 
 @main.command()
@@ -54,7 +58,8 @@ def decode(framing: str, as_json: bool, path, other, spy, hexdata: str | None) -
 
     Give the bytes as a HEX string (spaces allowed), with -f FILE (raw binary), or as '-' to read
     stdin (hex text if it is only hex digits and spaces, raw bytes otherwise). Dropped frames
-    are shown with the reason.
+    are shown with the reason. A file or stdin is decoded as it is read, each record shown as
+    its frame ends: a FIFO or a pipe from a logger streams, and any length takes little memory.
 
     Both sides number their calls from 1, so a RESULT answers the INVOKE with its msg_id that
     went the other way. Give each direction's capture apart, the second with --other FILE,
@@ -69,9 +74,11 @@ def decode(framing: str, as_json: bool, path, other, spy, hexdata: str | None) -
       dualmcu decode --framing blynk --spy ncp.log
     """
     from dualmcu.capture import (
+        blocks,
         decode_capture,
         decode_directions,
         format_record,
+        hex_blocks,
         jsonable,
         looks_like_hex,
         parse_hex,
@@ -85,29 +92,67 @@ def decode(framing: str, as_json: bool, path, other, spy, hexdata: str | None) -
         from dualmcu.capture import parse_spy
 
         try:
-            tx, rx = parse_spy(spy.read())
+            tx, rx = parse_spy(read_capture(spy, "--spy"))
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--spy") from None
         records = decode_directions(tx, rx, framing, names=("tx", "rx"))
     else:
-        try:
-            if path is not None:
-                data = path.read()
-            elif hexdata in (None, "-"):
-                if hexdata is None and sys.stdin.isatty():
-                    raise click.UsageError("give HEXDATA, --file FILE or '-' for stdin")
-                raw = sys.stdin.buffer.read()
-                data = parse_hex(raw.decode("ascii")) if looks_like_hex(raw) else raw
-            else:
-                data = parse_hex(hexdata)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="HEXDATA") from None
-        records = decode_directions(data, other.read(), framing) if other is not None else decode_capture(data, framing)
-    for rec in records:
-        if as_json:
-            emit_json(jsonable(rec))
+        if path is not None:
+            data = blocks(path)
+        elif hexdata in (None, "-"):
+            if hexdata is None and sys.stdin.isatty():
+                raise click.UsageError("give HEXDATA, --file FILE or '-' for stdin")
+            data = blocks(sys.stdin.buffer)
+            first = next(data, b"")
+            # Hex text if its first block is only hex digits and spaces, raw bytes otherwise.
+            data = itertools.chain([first], data)
+            if looks_like_hex(first):
+                data = hex_blocks(data)
         else:
-            click.echo(format_record(rec))
+            try:
+                data = parse_hex(hexdata)
+            except ValueError as e:
+                raise click.BadParameter(str(e), param_hint="HEXDATA") from None
+        if other is not None:
+            # Pairing needs both directions whole: every INVOKE of one before any RESULT of
+            # the other is typed.
+            records = decode_directions(read_capture(path or data, "--file" if path else "HEXDATA"),
+                                        read_capture(other, "--other"), framing)
+        else:
+            records = decode_capture(data, framing)
+    try:
+        for rec in records:
+            if as_json:
+                emit_json(jsonable(rec))
+            else:
+                click.echo(format_record(rec))
+    except ValueError as e:  # hex text on stdin that stops being hex part of the way
+        raise click.BadParameter(str(e), param_hint="HEXDATA") from None
+
+
+def read_capture(src, option: str) -> bytes:
+    """A capture that must be read whole (to pair two directions), bounded: one line instead
+    of a process that fills the memory with a device that never ends.  ``src``: the
+    capture's bytes, a file, or its blocks as they are read."""
+    if isinstance(src, bytes):
+        return src
+    if hasattr(src, "read"):
+        data = src.read(MAX_PAIRED + 1)
+    else:
+        buf = bytearray()
+        try:
+            for block in src:
+                buf += block
+                if len(buf) > MAX_PAIRED:
+                    break
+        except ValueError as e:  # hex text that stops being hex
+            raise click.BadParameter(str(e), param_hint=option) from None
+        data = bytes(buf)
+    if len(data) > MAX_PAIRED:
+        name = getattr(src, "name", "the capture")
+        raise click.BadParameter(f"{name} is larger than {MAX_PAIRED >> 20} MiB: decode each "
+                                 "direction alone (-f FILE) to stream it", param_hint=option)
+    return data
 
 
 @main.command()
