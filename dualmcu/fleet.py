@@ -54,6 +54,7 @@ from functools import cached_property, lru_cache
 from typing import Any, Callable, Iterator
 
 from dualmcu.image.firmware import build_image, is_newer, make_info
+from dualmcu.image.inputs import MAX_TEXT, InputFileError, read_input
 from dualmcu.link import Faults, LinkConfig
 from dualmcu.ncp.core import NcpConfig
 from dualmcu.ncp.update import Catalog, Shipment
@@ -253,10 +254,9 @@ def parse_plan(data: dict) -> Plan:
 def load_file(path: str, what: str) -> dict:
     """A population or plan file: YAML by a .yaml or .yml name, TOML otherwise."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise FleetError(f"cannot read the {what} file {path}: {e.strerror}") from None
+        data = read_input(path, f"the {what} file", MAX_TEXT)
+    except InputFileError as e:
+        raise FleetError(str(e)) from None
     if path.lower().endswith((".yaml", ".yml")):
         import yaml
 

@@ -47,6 +47,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from dualmcu.framing import Frame, get_profile
+from dualmcu.image.inputs import MAX_TEXT, InputFileError, read_input
 from dualmcu.rpc import INTERFACE, NCP, PRIMARY, Endpoint, Incoming
 from dualmcu.rpc import strategies as S
 from dualmcu.rpc.message import Invoke, Oneway, Result, Status, parse
@@ -764,9 +765,10 @@ class CaseFileError(ValueError):
 def load_case(path: str) -> list[Step]:
     """The steps of a saved case, or one line saying why the file is not one."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+        data = json.loads(read_input(path, "saved case", MAX_TEXT).decode("utf-8"))
+    except InputFileError as e:
+        raise CaseFileError(str(e)) from None
+    except (UnicodeDecodeError, ValueError) as e:
         raise CaseFileError(f"{path} is not a saved case: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("steps"), list) or not data["steps"]:
         raise CaseFileError(f"{path} is not a saved case: it has no list of steps")

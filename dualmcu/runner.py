@@ -27,13 +27,13 @@ from dualmcu.image.firmware import build_image, make_info
 from dualmcu.ncp.core import NcpConfig
 from dualmcu.ncp.update import Catalog
 from dualmcu.primary.device import PrimaryConfig
-from dualmcu.primary.flash import Geometry
+from dualmcu.primary.flash import Flash, FlashError, Geometry
 from dualmcu.rpc.events import Event
 from .child import send
 from .link import LinkConfig
 from .exits import ExitCode
 from .shell import Progress, Tally, Wire, detail, shown
-from .sides import NcpOptions, PrimaryOptions
+from .sides import NcpOptions, PrimaryOptions, read_factory_image
 DEMO_TYPE = "TMPL0DEMO01"
 DEMO_SIZE = 300 * 1024
 
@@ -168,15 +168,15 @@ class Run:
             with open(demo, "wb") as f:
                 f.write(self._signed(build_image(make_info("1.1.0", DEMO_TYPE, build="Nov 21 2026 12:00:00"), DEMO_SIZE), 2))
             o.firmware = [demo]
-        for path in o.firmware:
-            if not os.path.exists(path):
-                raise ValueError(f"no firmware file at {path}")
         release = Catalog.from_paths(o.firmware)  # checked here: a bad file is a usage error
         self.largest = max(s.package.image_size if s.package else s.size for s in release.shipments)
         info = release.shipments[0].info
         self.new_version = info.get("mcu", "")
         self.fw_type = info.get("fw-type", "")
         if o.factory is not None:
+            # Checked here, as the primary will check it: a bad factory image is a usage error
+            # before any process starts. The primary reads the file again, so not a pipe.
+            read_factory_image(o.factory, regular=True)
             self.factory = os.path.abspath(o.factory)
         elif release.deltas and release.image is None and release.compressed is None:
             raise ValueError("a delta package applies to its base only: give the primary that base with --factory")
@@ -187,14 +187,22 @@ class Run:
                 f.write(self._signed(build_image(make_info(old, self.fw_type, build="Nov 20 2026 12:00:00"), 120 * 1024), 1))
         if o.flash is None:
             o.flash = os.path.join(self.workdir, "primary.flash")
+        elif os.path.exists(o.flash):
+            # An existing --flash is checked before anything starts, as the primary will check
+            # it: not a flash file (a device, a pipe, another file) is a usage error.
+            try:
+                Flash.open(o.flash, create=False, lock=False).close()
+            except FlashError as e:
+                raise ValueError(str(e)) from None
 
     def _signed(self, image: bytes, counter: int) -> bytes:
         if not self.o.sign_key:
             return image
+        from dualmcu.image.inputs import MAX_KEY, read_input
         from dualmcu.image.signing import load_private, sign
 
-        with open(self.o.sign_key, "rb") as f:
-            return sign(image, load_private(f.read()), counter, [self.o.target])
+        pem = read_input(self.o.sign_key, "private key", MAX_KEY)
+        return sign(image, load_private(pem), counter, [self.o.target])
 
     # -- processes ---------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from typing import Any
 from dualmcu.framing import get_profile
 from dualmcu.ncp.core import NcpConfig, NcpDevice
 from dualmcu.image.firmware import read_info
+from dualmcu.image.inputs import MAX_IMAGE, read_input
 from dualmcu.ncp.update import Catalog, Network, Store
 from dualmcu.primary.boot import Bootloader, BootStore
 from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
@@ -164,10 +165,10 @@ def power_cut_hook(at: int | None, seed: int | None, within: int, base: int = 0)
     return interrupt
 
 
-def read_factory_image(path: str) -> bytes:
-    """The factory image, refused before the flash is touched when the device could not run it."""
-    with open(path, "rb") as f:
-        image = f.read()
+def read_factory_image(path: str, regular: bool = False) -> bytes:
+    """The factory image, refused before the flash is touched when the device could not run it.
+    ``regular``: the file is read again by another process (a pipe is refused)."""
+    image = read_input(path, "factory image", MAX_IMAGE, regular=regular)
     info = read_info(image)
     if not image or not info or not info.get("mcu") or not info.get("fw-type"):
         raise ValueError(f"{path} is not a factory image the device can describe: it needs a firmware tag "

@@ -219,9 +219,13 @@ def verify_bytes(image: bytes, keys: dict[bytes, Ed25519PublicKey], target: str 
 
 
 def load_keys(paths: list[str]) -> dict[bytes, Ed25519PublicKey]:
+    from .inputs import MAX_KEY, InputFileError, read_input
+
     keys = {}
     for p in paths:
-        with open(p, "rb") as f:
-            pub = load_public(f.read())
+        try:
+            pub = load_public(read_input(p, "public key", MAX_KEY))
+        except InputFileError as e:
+            raise SignError(str(e)) from None
         keys[key_id(pub)] = pub
     return keys

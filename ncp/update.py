@@ -21,6 +21,7 @@ from dualmcu.image.firmware import (
     read_info_from_file,
     version_key,
 )
+from dualmcu.image.inputs import kind_of
 from dualmcu.image.package import Header, PackageError, is_package, parse_header
 
 
@@ -77,7 +78,10 @@ class Shipment:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Shipment:
         if not os.path.isfile(path):
-            raise ValueError(f"no firmware file at {path}")
+            # A device or a FIFO exists but has no size to offer, and may never end.
+            kind = (kind_of(os.stat(path).st_mode) or "a pipe") if os.path.exists(path) else None
+            raise ValueError(f"{path} is {kind}, not a firmware file" if kind
+                             else f"no firmware file at {path}")
         _check_size(os.path.getsize(path), path)  # before it is read: a huge file is refused at once
         info = read_info_from_file(path)
         if info is None:

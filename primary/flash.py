@@ -33,6 +33,8 @@ from array import array
 from dataclasses import dataclass
 from typing import Callable
 
+from dualmcu.image.inputs import kind_of
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; the port's own lock still guards a session
@@ -203,6 +205,10 @@ class Flash:
         would interleave their erases and writes.  The kernel drops the lock when the process
         ends, a killed one too.  Reading it (``flash show``) needs no lock."""
         exists = os.path.exists(path)
+        kind = kind_of(os.stat(path).st_mode) if exists else None
+        if exists and (kind is not None or not os.path.isfile(path)):
+            # A device or a FIFO would be read as if it were the chip, and never end.
+            raise FlashError(f"{path} is {kind or 'a pipe'}, not a flash file")
         if not exists and not create:
             raise FlashError(f"no flash file at {path}")
         if not exists:

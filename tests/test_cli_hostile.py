@@ -137,3 +137,129 @@ def test_the_realtime_benchmark_refuses_what_it_cannot_run_before_it_starts(args
     tool = Path(__file__).parent.parent / "tools" / "bench_realtime.py"
     r = subprocess.run([sys.executable, str(tool), *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
+
+
+# Every option or argument that names a file to read, with a device in its place: {dev}.
+# {img} is a tagged image, {key}/{pub} a key pair, {out} a path to write, {new} a missing one.
+SIGNED = ["--counter", "1", "--target", "x", "-o", "{out}"]
+DEVICE_CASES = [  # (command, parameter, arguments)
+    ("decode", "other", ["decode", "00", "--other", "{dev}"]),
+    ("decode", "spy", ["decode", "--spy", "{dev}"]),
+    ("flash show", "path", ["flash", "show", "--flash", "{dev}"]),
+    ("fleet", "population", ["fleet", "--population", "{dev}", "--demo", "good"]),
+    ("fleet", "plan", ["fleet", "--plan", "{dev}", "--demo", "good"]),
+    ("fleet", "firmware", ["fleet", "--firmware", "{dev}"]),
+    ("fuzz", "replay", ["fuzz", "--replay", "{dev}", "--target", "primary", "-p", "/dev/null"]),
+    ("image", "base", ["image", "--mcu", "1", "--type", "T", "--from", "{dev}", "--change", "1",
+                       "{out}"]),
+    ("ncp", "firmware", ["ncp", "-p", "/dev/null", "--firmware", "{dev}"]),
+    ("package", "new", ["package", "-o", "{out}", "{dev}"]),
+    ("package", "base", ["package", "-o", "{out}", "--base", "{dev}", "{img}"]),
+    ("primary", "provision", ["primary", "-p", "/dev/null", "--flash", "{new}",
+                              "--provision", "{dev}"]),
+    ("primary", "trust_keys", ["primary", "-p", "/dev/null", "--trust", "{dev}"]),
+    ("primary", "flash", ["primary", "-p", "/dev/null", "--flash", "{dev}"]),
+    ("run", "firmware", ["run", "--firmware", "{dev}"]),
+    ("run", "factory", ["run", "--factory", "{dev}"]),
+    ("run", "flash", ["run", "--flash", "{dev}"]),
+    ("run", "trust_keys", ["run", "--trust", "{dev}", "--key", "{key}"]),
+    ("run", "sign_key", ["run", "--key", "{dev}", "--trust", "{pub}"]),
+    ("sign", "firmware", ["sign", "{dev}", "--key", "{key}", *SIGNED]),
+    ("sign", "key", ["sign", "{img}", "--key", "{dev}", *SIGNED]),
+    ("tag append", "firmware", ["tag", "append", "{dev}", "--mcu", "1", "--type", "T",
+                                "-o", "{out}"]),
+    ("tag extract", "file", ["tag", "extract", "{dev}", "{out}"]),
+    ("tag show", "file", ["tag", "show", "{dev}"]),
+    ("verify", "file", ["verify", "{dev}", "--pubkey", "{pub}"]),
+    ("verify", "pubkeys", ["verify", "{img}", "--pubkey", "{dev}"]),
+]
+# Read on purpose from a device: decode -f streams a live port or a logger's FIFO.
+STREAMED = {("decode", "path")}
+
+
+def test_every_input_file_parameter_is_tried_with_a_device():
+    """A new option that reads a file must join DEVICE_CASES: the walk finds it."""
+    readers = set()
+    for path, cmd in commands():
+        for p in cmd.params:
+            t = p.type
+            if (isinstance(t, click.File) and "r" in t.mode) or (
+                    isinstance(t, click.Path) and t.exists and t.file_okay):
+                readers.add((" ".join(path), p.name))
+    assert len(readers) > 20
+    assert readers - STREAMED <= {(cmd, name) for cmd, name, _ in DEVICE_CASES}
+
+
+def test_a_device_named_as_an_input_file_is_refused_in_one_line(tmp_path):
+    """/dev/zero never ends: every reader once read it whole, to a MemoryError traceback (or
+    until the machine ran out).  Run in a child whose memory is capped, so that a reader that
+    does it again fails here, not the machine."""
+    import json
+    import subprocess
+    import sys
+
+    from dualmcu.image.firmware import build_image, make_info
+
+    (tmp_path / "img.bin").write_bytes(build_image(make_info("1.0.0", "T"), 8192))
+    assert CliRunner().invoke(main, ["keygen", str(tmp_path / "k.pem")]).exit_code == 0
+    names = {"dev": "/dev/zero", "img": str(tmp_path / "img.bin"), "key": str(tmp_path / "k.pem"),
+             "pub": str(tmp_path / "k.pem.pub"), "out": str(tmp_path / "out.bin"),
+             "new": str(tmp_path / "new.flash")}
+    cases = [[a.format(**names) for a in args] for _, _, args in DEVICE_CASES]
+    child = (
+        "import json, resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))\n"
+        "from click.testing import CliRunner\n"
+        "from dualmcu.cli import main\n"
+        "out = []\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    r = CliRunner().invoke(main, args)\n"
+        "    out.append([r.exit_code, r.output, repr(r.exception)])\n"
+        "print(json.dumps(out))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", child, json.dumps(cases)], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for args, (code, output, exc) in zip(cases, json.loads(r.stdout)):
+        errors = [line for line in output.splitlines() if line.lower().startswith("error")]
+        assert code == 2, (args, output, exc)
+        assert "a device" in output and "Traceback" not in output, (args, output)
+        assert len(errors) == 1, (args, output)
+    assert not os.path.exists(names["new"])  # nothing was made for a factory image refused
+
+
+def test_a_fifo_is_read_whole_where_it_can_be_and_refused_where_it_is_read_twice(tmp_path):
+    """A pipe (a FIFO, or `--key <(pass show key)`) is read once, bounded; `run --factory`
+    hands the path to the primary process, which reads it again, so a pipe is refused there
+    at once instead of leaving the primary waiting for a writer."""
+    import threading
+
+    from dualmcu.image.firmware import build_image, make_info
+    from dualmcu.image.inputs import InputFileError, read_input
+
+    image = build_image(make_info("1.0.0", "T"), 8192)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def feed(data: bytes) -> threading.Thread:
+        def write():
+            with open(fifo, "wb") as w:
+                w.write(data)
+        t = threading.Thread(target=write, daemon=True)
+        t.start()
+        return t
+
+    t = feed(image)
+    r = CliRunner().invoke(main, ["tag", "show", "--json", str(fifo)])
+    t.join(10)
+    assert r.exit_code == 0 and '"mcu": "1.0.0"' in r.output, r.output
+    t = feed(image + b"x")
+    with pytest.raises(InputFileError, match="more than the 8,192 bytes"):
+        read_input(fifo, "image", 8192)
+    t.join(10)
+    r = CliRunner().invoke(main, ["run", "--factory", str(fifo), "--timeout", "5"])
+    assert r.exit_code == 2 and "is a pipe, not a file" in r.output, r.output
+    r = CliRunner().invoke(main, ["flash", "show", "--flash", str(fifo)])
+    assert r.exit_code == 2 and "is a pipe, not a flash file" in r.output, r.output
+    with pytest.raises(InputFileError, match="is a directory"):
+        read_input(tmp_path, "image", 8192)

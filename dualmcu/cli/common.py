@@ -155,18 +155,14 @@ def emit_json(obj: dict) -> None:
 
 
 def read_file(path: str, what: str, limit: int) -> bytes:
-    """A whole input file, or one line saying why not (missing, a directory, unreadable, or
-    larger than ``limit``: checked before it is read, so a huge file costs nothing)."""
+    """A whole input file, or one line saying why not (missing, a directory or a device,
+    unreadable, or larger than ``limit``: a regular file's size is checked before it is read)."""
+    from dualmcu.image.inputs import InputFileError, read_input
+
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > limit:
-                raise InputError(f"{what} {path} has {size} bytes, more than the {limit} a slot can hold")
-            return f.read(limit + 1)
-    except IsADirectoryError:
-        raise InputError(f"{what} {path} is a directory, not a file") from None
-    except OSError as e:
-        raise InputError(f"cannot read {what} {path}: {e.strerror}") from None
+        return read_input(path, what, limit)
+    except InputFileError as e:
+        raise InputError(str(e)) from None
 
 
 def write_file(path: str, data: bytes, what: str, mode: int | None = None, exclusive: bool = False) -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
 from dualmcu.image.firmware import TEST_BEHAVIOURS
+from dualmcu.image.inputs import MAX_IMAGE
 
 from .common import DEFAULT_FLASH, FLASH_HELP_DEFAULT, JSON, InputError, Number, Size, main, read_file, write_file
 
-MAX_IMAGE = 1 << 30  # what the largest slot holds (image lengths travel as u32)
 
 
 class ImageCommand(click.Command):
@@ -120,9 +121,11 @@ def tag_create(out, mcu, fw_type, build, blynk, extra) -> None:
 @JSON
 def tag_show(file, as_json) -> None:
     """Show the tag found in a tag file or a firmware image."""
-    from dualmcu.image.firmware import read_info_from_file
+    from dualmcu.image.firmware import read_info, read_info_from_file
 
-    info = read_info_from_file(file)
+    # A file is searched where it lies; a pipe has no size to search by, and is read whole.
+    info = (read_info_from_file(file) if os.path.isfile(file)
+            else read_info(read_file(file, "firmware", MAX_IMAGE)))
     if info is None:
         raise InputError(f"no Blynk info tag found in {file}")
     if as_json:
@@ -139,8 +142,7 @@ def tag_extract(file, out) -> None:
     """Copy the tag found in FILE to OUT."""
     from dualmcu.image.firmware import find_tag
 
-    with open(file, "rb") as f:
-        t = find_tag(f.read())
+    t = find_tag(read_file(file, "firmware", MAX_IMAGE))
     if t is None:
         raise InputError(f"no Blynk info tag found in {file}")
     write_file(out, t, f"a {len(t)}-byte tag")
@@ -154,8 +156,7 @@ def tag_append(firmware, mcu, fw_type, build, blynk, extra, output) -> None:
     """Append a tag to a firmware image that has none (e.g. a re-packaged image)."""
     from dualmcu.image.firmware import TagError, create_tag, find_tag
 
-    with open(firmware, "rb") as f:
-        data = f.read()
+    data = read_file(firmware, "firmware", MAX_IMAGE)
     if find_tag(data) is not None:
         raise InputError(f"{firmware} already has a tag (see `dualmcu tag show`); the first one found wins")
     try:

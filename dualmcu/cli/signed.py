@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .common import InputError, JSON, emit_json, main, write_file
+from .common import InputError, JSON, emit_json, main, read_file, write_file
 
 
 @main.command()
@@ -43,11 +43,12 @@ def sign_cmd(firmware, key, counter, targets, min_bootloader, output) -> None:
         # Signing still works; a key others can read is a key others can sign with.
         click.echo(f"warning: the private key {key} can be read by others (mode {mode:04o}); "
                    f"`chmod 600 {key}`", err=True)
+    from dualmcu.image.inputs import MAX_IMAGE, MAX_KEY
+
+    private_pem = read_file(key, "private key", MAX_KEY)
+    image = read_file(firmware, "firmware", MAX_IMAGE)
     try:
-        with open(key, "rb") as f:
-            private = load_private(f.read())
-        with open(firmware, "rb") as f:
-            signed = sign(f.read(), private, counter, list(targets), min_bootloader)
+        signed = sign(image, load_private(private_pem), counter, list(targets), min_bootloader)
     except SignError as e:
         raise InputError(str(e)) from None
     out = output or firmware + ".signed"
@@ -70,18 +71,26 @@ def verify_cmd(file, pubkeys, target, min_counter, any_target, bootloader, as_js
         keys = load_keys(list(pubkeys))
     except SignError as e:
         raise click.BadParameter(str(e), param_hint="--pubkey") from None
-    # Streamed, as the bootloader reads a slot: a 1 GiB file costs 64 KiB of memory, not 1 GiB.
-    try:
-        with open(file, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+    if os.path.isfile(file):
+        # Streamed, as the bootloader reads a slot: a 1 GiB file costs 64 KiB of memory.
+        try:
+            with open(file, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
 
-            def read(offset: int, n: int) -> bytes:
-                f.seek(offset)
-                return f.read(n)
+                def read(offset: int, n: int) -> bytes:
+                    f.seek(offset)
+                    return f.read(n)
 
-            v = verify(size, read, keys, target, min_counter, any_target=any_target, bootloader=bootloader)
-    except OSError as e:
-        raise InputError(f"cannot read {file}: {e.strerror}") from None
+                v = verify(size, read, keys, target, min_counter, any_target=any_target,
+                           bootloader=bootloader)
+        except OSError as e:
+            raise InputError(f"cannot read {file}: {e.strerror}") from None
+    else:  # a pipe has no size to read a slot by: it is read whole (a device is refused)
+        from dualmcu.image.inputs import MAX_IMAGE
+        from dualmcu.image.signing import verify_bytes
+
+        v = verify_bytes(read_file(file, "image", MAX_IMAGE), keys, target, min_counter,
+                         any_target=any_target, bootloader=bootloader)
     sig = v.signature
     info = {"file": file, "ok": v.ok, "reason": v.reason,
             "key_id": sig.key_id.hex() if sig else None, "counter": sig.counter if sig else None,

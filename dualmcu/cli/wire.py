@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import stat
 import sys
 
 import click
@@ -137,6 +139,9 @@ def read_capture(src, option: str) -> bytes:
     if isinstance(src, bytes):
         return src
     if hasattr(src, "read"):
+        if hasattr(src, "fileno") and stat.S_ISCHR(os.fstat(src.fileno()).st_mode):
+            raise click.BadParameter(f"{src.name} is a device: pairing needs a capture that ends "
+                                     "(decode a live port alone, with -f)", param_hint=option)
         data = src.read(MAX_PAIRED + 1)
     else:
         buf = bytearray()
