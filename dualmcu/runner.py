@@ -460,8 +460,13 @@ class Run:
         self.t0 = t0 = time.monotonic()
         try:
             self.prepare()
-        except (ValueError, OSError) as e:
+        except ValueError as e:
             print(f"error: {shown(e)}", file=sys.stderr)
+            return ExitCode.USAGE
+        except OSError as e:  # the work directory, or a file made in it
+            where = f"{e.filename}: " if e.filename and e.filename != self.workdir else ""
+            print(f"error: cannot use the work directory {shown(self.workdir)}: {shown(where)}"
+                  f"{e.strerror or e}", file=sys.stderr)
             return ExitCode.USAGE
         verdict: Verdict | None = None
         tallies = [self.tally(end) for end in VirtualUart.SIDES]

@@ -263,3 +263,12 @@ def test_a_fifo_is_read_whole_where_it_can_be_and_refused_where_it_is_read_twice
     assert r.exit_code == 2 and "is a pipe, not a flash file" in r.output, r.output
     with pytest.raises(InputFileError, match="is a directory"):
         read_input(tmp_path, "image", 8192)
+
+
+@pytest.mark.parametrize("workdir", ["/dev/null/x", "/proc"])
+def test_a_work_directory_that_cannot_be_used_says_so_in_one_line(workdir, capfd):
+    """It gave Python's own '[Errno 20] Not a directory: ...' line."""
+    r = CliRunner().invoke(main, ["run", "--workdir", workdir])
+    err = capfd.readouterr().err + r.output
+    assert r.exit_code == 2, err
+    assert f"error: cannot use the work directory {workdir}: " in err and "[Errno" not in err
