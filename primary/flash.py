@@ -203,7 +203,8 @@ class Flash:
         A device's flash is one chip: with ``lock`` (a primary running on it) the file is
         locked for as long as it is open, and a second primary on it is refused, where two
         would interleave their erases and writes.  The kernel drops the lock when the process
-        ends, a killed one too.  Reading it (``flash show``) needs no lock."""
+        ends, a killed one too.  Without ``lock`` the file is only read (``flash show``): no
+        lock, and a file the user may not write (another user's, a read-only copy) opens."""
         exists = os.path.exists(path)
         kind = kind_of(os.stat(path).st_mode) if exists else None
         if exists and (kind is not None or not os.path.isfile(path)):
@@ -223,7 +224,7 @@ class Flash:
                     left -= len(blank)
                 f.write(bytes(4 * g.pages))  # no page erased yet
             os.replace(tmp, path)  # a half-made file never looks like a flash file
-        f = open(path, "r+b")
+        f = open(path, "r+b" if lock else "rb")
         try:
             if lock and fcntl is not None:
                 try:

@@ -275,6 +275,24 @@ def test_a_layout_2_file_gains_its_counters_when_a_primary_opens_it(tmp_path):
     f.close()
 
 
+def test_reading_a_flash_file_opens_it_read_only(tmp_path):
+    """`flash show` of another user's flash file, or a read-only copy, must work: it opened
+    the file for writing (refused for a non-owner; root, as in CI, is never refused, so the
+    mode itself is the check)."""
+    from dualmcu.primary.inspect import describe
+
+    path = tmp_path / "f.flash"
+    f = Flash.open(path, G)
+    Bootloader(f).provision(OLD)
+    f.close()
+    before = path.read_bytes()
+    path.chmod(0o444)
+    f = Flash.open(path, create=False, lock=False)
+    assert f._store.f.mode == "rb"
+    f.close()
+    assert describe(str(path))["active_slot"] == "A" and path.read_bytes() == before
+
+
 def test_a_worn_out_page_fails_its_erase_and_keeps_its_bits():
     f = Flash.in_memory(G, endurance=3)
     off = G.slot_offset(1)
