@@ -194,6 +194,14 @@ class Run:
                 Flash.open(o.flash, create=False, lock=False).close()
             except FlashError as e:
                 raise ValueError(str(e)) from None
+        if not os.path.exists(o.flash):
+            # A new flash is provisioned by the primary process: a factory image its slots
+            # cannot hold is refused here, before anything starts.
+            size, slot = os.path.getsize(self.factory), o.geometry.slot_size
+            if size > slot:
+                which = "the factory image" if o.factory is None else f"factory image {o.factory}"
+                raise ValueError(f"{which} has {size:,} bytes, more than a slot holds "
+                                 f"(--slot-size {slot:,})")
 
     def _signed(self, image: bytes, counter: int) -> bytes:
         if not self.o.sign_key:
@@ -386,7 +394,9 @@ class Run:
             why = st["deferred_reason"] or "reason unknown"
             return ExitCode.FAILED, f"update deferred by the device ({why}) past --max-defer"
         if ev.get("outcome") not in ("success", "up_to_date", "rollback"):
-            why = f" ({ev['reason']})" if ev.get("reason") else ""
+            # The primary's reason (too_large, wrong_type...) comes in the outcome's telemetry.
+            told = ev.get("reason") or (ev.get("telemetry") or {}).get("ota_reason")
+            why = f" ({told})" if told else ""
             return ExitCode.FAILED, f"update failed: {ev.get('outcome')}{why}"
         return None
 

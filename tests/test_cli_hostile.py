@@ -272,3 +272,19 @@ def test_a_work_directory_that_cannot_be_used_says_so_in_one_line(workdir, capfd
     err = capfd.readouterr().err + r.output
     assert r.exit_code == 2, err
     assert f"error: cannot use the work directory {workdir}: " in err and "[Errno" not in err
+
+
+@pytest.mark.parametrize("args", [["--slot-size", "4K"], ["--slot-size", "64K", "--factory", "{big}"]])
+def test_a_factory_image_no_slot_holds_is_refused_before_anything_starts(args, tmp_path, capfd):
+    """The primary process found it, after the link and both processes had started (exit 3,
+    and a 'flash: ... inspect with' line for a flash that was never made)."""
+    from dualmcu.image.firmware import build_image, make_info
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(build_image(make_info("1.0.0", "T"), 200 * 1024))
+    r = CliRunner().invoke(main, ["run", "--workdir", str(tmp_path / "w"),
+                                  *[a.format(big=big) for a in args]])
+    err = capfd.readouterr().err + r.output
+    assert r.exit_code == 2, err
+    assert "more than a slot holds (--slot-size" in err and "inspect with" not in err
+    assert not os.path.exists(tmp_path / "w" / "primary.flash")

@@ -95,7 +95,8 @@ def test_run_refused_update_says_why(tmp_path, shipment):
     old = tmp_path / "old.bin"
     old.write_bytes(build_image(make_info("0.1.0", "TMPLE2E", build="Jan  1 2026 00:00:00"), 20_000))
     r = dualmcu("run", "--firmware", old, "--workdir", tmp_path / "w2", "--json")
-    assert r.returncode == 1 and events(r.stdout)[-1]["reason"] == "update failed: refused"
+    # The primary's reason comes with the NCP's outcome: "refused" alone left the user guessing.
+    assert r.returncode == 1 and events(r.stdout)[-1]["reason"] == "update failed: refused (not_newer)"
 
 
 def test_run_with_a_hanging_build_ends_once_the_old_image_runs_again(tmp_path):
