@@ -92,7 +92,7 @@ class VirtualUart:
             tty.setraw(slave)
             path = os.ttyname(slave)
             self.fds = {"a": master, "b": slave}
-            self.names = {"a": f"{path} (master)", "b": path}
+            self.names = {"a": f"the master side of {path}", "b": path}
             return
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:
             srv.bind(("127.0.0.1", 0))

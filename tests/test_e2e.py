@@ -667,7 +667,7 @@ def test_run_hands_each_side_its_whole_configuration_as_one_object(tmp_path):
 
     class Uart:  # what a VirtualUart gives: a descriptor and a name per end
         fds = {"a": 8, "b": 9}
-        names = {"a": "/dev/pts/9 (master)", "b": "/dev/pts/9"}
+        names = {"a": "the master side of /dev/pts/9", "b": "/dev/pts/9"}
 
     run.uart = Uart()
     p = run.options("primary")
@@ -675,7 +675,7 @@ def test_run_hands_each_side_its_whole_configuration_as_one_object(tmp_path):
     assert p.power_cut_seed == 7 and p.power_cut_within == pages + chunks + 6  # 1 KiB chunks never cross an 8 KiB page
     assert p.geometry.page_size == 8192 and p.start == 123.0 and p.as_json and p.provision == run.factory
     n = run.options("ncp")
-    assert n.config.once and not o.ncp.once and n.start == 123.0 and n.port == "/dev/pts/9 (master)"
+    assert n.config.once and not o.ncp.once and n.start == 123.0 and n.port == "the master side of /dev/pts/9"
     # Each side sends through its own end of the link, with the run's model and plan.
     assert (n.wire.fd, n.wire.side, p.wire.fd, p.wire.side) == (8, "a", 9, "b")
     assert p.wire.link == o.link_config and p.wire.disconnects == (("b", 2.0, 1.0),) and p.wire.start == 123.0
