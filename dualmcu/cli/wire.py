@@ -132,6 +132,13 @@ def decode(framing: str, as_json: bool, path, other, spy, hexdata: str | None) -
         raise click.BadParameter(str(e), param_hint="HEXDATA") from None
 
 
+def _is_device(f) -> bool:
+    try:
+        return stat.S_ISCHR(os.fstat(f.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):  # no descriptor: a test's stdin, say
+        return False
+
+
 def read_capture(src, option: str) -> bytes:
     """A capture that must be read whole (to pair two directions), bounded: one line instead
     of a process that fills the memory with a device that never ends.  ``src``: the
@@ -139,7 +146,7 @@ def read_capture(src, option: str) -> bytes:
     if isinstance(src, bytes):
         return src
     if hasattr(src, "read"):
-        if hasattr(src, "fileno") and stat.S_ISCHR(os.fstat(src.fileno()).st_mode):
+        if _is_device(src):
             raise click.BadParameter(f"{src.name} is a device: pairing needs a capture that ends "
                                      "(decode a live port alone, with -f)", param_hint=option)
         data = src.read(MAX_PAIRED + 1)
