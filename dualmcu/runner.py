@@ -203,6 +203,17 @@ class Run:
                 raise ValueError(f"{which} has {size:,} bytes, more than a slot holds "
                                  f"(--slot-size {slot:,})")
 
+    def _os_error(self, e: OSError) -> str:
+        """One line for a file the preparation could not make or read."""
+        why = e.strerror or str(e)
+        name = os.fspath(e.filename) if e.filename is not None else None
+        work = os.path.abspath(self.workdir)
+        if name is None or os.path.abspath(name) == work:
+            return f"cannot use the work directory {self.workdir}: {why}"
+        if os.path.abspath(name).startswith(work + os.sep):
+            return f"cannot use the work directory {self.workdir}: {name}: {why}"
+        return f"cannot read {name}: {why}"
+
     def _signed(self, image: bytes, counter: int) -> bytes:
         if not self.o.sign_key:
             return image
@@ -473,10 +484,8 @@ class Run:
         except ValueError as e:
             print(f"error: {shown(e)}", file=sys.stderr)
             return ExitCode.USAGE
-        except OSError as e:  # the work directory, or a file made in it
-            where = f"{e.filename}: " if e.filename and e.filename != self.workdir else ""
-            print(f"error: cannot use the work directory {shown(self.workdir)}: {shown(where)}"
-                  f"{e.strerror or e}", file=sys.stderr)
+        except OSError as e:  # the work directory, a file made in it, or an input file
+            print(f"error: {shown(self._os_error(e))}", file=sys.stderr)
             return ExitCode.USAGE
         verdict: Verdict | None = None
         tallies = [self.tally(end) for end in VirtualUart.SIDES]

@@ -288,3 +288,19 @@ def test_a_factory_image_no_slot_holds_is_refused_before_anything_starts(args, t
     assert r.exit_code == 2, err
     assert "more than a slot holds (--slot-size" in err and "inspect with" not in err
     assert not os.path.exists(tmp_path / "w" / "primary.flash")
+
+
+def test_a_file_run_cannot_read_is_not_blamed_on_the_work_directory(tmp_path):
+    """Every OSError of the preparation was once printed raw; the work directory's message
+    must not take the blame for an input file elsewhere (root reads any file, so the error
+    is made by hand)."""
+    from dualmcu.runner import Run, RunOptions
+
+    run = Run(RunOptions(workdir=str(tmp_path / "w")))
+    run.workdir = str(tmp_path / "w")
+    fw = str(tmp_path / "fw.bin")
+    assert run._os_error(PermissionError(13, "Permission denied", fw)) == \
+        f"cannot read {fw}: Permission denied"
+    made = str(tmp_path / "w" / "demo.bin")
+    assert run._os_error(OSError(28, "No space left on device", made)) == \
+        f"cannot use the work directory {run.workdir}: {made}: No space left on device"

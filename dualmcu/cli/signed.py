@@ -38,15 +38,15 @@ def sign_cmd(firmware, key, counter, targets, min_bootloader, output) -> None:
     """Append a signature block to FIRMWARE (see `dualmcu docs signing`)."""
     from dualmcu.image.signing import SignError, load_private, sign
 
+    from dualmcu.image.inputs import MAX_IMAGE, MAX_KEY
+
+    private_pem = read_file(key, "private key", MAX_KEY)
+    image = read_file(firmware, "firmware", MAX_IMAGE)
     mode = os.stat(key).st_mode & 0o777
     if mode & 0o077:
         # Signing still works; a key others can read is a key others can sign with.
         click.echo(f"warning: the private key {key} can be read by others (mode {mode:04o}); "
                    f"`chmod 600 {key}`", err=True)
-    from dualmcu.image.inputs import MAX_IMAGE, MAX_KEY
-
-    private_pem = read_file(key, "private key", MAX_KEY)
-    image = read_file(firmware, "firmware", MAX_IMAGE)
     try:
         signed = sign(image, load_private(private_pem), counter, list(targets), min_bootloader)
     except SignError as e:
