@@ -208,3 +208,17 @@ def test_decode_refuses_what_is_not_a_spy_log(tmp_path):
     assert r.exit_code == 2 and "not a spy:// log" in r.output and "Traceback" not in r.output
     r = run("decode", "--spy", str(raw), "aa bb")
     assert r.exit_code == 2 and "give it alone" in r.output
+
+
+def test_decode_refuses_a_serial_port_given_as_a_file():
+    """A tty opened as a plain file is cooked: it echoes what it receives back out of the
+    UART, into the device under test. Captures come through spy:// instead."""
+    import os
+
+    master, slave = os.openpty()
+    try:
+        r = run("decode", "-f", os.ttyname(slave))
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert r.exit_code == 2 and "is a terminal or serial port" in r.output

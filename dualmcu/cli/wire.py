@@ -100,6 +100,12 @@ def decode(framing: str, as_json: bool, path, other, spy, hexdata: str | None) -
         records = decode_directions(tx, rx, framing, names=("tx", "rx"))
     else:
         if path is not None:
+            if _is_tty(path):
+                # A terminal or serial port read as a file is in cooked mode: it would echo
+                # what it receives back out of the UART, and mangle line ends.
+                raise click.BadParameter(f"{path.name} is a terminal or serial port: decode reads "
+                                         "captures; record one with spy:// (see --spy)",
+                                         param_hint="--file")
             data = blocks(path)
         elif hexdata in (None, "-"):
             if hexdata is None and sys.stdin.isatty():
@@ -130,6 +136,13 @@ def decode(framing: str, as_json: bool, path, other, spy, hexdata: str | None) -
                 click.echo(format_record(rec))
     except ValueError as e:  # hex text on stdin that stops being hex part of the way
         raise click.BadParameter(str(e), param_hint="HEXDATA") from None
+
+
+def _is_tty(f) -> bool:
+    try:
+        return os.isatty(f.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _is_device(f) -> bool:
