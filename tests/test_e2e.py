@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -116,7 +117,7 @@ def test_run_with_a_hanging_build_ends_once_the_old_image_runs_again(tmp_path):
 
 @pytest.mark.parametrize("at", [4, 5, 6, 7])
 def test_a_rollback_ends_the_run_whichever_side_is_heard_first(at):
-    """The sides' lines reach the run through one queue, each side's in order but the two
+    """The sides' lines reach the run on one loop, each side's in order but the two
     interleaved in no set order. The NCP's outcome follows the primary's boot of the old image
     on the wire, yet may be heard anywhere from the primary's COMMIT_TIMEOUT on. A run once
     waited forever when the primary's READY after its rollback came before the outcome."""
@@ -139,6 +140,40 @@ def test_a_rollback_ends_the_run_whichever_side_is_heard_first(at):
     assert verdicts[:-1] == [None] * (len(stream) - 1)
     assert verdicts[-1] == (1, "rolled back to 1.0.0 (commit_timeout); "
                                "the old image runs, confirmed")
+
+
+def test_the_sides_lines_keep_their_order_across_partial_reads_and_the_end():
+    """The run reads both sides' lines in its own thread (no reader threads, no queue): a line
+    split between two reads, a line that is not JSON, an unfinished last line and a side's
+    end each come out whole and in the side's order, and --json is flushed before each wait."""
+    from dualmcu.runner import EOF, Lines
+
+    # Each side prints half a line, pauses, then the rest, and ends without a final newline.
+    script = textwrap.dedent("""
+        import sys, time
+        side, w = sys.argv[1], sys.stdout.buffer
+        w.write(b'{"side": "%s", "event": "a", "n": 1}\\n{"side": "%s", "event": "a", "n"'
+                % (side.encode(), side.encode()))
+        w.flush()
+        time.sleep(0.2)
+        w.write(b': 2}\\nnot json\\n\\n{"side": "%s", "event": "a", "n": 3}' % side.encode())
+    """)
+    waits = []
+    lines = Lines(before_wait=lambda: waits.append(1))
+    procs = {side: subprocess.Popen([sys.executable, "-c", script, side], stdout=subprocess.PIPE)
+             for side in ("ncp", "primary")}
+    for side, p in procs.items():
+        lines.add(side, p)
+    got: dict[str, list] = {"ncp": [], "primary": []}
+    while sum(x[-1:] == [EOF] for x in got.values()) < 2:
+        ev = lines.get(10.0)
+        assert ev is not None, "no line within 10 s"
+        got[ev["side"]].append(ev.get("n", ev.get("text", ev["event"])))
+    for p in procs.values():
+        assert p.wait(5) == 0
+    assert got == {side: [1, 2, "not json", 3, EOF] for side in procs}
+    assert len(waits) >= 2  # at least once before the first lines, once during the pause
+    assert lines.get(0.01) is None  # both ended: nothing more, and no busy wait
 
 
 def test_a_deferral_is_said_with_its_reason_when_the_ncp_is_heard_first():
