@@ -142,8 +142,8 @@ class Lines:
 
     select() waits for whichever side prints first, and one wake takes every whole line a
     side has printed.  Reader threads and a queue cost a thread switch per line: with an
-    event every 64 KiB chunk (--json) the run took as much CPU as a side, on the cores the
-    two sides need.  Each side's lines keep their order; the two sides' lines interleave as
+    event every 64 KiB chunk (--json) that was CPU the two sides need (a 16 MiB run took
+    1.47 s of CPU in all, 1.21 s with this loop).  Each side's lines keep their order; the two sides' lines interleave as
     they are read.  ``before_wait`` runs whenever the lines read so far are all taken."""
 
     def __init__(self, before_wait: Callable[[], None]):
@@ -157,10 +157,14 @@ class Lines:
         self.sources[fd] = (side, proc, bytearray())
 
     def get(self, timeout: float) -> dict | None:
-        """The next event, or None when none came within ``timeout`` seconds."""
-        if not self.pending:
+        """The next event, or None when none came within ``timeout`` seconds.  A read that
+        brought only part of a line goes on waiting for the rest."""
+        end = time.monotonic() + timeout
+        while not self.pending:
             self.before_wait()
-            self._read(timeout)
+            self._read(max(0.0, end - time.monotonic()))
+            if time.monotonic() >= end:
+                break
         return self.pending.popleft() if self.pending else None
 
     def _read(self, timeout: float) -> None:

@@ -148,15 +148,17 @@ def test_the_sides_lines_keep_their_order_across_partial_reads_and_the_end():
     end each come out whole and in the side's order, and --json is flushed before each wait."""
     from dualmcu.runner import EOF, Lines
 
-    # Each side prints half a line, pauses, then the rest, and ends without a final newline.
+    # Each side prints part of a line alone, pauses, goes on, pauses again in the middle of
+    # its second line, and ends without a final newline.
     script = textwrap.dedent("""
         import sys, time
         side, w = sys.argv[1], sys.stdout.buffer
-        w.write(b'{"side": "%s", "event": "a", "n": 1}\\n{"side": "%s", "event": "a", "n"'
-                % (side.encode(), side.encode()))
-        w.flush()
-        time.sleep(0.2)
-        w.write(b': 2}\\nnot json\\n\\n{"side": "%s", "event": "a", "n": 3}' % side.encode())
+        for part in (b'{"side": "%s", "event": "a", "n"' % side.encode(),
+                     b': 1}\\n{"side": "%s", "event": "a", "n"' % side.encode(),
+                     b': 2}\\nnot json\\n\\n{"side": "%s", "event": "a", "n": 3}' % side.encode()):
+            w.write(part)
+            w.flush()
+            time.sleep(0.2)
     """)
     waits = []
     lines = Lines(before_wait=lambda: waits.append(1))
