@@ -143,8 +143,9 @@ class Lines:
     select() waits for whichever side prints first, and one wake takes every whole line a
     side has printed.  Reader threads and a queue cost a thread switch per line: with an
     event every 64 KiB chunk (--json) that was CPU the two sides need (a 16 MiB run took
-    1.47 s of CPU in all, 1.21 s with this loop).  Each side's lines keep their order; the two sides' lines interleave as
-    they are read.  ``before_wait`` runs whenever the lines read so far are all taken."""
+    1.47 s of CPU in all, 1.21 s with this loop).  Each side's lines keep their order; the
+    two sides' lines interleave as they are read.  ``before_wait`` runs whenever the lines
+    read so far are all taken."""
 
     def __init__(self, before_wait: Callable[[], None]):
         self.sources: dict[int, tuple[str, subprocess.Popen, bytearray]] = {}
