@@ -21,16 +21,18 @@ class InputFileError(ValueError):
 
 
 def kind_of(mode: int) -> str | None:
-    """What a file that cannot be read as an input is, or None for one that can."""
-    if stat.S_ISREG(mode) or stat.S_ISFIFO(mode):
+    """What a path that is not a regular file is ("a pipe", "a device"...), None for a file."""
+    if stat.S_ISREG(mode):
         return None
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     if stat.S_ISSOCK(mode):
         return "a socket"
-    return "not a regular file"
+    return "a special file"
 
 
 def read_input(path: str | os.PathLike, what: str, limit: int, *, regular: bool = False) -> bytes:
@@ -41,9 +43,8 @@ def read_input(path: str | os.PathLike, what: str, limit: int, *, regular: bool 
     of its own (a serial port's DTR), and opening a FIFO waits for its writer."""
     try:
         st = os.stat(path)
-        pipe = regular and not stat.S_ISREG(st.st_mode)
-        kind = kind_of(st.st_mode) or ("a pipe" if pipe else None)
-        if kind is not None:
+        kind = kind_of(st.st_mode)
+        if kind is not None and (kind != "a pipe" or regular):  # a pipe is read, once
             raise InputFileError(f"{what} {path} is {kind}, not a file")
         if st.st_size > limit:
             # Before a byte is read: a huge file costs nothing.

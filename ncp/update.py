@@ -79,7 +79,7 @@ class Shipment:
     def from_file(cls, path: str | os.PathLike) -> Shipment:
         if not os.path.isfile(path):
             # A device or a FIFO exists but has no size to offer, and may never end.
-            kind = (kind_of(os.stat(path).st_mode) or "a pipe") if os.path.exists(path) else None
+            kind = kind_of(os.stat(path).st_mode) if os.path.exists(path) else None
             raise ValueError(f"{path} is {kind}, not a firmware file" if kind
                              else f"no firmware file at {path}")
         _check_size(os.path.getsize(path), path)  # before it is read: a huge file is refused at once

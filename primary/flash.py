@@ -207,9 +207,9 @@ class Flash:
         lock, and a file the user may not write (another user's, a read-only copy) opens."""
         exists = os.path.exists(path)
         kind = kind_of(os.stat(path).st_mode) if exists else None
-        if exists and (kind is not None or not os.path.isfile(path)):
+        if kind is not None:
             # A device or a FIFO would be read as if it were the chip, and never end.
-            raise FlashError(f"{path} is {kind or 'a pipe'}, not a flash file")
+            raise FlashError(f"{path} is {kind}, not a flash file")
         if not exists and not create:
             raise FlashError(f"no flash file at {path}")
         if not exists:
