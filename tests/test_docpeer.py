@@ -14,10 +14,9 @@ import tty
 
 import pytest
 
-from tests import docpeer
-from tests.support import tagged
+import docpeer
+from support import tagged
 
-pytestmark = pytest.mark.slow
 TIMEOUT = 60
 
 
@@ -43,6 +42,7 @@ def finish(proc: subprocess.Popen) -> tuple[int, list[dict], str]:
     return proc.returncode, lines, err.decode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framing,chunk", [("cobs", 1024), ("cobs", 65535), ("blynk", 1024)])
 def test_docs_ncp_updates_the_dualmcu_primary(tmp_path, pty_pair, framing, chunk):
     master, path = pty_pair
@@ -72,6 +72,7 @@ def test_docs_ncp_updates_the_dualmcu_primary(tmp_path, pty_pair, framing, chunk
     assert confirmed and confirmed[-1]["version"] == "1.1.0"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framing,chunk", [("cobs", 1024), ("cobs", 65535), ("blynk", 1024),
                                            ("blynk", 4096)])
 def test_dualmcu_ncp_updates_the_docs_primary(tmp_path, pty_pair, framing, chunk):
