@@ -49,6 +49,8 @@ from dualmcu.rpc.types import ArgsError
 log = logging.getLogger("dualmcu.rpc")
 
 DEFER = object()  # returned by a handler that will answer later with Endpoint.reply()
+ECHO_HINT = ("this side hears its own calls: the port echoes what it sends (TX wired to RX, "
+             "local echo in the adapter or an RS-485 transceiver, or loop://)")
 
 
 def earliest(*deadlines: float | None) -> float | None:
@@ -155,6 +157,7 @@ class Endpoint:
             "callback_errors": 0,
             "malformed": 0,
             "timeouts": 0,
+            "echoes": 0,
         }
 
     # -- configuration -----------------------------------------------------------------------
@@ -345,6 +348,8 @@ class Endpoint:
     def _on_payload(self, payload: bytes) -> None:
         msg = parse(payload)
         t = type(msg)
+        if t is Invoke and self._echoed(msg):
+            return  # this side's own call: nothing was heard from the peer
         if t is not Malformed:
             self.last_heard = self.now
         if t is Result:
@@ -359,6 +364,19 @@ class Endpoint:
             assert isinstance(msg, Malformed)
             self.stats["malformed"] += 1
             self.on_event(Event.RPC_MALFORMED, reason=msg.reason, raw=msg.payload[:64].hex())
+
+    def _echoed(self, m: Invoke) -> bool:
+        """Whether ``m`` is this side's own waiting call come back. A peer never calls a
+        function it serves itself, so the port echoes what this side sends: TX wired to RX, a
+        transceiver or adapter with local echo, or loop://. Said once; on such a port every
+        call times out, and the echoes never count as hearing from the peer."""
+        c = self._pending.get(m.msg_id)
+        if c is None or c.fn.uid != m.uid:
+            return False
+        self.stats["echoes"] += 1
+        if self.stats["echoes"] == 1:
+            self.on_event(Event.RPC_ECHO, name=c.fn.name, msg_id=m.msg_id, hint=ECHO_HINT)
+        return True
 
     def _on_result(self, r: Result) -> None:
         self.stats["results_in"] += 1

@@ -292,6 +292,29 @@ def test_baud_change_answers_at_the_old_rate_then_switches():
     assert c.ok and c.result is True
 
 
+def test_a_port_that_echoes_is_said_once_and_its_echoes_never_keep_the_ncp_alive():
+    """The NCP goes quiet and the line echoes what the primary sends (an RS-485 transceiver
+    with its receiver on, TX shorted to RX). The primary's own getState calls come back: they
+    must not count as hearing from the NCP, or it would never notice that the NCP is gone."""
+    echo = []
+
+    def back_to_the_primary(data):
+        if not echo:
+            return data
+        s.link.send("a", data, s.now)
+        return b""
+
+    s = sim(new=None, tap_to_primary=lambda d: b"" if echo else d, tap_to_ncp=back_to_the_primary,
+            primary_config=PrimaryConfig(heartbeat=10))
+    s.run_until(lambda s: s.primary.ready)
+    echo.append(1)
+    s.run_until(lambda s: bool(s.find("ncp_lost", "primary")), limit=100)
+    assert s.find("ncp_lost", "primary")[0]["misses"] == 3
+    said = s.find("rpc_echo", "primary")
+    assert len(said) == 1 and said[0]["name"] == "blynk_getState"
+    assert not s.find("rpc_unknown_uid", "primary")
+
+
 def test_the_primary_reinitialises_after_three_missed_heartbeats():
     silent = []
     s = sim(new=None, tap_to_primary=lambda d: b"" if silent else d,

@@ -240,6 +240,31 @@ def test_unknown_uid(answer_unknown, expected):
     assert [r.status for r in got] == ([] if expected is None else [expected, expected])
 
 
+def test_a_side_that_hears_its_own_calls_says_the_port_echoes_once_and_still_times_out():
+    """TX wired to RX, or an adapter's local echo: the side's own INVOKEs come back. They are
+    not calls from a peer (a peer never calls what it serves itself) nor a sign of one."""
+    events = []
+    ep = Endpoint(PRIMARY, get_profile("cobs"), on_event=lambda kind, **f: events.append((kind, f)))
+    calls = [ep.call("ncp_ping"), ep.call("blynk_getState")]
+    ep.receive(ep.data_to_send(), 0.01)
+    ep.call("ncp_ping")
+    ep.receive(ep.data_to_send(), 0.02)
+    kinds = [k for k, _ in events]
+    assert kinds == ["rpc_echo"] and events[0][1]["name"] == "ncp_ping"
+    assert "echoes" in events[0][1]["hint"]
+    assert ep.stats["echoes"] == 3 and ep.stats["unknown_uids"] == 0 and ep.last_heard is None
+    ep.tick(2.0)
+    assert [c.status for c in calls] == [Status.TIMEOUT, Status.TIMEOUT]
+    # A peer's call that shares a waiting call's msg_id is still served: only the same uid is
+    # an echo.
+    ep.handle("mcu_ping", lambda inc: None)
+    c = ep.call("ncp_ping")
+    peer = Endpoint(NCP, get_profile("cobs"))
+    peer.invoke_raw(INTERFACE["mcu_ping"].uid, c.msg_id)
+    ep.receive(peer.data_to_send(), 2.1)
+    assert ep.stats["invokes_in"] == 1 and ep.stats["echoes"] == 3 and ep.last_heard == 2.1
+
+
 def test_a_raising_handler_answers_0x10_and_the_endpoint_goes_on():
     pair = Pair()
 
