@@ -9,6 +9,7 @@ latency of its own to a round trip; all timing is the core's, against ``time.mon
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import math
 import mmap
@@ -93,6 +94,43 @@ def check_host_url(url: str) -> None:
         raise PortError(f"cannot open {url}: unknown option {unknown[0]!r} (known: {known})")
 
 
+# What each errno of a failed open means to a user, said once: pyserial's words repeat the
+# path and the errno ("[Errno 6] could not open port P: [Errno 6] No such device ...: 'P'").
+_OPEN_ERRNO = {
+    errno.ENOENT: "no port at {url}: check the path (dualmcu ports lists them)",
+    errno.EISDIR: "{url} is a directory, not a port",
+    errno.EBUSY: "{url} is in use by another program",
+    errno.EACCES: "no permission to open {url}: join the dialout group or run with access",
+    errno.EPERM: "no permission to open {url}: join the dialout group or run with access",
+    errno.ECONNREFUSED: "nothing is listening at {url}",
+    errno.ENOTTY: "{url} is not a serial port: it takes no baud rate or line settings",
+    errno.ENXIO: "cannot open {url}: no device behind that path (unplugged?)",
+    errno.ENODEV: "cannot open {url}: no device behind that path (unplugged?)",
+}
+
+
+def _open_failure(url: str, e: serial.SerialException) -> str:
+    """One line for a port pyserial could not open."""
+    if getattr(e, "errno", None) in _OPEN_ERRNO:
+        return _OPEN_ERRNO[e.errno].format(url=url)
+    if getattr(e, "errno", None):
+        return f"cannot open {url}: {os.strerror(e.errno)}"
+    # No errno: pyserial's own words (a held lock, a host it could not resolve, a URL it
+    # does not know), the URL said once.
+    text = str(e)
+    if "lock" in text.lower() or "busy" in text.lower():
+        return f"{url} is in use by another program"
+    if "Connection refused" in text or "Errno 111" in text:
+        return f"nothing is listening at {url}"
+    if "Inappropriate ioctl" in text or "(25," in text:
+        return f"{url} is not a serial port: it takes no baud rate or line settings"
+    if "Name or service not known" in text or "Errno -2" in text:
+        return f"cannot open {url}: no host of that name"
+    for said in (f"could not open port {url}: ", f"Could not open port {url}: "):
+        text = text.removeprefix(said)
+    return f"cannot open {url}: {text}"
+
+
 def open_port(url: str, baud: int) -> serial.SerialBase:
     if not url:
         raise PortError("no port given: a device path (/dev/ttyUSB0) "
@@ -111,24 +149,7 @@ def open_port(url: str, baud: int) -> serial.SerialBase:
         port.open()
         return port
     except serial.SerialException as e:
-        text = str(e)
-        if "No such file" in text or "could not open port" in text and "Errno 2" in text:
-            raise PortError(f"no port at {url}: check the path (dualmcu ports lists them)") from None
-        if "lock" in text.lower() or "busy" in text.lower() or "Errno 16" in text:
-            raise PortError(f"{url} is in use by another program") from None
-        if "Permission denied" in text or "Errno 13" in text:
-            raise PortError(f"no permission to open {url}: join the dialout group or run with access") from None
-        if "Connection refused" in text or "Errno 111" in text:
-            raise PortError(f"nothing is listening at {url}") from None
-        if "Inappropriate ioctl" in text or "(25," in text:
-            raise PortError(f"{url} is not a serial port: "
-                            "it takes no baud rate or line settings") from None
-        if "Name or service not known" in text or "Errno -2" in text:
-            raise PortError(f"cannot open {url}: no host of that name") from None
-        # pyserial says the URL again ("Could not open port URL: why"): the line says it once.
-        for said in (f"could not open port {url}: ", f"Could not open port {url}: "):
-            text = text.removeprefix(said)
-        raise PortError(f"cannot open {url}: {text}") from None
+        raise PortError(_open_failure(url, e)) from None
     except (ValueError, OSError) as e:
         raise PortError(f"cannot open {url}: {e}") from None
 

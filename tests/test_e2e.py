@@ -1,5 +1,6 @@
 """The real processes: `dualmcu run`, each side alone on a pty, and the file commands."""
 
+import errno
 import hashlib
 import json
 import os
@@ -222,6 +223,7 @@ def test_side_alone_on_a_missing_port_fails_clearly(tmp_path):
 @pytest.mark.parametrize("url, said", [
     ("", "no port given"),
     ("/dev/null", "/dev/null is not a serial port"),
+    ("/", "/ is a directory, not a port"),
     ("socket://localhost:99999", "expected socket://HOST:PORT with a port from 1 to 65535"),
     ("socket://localhost", "expected socket://HOST:PORT"),
     ("socket://[::1:5", "expected socket://HOST:PORT"),
@@ -238,6 +240,23 @@ def test_a_port_that_cannot_be_opened_is_said_in_one_line(url, said):
         open_port(url, 115200)
     assert said in str(e.value) and "\n" not in str(e.value)
     assert str(e.value).count(url) <= 1 or not url
+
+
+@pytest.mark.parametrize("code, said", [
+    (errno.ENXIO, "cannot open /dev/ttyUSB9: no device behind that path (unplugged?)"),
+    (errno.EIO, "cannot open /dev/ttyUSB9: Input/output error"),
+    (errno.EACCES, "no permission to open /dev/ttyUSB9"),
+])
+def test_a_port_error_with_an_errno_says_the_path_and_the_cause_once(code, said):
+    """pyserial repeats the path and the errno ("[Errno 6] could not open port P: [Errno 6] No
+    such device or address: 'P'"); the line names each once."""
+    import serial
+
+    from dualmcu.shell import _open_failure
+
+    e = serial.SerialException(code, f"could not open port /dev/ttyUSB9: [Errno {code}] x")
+    text = _open_failure("/dev/ttyUSB9", e)
+    assert text.startswith(said) and text.count("/dev/ttyUSB9") == 1 and "Errno" not in text
 
 
 def test_a_blank_flash_needs_a_factory_image(tmp_path):
