@@ -111,14 +111,16 @@ _OPEN_ERRNO = {
 
 def _open_failure(url: str, e: serial.SerialException) -> str:
     """One line for a port pyserial could not open."""
+    text = str(e)
+    if "lock" in text.lower():  # another process holds the port's lock (errno EWOULDBLOCK)
+        return f"{url} is in use by another program"
     if getattr(e, "errno", None) in _OPEN_ERRNO:
         return _OPEN_ERRNO[e.errno].format(url=url)
     if getattr(e, "errno", None):
         return f"cannot open {url}: {os.strerror(e.errno)}"
-    # No errno: pyserial's own words (a held lock, a host it could not resolve, a URL it
-    # does not know), the URL said once.
-    text = str(e)
-    if "lock" in text.lower() or "busy" in text.lower():
+    # No errno: pyserial's own words (a host it could not resolve, a URL it does not know),
+    # the URL said once.
+    if "busy" in text.lower():
         return f"{url} is in use by another program"
     if "Connection refused" in text or "Errno 111" in text:
         return f"nothing is listening at {url}"
