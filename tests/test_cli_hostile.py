@@ -173,7 +173,8 @@ DEVICE_CASES = [  # (command, parameter, arguments)
     ("verify", "file", ["verify", "{dev}", "--pubkey", "{pub}"]),
     ("verify", "pubkeys", ["verify", "{img}", "--pubkey", "{dev}"]),
 ]
-# Read on purpose from a device: decode -f streams a live port or a logger's FIFO.
+# Read on purpose from a device: decode -f streams a logger's FIFO, or any device but a
+# terminal or serial port (refused there: opened as a file it echoes into the device).
 STREAMED = {("decode", "path")}
 
 

@@ -161,7 +161,7 @@ def read_capture(src, option: str) -> bytes:
     if hasattr(src, "read"):
         if _is_device(src):
             raise click.BadParameter(f"{src.name} is a device: pairing needs a capture that ends "
-                                     "(decode a live port alone, with -f)", param_hint=option)
+                                     "(record a port with spy://, see --spy)", param_hint=option)
         data = src.read(MAX_PAIRED + 1)
     else:
         buf = bytearray()
