@@ -13,7 +13,7 @@ from dualmcu.ncp.core import NcpConfig, NcpDevice
 from dualmcu.image.firmware import read_info
 from dualmcu.image.inputs import MAX_IMAGE, read_input
 from dualmcu.ncp.update import Catalog, Network, Store
-from dualmcu.primary.boot import Bootloader, BootStore
+from dualmcu.primary.boot import Bootloader, BootStore, check_factory
 from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
 from dualmcu.primary.flash import DEFAULT_ENDURANCE, Flash, FlashError, Geometry, Identity, PowerCut
 
@@ -187,26 +187,35 @@ def factory_for(path: str, provision: str | None) -> bytes | None:
 
 def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit, trust=None,
                identity: Identity | None = None, endurance: int = DEFAULT_ENDURANCE,
-               image: bytes | None = None) -> Flash:
+               image: bytes | None = None, provide: bool = True) -> Flash:
     """Open (or make) the flash file; give a blank one its factory image (``image``, when
-    :func:`factory_for` has read it already)."""
+    :func:`factory_for` has read it already). With ``provide`` false the file is only opened
+    and checked (a blank one needs an image): :func:`provide_firmware` writes it later."""
     if image is None:
         image = factory_for(path, provision)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     flash = Flash.open(path, geometry, identity=identity, endurance=endurance)
     try:
-        if BootStore(flash).load() is None:
-            if image is None:
-                raise ValueError(f"{path} holds no firmware: give --provision IMAGE for its factory image")
-            Bootloader(flash, trust=trust).provision(image)
-            emit(Event.PROVISIONED, image=provision, size=len(image))
-        elif provision:
-            emit(Event.PROVISION_IGNORED, image=provision,
-                 note=f"{path} already holds firmware; to provision again, delete it or give another --flash")
+        if BootStore(flash).load() is None and image is None:
+            raise ValueError(f"{path} holds no firmware: give --provision IMAGE for its factory image")
+        if provide:
+            provide_firmware(flash, path, image, provision, emit, trust)
     except BaseException:
         flash.close()
         raise
     return flash
+
+
+def provide_firmware(flash: Flash, path: str, image: bytes | None, provision: str | None, emit,
+                     trust=None) -> None:
+    """Write the factory image to a blank flash; say so when the flash holds firmware already."""
+    if BootStore(flash).load() is None:
+        assert image is not None, "open_flash refuses a blank flash without an image"
+        Bootloader(flash, trust=trust).provision(image)
+        emit(Event.PROVISIONED, image=provision, size=len(image))
+    elif provision:
+        emit(Event.PROVISION_IGNORED, image=provision,
+             note=f"{path} already holds firmware; to provision again, delete it or give another --flash")
 
 
 def run_primary(o: PrimaryOptions) -> int:
@@ -217,29 +226,49 @@ def run_primary(o: PrimaryOptions) -> int:
         print(f"error: {shown(e)}", file=sys.stderr)
         return ExitCode.USAGE
 
-    def opened() -> Flash | None:
+    def opened(provide: bool) -> Flash | None:
         try:
             return open_flash(o.flash, o.geometry, o.provision, emit, o.config.trust, o.identity,
-                              o.endurance, image=image)
+                              o.endurance, image=image, provide=provide)
         except (ValueError, OSError, FlashError) as e:
             print(f"error: {shown(e)}", file=sys.stderr)
             return None
 
-    # An existing flash file is opened first: one in use by another primary, or not a flash
-    # file at all, is the first thing to say. A new one is made once the port is open, so a
-    # wrong port leaves no file behind to be found provisioned with the failed try's image.
+    # An existing flash file is opened and checked first: one in use by another primary, or
+    # not a flash file at all, is the first thing to say. Nothing is written to the flash until
+    # the port is open, so a wrong port leaves no file behind, nor a blank one provisioned with
+    # the failed try's image.
     existing = os.path.exists(o.flash)
-    flash = opened() if existing else None
+    flash = opened(provide=False) if existing else None
     if existing and flash is None:
         return ExitCode.USAGE
+    if image is not None and (flash is None or BootStore(flash).load() is None):
+        # The image is checked against the device it will go on before the port opens: a
+        # factory image too big for a slot, or one the trusted keys refuse, writes nothing.
+        try:
+            check_factory(image, flash.geometry if flash else o.geometry or Geometry(), o.config.trust,
+                          flash.identity if flash else o.identity or Identity())
+        except ValueError as e:
+            print(f"error: {shown(e)}", file=sys.stderr)
+            if flash is not None:
+                flash.close()
+            return ExitCode.USAGE
     port = open_side_port(o.port, o.baud, o.wire)
     if port is None:
         if flash is not None:
             flash.close()
         return ExitCode.IO
-    if flash is None and (flash := opened()) is None:
+    if flash is None and (flash := opened(provide=True)) is None:
         port.close()
         return ExitCode.USAGE
+    if existing:
+        try:
+            provide_firmware(flash, o.flash, image, o.provision, emit, o.config.trust)
+        except (ValueError, OSError, FlashError) as e:
+            print(f"error: {shown(e)}", file=sys.stderr)
+            flash.close()
+            port.close()
+            return ExitCode.USAGE
     base = flash.ops
     flash.interrupt = power_cut_hook(o.power_cut_at, o.power_cut_seed, o.power_cut_within, base)
     profile = get_profile(o.framing)

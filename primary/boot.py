@@ -57,7 +57,7 @@ from typing import Callable
 
 from dualmcu.rpc.events import Event
 
-from .flash import Flash, FlashError
+from .flash import Flash, FlashError, Geometry, Identity
 from .reasons import code_of, name_of
 from .records import Redundant
 
@@ -248,6 +248,23 @@ def check_signature(flash: Flash, slot: int, length: int, trust: Trust, min_coun
                   any_target=trust.any_target, bootloader=flash.identity.bootloader)
 
 
+def check_factory(image: bytes, geometry: Geometry, trust: Trust | None, identity: Identity) -> int:
+    """Why ``image`` cannot be a factory image on this device (ValueError), checked before a
+    byte is written: it must fit a slot and, with trusted keys, be signed for this device.
+    Returns the security counter anti-rollback starts at (a signed image's own, else 0)."""
+    if len(image) > geometry.slot_size:
+        raise ValueError(f"factory image of {len(image)} bytes does not fit a {geometry.slot_size}-byte slot")
+    if trust is None or not trust.keys:
+        return 0
+    from dualmcu.image.signing import verify_bytes
+
+    v = verify_bytes(image, trust.keys, trust.target, any_target=trust.any_target,
+                     bootloader=identity.bootloader)
+    if not v.ok:
+        raise ValueError(f"factory image refused: {v.reason}")
+    return v.signature.counter
+
+
 class Bootloader:
     def __init__(self, flash: Flash, attempts: int = DEFAULT_ATTEMPTS, trust: Trust | None = None,
                  on_unsaved: Callable[[str], None] = lambda error: None):
@@ -389,19 +406,7 @@ class Bootloader:
     def provision(self, image: bytes) -> BootState:
         """Write a factory image to slot A and make it the confirmed one (a blank device only)."""
         g = self.flash.geometry
-        if len(image) > g.slot_size:
-            raise ValueError(f"factory image of {len(image)} bytes does not fit a {g.slot_size}-byte slot")
-        counter = 0
-        if self.trust is not None and self.trust.keys:
-            # Checked before a byte is written: a factory image this device would not boot is
-            # refused, and a signed one's counter is where anti-rollback starts.
-            from dualmcu.image.signing import verify_bytes
-
-            v = verify_bytes(image, self.trust.keys, self.trust.target, any_target=self.trust.any_target,
-                             bootloader=self.flash.identity.bootloader)
-            if not v.ok:
-                raise ValueError(f"factory image refused: {v.reason}")
-            counter = v.signature.counter
+        counter = check_factory(image, g, self.trust, self.flash.identity)
         base = g.slot_offset(0)
         for off in range(0, len(image), g.page_size):
             self.flash.erase_page(base + off)

@@ -220,6 +220,31 @@ def test_side_alone_on_a_missing_port_fails_clearly(tmp_path):
     assert r.returncode == 3 and b"nothing is listening" in r.stderr
 
 
+def test_a_failed_start_writes_nothing_to_the_flash(tmp_path):
+    """Every check runs before a byte goes to the flash: a blank flash file made earlier stays
+    blank when the port cannot be opened, and a factory image too big for a slot is refused
+    before the port is tried and the file is made."""
+    from dualmcu.primary.flash import Flash, Geometry
+
+    blank = tmp_path / "blank.flash"
+    Flash.open(blank, Geometry(4096, 256 * 1024)).close()
+    before = blank.read_bytes()
+    factory = tmp_path / "factory.bin"
+    factory.write_bytes(build_image(make_info("2.0.0", "TMPLE2E", build="Jan  1 2026 00:00:00"), 20_000))
+    r = dualmcu("primary", "--port", "/dev/does-not-exist", "--flash", blank, "--provision", factory)
+    assert r.returncode == 3 and b"no port at /dev/does-not-exist" in r.stderr
+    assert blank.read_bytes() == before
+    big = tmp_path / "big.bin"
+    big.write_bytes(build_image(make_info("2.0.0", "TMPLE2E", build="Jan  1 2026 00:00:00"), 300_000))
+    for flash in (blank, tmp_path / "new.flash"):
+        r = dualmcu("primary", "--port", "/dev/does-not-exist", "--flash", flash, "--provision", big,
+                    "--slot-size", "256K")
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.decode().strip() == ("error: factory image of 300000 bytes does not fit "
+                                             "a 262144-byte slot")
+    assert blank.read_bytes() == before and not (tmp_path / "new.flash").exists()
+
+
 @pytest.mark.parametrize("url, said", [
     ("", "no port given"),
     ("/dev/null", "/dev/null is not a serial port"),
