@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -141,6 +142,10 @@ class Endpoint:
         self._deferred: set[Incoming] = set()
         self._next_id = 1
         self._out = bytearray()
+        # The RESULTs and ONEWAYs this side sent last, by payload, with the function each was
+        # for: on a port that echoes they come back, and must not answer a waiting call that
+        # happens to share a RESULT's msg_id, nor count as hearing from the peer.
+        self._said: deque[tuple[bytes, str | None]] = deque(maxlen=16)
         self._timed: list[tuple[float, int, bytes, Incoming]] = []  # (due, order, frame, inc): replies at a time
         self._order = 0
         self.now = 0.0
@@ -273,7 +278,7 @@ class Endpoint:
             raise ValueError(f"{name} is answered: use call()")
         if fn.server == self.side:
             raise ValueError(f"{name} is served by this side ({self.side})")
-        self._send(Oneway(fn.uid, fn.encode_args(args)).encode())
+        self._send(self._kept(Oneway(fn.uid, fn.encode_args(args)).encode(), fn.name))
 
     def invoke_raw(self, uid: int, msg_id: int, args: bytes = b"") -> None:
         """Send an INVOKE the table may not know (fuzzing, probing a peer)."""
@@ -307,13 +312,13 @@ class Endpoint:
                 log.error("%s handler returned %r, which does not encode: %s", inc.fn.name, ret, e)
                 status = Status.RESULTS_WRITE
         try:
-            return self._encode(Result(inc.msg_id, status, data).encode())
+            return self._encode(self._kept(Result(inc.msg_id, status, data).encode(), inc.fn.name))
         except FramingError:
             # An answer larger than a frame carries: say so in a RESULT that fits, instead of
             # letting a peer that asks for it end this side.
             self.stats["handler_errors"] += 1
             self.on_event(Event.RPC_RESULT_TOO_LARGE, name=inc.fn.name, msg_id=inc.msg_id, size=len(data))
-            return self._encode(Result(inc.msg_id, Status.RESULTS_WRITE).encode())
+            return self._encode(self._kept(Result(inc.msg_id, Status.RESULTS_WRITE).encode(), inc.fn.name))
 
     @property
     def deferred(self) -> set[Incoming]:
@@ -350,6 +355,8 @@ class Endpoint:
         t = type(msg)
         if t is Invoke and self._echoed(msg):
             return  # this side's own call: nothing was heard from the peer
+        if (t is Result or t is Oneway) and self._said and self._said_back(payload, msg):
+            return  # this side's own answer or ONEWAY come back
         if t is not Malformed:
             self.last_heard = self.now
         if t is Result:
@@ -368,14 +375,43 @@ class Endpoint:
     def _echoed(self, m: Invoke) -> bool:
         """Whether ``m`` is this side's own waiting call come back. A peer never calls a
         function it serves itself, so the port echoes what this side sends: TX wired to RX, a
-        transceiver or adapter with local echo, or loop://. Said once; on such a port every
-        call times out, and the echoes never count as hearing from the peer."""
+        transceiver or adapter with local echo, or loop://. Said once; with no peer on such a
+        port every call times out, and the echoes never count as hearing from the peer."""
         c = self._pending.get(m.msg_id)
         if c is None or c.fn.uid != m.uid:
             return False
+        self._heard_echo(c.fn.name, m.msg_id)
+        return True
+
+    def _heard_echo(self, name: str | None, msg_id: int | None) -> None:
         self.stats["echoes"] += 1
         if self.stats["echoes"] == 1:
-            self.on_event(Event.RPC_ECHO, name=c.fn.name, msg_id=m.msg_id, hint=ECHO_HINT)
+            self.on_event(Event.RPC_ECHO, name=name, msg_id=msg_id, hint=ECHO_HINT)
+
+    def _kept(self, payload: bytes, name: str | None) -> bytes:
+        self._said.append((payload, name))
+        return payload
+
+    def _said_back(self, payload: bytes, m: Result | Oneway) -> bool:
+        """Whether ``m`` is a RESULT or ONEWAY this side sent, come back on a port that echoes.
+        A ONEWAY for a function the peer serves is always one: a peer never sends those. A
+        RESULT is one only once the port is known to echo: before that, one alike to a RESULT
+        sent may be the peer's (both sides number their calls from 1, and two pings are
+        answered alike), and it is taken as the peer's."""
+        if type(m) is Result:
+            if not self.stats["echoes"]:
+                return False
+        else:
+            fn = self.interface.get(m.uid)
+            if fn is None or fn.server == self.side:
+                return False
+        for i, (said, name) in enumerate(self._said):
+            if said == payload:
+                break
+        else:
+            return False
+        del self._said[i]
+        self._heard_echo(name, getattr(m, "msg_id", None))
         return True
 
     def _on_result(self, r: Result) -> None:
@@ -420,14 +456,14 @@ class Endpoint:
             self.stats["unknown_uids"] += 1
             self.on_event(Event.RPC_UNKNOWN_UID, uid=m.uid, msg_id=m.msg_id, answered=self.answer_unknown)
             if self.answer_unknown:
-                self._send(Result(m.msg_id, Status.UNKNOWN_UID).encode())
+                self._send(self._kept(Result(m.msg_id, Status.UNKNOWN_UID).encode(), None))
             return
         try:
             args = fn.decode_args(m.args)
         except ArgsError as e:
             self.stats["bad_args"] += 1
             self.on_event(Event.RPC_BAD_ARGS, name=fn.name, msg_id=m.msg_id, error=str(e))
-            self._send(Result(m.msg_id, Status.ARGS_READ).encode())
+            self._send(self._kept(Result(m.msg_id, Status.ARGS_READ).encode(), fn.name))
             return
         inc = Incoming(fn, m.msg_id, args, self.now)
         try:

@@ -31,7 +31,7 @@ rpc_bad_result              both     | a RESULT whose fields do not decode (name
 rpc_result_too_large        both     | an answer larger than one frame carries: an error status goes instead (name, size)
 rpc_callback_error          both     | the side's own handler of a RESULT failed (name)
 rpc_unknown_uid             both     | a call to a function this side does not serve (uid, msg_id, answered)
-rpc_echo                    both     | the side's own call came back to it: the port echoes what it sends; said once (name, msg_id, hint)
+rpc_echo                    both     | the side's own call or ONEWAY came back to it: the port echoes what it sends; said once (name, msg_id, hint)
 rpc_bad_args                both     | a call whose arguments do not decode; an INVOKE is answered with an error status (name, error)
 rpc_handler_error           both     | the side's own handler of a call failed; an INVOKE is answered with an error status (name, error)
 

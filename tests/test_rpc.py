@@ -265,6 +265,49 @@ def test_a_side_that_hears_its_own_calls_says_the_port_echoes_once_and_still_tim
     assert ep.stats["invokes_in"] == 1 and ep.stats["echoes"] == 3 and ep.last_heard == 2.1
 
 
+def test_on_a_port_that_echoes_with_a_peer_on_it_this_sides_answers_and_oneways_are_not_the_peers():
+    """An adapter's local echo, or an RS-485 transceiver, with a peer on the line: everything
+    this side sends comes back too. Its own RESULT for a peer's call must not answer its own
+    call waiting with the same msg_id (both sides number from 1), and its own ONEWAYs are not
+    calls it does not serve."""
+    events = []
+    ep = Endpoint(PRIMARY, get_profile("cobs"), on_event=lambda kind, **f: events.append((kind, f)))
+    peer = Endpoint(NCP, get_profile("cobs"))
+    ep.handle("mcu_ping", lambda inc: None)
+    ep.handle("mcu_hasUID", lambda inc: True)
+    waiting = ep.call("blynk_getState")  # msg_id 1, as the peer's first call below
+    ep.receive(ep.data_to_send(), 0.01)  # the echo of the call: the port is known to echo now
+    peer.invoke_raw(INTERFACE["mcu_hasUID"].uid, waiting.msg_id, (0x1234).to_bytes(2, "little"))
+    ep.receive(peer.data_to_send(), 0.02)
+    answer = ep.data_to_send()
+    ep.receive(answer, 0.03)  # this side's own answer, come back
+    assert waiting.status is None and waiting.msg_id in ep.pending
+    ep.notify("blynk_virtualWrite", {"vpin": 1, "value": b"1"})
+    ep.receive(ep.data_to_send(), 0.04)
+    assert ep.stats["unknown_uids"] == 0 and ep.stats["stale_results"] == 0
+    assert ep.stats["echoes"] == 3 and [k for k, _ in events] == ["rpc_echo"]
+    # The peer's own answer, alike or not, still answers the call.
+    peer._send(M.Result(waiting.msg_id, Status.OK, bytes([3])).encode())
+    ep.receive(peer.data_to_send(), 0.05)
+    assert waiting.status == Status.OK and ep.last_heard == 0.05
+
+
+def test_before_a_port_is_known_to_echo_a_result_alike_to_ones_own_is_the_peers():
+    """Both sides ping first with msg_id 1, and a ping's answer is five bytes alike both ways:
+    on a port not known to echo, the peer's RESULT answers this side's ping."""
+    ep = Endpoint(PRIMARY, get_profile("cobs"))
+    peer = Endpoint(NCP, get_profile("cobs"))
+    ep.handle("mcu_ping", lambda inc: None)
+    peer.handle("ncp_ping", lambda inc: None)
+    mine = ep.call("ncp_ping")
+    theirs = peer.call("mcu_ping")
+    ep.receive(peer.data_to_send(), 0.01)
+    peer.receive(ep.data_to_send(), 0.01)
+    assert ep.data_to_send() == b"" and mine.status is None
+    ep.receive(peer.data_to_send(), 0.02)
+    assert mine.status == Status.OK and theirs.status == Status.OK and ep.stats["echoes"] == 0
+
+
 def test_a_raising_handler_answers_0x10_and_the_endpoint_goes_on():
     pair = Pair()
 
