@@ -673,7 +673,9 @@ class Runner:
                 self.events.release()  # a power cut loses the step's bytes, never its events
 
     def start(self) -> None:
-        """Carry out what the core asked for at boot (e.g. a device that halts at once)."""
+        """Send what the core has to say at boot (a primary's first ping) and carry out what it
+        asked for (e.g. a device that halts at once)."""
+        self._flush()
         self._act()
         if self.check is not None:
             self.check()

@@ -407,3 +407,35 @@ def test_the_shell_takes_no_step_for_a_wake_that_only_let_queued_bytes_out(monke
     with pytest.raises(Stop):
         Runner(FakePort([(1 / 64, b"")] * 30), core, lambda a, p: None).run()
     assert core.calls == ["idle"] * 7
+
+
+def test_a_primary_sends_its_first_ping_when_it_starts_not_at_its_first_wake():
+    """The primary's first ncp_ping is made with the core. The shell sends it at start: held
+    until the first wake (its own 100 ms timeout on a quiet line), it reached the NCP only as
+    it timed out, the NCP's answer came back stale, and every start took a ping retry longer."""
+    import time
+
+    from dualmcu.framing import get_profile
+    from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
+    from dualmcu.primary.flash import Flash, Geometry
+    from dualmcu.primary.boot import Bootloader
+    from dualmcu.rpc import INTERFACE
+    from dualmcu.rpc.message import Invoke, parse
+    from dualmcu.shell import Runner
+    from support import tagged
+
+    flash = Flash.in_memory(Geometry(4096, 128 * 1024))
+    Bootloader(flash).provision(tagged("1.0.0", "TMPLRUN", 20_000))
+    core = PrimaryDevice(flash, get_profile("cobs"), PrimaryConfig(), time.monotonic())
+
+    class WritingPort(QuietPort):
+        def __init__(self):
+            self.written = bytearray()
+
+        def write(self, data, now=None):
+            self.written += data
+
+    port = WritingPort()
+    Runner(port, core, lambda a, p: None).start()
+    frames = get_profile("cobs").decoder().feed(bytes(port.written))
+    assert [parse(f.message) for f in frames] == [Invoke(INTERFACE["ncp_ping"].uid, 1)]
