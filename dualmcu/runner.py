@@ -32,7 +32,7 @@ from dualmcu.rpc.events import Event
 from .child import send
 from .link import LinkConfig
 from .exits import ExitCode
-from .shell import Progress, Tally, Wire, detail, shown
+from .shell import Outlet, Progress, Tally, Wire, detail, shown
 from .sides import NcpOptions, PrimaryOptions, read_factory_image
 DEMO_TYPE = "TMPL0DEMO01"
 DEMO_SIZE = 300 * 1024
@@ -197,6 +197,7 @@ class Run:
     def __init__(self, o: RunOptions):
         self.o = o
         self.lines = Lines(before_wait=self._flush_json)
+        self.outlet: Outlet | None = None  # where --json lines go, made when the run starts
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, str] = {}
         self.killed: set[subprocess.Popen] = set()
@@ -382,12 +383,12 @@ class Run:
         """Pass a line on to --json; it goes out before the run next waits (_flush_json), so
         a reader sees every line as soon as the run has taken the lines that came with it."""
         raw = obj.pop(RAW, None)
-        if self.o.as_json:
-            sys.stdout.write((raw or json.dumps(obj, separators=(",", ":"))) + "\n")
+        if self.outlet is not None:
+            self.outlet.add((raw or json.dumps(obj, separators=(",", ":"))) + "\n")
 
     def _flush_json(self) -> None:
-        if self.o.as_json:
-            sys.stdout.flush()
+        if self.outlet is not None:
+            self.outlet.pump()
 
     def _handlers(self) -> dict[tuple[str, str], Callable[[dict], Verdict | None]]:
         """What the run does with each side's event; an event not listed is only shown."""
@@ -534,6 +535,16 @@ class Run:
     # -- the whole run -----------------------------------------------------------------------
 
     def run(self) -> int:
+        # A --json reader that stops reading holds up neither the sides (see Outlet) nor this
+        # process's own work (kills and power cuts at an offset, the timeout): lines wait.
+        self.outlet = Outlet(sys.stdout, "run") if self.o.as_json else None
+        try:
+            return self._run()
+        finally:
+            if self.outlet is not None:
+                self.outlet.close()
+
+    def _run(self) -> int:
         # Events and the result's seconds count from here, when the user started waiting.
         self.t0 = t0 = time.monotonic()
         try:

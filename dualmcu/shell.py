@@ -167,6 +167,96 @@ def detail(fields: dict[str, Any]) -> str:
     return " ".join(f"{k}={shown(v)}" for k, v in fields.items())
 
 
+class Outlet:
+    """Where a side's --json lines go, without ever stalling the side.
+
+    A pipe whose reader stops (a pager left on its first screen, a script that sleeps) would
+    block a plain write, and a side blocked in its log neither answers its peer nor meets a
+    deadline: the peer then times out for a reason that is not on the wire. On a pipe or a
+    socket the lines go out as the reader takes them and wait here meanwhile; past ``limit``
+    bytes held, new lines are left out and counted until the reader has caught up, and then said
+    in one line (``events_dropped``).
+    A file or a terminal is written as before: neither stops reading. At the side's end
+    :meth:`close` waits for the reader and writes the rest, so nothing below the limit is lost.
+    A reader that went away ends the side, as a closed pipe ends any program (BrokenPipeError).
+    """
+
+    def __init__(self, stream, side: str, limit: int = 32 << 20):
+        self.stream = stream
+        self.side = side
+        self.limit = limit
+        self.held = bytearray()
+        self.head = 0  # the first byte of held not yet written
+        self.left_out = 0  # lines left out since the last time that was said
+        self.fd: int | None = None
+        try:
+            fd = stream.fileno()
+            mode = os.fstat(fd).st_mode
+        except (AttributeError, OSError, ValueError):
+            return
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            stream.flush()
+            self.fd, self._blocking = fd, os.get_blocking(fd)
+            os.set_blocking(fd, False)
+
+    def write(self, text: str) -> None:
+        self.add(text)
+        self.pump()
+
+    def add(self, text: str) -> None:
+        """Hold ``text`` for the next :meth:`pump` (on a file or terminal: buffer it)."""
+        if self.fd is None:
+            self.stream.write(text)
+            return
+        if self.left_out or len(self.held) - self.head + len(text) > self.limit:
+            # Left out until all that is held has gone and the gap is said, so that the lines
+            # a reader gets stay in order around it.
+            self.left_out += text.count("\n")
+        else:
+            self.held += text.encode()
+
+    def pump(self) -> None:
+        """Write what the reader takes now."""
+        if self.fd is None:
+            self.stream.flush()
+            return
+        while self.head < len(self.held) or self.left_out:
+            if self.head == len(self.held):
+                self._say_left_out()
+            try:
+                with memoryview(self.held) as view:
+                    self.head += os.write(self.fd, view[self.head:])
+            except BlockingIOError:
+                break
+        if self.head and self.head * 2 >= len(self.held):
+            del self.held[:self.head]
+            self.head = 0
+
+    def _say_left_out(self) -> None:
+        line = {"side": self.side, "event": Event.EVENTS_DROPPED.value, "lines": self.left_out,
+                "held": self.limit}
+        self.held += (json.dumps(line, separators=(",", ":")) + "\n").encode()
+        self.left_out = 0
+
+    def close(self) -> None:
+        """Wait for the reader and write everything held; the pipe is left as it was found."""
+        if self.fd is None:
+            self.stream.flush()
+            return
+        os.set_blocking(self.fd, True)
+        try:
+            if self.left_out:
+                self._say_left_out()
+            with memoryview(self.held) as view:
+                while self.head < len(self.held):
+                    self.head += os.write(self.fd, view[self.head:])
+        finally:
+            self.held.clear()
+            self.head = 0
+            os.set_blocking(self.fd, self._blocking)
+            self.fd = None
+
+
 class Progress:
     """One line, redrawn in place on a terminal: bytes, rate, ETA, retries.  It is cut to the
     terminal's width, so that it never wraps (a wrapped line is not redrawn in place: each
@@ -240,6 +330,7 @@ class EventPrinter:
         self.progress = Progress(out or sys.stderr)
         self.watchers: list[Callable[[Event, dict], None]] = []
         self._held: list[tuple[Event, dict]] | None = None  # a step's events, while held
+        self.outlet = Outlet(out or sys.stdout, side) if as_json else None
 
     def origin_utc(self) -> str:
         """The wall-clock time at which ``t`` is 0, to set this stream beside other logs."""
@@ -255,9 +346,14 @@ class EventPrinter:
     def release(self) -> None:
         held, self._held = self._held, None
         if held:
-            out = self.out or sys.stdout
-            out.write("".join(map(self._line, held)))
-            out.flush()
+            self.outlet.write("".join(map(self._line, held)))
+        elif self.outlet is not None and self.outlet.held:
+            self.outlet.pump()  # lines a slow reader left: each step gives it more
+
+    def close(self) -> None:
+        """Write every line still held for a slow reader (the side is ending)."""
+        if self.outlet is not None:
+            self.outlet.close()
 
     def _line(self, item: tuple[Event, dict]) -> str:
         kind, fields = item
@@ -281,9 +377,7 @@ class EventPrinter:
             if self._held is not None:
                 self._held.append((kind, fields))  # formatted once the step's bytes are sent
                 return
-            out = self.out or sys.stdout
-            out.write(self._line((kind, fields)))  # one write a line: print() makes two
-            out.flush()
+            self.outlet.write(self._line((kind, fields)))
             return
         if kind is Event.OTA_PROGRESS and not self.verbose:
             self.progress.update(fields.get("offset", 0), fields.get("size", 0), fields.get("retries"))
@@ -616,7 +710,9 @@ class Runner:
 
     def run(self) -> None:
         port = self.port
-        signal.signal(signal.SIGTERM, self.stop)
+        # SIGTERM ends the loop cleanly; once the loop is over it ends the process again, so
+        # that a side waiting at its end for a --json reader that never reads can be stopped.
+        previous = signal.signal(signal.SIGTERM, self.stop)
         deadline = self.core.next_deadline()  # the core's, as the last full step left it
         stepped = time.monotonic()  # when the last full step ran
         try:
@@ -669,6 +765,7 @@ class Runner:
             port.flush()
             raise
         finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
             if self.events is not None:
                 self.events.release()  # a power cut loses the step's bytes, never its events
 

@@ -63,6 +63,13 @@ class NcpOptions:
 def run_ncp(o: NcpOptions) -> int:
     emit = EventPrinter("ncp", o.as_json, o.verbose, progress_interval=o.progress_interval, start=o.start)
     try:
+        return _ncp(o, emit)
+    finally:
+        emit.close()  # lines a slow --json reader has not taken yet
+
+
+def _ncp(o: NcpOptions, emit: EventPrinter) -> int:
+    try:
         catalog = Catalog.from_paths(list(o.firmware)) if o.firmware else None
     except (ValueError, OSError) as e:
         print(f"error: {shown(e)}", file=sys.stderr)
@@ -220,6 +227,13 @@ def provide_firmware(flash: Flash, path: str, image: bytes | None, provision: st
 
 def run_primary(o: PrimaryOptions) -> int:
     emit = EventPrinter("primary", o.as_json, o.verbose, progress_interval=o.progress_interval, start=o.start)
+    try:
+        return _primary(o, emit)
+    finally:
+        emit.close()  # lines a slow --json reader has not taken yet
+
+
+def _primary(o: PrimaryOptions, emit: EventPrinter) -> int:
     try:
         image = factory_for(o.flash, o.provision)
     except (ValueError, OSError) as e:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -55,6 +56,29 @@ def test_run_updates_two_real_processes(tmp_path, shipment, framing, link):
     b = d["slots"]["B"]
     assert (b["version"], b["fw_type"], b["length"], b["sha256"], b["valid"]) == ("2.3.4", "TMPLE2E", 200_000, sha, True)
     assert d["slots"]["A"]["valid"] is True
+
+
+@pytest.mark.slow
+def test_a_json_reader_that_stops_reading_for_a_while_holds_up_no_side(tmp_path):
+    """`dualmcu run --json | less`, with the pager left on its first screen for 8 s while the
+    sides log a line a chunk: a side blocked writing its log answered nothing, and such a run
+    ended in its timeout. Now the lines wait, the update completes, and every line arrives."""
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(build_image(make_info("2.0.0", "TMPLE2E", build="Jan  1 2026 00:00:00"), 1 << 20))
+    proc = subprocess.Popen([sys.executable, "-m", "dualmcu", "run", "--firmware", fw, "--chunk-size", "1024",
+                             "--json", "--timeout", "40", "--workdir", tmp_path / "w"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(8)  # nothing read: the pipe fills within the first second
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+    evs = events(out)
+    assert proc.returncode == 0, err[-2000:]
+    assert evs[-1]["event"] == "result" and evs[-1]["confirmed"] == "2.0.0"
+    progress = [e["offset"] for e in evs if e["side"] == "ncp" and e["event"] == "ota_progress"]
+    assert progress == list(range(1024, (1 << 20) + 1, 1024))
+    assert not [e for e in evs if e["event"] == "events_dropped"]
 
 
 def test_a_killed_primary_process_boots_from_its_flash_and_the_update_completes(tmp_path, shipment):
