@@ -32,7 +32,7 @@ from dualmcu.rpc.events import Event
 from .child import send
 from .link import LinkConfig
 from .exits import ExitCode
-from .shell import Outlet, Progress, Tally, Wire, detail, shown
+from .shell import Outlet, Progress, Tally, Wire, detail, json_note, shown
 from .sides import NcpOptions, PrimaryOptions, read_factory_image
 DEMO_TYPE = "TMPL0DEMO01"
 DEMO_SIZE = 300 * 1024
@@ -537,12 +537,13 @@ class Run:
     def run(self) -> int:
         # A --json reader that stops reading holds up neither the sides (see Outlet) nor this
         # process's own work (kills and power cuts at an offset, the timeout): lines wait.
-        self.outlet = Outlet(sys.stdout, "run") if self.o.as_json else None
+        self.outlet = Outlet(sys.stdout, json_note("run")) if self.o.as_json else None
         try:
             return self._run()
         finally:
             if self.outlet is not None:
                 self.outlet.close()
+            self.progress.close()
 
     def _run(self) -> int:
         # Events and the result's seconds count from here, when the user started waiting.
@@ -627,6 +628,7 @@ class Run:
             self._flush_json()
         else:
             self.progress.line("")  # end the progress line; the verdict goes to stdout
+            self.progress.close()  # after every line a slow reader has not taken yet
             print(("OK: " if code == 0 else "FAILED: ") + reason
                   + f" ({wall:.1f} s, {moved} bytes from the NCP, {self.state['retries']} retries)")
             injected = {k: v for k, v in counts.items()

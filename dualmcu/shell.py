@@ -168,22 +168,29 @@ def detail(fields: dict[str, Any]) -> str:
 
 
 class Outlet:
-    """Where a side's --json lines go, without ever stalling the side.
+    """Where a side's event lines go, without ever stalling the side.
 
     A pipe whose reader stops (a pager left on its first screen, a script that sleeps) would
     block a plain write, and a side blocked in its log neither answers its peer nor meets a
     deadline: the peer then times out for a reason that is not on the wire. On a pipe or a
     socket the lines go out as the reader takes them and wait here meanwhile; past ``limit``
-    bytes held, new lines are left out and counted until the reader has caught up, and then said
-    in one line (``events_dropped``).
-    A file or a terminal is written as before: neither stops reading. At the side's end
-    :meth:`close` waits for the reader and writes the rest, so nothing below the limit is lost.
-    A reader that went away ends the side, as a closed pipe ends any program (BrokenPipeError).
+    bytes held, new lines are left out and counted until the reader has caught up, and then
+    said in one line (``note``). A file or a terminal is written as before: neither stops
+    reading. At the side's end :meth:`close` waits for the reader and writes the rest, so
+    nothing below the limit is lost. A reader that went away ends the side, as a closed pipe
+    ends any program (BrokenPipeError).
+
+    The descriptor stays blocking: O_NONBLOCK would be set on a description the shell shares
+    with other writers (stderr, with ``2>&1``), whose own writes would then fail. Instead a
+    write waits for select() to say the pipe has room and is at most PIPE_BUF bytes, which a
+    pipe with room takes whole.
     """
 
-    def __init__(self, stream, side: str, limit: int = 32 << 20):
+    CHUNK = select.PIPE_BUF
+
+    def __init__(self, stream, note: Callable[[int, int], str], limit: int = 32 << 20):
         self.stream = stream
-        self.side = side
+        self.note = note  # the line that says how many lines were left out, and the limit
         self.limit = limit
         self.held = bytearray()
         self.head = 0  # the first byte of held not yet written
@@ -196,8 +203,7 @@ class Outlet:
             return
         if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
             stream.flush()
-            self.fd, self._blocking = fd, os.get_blocking(fd)
-            os.set_blocking(fd, False)
+            self.fd = fd
 
     def write(self, text: str) -> None:
         self.add(text)
@@ -220,41 +226,52 @@ class Outlet:
         if self.fd is None:
             self.stream.flush()
             return
-        while self.head < len(self.held) or self.left_out:
-            if self.head == len(self.held):
-                self._say_left_out()
-            try:
-                with memoryview(self.held) as view:
-                    self.head += os.write(self.fd, view[self.head:])
-            except BlockingIOError:
-                break
+        self._write(wait=False)
         if self.head and self.head * 2 >= len(self.held):
             del self.held[:self.head]
             self.head = 0
 
-    def _say_left_out(self) -> None:
-        line = {"side": self.side, "event": Event.EVENTS_DROPPED.value, "lines": self.left_out,
-                "held": self.limit}
-        self.held += (json.dumps(line, separators=(",", ":")) + "\n").encode()
-        self.left_out = 0
+    def _write(self, wait: bool) -> None:
+        while self.head < len(self.held) or self.left_out:
+            if self.head == len(self.held):
+                self.held += self.note(self.left_out, self.limit).encode()
+                self.left_out = 0
+            if not select.select([], [self.fd], [], None if wait else 0)[1]:
+                return
+            try:
+                with memoryview(self.held) as view:
+                    self.head += os.write(self.fd, view[self.head:self.head + self.CHUNK])
+            except BlockingIOError:  # a descriptor another program made non-blocking
+                if not wait:
+                    return
 
     def close(self) -> None:
-        """Wait for the reader and write everything held; the pipe is left as it was found."""
+        """Wait for the reader and write everything held."""
         if self.fd is None:
             self.stream.flush()
             return
-        os.set_blocking(self.fd, True)
         try:
-            if self.left_out:
-                self._say_left_out()
-            with memoryview(self.held) as view:
-                while self.head < len(self.held):
-                    self.head += os.write(self.fd, view[self.head:])
+            self._write(wait=True)
         finally:
             self.held.clear()
             self.head = 0
-            os.set_blocking(self.fd, self._blocking)
             self.fd = None
+
+
+def json_note(side: str) -> Callable[[int, int], str]:
+    """The ``events_dropped`` line of a --json stream."""
+    def note(lines: int, limit: int) -> str:
+        return json.dumps({"side": side, "event": Event.EVENTS_DROPPED.value, "lines": lines,
+                           "held": limit}, separators=(",", ":")) + "\n"
+    return note
+
+
+def text_note(side: str) -> Callable[[int, int], str]:
+    """The same, in the readable lines on stderr."""
+    def note(lines: int, limit: int) -> str:
+        return (f"{side:<7} {'':9} {Event.EVENTS_DROPPED.value:<20} lines={lines} "
+                f"note=the reader of this output fell {limit >> 20} MiB behind\n")
+    return note
 
 
 class Progress:
@@ -262,8 +279,9 @@ class Progress:
     terminal's width, so that it never wraps (a wrapped line is not redrawn in place: each
     redraw would add a line).  Off a terminal it draws nothing."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, note: Callable[[int, int], str] | None = None):
         self.stream = stream
+        self.out = Outlet(stream, note or text_note("run"))  # lines; the redrawn one is a terminal's
         self.live = bool(getattr(stream, "isatty", lambda: False)())
         self.started: float | None = None
         self.last = 0.0
@@ -298,11 +316,15 @@ class Progress:
 
     def line(self, text: str) -> None:
         if self.drawn:
-            self.stream.write("\n")
+            self.out.add("\n")
             self.drawn = False
         if text:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+            self.out.add(text + "\n")
+        self.out.pump()
+
+    def close(self) -> None:
+        """Wait for a slow reader to take every line still held."""
+        self.out.close()
 
 
 class EventPrinter:
@@ -327,10 +349,10 @@ class EventPrinter:
         self.verbose = verbose
         self.out = out
         self.start = time.monotonic() if start is None else start
-        self.progress = Progress(out or sys.stderr)
+        self.progress = Progress(out or sys.stderr, text_note(side))
         self.watchers: list[Callable[[Event, dict], None]] = []
         self._held: list[tuple[Event, dict]] | None = None  # a step's events, while held
-        self.outlet = Outlet(out or sys.stdout, side) if as_json else None
+        self.outlet = Outlet(out or sys.stdout, json_note(side)) if as_json else self.progress.out
 
     def origin_utc(self) -> str:
         """The wall-clock time at which ``t`` is 0, to set this stream beside other logs."""
@@ -347,13 +369,12 @@ class EventPrinter:
         held, self._held = self._held, None
         if held:
             self.outlet.write("".join(map(self._line, held)))
-        elif self.outlet is not None and self.outlet.held:
+        elif self.outlet.held:
             self.outlet.pump()  # lines a slow reader left: each step gives it more
 
     def close(self) -> None:
         """Write every line still held for a slow reader (the side is ending)."""
-        if self.outlet is not None:
-            self.outlet.close()
+        self.outlet.close()
 
     def _line(self, item: tuple[Event, dict]) -> str:
         kind, fields = item

@@ -356,6 +356,7 @@ def _serve(port: Port, url: str, baud: int, framing: str, make, on_action, emit,
         if known is not None:
             emit(Event.EXIT, code=int(known[0]), reason=known[1], note=str(e))
             return known[0]
+        emit.close()  # the lines a slow reader has not taken come before the error
         print(f"error: {shown(e)}", file=sys.stderr)
         return ExitCode.IO
     except KeyboardInterrupt:
