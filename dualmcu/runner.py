@@ -539,11 +539,18 @@ class Run:
         # process's own work (kills and power cuts at an offset, the timeout): lines wait.
         self.outlet = Outlet(sys.stdout, json_note("run")) if self.o.as_json else None
         try:
-            return self._run()
+            code = self._run()
         finally:
             if self.outlet is not None:
                 self.outlet.close()
             self.progress.close()
+        why = self.outlet.broken() if self.outlet is not None else None
+        if why is not None:
+            print(f"error: {why}", file=sys.stderr)
+            return code or ExitCode.IO
+        if self.outlet is not None and self.outlet.failed is not None:
+            return code or ExitCode.FAILED  # the reader went away: quietly, as any program
+        return code
 
     def _run(self) -> int:
         # Events and the result's seconds count from here, when the user started waiting.
@@ -581,14 +588,15 @@ class Run:
                 ev = self.lines.get(min(left, 0.5))
                 if ev is not None:
                     verdict = self.on_event(ev)
+                if self.outlet is not None and self.outlet.failed is not None:
+                    # Nobody can see the run any more: the reader went away, or the disk is full.
+                    gone = isinstance(self.outlet.failed, BrokenPipeError)
+                    verdict = (ExitCode.FAILED if gone else ExitCode.IO), "the event lines cannot be written"
             self._rss_at = 0.0
             self.sample_memory()
             self.stop_all()
             self.drain()
             counts = link_counts(*(Tally.read(path) for path in tallies))
-        except BrokenPipeError:
-            self.stop_all()  # the reader of --json went away: click ends the command quietly
-            raise
         except OSError as e:
             # No pty, no fork, no process: the system refused, and the user gets one line.
             self.stop_all()

@@ -31,6 +31,7 @@ import serial
 from dualmcu.rpc.endpoint import earliest
 from dualmcu.rpc.events import Event, checked
 
+from .exits import ExitCode
 from .link import End, LinkConfig, new_stats
 
 IDLE_WAKE = 0.5  # with no deadline, wake this often anyway (signals, --once checks, silence)
@@ -177,8 +178,10 @@ class Outlet:
     bytes held, new lines are left out and counted until the reader has caught up, and then
     said in one line (``note``). A file or a terminal is written as before: neither stops
     reading. At the side's end :meth:`close` waits for the reader and writes the rest, so
-    nothing below the limit is lost. A reader that went away ends the side, as a closed pipe
-    ends any program (BrokenPipeError).
+    nothing below the limit is lost. A stream that cannot be written (a reader that went away,
+    a full disk) is never raised into the core that emitted the line: :attr:`failed` holds the
+    error, lines go nowhere from then on, and the shell ends the side (:meth:`Runner.run`). A
+    closed stream (``>&-``) takes nothing and fails nothing, as print() does.
 
     The descriptor stays blocking: O_NONBLOCK would be set on a description the shell shares
     with other writers (stderr, with ``2>&1``), whose own writes would then fail. Instead a
@@ -195,6 +198,8 @@ class Outlet:
         self.held = bytearray()
         self.head = 0  # the first byte of held not yet written
         self.left_out = 0  # lines left out since the last time that was said
+        self.failed: OSError | ValueError | None = None
+        self.name = {"<stdout>": "stdout", "<stderr>": "stderr"}.get(getattr(stream, "name", None), "the output")
         self.fd: int | None = None
         try:
             fd = stream.fileno()
@@ -211,8 +216,13 @@ class Outlet:
 
     def add(self, text: str) -> None:
         """Hold ``text`` for the next :meth:`pump` (on a file or terminal: buffer it)."""
+        if self.stream is None:
+            return
         if self.fd is None:
-            self.stream.write(text)
+            try:
+                self.stream.write(text)
+            except (OSError, ValueError) as e:
+                self._fail(e)
             return
         if self.left_out or len(self.held) - self.head + len(text) > self.limit:
             # Left out until all that is held has gone and the gap is said, so that the lines
@@ -223,8 +233,13 @@ class Outlet:
 
     def pump(self) -> None:
         """Write what the reader takes now."""
+        if self.stream is None:
+            return
         if self.fd is None:
-            self.stream.flush()
+            try:
+                self.stream.flush()
+            except (OSError, ValueError) as e:
+                self._fail(e)
             return
         self._write(wait=False)
         if self.head and self.head * 2 >= len(self.held):
@@ -232,6 +247,19 @@ class Outlet:
             self.head = 0
 
     def _write(self, wait: bool) -> None:
+        try:
+            self._write_held(wait)
+        except OSError as e:
+            self._fail(e)
+
+    def _fail(self, e: OSError | ValueError) -> None:
+        self.failed = e
+        self.stream = None
+        self.fd = None
+        self.held.clear()
+        self.head = 0
+
+    def _write_held(self, wait: bool) -> None:
         while self.head < len(self.held) or self.left_out:
             if self.head == len(self.held):
                 self.held += self.note(self.left_out, self.limit).encode()
@@ -248,7 +276,7 @@ class Outlet:
     def close(self) -> None:
         """Wait for the reader and write everything held."""
         if self.fd is None:
-            self.stream.flush()
+            self.pump()
             return
         try:
             self._write(wait=True)
@@ -256,6 +284,14 @@ class Outlet:
             self.held.clear()
             self.head = 0
             self.fd = None
+
+    def broken(self) -> str | None:
+        """Why the stream failed, in one line; None when it did not, or when its reader went
+        away (a closed pipe ends a program quietly)."""
+        if self.failed is None or isinstance(self.failed, BrokenPipeError):
+            return None
+        e = self.failed
+        return f"cannot write the event lines to {self.name}: {shown(getattr(e, 'strerror', None) or e)}"
 
 
 def json_note(side: str) -> Callable[[int, int], str]:
@@ -375,6 +411,11 @@ class EventPrinter:
     def close(self) -> None:
         """Write every line still held for a slow reader (the side is ending)."""
         self.outlet.close()
+
+    @property
+    def failed(self) -> OSError | ValueError | None:
+        """Why the lines could not be written (the side then ends: :class:`Runner`)."""
+        return self.outlet.failed
 
     def _line(self, item: tuple[Event, dict]) -> str:
         kind, fields = item
@@ -779,6 +820,7 @@ class Runner:
                 deadline = self.core.next_deadline()  # after the tick, the idle work and a reboot
                 if self.watchdog is not None:
                     self.watchdog.check(core, now)
+                self._check_events()
                 if self.check is not None:
                     self.check()
         except Stop:
@@ -795,8 +837,17 @@ class Runner:
         asked for (e.g. a device that halts at once)."""
         self._flush()
         self._act()
+        self._check_events()
         if self.check is not None:
             self.check()
+
+    def _check_events(self) -> None:
+        """A side whose event lines cannot be written ends: it would go on unwatched, and a
+        reader that went away has stopped watching (as a closed pipe ends any program)."""
+        if self.events is not None and self.events.failed is not None:
+            failed = self.events.failed
+            raise Stop(ExitCode.FAILED if isinstance(failed, BrokenPipeError) else ExitCode.IO,
+                       "the event lines cannot be written")
 
     def _act(self) -> None:
         while self.core.actions:

@@ -60,12 +60,24 @@ class NcpOptions:
     wire: Wire | None = None  # an end of dualmcu run's virtual UART, instead of opening port
 
 
+def said_broken(emit: EventPrinter) -> None:
+    """Say once, on stderr, why the event lines could not be written (not for a reader that
+    went away: a closed pipe ends a program quietly)."""
+    why = emit.outlet.broken()
+    if why is not None:
+        try:
+            print(f"error: {why}", file=sys.stderr)
+        except (OSError, ValueError):
+            pass  # stderr is the stream that failed
+
+
 def run_ncp(o: NcpOptions) -> int:
     emit = EventPrinter("ncp", o.as_json, o.verbose, progress_interval=o.progress_interval, start=o.start)
     try:
         return _ncp(o, emit)
     finally:
         emit.close()  # lines a slow --json reader has not taken yet
+        said_broken(emit)
 
 
 def _ncp(o: NcpOptions, emit: EventPrinter) -> int:
@@ -231,6 +243,7 @@ def run_primary(o: PrimaryOptions) -> int:
         return _primary(o, emit)
     finally:
         emit.close()  # lines a slow --json reader has not taken yet
+        said_broken(emit)
 
 
 def _primary(o: PrimaryOptions, emit: EventPrinter) -> int:

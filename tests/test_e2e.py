@@ -81,6 +81,25 @@ def test_a_json_reader_that_stops_reading_for_a_while_holds_up_no_side(tmp_path)
     assert not [e for e in evs if e["event"] == "events_dropped"]
 
 
+def test_a_side_whose_event_lines_cannot_be_written_ends_with_one_line(tmp_path):
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "dualmcu", "ncp", "--port", "loop://", "--json"],
+                           stdout=full, stderr=subprocess.PIPE, timeout=TIMEOUT)
+    assert r.returncode == 3
+    assert r.stderr.decode() == "error: cannot write the event lines to stdout: No space left on device\n"
+
+
+@pytest.mark.slow
+def test_run_with_its_stdout_closed_still_updates(tmp_path):
+    """`dualmcu run --json >&-`: a closed descriptor is the next one opened, and was taken by
+    the virtual UART, which the children's stdout pipes then replaced (exit 3)."""
+    r = subprocess.run([sys.executable, "-m", "dualmcu", "run", "--json", "--flash", tmp_path / "f.flash",
+                        "--workdir", tmp_path / "w"], stderr=subprocess.PIPE, timeout=TIMEOUT,
+                       preexec_fn=lambda: os.close(1))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert flash_show(tmp_path / "f.flash")["confirmed"] is True
+
+
 def test_a_killed_primary_process_boots_from_its_flash_and_the_update_completes(tmp_path, shipment):
     fw, sha = shipment
     flash = tmp_path / "dev.flash"

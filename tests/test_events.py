@@ -138,3 +138,31 @@ def test_json_lines_past_the_limit_are_left_out_and_counted_once_the_reader_catc
     said = json.loads(lines[-1])
     assert said == {"side": "primary", "event": "events_dropped", "lines": 3000 - kept, "held": 100_000}
     os.close(r)
+
+
+def test_a_stream_that_cannot_be_written_fails_the_outlet_not_the_core_that_emitted():
+    """A full disk under --json > file: the error is kept for the shell to end the side with
+    one line, never raised into the core whose event it was (where a handler's error would
+    become an RPC error status)."""
+    from dualmcu.shell import EventPrinter
+
+    import contextlib
+
+    full = open("/dev/full", "w")
+    p = EventPrinter("ncp", as_json=True, out=full, start=0.0)
+    p(Event.STATE, t=1.0, state="connected")
+    p(Event.STATE, t=2.0, state="connected")  # after the failure: nowhere, no error
+    assert isinstance(p.failed, OSError)
+    assert p.outlet.broken() == "cannot write the event lines to the output: No space left on device"
+    p.close()
+    with contextlib.suppress(OSError):
+        full.close()  # the file's own buffer still holds the line it could not write
+
+
+def test_a_closed_stream_takes_lines_and_fails_nothing():
+    from dualmcu.shell import Outlet, json_note
+
+    outlet = Outlet(None, json_note("ncp"))  # what Python makes of a closed stdout (>&-)
+    outlet.write("{}\n")
+    outlet.close()
+    assert outlet.failed is None and outlet.broken() is None

@@ -32,6 +32,14 @@ def main() -> None:
     Run `dualmcu run` for a complete firmware update between two emulated processes, and
     `dualmcu docs` for the manual pages (wire format, hardware, faults, signing, CLI).
     """
+    # A standard descriptor closed by the caller (>&-) would be the next one opened: a port or
+    # pty would then be stdout, and a child's stdout pipe would replace it. /dev/null holds
+    # the place, as a daemon does; Python has already made such a stream None (print() skips).
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
 
 
 class _OneLine(click.ClickException):
