@@ -383,7 +383,6 @@ class EventPrinter:
         self.progress_interval = progress_interval
         self._progress_at = -math.inf
         self.verbose = verbose
-        self.out = out
         self.start = time.monotonic() if start is None else start
         self.progress = Progress(out or sys.stderr, text_note(side))
         self.watchers: list[Callable[[Event, dict], None]] = []
