@@ -228,9 +228,18 @@ class Store:
             return
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, name)
-        with os.fdopen(_create(path + ".part"), "wb") as f:
-            for pos in range(0, length, block):
-                f.write(source.read(pos, min(block, length - pos)))
+        try:
+            with os.fdopen(_create(path + ".part"), "wb") as f:
+                for pos in range(0, length, block):
+                    f.write(source.read(pos, min(block, length - pos)))
+        except BaseException:
+            # A download that did not land leaves nothing behind: on a full disk the part
+            # written would keep the disk full after the failure is reported.
+            try:
+                os.unlink(path + ".part")
+            except OSError:
+                pass
+            raise
         os.replace(path + ".part", path)
 
     def source(self, name: str) -> Source:

@@ -138,6 +138,24 @@ def test_a_failing_store_ends_prefetch_with_the_interfaces_code():
     assert s.find("ota_cancelled", "primary")[0]["reason"] == "prefetch_failed:no_fs_space"
 
 
+def test_a_download_that_did_not_land_leaves_nothing_in_the_store(tmp_path):
+    """A full disk: the part written must not keep it full after the failure is reported."""
+    import os
+
+    from dualmcu.ncp.update import Source, Store
+
+    class Failing(Source):
+        def read(self, pos, n):
+            if pos >= 200:
+                raise OSError(28, "No space left on device")
+            return b"x" * n
+
+    store = tmp_path / "store"
+    with pytest.raises(OSError):
+        Store(store).save("ota.bin", Failing(data=b""), 1000, block=100)
+    assert os.listdir(store) == []
+
+
 class Terminal:
     """A stream that says it is a terminal of a given width, and keeps what was drawn."""
 
@@ -207,7 +225,7 @@ def test_an_offer_flood_costs_no_erase_work_and_no_boot_state_writes():
     before = flash.erase_counts()
     ncp = Endpoint(NCP, prof)
     ncp.handle("blynk_otaUpdateStart", lambda inc: True)
-    now, slow = 0.0, []
+    now = 0.0
     for i in range(300):
         c = ncp.call("client_otaUpdateAvailable", {"filename": "f.bin", "size": 900_000, "fw_type": "TMPL1",
                                                    "fw_version": f"2.0.{i}", "fw_build": f"b{i}"}, now=now)
