@@ -212,7 +212,14 @@ def open_flash(path: str, geometry: Geometry | None, provision: str | None, emit
     and checked (a blank one needs an image): :func:`provide_firmware` writes it later."""
     if image is None:
         image = factory_for(path, provision)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = folder
+        while not os.path.exists(blocking):  # the part of the path that is there, and no folder
+            blocking = os.path.dirname(blocking)
+        raise FlashError(f"cannot make the flash file {path}: {blocking} is not a directory") from None
     flash = Flash.open(path, geometry, identity=identity, endurance=endurance)
     try:
         if BootStore(flash).load() is None and image is None:

@@ -215,15 +215,24 @@ class Flash:
         if not exists:
             g = geometry or Geometry()
             tmp = f"{path}.new"
-            with open(tmp, "wb") as f:
-                f.write(_header(g, identity or Identity()).ljust(g.page_size, b"\xff"))
-                blank = b"\xff" * (1 << 16)
-                left = g.total - g.page_size
-                while left > 0:
-                    f.write(blank[: min(left, len(blank))])
-                    left -= len(blank)
-                f.write(bytes(4 * g.pages))  # no page erased yet
-            os.replace(tmp, path)  # a half-made file never looks like a flash file
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(_header(g, identity or Identity()).ljust(g.page_size, b"\xff"))
+                    blank = b"\xff" * (1 << 16)
+                    left = g.total - g.page_size
+                    while left > 0:
+                        f.write(blank[: min(left, len(blank))])
+                        left -= len(blank)
+                    f.write(bytes(4 * g.pages))  # no page erased yet
+                os.replace(tmp, path)  # a half-made file never looks like a flash file
+            except OSError as e:
+                # Nothing half-made stays behind: on a full disk it would keep the disk full.
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise FlashError(f"cannot make the flash file {path} ({g.total} bytes): "
+                                 f"{e.strerror or e}") from None
         f = open(path, "r+b" if lock else "rb")
         try:
             if lock and fcntl is not None:

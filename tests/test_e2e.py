@@ -286,6 +286,11 @@ def test_a_failed_start_writes_nothing_to_the_flash(tmp_path):
         assert r.stderr.decode().strip() == ("error: factory image of 300000 bytes does not fit "
                                              "a 262144-byte slot")
     assert blank.read_bytes() == before and not (tmp_path / "new.flash").exists()
+    # A flash path under a file: said as such, not as the errno's "File exists".
+    r = dualmcu("primary", "--port", "loop://", "--flash", factory / "sub" / "x.flash", "--provision", factory)
+    assert r.returncode == 2
+    assert r.stderr.decode() == (f"error: cannot make the flash file {factory / 'sub' / 'x.flash'}: "
+                                 f"{factory} is not a directory\n")
 
 
 @pytest.mark.parametrize("url, said", [

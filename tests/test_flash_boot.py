@@ -389,3 +389,36 @@ def test_flash_endurance_reaches_the_flash_the_primary_opens(tmp_path, monkeypat
     r = CliRunner().invoke(main, ["primary", "-p", "/dev/null", "--flash", str(path),
                                   "--provision", str(image), "--slot-size", "64K", "--flash-endurance", "7"])
     assert opened == [7], (opened, r.output)
+
+
+def test_a_flash_file_that_cannot_be_made_says_why_and_leaves_nothing(tmp_path, monkeypatch):
+    """A full disk: the half-made file would keep it full after the error."""
+    import builtins
+
+    from dualmcu.primary.flash import Flash, FlashError, Geometry
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 100_000:
+                raise OSError(28, "No space left on device")
+            return self.f.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(builtins, "open", lambda p, mode="r", *a, **k: (
+        Full(real_open(p, mode, *a, **k)) if str(p).endswith(".new") else real_open(p, mode, *a, **k)))
+    path = tmp_path / "dev.flash"
+    with pytest.raises(FlashError) as e:
+        Flash.open(path, Geometry(4096, 256 * 1024))
+    assert str(e.value) == f"cannot make the flash file {path} (552960 bytes): No space left on device"
+    assert list(tmp_path.iterdir()) == []
