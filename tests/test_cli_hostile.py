@@ -305,3 +305,47 @@ def test_a_file_run_cannot_read_is_not_blamed_on_the_work_directory(tmp_path):
     made = str(tmp_path / "w" / "demo.bin")
     assert run._os_error(OSError(28, "No space left on device", made)) == \
         f"cannot use the work directory {run.workdir}: {made}: No space left on device"
+
+
+def test_a_file_written_midway_into_a_full_disk_keeps_the_old_one_whole(tmp_path, monkeypatch):
+    """`dualmcu tag append fw.bin` writes over the firmware it read. Written in place, a full
+    disk cut the user's firmware short; now the old file stays as it was and no part is left,
+    and a key that could not be written leaves no empty file to refuse the next try."""
+    import os
+
+    import click
+
+    from dualmcu.cli import common
+
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(b"old firmware")
+    os.chmod(fw, 0o640)
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[:3])
+            raise OSError(28, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k)))
+    for path, exclusive in ((fw, False), (tmp_path / "k.pem", True)):
+        with pytest.raises(click.ClickException) as e:
+            common.write_file(str(path), b"new firmware and its tag", "x", exclusive=exclusive)
+        assert e.value.message == f"cannot write {path}: No space left on device"
+    assert fw.read_bytes() == b"old firmware" and sorted(os.listdir(tmp_path)) == ["fw.bin"]
+    monkeypatch.undo()
+    common.write_file(str(fw), b"new", "x")
+    assert fw.read_bytes() == b"new" and os.stat(fw).st_mode & 0o777 == 0o640  # its mode kept
+    common.write_file(str(tmp_path / "k.pem"), b"key", "x", mode=0o600, exclusive=True)
+    with pytest.raises(click.ClickException, match="exists already"):
+        common.write_file(str(tmp_path / "k.pem"), b"other", "x", exclusive=True)
+    assert (tmp_path / "k.pem").read_bytes() == b"key" and os.stat(tmp_path / "k.pem").st_mode & 0o777 == 0o600

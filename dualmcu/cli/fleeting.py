@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 import threading
@@ -11,7 +12,7 @@ import click
 
 from dualmcu.exits import ExitCode
 
-from .common import JSON, InputError, IOFailure, Number, main, read_file
+from .common import JSON, InputError, IOFailure, Number, main, read_file, write_file
 
 
 @main.command()
@@ -155,14 +156,12 @@ def _writable(path: str) -> None:
 
 
 def _write_csv(path: str, rows: list[dict]) -> None:
-    try:
-        with open(path, "w", newline="") as f:
-            if rows:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-    except OSError as e:
-        raise InputError(f"cannot write {path}: {e.strerror}") from None
+    text = io.StringIO(newline="")
+    if rows:
+        w = csv.DictWriter(text, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    write_file(path, text.getvalue().encode(), None)
 
 
 def _report(summary: dict, csv_path, devices_csv, rollout, as_json: bool) -> None:
