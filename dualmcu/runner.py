@@ -343,11 +343,15 @@ class Run:
             except OSError:
                 pass
 
-    def stop_all(self) -> None:
+    def stop_all(self, drain: bool = False) -> None:
         for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 3
+        if drain:
+            # Read while they stop: a side ends by writing the lines its pipe had no room for,
+            # and would wait for this process to read them.
+            self.drain(3.0)
         for p in self.procs.values():
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -594,8 +598,7 @@ class Run:
                     verdict = (ExitCode.FAILED if gone else ExitCode.IO), "the event lines cannot be written"
             self._rss_at = 0.0
             self.sample_memory()
-            self.stop_all()
-            self.drain()
+            self.stop_all(drain=True)
             counts = link_counts(*(Tally.read(path) for path in tallies))
         except OSError as e:
             # No pty, no fork, no process: the system refused, and the user gets one line.
