@@ -52,6 +52,7 @@ from dualmcu.rpc import INTERFACE, NCP, PRIMARY, Endpoint, Incoming
 from dualmcu.rpc import strategies as S
 from dualmcu.rpc.message import Invoke, Oneway, Result, Status, parse
 
+from .paths import write_whole
 from .shell import Port, open_port
 
 FUZZ_IDS = range(0x8000, 0xFFFF)  # the fuzzer's own msg_ids, apart from its responder's
@@ -754,8 +755,9 @@ def confirm(session: Session, target: Target, finding: Finding, times: int = CON
 
 
 def save(path: str, finding: Finding, meta: dict) -> None:
-    with open(path, "w") as f:
-        json.dump({**meta, **finding.summary(), "steps": [s.to_json() for s in finding.steps]}, f, indent=1)
+    """Write a finding's case file, whole or not at all (OSError)."""
+    case = {**meta, **finding.summary(), "steps": [s.to_json() for s in finding.steps]}
+    write_whole(path, json.dumps(case, indent=1).encode())
 
 
 class CaseFileError(ValueError):

@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
-import tempfile
 
 import click
 
 from dualmcu import __version__
 from dualmcu.exits import SHORT, ExitCode
 from dualmcu.framing import PROFILE_NAMES
-from dualmcu.paths import default_flash, shown
+from dualmcu.paths import default_flash, shown, write_whole
 from dualmcu.primary.ota import WriteAnswer
 
 EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in SHORT.items()) + "."
@@ -176,76 +174,16 @@ def read_file(path: str, what: str, limit: int) -> bytes:
 
 
 def write_file(path: str, data: bytes, what: str | None, mode: int | None = None, exclusive: bool = False) -> None:
-    """Write ``data`` to ``path`` whole, or say in one line why not (a missing folder, say);
-    then say what was written (``what``; None says nothing).
-
-    The bytes go to a new file beside ``path`` and take its name only once all of them are
-    written: a full disk or an error midway leaves the old file as it was (a firmware tagged in
-    place, say) and no part behind, where writing in place left it cut short. A link is
-    followed (its target is replaced); a device or FIFO (/dev/stdout) is written as it is. With
-    ``exclusive`` an existing file is never replaced (a key)."""
+    """Write ``data`` to ``path`` whole (:func:`dualmcu.paths.write_whole`), or say in one line
+    why not (a missing folder, a full disk); then say what was written (``what``; None says
+    nothing). With ``exclusive`` an existing file is never replaced (a key)."""
     try:
-        st = os.stat(path)
-    except OSError:
-        st = None
-    if st is not None and exclusive:
-        raise InputError(f"{path} exists already: not overwriting it")
-    if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
-        try:
-            with open(path, "wb") as f:
-                f.write(data)
-        except OSError as e:
-            raise InputError(f"cannot write {path}: {e.strerror}") from None
-        if what is not None:
-            click.echo(f"wrote {what} to {path}", err=True)  # stdout may be where it went
-        return
-    target = os.path.realpath(path) if st is not None and os.path.islink(path) else path
-    if mode is None:
-        mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part",
-                                   dir=os.path.dirname(target) or ".")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        if exclusive:
-            _link_new(tmp, target)
-        else:
-            os.replace(tmp, target)
-        tmp = None
+        device = write_whole(path, data, mode, exclusive)
     except FileExistsError:
         raise InputError(f"{path} exists already: not overwriting it") from None
     except IsADirectoryError:
         raise InputError(f"cannot write {path}: it is a directory") from None
     except OSError as e:
-        raise InputError(f"cannot write {path}: {e.strerror}") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
     if what is not None:
-        click.echo(f"wrote {what} to {path}")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _link_new(tmp: str, path: str) -> None:
-    """Give ``tmp`` the name ``path`` only if no file has it (FileExistsError), atomically where
-    the file system has hard links; a FAT stick has none, and is checked, then renamed."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise
-    except OSError:
-        if os.path.lexists(path):
-            raise FileExistsError(path) from None
-        os.rename(tmp, path)
-        return
-    os.unlink(tmp)
+        click.echo(f"wrote {what} to {path}", err=device)  # stdout may be where the bytes went
