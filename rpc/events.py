@@ -42,7 +42,7 @@ baud_reset                  shell    | the port is back at its initial rate afte
 rebooted                    shell    | the core was thrown away and a new one booted on the same port
 no_peer                     shell    | seconds without a byte, or bytes without a valid frame; says the likely cause (hint)
 tx_dropped                  shell    | the peer stopped reading: the oldest queued bytes were dropped (bytes)
-events_dropped              shell    | the reader of --json fell so far behind that lines were left out (lines, held)
+events_dropped              shell    | the reader of the event lines (--json, or -v on stderr) fell so far behind that lines were left out (lines, held)
 exit                        shell    | the side ends, with its exit code and reason (code, reason)
 shipment                    shell    | a release file the NCP serves (file, file_kind, size, version, fw_type, sha256)
 shipment_skipped            shell    | release files older than the newest, not served (files)
