@@ -40,7 +40,8 @@ def write_whole(path: str, data: bytes, mode: int | None = None, exclusive: bool
     The bytes go to a new file beside ``path`` and take its name only once all of them are
     written: a full disk or an error midway leaves the old file as it was (a firmware tagged
     in place, say) and no part behind, where writing in place left it cut short. A link is
-    followed (its target is replaced); the old file's mode is kept."""
+    followed (its target is replaced); the old file's mode is kept. A folder that takes no new
+    file (its owner's, holding a file the user may write) has the file written in place."""
     try:
         st = os.stat(path)
     except OSError:
@@ -54,10 +55,18 @@ def write_whole(path: str, data: bytes, mode: int | None = None, exclusive: bool
     target = os.path.realpath(path) if st is not None and os.path.islink(path) else path
     if mode is None:
         mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
-    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part",
                                    dir=os.path.dirname(target) or ".")
+    except PermissionError:
+        if st is None or exclusive or not os.access(target, os.W_OK):
+            raise
+        # A folder that takes no new file, holding a file its owner may write: in place, as
+        # the only way there is.
+        with open(target, "wb") as f:
+            f.write(data)
+        return False
+    try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, mode)

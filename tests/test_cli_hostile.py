@@ -349,3 +349,25 @@ def test_a_file_written_midway_into_a_full_disk_keeps_the_old_one_whole(tmp_path
     with pytest.raises(click.ClickException, match="exists already"):
         common.write_file(str(tmp_path / "k.pem"), b"other", "x", exclusive=True)
     assert (tmp_path / "k.pem").read_bytes() == b"key" and os.stat(tmp_path / "k.pem").st_mode & 0o777 == 0o600
+
+
+def test_a_file_in_a_folder_that_takes_no_new_file_is_written_in_place(tmp_path, monkeypatch):
+    """Another user's folder holding a firmware file this user may write: no file can be made
+    beside it, so it is written in place, as it was before whole-or-nothing writes."""
+    import tempfile
+
+    import click
+
+    from dualmcu.cli import common
+
+    def refused(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(b"old")
+    common.write_file(str(fw), b"new firmware", "x")
+    assert fw.read_bytes() == b"new firmware"
+    with pytest.raises(click.ClickException) as e:
+        common.write_file(str(tmp_path / "other.bin"), b"x", "x")
+    assert e.value.message == f"cannot write {tmp_path / 'other.bin'}: Permission denied"
