@@ -8,7 +8,7 @@ script patches them into the classes, then runs the `dualmcu` command line as it
     duplicate-chunk-hazard  a resend of a chunk already written is refused (the reference
                             primary's bug: a real NCP's retry after a lost answer fails)
     racy-duplicate-hazard   the same, only when the resend arrives on a millisecond that is
-                            a multiple of 3 (a bug behind a timing race)
+                            a multiple of 5 (a bug behind a timing race)
     hang-on-empty-binary    a write with an empty chunk hangs the MCU
     crash-on-long-vpin      a virtual-pin value over 64 bytes ends the process (a remote
                             crash, as an overflowed buffer would)
@@ -41,7 +41,7 @@ def plant(defects: set[str]) -> None:
             return False
         if "duplicate-chunk-hazard" in defects:
             return True
-        return "racy-duplicate-hazard" in defects and int(self.ep.now * 1000) % 3 == 0
+        return "racy-duplicate-hazard" in defects and int(self.ep.now * 1000) % 5 == 0
 
     def write(self: OtaReceiver, inc):
         if not inc.args["chunk"] and "hang-on-empty-binary" in defects:

@@ -105,10 +105,13 @@ def test_finds_and_shrinks_a_remote_crash_and_a_memory_leak(tmp_path, factory, d
 
 
 def test_a_bug_behind_a_timing_race_is_flaky_never_confirmed(tmp_path, factory):
+    # The race strikes a resend on one millisecond in five; a shrunk case holds a few resends,
+    # and 2 and 3 replays of 10 failed in two tries. Ten that all fail are then about one in a
+    # million. With one millisecond in three and five replays, all five failed once in CI.
     out = tmp_path / "found"
     racy = primary_cmd(tmp_path, factory, defects="racy-duplicate-hazard")
     r = dualmcu("fuzz", "--target", "primary", "--examples", 60, "--seed", 1, "--out", out, "--target-cmd", racy,
-                "--confirm", 5, "--json")
+                "--confirm", 10, "--json")
     assert r.returncode == 0, r.stderr[-3000:]  # nothing confirmed
     found = findings(out)
     assert found, "the race never showed"
