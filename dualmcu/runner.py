@@ -548,12 +548,9 @@ class Run:
             if self.outlet is not None:
                 self.outlet.close()
             self.progress.close()
-        why = self.outlet.broken() if self.outlet is not None else None
-        if why is not None:
-            print(f"error: {why}", file=sys.stderr)
-            return code or ExitCode.IO
-        if self.outlet is not None and self.outlet.failed is not None:
-            return code or ExitCode.FAILED  # the reader went away: quietly, as any program
+        if self.outlet is not None and self.outlet.code is not None:
+            self.outlet.say_broken()  # nothing said for a reader that went away
+            return code or self.outlet.code
         return code
 
     def _run(self) -> int:
@@ -592,10 +589,9 @@ class Run:
                 ev = self.lines.get(min(left, 0.5))
                 if ev is not None:
                     verdict = self.on_event(ev)
-                if self.outlet is not None and self.outlet.failed is not None:
+                if self.outlet is not None and self.outlet.code is not None:
                     # Nobody can see the run any more: the reader went away, or the disk is full.
-                    gone = isinstance(self.outlet.failed, BrokenPipeError)
-                    verdict = (ExitCode.FAILED if gone else ExitCode.IO), "the event lines cannot be written"
+                    verdict = self.outlet.code, "the event lines cannot be written"
             self._rss_at = 0.0
             self.sample_memory()
             self.stop_all(drain=True)

@@ -293,6 +293,23 @@ class Outlet:
         e = self.failed
         return f"cannot write the event lines to {self.name}: {shown(getattr(e, 'strerror', None) or e)}"
 
+    @property
+    def code(self) -> ExitCode | None:
+        """The exit code a failed stream ends its program with: 1 when the reader went away
+        (as a closed pipe ends any program), 3 when the stream could not be written."""
+        if self.failed is None:
+            return None
+        return ExitCode.FAILED if isinstance(self.failed, BrokenPipeError) else ExitCode.IO
+
+    def say_broken(self) -> None:
+        """Say once, on stderr, why the lines could not be written (:meth:`broken`)."""
+        why = self.broken()
+        if why is not None:
+            try:
+                print(f"error: {why}", file=sys.stderr)
+            except (OSError, ValueError):
+                pass  # stderr is the stream that failed
+
 
 def json_note(side: str) -> Callable[[int, int], str]:
     """The ``events_dropped`` line of a --json stream."""
@@ -843,10 +860,8 @@ class Runner:
     def _check_events(self) -> None:
         """A side whose event lines cannot be written ends: it would go on unwatched, and a
         reader that went away has stopped watching (as a closed pipe ends any program)."""
-        if self.events is not None and self.events.failed is not None:
-            failed = self.events.failed
-            raise Stop(ExitCode.FAILED if isinstance(failed, BrokenPipeError) else ExitCode.IO,
-                       "the event lines cannot be written")
+        if self.events is not None and self.events.outlet.code is not None:
+            raise Stop(self.events.outlet.code, "the event lines cannot be written")
 
     def _act(self) -> None:
         while self.core.actions:

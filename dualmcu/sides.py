@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 from dualmcu.framing import get_profile
 from dualmcu.ncp.core import NcpConfig, NcpDevice
@@ -60,24 +60,20 @@ class NcpOptions:
     wire: Wire | None = None  # an end of dualmcu run's virtual UART, instead of opening port
 
 
-def said_broken(emit: EventPrinter) -> None:
-    """Say once, on stderr, why the event lines could not be written (not for a reader that
-    went away: a closed pipe ends a program quietly)."""
-    why = emit.outlet.broken()
-    if why is not None:
-        try:
-            print(f"error: {why}", file=sys.stderr)
-        except (OSError, ValueError):
-            pass  # stderr is the stream that failed
+def _with_events(side: str, o: NcpOptions | PrimaryOptions,
+                 body: Callable[[Any, EventPrinter], int]) -> int:
+    """Run a side with its event lines; at its end, the lines a slow reader has not taken yet
+    go out, and a stream that failed is said."""
+    emit = EventPrinter(side, o.as_json, o.verbose, progress_interval=o.progress_interval, start=o.start)
+    try:
+        return body(o, emit)
+    finally:
+        emit.close()
+        emit.outlet.say_broken()
 
 
 def run_ncp(o: NcpOptions) -> int:
-    emit = EventPrinter("ncp", o.as_json, o.verbose, progress_interval=o.progress_interval, start=o.start)
-    try:
-        return _ncp(o, emit)
-    finally:
-        emit.close()  # lines a slow --json reader has not taken yet
-        said_broken(emit)
+    return _with_events("ncp", o, _ncp)
 
 
 def _ncp(o: NcpOptions, emit: EventPrinter) -> int:
@@ -245,12 +241,7 @@ def provide_firmware(flash: Flash, path: str, image: bytes | None, provision: st
 
 
 def run_primary(o: PrimaryOptions) -> int:
-    emit = EventPrinter("primary", o.as_json, o.verbose, progress_interval=o.progress_interval, start=o.start)
-    try:
-        return _primary(o, emit)
-    finally:
-        emit.close()  # lines a slow --json reader has not taken yet
-        said_broken(emit)
+    return _with_events("primary", o, _primary)
 
 
 def _primary(o: PrimaryOptions, emit: EventPrinter) -> int:

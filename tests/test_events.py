@@ -76,21 +76,10 @@ def test_json_lines_count_time_from_the_start_they_are_given():
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", p.origin_utc())
 
 
-@pytest.mark.parametrize("as_json", [True, False])
-def test_event_lines_to_a_pipe_never_block_the_side_and_all_arrive_at_its_end(as_json):
-    """A reader that stops reading (a pager on its first screen) must not stall the side:
-    lines wait in memory while the pipe is full, and the side's end writes the rest. The same
-    for --json on stdout and for the readable lines (-v) on stderr."""
+def reading(r: int):
+    """A thread that reads the pipe ``r`` to its end into the bytearray returned with it."""
     import threading
 
-    from dualmcu.shell import EventPrinter
-
-    r, w = os.pipe()
-    out = os.fdopen(w, "w")
-    p = EventPrinter("ncp", as_json=as_json, verbose=True, out=out, start=0.0)
-    for i in range(3000):  # about 150 KB: more than a pipe holds; nobody reads yet
-        p(Event.OTA_PROGRESS, t=1.0, offset=i, size=3000)
-    assert p.outlet.held and os.get_blocking(w)  # the pipe's own mode, shared with others, is kept
     got = bytearray()
 
     def read_all():
@@ -99,6 +88,23 @@ def test_event_lines_to_a_pipe_never_block_the_side_and_all_arrive_at_its_end(as
 
     reader = threading.Thread(target=read_all)
     reader.start()
+    return got, reader
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_event_lines_to_a_pipe_never_block_the_side_and_all_arrive_at_its_end(as_json):
+    """A reader that stops reading (a pager on its first screen) must not stall the side:
+    lines wait in memory while the pipe is full, and the side's end writes the rest. The same
+    for --json on stdout and for the readable lines (-v) on stderr."""
+    from dualmcu.shell import EventPrinter
+
+    r, w = os.pipe()
+    out = os.fdopen(w, "w")
+    p = EventPrinter("ncp", as_json=as_json, verbose=True, out=out, start=0.0)
+    for i in range(3000):  # about 150 KB: more than a pipe holds; nobody reads yet
+        p(Event.OTA_PROGRESS, t=1.0, offset=i, size=3000)
+    assert p.outlet.held and os.get_blocking(w)  # the pipe's own mode, shared with others, is kept
+    got, reader = reading(r)
     p.close()
     out.close()
     reader.join(10)
@@ -111,8 +117,6 @@ def test_event_lines_to_a_pipe_never_block_the_side_and_all_arrive_at_its_end(as
 
 
 def test_json_lines_past_the_limit_are_left_out_and_counted_once_the_reader_catches_up():
-    import threading
-
     from dualmcu.shell import Outlet, json_note
 
     r, w = os.pipe()
@@ -121,14 +125,7 @@ def test_json_lines_past_the_limit_are_left_out_and_counted_once_the_reader_catc
     line = json.dumps({"side": "primary", "event": "ota_progress", "pad": "x" * 80}) + "\n"
     for _ in range(3000):  # 300 KB: the pipe takes 64 KiB, 100 KB wait, the rest is left out
         outlet.write(line)
-    got = bytearray()
-
-    def read_all():
-        while chunk := os.read(r, 65536):
-            got.extend(chunk)
-
-    reader = threading.Thread(target=read_all)
-    reader.start()
+    got, reader = reading(r)
     outlet.close()
     out.close()
     reader.join(10)
