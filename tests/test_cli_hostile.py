@@ -371,3 +371,16 @@ def test_a_file_in_a_folder_that_takes_no_new_file_is_written_in_place(tmp_path,
     with pytest.raises(click.ClickException) as e:
         common.write_file(str(tmp_path / "other.bin"), b"x", "x")
     assert e.value.message == f"cannot write {tmp_path / 'other.bin'}: Permission denied"
+
+
+def test_a_file_written_through_a_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    import os
+
+    from dualmcu.cli import common
+
+    (tmp_path / "fw-1.2.bin").write_bytes(b"old")
+    os.symlink("fw-1.2.bin", tmp_path / "latest.bin")
+    common.write_file(str(tmp_path / "latest.bin"), b"tagged", None)
+    assert os.readlink(tmp_path / "latest.bin") == "fw-1.2.bin"
+    assert (tmp_path / "fw-1.2.bin").read_bytes() == b"tagged"
+    assert sorted(os.listdir(tmp_path)) == ["fw-1.2.bin", "latest.bin"]

@@ -439,3 +439,24 @@ def test_a_primary_sends_its_first_ping_when_it_starts_not_at_its_first_wake():
     Runner(port, core, lambda a, p: None).start()
     frames = get_profile("cobs").decoder().feed(bytes(port.written))
     assert [parse(f.message) for f in frames] == [Invoke(INTERFACE["ncp_ping"].uid, 1)]
+
+
+def test_sigterm_ends_the_process_again_once_the_shells_loop_is_over():
+    """Inside the loop SIGTERM only stops it, cleanly; after it, a side may wait for a --json
+    reader that never reads, and SIGTERM must then end it as it ends any process."""
+    import signal
+
+    from dualmcu.shell import Runner, Stop
+
+    class StoppingPort(QuietPort):
+        reads_first = True
+
+        def read_waiting(self):
+            assert signal.getsignal(signal.SIGTERM) == runner.stop
+            raise Stop(0, "done")
+
+    before = signal.getsignal(signal.SIGTERM)
+    runner = Runner(StoppingPort(), RecordingCore(None, ended=1), lambda a, p: None)
+    with pytest.raises(Stop):
+        runner.run()
+    assert signal.getsignal(signal.SIGTERM) == before
