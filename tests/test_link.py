@@ -460,3 +460,35 @@ def test_sigterm_ends_the_process_again_once_the_shells_loop_is_over():
     with pytest.raises(Stop):
         runner.run()
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.timeout(20)
+def test_sigterm_ends_a_side_waiting_with_nothing_due_at_once(monkeypatch):
+    """A side with nothing due waits in select() for up to IDLE_WAKE. Python resumes a select()
+    a signal interrupted once the handler has run, so SIGTERM was seen only when the wait ran
+    out: half a second at the end of every `dualmcu run`. The signal's wake pipe ends the wait.
+    With IDLE_WAKE at an hour, the loop ends only if the signal ended the wait."""
+    import os
+    import signal
+    import threading
+    import tty
+
+    from dualmcu import shell
+    from dualmcu.shell import Port, Runner
+
+    monkeypatch.setattr(shell, "IDLE_WAKE", 3600.0)
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    port = Port(None, fd=slave, baud=115200)
+    core = RecordingCore(None, ended=1)
+    runner = Runner(port, core, lambda a, p: None)
+    # After the loop's first wait began: the core's idle work runs only after a full step.
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        runner.run()  # returns once stopped; pytest-timeout fails the test if it never does
+    finally:
+        timer.cancel()
+        port.close()
+        os.close(master)
+    assert runner._stopping and core.calls == ["idle"]  # the one step after the wake
