@@ -34,7 +34,7 @@ import tracemalloc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchutil import report  # noqa: E402
+from benchutil import as_installed, report  # noqa: E402
 
 from dualmcu import fleet as F  # noqa: E402
 from dualmcu.image.firmware import make_info, next_image  # noqa: E402
@@ -177,6 +177,7 @@ def main() -> int:
     ap.add_argument("--no-big", action="store_true", help="skip the big fleet")
     ap.add_argument("--speedup-devices", type=int, default=1000)
     a = ap.parse_args()
+    as_installed()
     try:
         rates = [per_core(64 * 1024, 300), per_core(1024 * 1024, 20)]
         report(rates, a.json, "Device-updates per CPU second, one process", ["image", "devices", "CPU s", "updates/CPU s"],

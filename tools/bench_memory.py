@@ -22,7 +22,7 @@ import tempfile
 from dualmcu.image.firmware import build_image, make_info  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchutil import report  # noqa: E402
+from benchutil import as_installed, report  # noqa: E402
 
 SIZES = (256 * 1024, 4 << 20, 16 << 20)
 
@@ -31,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    as_installed()
     rows = []
     with tempfile.TemporaryDirectory(prefix="dualmcu-mem-") as root:
         for size in SIZES:

@@ -34,7 +34,7 @@ import tracemalloc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchutil import report  # noqa: E402
+from benchutil import as_installed, report  # noqa: E402
 
 from dualmcu.image.firmware import build_image, make_info, next_image  # noqa: E402
 from dualmcu.image.package import Applier, build_package  # noqa: E402
@@ -114,6 +114,7 @@ def main() -> int:
     ap.add_argument("--change", type=float, default=1.0, help="percent of the program the edits touch")
     ap.add_argument("--no-real", dest="real", action="store_false", help="virtual clock only")
     a = ap.parse_args()
+    as_installed()
     old, new, variants = files(a.size, a.change)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="dualmcu-bench-") as work:

@@ -38,7 +38,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchutil import report  # noqa: E402
+from benchutil import as_installed, report  # noqa: E402
 from bench_ota import measure  # noqa: E402
 
 from dualmcu.image.firmware import build_image, make_info  # noqa: E402
@@ -353,6 +353,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, action="append", default=[],
                     help="Only the unpaced rows of this chunk size (repeatable).")
     a = ap.parse_args()
+    as_installed()
     if a.runs < 1:
         ap.error("--runs must be at least 1")
     sizes = sorted({chunk for _, chunk, _ in UNPACED})

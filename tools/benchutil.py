@@ -32,3 +32,19 @@ def report(rows: list[dict], as_json: bool, title: str, head: list[str], cells) 
     print("|" + "---|" * len(head))
     for r in rows:
         print("| " + " | ".join(str(c) for c in cells(r)) + " |")
+
+
+def as_installed() -> None:
+    """Run the commands this benchmark starts as an installed package runs: pip compiles the
+    modules as it installs them, so each process loads cached byte code.  With
+    PYTHONDONTWRITEBYTECODE set in the shell, every process compiled every module it imports
+    instead: 0.14 s more for a 4 KiB `dualmcu run` (1.40 against 1.26 s, measured)."""
+    import compileall
+    import importlib
+    import os
+
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # for the processes started from here
+    for name in ("dualmcu", "dualmcu.framing", "dualmcu.rpc", "dualmcu.image", "dualmcu.ncp",
+                 "dualmcu.primary"):
+        for folder in importlib.import_module(name).__path__:
+            compileall.compile_dir(folder, quiet=1)
