@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+from contextlib import contextmanager
 from enum import IntEnum
+from typing import Iterator
 
 
 class ExitCode(IntEnum):
@@ -15,6 +18,7 @@ class ExitCode(IntEnum):
     STOPPED = 11  # a fleet rollout stopped by the operator (or its build blocklisted)
     POWER_CUT = 75  # the emulated power failed mid-operation: start the process again
     INTERRUPTED = 130  # stopped by Ctrl-C
+    TERMINATED = 143  # stopped by SIGTERM (128 + 15, as a shell reports a process it ended)
 
 
 # Each code's meaning: a short phrase for the --help epilog, and the full text for docs/cli.md.
@@ -28,6 +32,7 @@ SHORT = {
     ExitCode.STOPPED: "a fleet rollout stopped or its build blocklisted",
     ExitCode.POWER_CUT: "the emulated power was cut (--power-cut-*)",
     ExitCode.INTERRUPTED: "stopped by Ctrl-C",
+    ExitCode.TERMINATED: "`run` or `fuzz` stopped by SIGTERM",
 }
 
 MEANING = {
@@ -39,5 +44,35 @@ MEANING = {
     ExitCode.PAUSED: "`dualmcu fleet`: a health gate paused the rollout",
     ExitCode.STOPPED: "`dualmcu fleet`: the operator stopped the rollout, or blocklisted its build",
     ExitCode.POWER_CUT: "the emulated power was cut (--power-cut-*): start the process again to see the device come back",
-    ExitCode.INTERRUPTED: "stopped by Ctrl-C",
+    ExitCode.INTERRUPTED: "stopped by Ctrl-C: a job says what it had done and keeps its files",
+    ExitCode.TERMINATED: "`dualmcu run` or `dualmcu fuzz` stopped by SIGTERM (`kill`, `timeout`, a CI job's end), handled as Ctrl-C is; `ncp`, `primary` and `link` end on SIGTERM as on their own end, with 0",
 }
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where a job handles Ctrl-C: a KeyboardInterrupt, so every place that
+    stops cleanly on Ctrl-C does so on `kill` too."""
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within it, SIGTERM raises :class:`Terminated`.  Without it a job killed by `timeout` or
+    at a CI job's end vanished mid-sentence: `dualmcu run` left its sides and work directory
+    without a word, `dualmcu fuzz` lost what it had found."""
+    def raise_terminated(*_) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stopped_code(e: KeyboardInterrupt) -> ExitCode:
+    """The exit code of a job stopped by Ctrl-C or SIGTERM."""
+    return ExitCode.TERMINATED if isinstance(e, Terminated) else ExitCode.INTERRUPTED
+
+
+def stopped_word(e: KeyboardInterrupt) -> str:
+    return "terminated" if isinstance(e, Terminated) else "interrupted"

@@ -644,6 +644,7 @@ class Finding:
     seen: int = 1  # cases of the campaign that failed in this class
     replays: int = 0
     reproduced: int = 0
+    replayed_all: bool = False  # every replay confirm() was asked for was made
 
     @property
     def reason(self) -> str:
@@ -651,8 +652,11 @@ class Finding:
 
     @property
     def verdict(self) -> str:
-        """confirmed (every replay failed alike), flaky (some did), or not reproduced."""
-        if self.replays and self.reproduced == self.replays:
+        """confirmed (every replay failed alike), flaky (some did), not reproduced, or
+        unconfirmed (the campaign was stopped before its replays were all made)."""
+        if not self.replayed_all:
+            return "unconfirmed"
+        if self.reproduced == self.replays:
             return "confirmed"
         return "flaky" if self.reproduced else "not_reproduced"
 
@@ -667,6 +671,7 @@ class Campaign:
     findings: dict[str, Finding]
     cases: int
     seconds: float
+    stopped: KeyboardInterrupt | None = None  # Ctrl-C or SIGTERM ended it early
 
 
 def fuzz(session: Session, target: Target, examples: int, seed_value: int,
@@ -720,9 +725,14 @@ def fuzz(session: Session, target: Target, examples: int, seed_value: int,
                 raise
 
     batch = 0
-    while count[0] < examples and (duration is None or time.monotonic() - t0 < duration):
-        run_batch(min(BATCH, examples - count[0]), seed_value + batch)
-        batch += 1
+    try:
+        while count[0] < examples and (duration is None or time.monotonic() - t0 < duration):
+            run_batch(min(BATCH, examples - count[0]), seed_value + batch)
+            batch += 1
+    except KeyboardInterrupt as e:
+        # A user who stops a long campaign keeps what it found: each class's smallest case
+        # so far, unconfirmed.
+        return Campaign(findings, count[0], time.monotonic() - t0, stopped=e)
     return Campaign(findings, count[0], time.monotonic() - t0)
 
 
@@ -751,6 +761,7 @@ def confirm(session: Session, target: Target, finding: Finding, times: int = CON
         problem = play(session, finding.steps)
         finding.replays += 1
         finding.reproduced += problem is not None and problem.key == finding.problem.key
+    finding.replayed_all = True
     return finding
 
 

@@ -31,7 +31,7 @@ from dualmcu.primary.flash import Flash, FlashError, Geometry
 from dualmcu.rpc.events import Event
 from .child import send
 from .link import LinkConfig
-from .exits import ExitCode
+from .exits import ExitCode, sigterm_interrupts, stopped_code, stopped_word
 from .shell import Outlet, Progress, Tally, Wire, detail, json_note, shown
 from .sides import NcpOptions, PrimaryOptions, read_factory_image
 DEMO_TYPE = "TMPL0DEMO01"
@@ -543,7 +543,8 @@ class Run:
         # process's own work (kills and power cuts at an offset, the timeout): lines wait.
         self.outlet = Outlet(sys.stdout, json_note("run")) if self.o.as_json else None
         try:
-            code = self._run()
+            with sigterm_interrupts():
+                code = self._run()
         finally:
             if self.outlet is not None:
                 self.outlet.close()
@@ -602,14 +603,15 @@ class Run:
             self.progress.line("")
             print(f"error: the virtual UART or a side could not be started: {shown(e)}", file=sys.stderr)
             return ExitCode.IO
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM
             self.stop_all()
             self.progress.line("")  # close the progress line before saying anything else
-            self.say({"side": "run", "event": "result", "exit_code": int(ExitCode.INTERRUPTED),
-                      "reason": "interrupted", "workdir": self.workdir})
+            code, word = stopped_code(e), stopped_word(e)
+            self.say({"side": "run", "event": "result", "exit_code": int(code), "reason": word,
+                      "workdir": self.workdir})
             self._flush_json()
-            print(f"interrupted; work files kept in {self.workdir}", file=sys.stderr)
-            return ExitCode.INTERRUPTED
+            print(f"{word}; work files kept in {self.workdir}", file=sys.stderr)
+            return code
         finally:
             if self.uart is not None:
                 self.uart.close()

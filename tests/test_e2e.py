@@ -469,6 +469,50 @@ def test_link_relays_between_two_ports_and_counts_faults(tmp_path):
     assert summary["dropped"] > 0 and len(got) == len(data) - summary["dropped"]
 
 
+def test_link_stopped_with_sigterm_says_its_summary():
+    """A script runs the relay in the background and stops it with `kill`: it still learns
+    what crossed and what was injected, as with Ctrl-C."""
+    import signal
+
+    p = subprocess.Popen([sys.executable, "-m", "dualmcu", "link", "--json", "--no-pace"],
+                         stdout=subprocess.PIPE)
+    first = json.loads(p.stdout.readline())
+    assert first["event"] == "link"
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0
+    assert events(out)[-1]["event"] == "summary"
+
+
+def test_run_stopped_by_sigterm_stops_its_sides_says_so_and_keeps_its_files(tmp_path, shipment):
+    """`timeout 60 dualmcu run ...` or a CI job's end sends SIGTERM. The run ends as on Ctrl-C:
+    its sides stopped, its result said, its work directory kept, exit 143."""
+    import signal
+
+    fw, _ = shipment
+    work = tmp_path / "w"
+    p = subprocess.Popen([sys.executable, "-m", "dualmcu", "run", "--firmware", str(fw), "--workdir", str(work),
+                          "--json", "--pace", "--baud", "115200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if json.loads(line).get("event") == "ota_progress":
+            break
+    with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+        sides = [int(pid) for pid in f.read().split()]
+    assert len(sides) == 2
+    p.send_signal(signal.SIGTERM)
+    rest, err = p.communicate(timeout=30)
+    assert p.returncode == 143, err[-2000:]
+    result = events(b"".join(lines) + rest)[-1]
+    assert result["event"] == "result" and result["reason"] == "terminated" and result["exit_code"] == 143
+    assert b"terminated; work files kept in " + str(work).encode() in err
+    assert (work / "ncp.log").exists() and (work / "primary.log").exists()
+    for pid in sides:  # stopped and reaped by the run
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def test_a_killed_primary_resumes_where_it_stopped(tmp_path, shipment):
     fw, sha = shipment
     flash = tmp_path / "dev.flash"

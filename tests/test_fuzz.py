@@ -193,3 +193,30 @@ def test_a_fault_of_the_fuzzer_itself_is_raised_not_reported_as_nothing_found(mo
     monkeypatch.setattr(F, "execute", broken)
     with pytest.raises(TypeError, match="a bug in the fuzzer"):
         F.fuzz(Quiet(), F.Target(), examples=3, seed_value=1)
+
+
+def test_a_campaign_stopped_by_sigterm_saves_what_it_found_unconfirmed(tmp_path, factory):
+    """A long campaign stopped with `kill` (or `timeout`, or a CI job's end) keeps its findings:
+    each class's smallest case so far, saved and said, unconfirmed; the exit code says why."""
+    import signal
+
+    out = tmp_path / "found"
+    bad = primary_cmd(tmp_path, factory, defects="duplicate-chunk-hazard")
+    p = subprocess.Popen([sys.executable, "-m", "dualmcu", "fuzz", "--target", "primary", "--examples", "100000",
+                          "--seed", "1", "--out", str(out), "--target-cmd", bad, "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = []
+    for line in p.stdout:  # until the first failure is found
+        lines.append(line)
+        ev = json.loads(line)
+        if ev.get("event") == "case" and ev["failure"]:
+            break
+    p.send_signal(signal.SIGTERM)
+    rest, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err[-2000:]
+    evs = [json.loads(x) for x in b"".join(lines + [rest]).splitlines()]
+    result = evs[-1]
+    assert result["event"] == "result" and result["stopped"] == "terminated"
+    assert result["classes"] >= 1 and result["unconfirmed"] == result["classes"] and result["confirmed"] == 0
+    case = findings(out)["resend_acknowledged client_otaUpdateWrite"]
+    assert case["verdict"] == "unconfirmed" and case["reproduced"] == "0/0" and case["steps"]

@@ -45,13 +45,15 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, dura
     Each class of failure (oracle and uid) is shrunk to a minimal case and replayed --confirm
     times against a fresh target: confirmed when every replay fails, flaky (with its rate)
     when some do. Each is saved to --out as the exact bytes sent. Exit 0: nothing confirmed;
-    1: a confirmed failure; 3: no target to talk to.
+    1: a confirmed failure; 3: no target to talk to. Stopped by Ctrl-C (130) or SIGTERM
+    (143), it saves what it found so far, unconfirmed.
 
     \b
       dualmcu fuzz --target primary --port /dev/ttyUSB0 --framing blynk --reset-cmd "..."
       dualmcu fuzz --target primary --target-cmd "dualmcu primary --port {port} --flash f.bin --provision app.bin"
     """
     from dualmcu import fuzz as F
+    from dualmcu.exits import sigterm_interrupts, stopped_code, stopped_word
     from dualmcu.shell import PortError
 
     if bool(port) == bool(target_cmd):
@@ -101,10 +103,15 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, dura
                 say({"case": n, "failure": problem})
 
         try:
-            campaign = F.fuzz(session, target, examples, seed, progress, duration, db)
-            restarts = target.restarts
-            for finding in campaign.findings.values():
-                F.confirm(session, target, finding, confirm_times)
+            with sigterm_interrupts():
+                campaign = F.fuzz(session, target, examples, seed, progress, duration, db)
+                restarts = target.restarts
+                try:
+                    for finding in campaign.findings.values():
+                        if campaign.stopped is None:
+                            F.confirm(session, target, finding, confirm_times)
+                except KeyboardInterrupt as e:  # the rest stay unconfirmed, and are saved
+                    campaign.stopped = e
         except F.TargetDown as e:
             raise IOFailure(str(e)) from None
         findings = sorted(campaign.findings.values(), key=lambda f: (f.verdict != "confirmed", f.problem.key))
@@ -126,6 +133,9 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, dura
                   "flaky": sum(f.verdict == "flaky" for f in findings),
                   "not_reproduced": sum(f.verdict == "not_reproduced" for f in findings),
                   "target_restarts": restarts, "confirm_restarts": target.restarts - restarts}
+        if campaign.stopped is not None:
+            result["stopped"] = stopped_word(campaign.stopped)
+            result["unconfirmed"] = sum(f.verdict == "unconfirmed" for f in findings)
         say(result)
         if findings and not as_json:
             for f in findings:
@@ -135,6 +145,8 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, dura
                     click.echo(f"  {s.what:<40} {s.data.hex(' ')}")
                 click.echo(f"  saved to {saved[f.problem.key]}; play it again with: dualmcu fuzz --replay "
                            f"{saved[f.problem.key]} ...")
+        if campaign.stopped is not None:
+            sys.exit(stopped_code(campaign.stopped))
         sys.exit(1 if confirmed else 0)
     finally:
         p.close()
