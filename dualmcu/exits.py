@@ -32,7 +32,7 @@ SHORT = {
     ExitCode.STOPPED: "a fleet rollout stopped or its build blocklisted",
     ExitCode.POWER_CUT: "the emulated power was cut (--power-cut-*)",
     ExitCode.INTERRUPTED: "stopped by Ctrl-C",
-    ExitCode.TERMINATED: "`run` or `fuzz` stopped by SIGTERM",
+    ExitCode.TERMINATED: "stopped by SIGTERM",
 }
 
 MEANING = {
@@ -44,21 +44,22 @@ MEANING = {
     ExitCode.PAUSED: "`dualmcu fleet`: a health gate paused the rollout",
     ExitCode.STOPPED: "`dualmcu fleet`: the operator stopped the rollout, or blocklisted its build",
     ExitCode.POWER_CUT: "the emulated power was cut (--power-cut-*): start the process again to see the device come back",
-    ExitCode.INTERRUPTED: "stopped by Ctrl-C: a job says what it had done and keeps its files",
-    ExitCode.TERMINATED: "`dualmcu run` or `dualmcu fuzz` stopped by SIGTERM (`kill`, `timeout`, a CI job's end), handled as Ctrl-C is; `ncp`, `primary` and `link` end on SIGTERM as on their own end, with 0",
+    ExitCode.INTERRUPTED: "stopped by Ctrl-C: the command cleans up, and says what it had done where it can (`run` keeps its work files, `fuzz` saves its findings unconfirmed)",
+    ExitCode.TERMINATED: "stopped by SIGTERM (`kill`, `timeout`, a CI job's end), handled as Ctrl-C is; `ncp`, `primary` and `link` end on SIGTERM as at their own end, with 0",
 }
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where a job handles Ctrl-C: a KeyboardInterrupt, so every place that
-    stops cleanly on Ctrl-C does so on `kill` too."""
+    """SIGTERM, raised as Ctrl-C is: a KeyboardInterrupt, so every place that stops cleanly on
+    Ctrl-C does so on `kill` too."""
 
 
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
-    """Within it, SIGTERM raises :class:`Terminated`.  Without it a job killed by `timeout` or
-    at a CI job's end vanished mid-sentence: `dualmcu run` left its sides and work directory
-    without a word, `dualmcu fuzz` lost what it had found."""
+    """Within it, SIGTERM raises :class:`Terminated`.  Without it a command killed by `timeout`
+    or at a CI job's end vanished mid-sentence: `dualmcu run` left its sides and work directory
+    without a word, `dualmcu fuzz` lost what it had found, a file being written stayed half
+    made beside its target."""
     def raise_terminated(*_) -> None:
         raise Terminated
 

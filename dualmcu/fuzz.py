@@ -700,7 +700,6 @@ def fuzz(session: Session, target: Target, examples: int, seed_value: int,
             count[0] += 1
             problem = execute(session, case, record)
             dead[0] = problem is not None and problem.oracle in ("liveness", "crash")
-            progress(count[0], problem)
             if problem:
                 old = findings.get(problem.key)
                 if old is None:
@@ -709,6 +708,9 @@ def fuzz(session: Session, target: Target, examples: int, seed_value: int,
                     old.seen += 1
                     if _size(record) < _size(old.steps):  # shrinking: keep the smallest case of the class
                         old.problem, old.steps = problem, record
+            # Said once kept: a user who stops the campaign on seeing a failure finds it saved.
+            progress(count[0], problem)
+            if problem:
                 raise failure_type(problem.key)(problem.reason)
 
         # The database keeps each side's cases apart (as pytest does for parametrized tests).

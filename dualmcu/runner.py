@@ -31,7 +31,7 @@ from dualmcu.primary.flash import Flash, FlashError, Geometry
 from dualmcu.rpc.events import Event
 from .child import send
 from .link import LinkConfig
-from .exits import ExitCode, sigterm_interrupts, stopped_code, stopped_word
+from .exits import ExitCode, stopped_code, stopped_word
 from .shell import Outlet, Progress, Tally, Wire, detail, json_note, shown
 from .sides import NcpOptions, PrimaryOptions, read_factory_image
 DEMO_TYPE = "TMPL0DEMO01"
@@ -543,8 +543,7 @@ class Run:
         # process's own work (kills and power cuts at an offset, the timeout): lines wait.
         self.outlet = Outlet(sys.stdout, json_note("run")) if self.o.as_json else None
         try:
-            with sigterm_interrupts():
-                code = self._run()
+            code = self._run()  # the CLI makes SIGTERM a KeyboardInterrupt, as Ctrl-C
         finally:
             if self.outlet is not None:
                 self.outlet.close()

@@ -384,3 +384,27 @@ def test_a_file_written_through_a_link_replaces_its_target_and_keeps_the_link(tm
     assert os.readlink(tmp_path / "latest.bin") == "fw-1.2.bin"
     assert (tmp_path / "fw-1.2.bin").read_bytes() == b"tagged"
     assert sorted(os.listdir(tmp_path)) == ["fw-1.2.bin", "latest.bin"]
+
+
+def test_any_command_stopped_by_sigterm_or_ctrl_c_says_so_in_one_line_with_its_exit_code():
+    """A command killed by `kill`, `timeout` or a CI job's end runs its clean-up and exits 143
+    with one line; Ctrl-C alike with 130 (click alone said "Aborted!" and exited 1). Here a
+    decode that streams a pipe nobody closes, stopped while it waits for more."""
+    import signal
+    import subprocess
+    import sys
+
+    frame = "00 04 12 a5 01 01 05 ff b0 75 a7 00".replace(" ", "")  # one native-framed frame
+    for sig, code, word in ((signal.SIGTERM, 143, b"terminated"), (signal.SIGINT, 130, b"interrupted")):
+        p = subprocess.Popen([sys.executable, "-m", "dualmcu", "decode", "-"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.stdin.write(bytes.fromhex(frame))
+        p.stdin.flush()
+        assert p.stdout.readline()  # the frame was decoded: the command is at work, waiting
+        p.send_signal(sig)
+        p.wait(timeout=30)  # stdin still open: only the signal can have ended it
+        err = p.stderr.read()
+        p.stdin.close()
+        p.stdout.close()
+        p.stderr.close()
+        assert p.returncode == code and err.strip() == word, err

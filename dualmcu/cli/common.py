@@ -15,7 +15,7 @@ import os
 import click
 
 from dualmcu import __version__
-from dualmcu.exits import SHORT, ExitCode
+from dualmcu.exits import SHORT, ExitCode, sigterm_interrupts, stopped_code, stopped_word
 from dualmcu.framing import PROFILE_NAMES
 from dualmcu.paths import default_flash, shown, write_whole
 from dualmcu.primary.ota import WriteAnswer
@@ -23,7 +23,23 @@ from dualmcu.primary.ota import WriteAnswer
 EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in SHORT.items()) + "."
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
+class _Group(click.Group):
+    """Ctrl-C and SIGTERM end any command the same way: its clean-up runs (a half-written
+    file is removed, a side's port closed, a cluster shut down), a command that can say what
+    it had done says it, and the exit code tells which (130, 143).  Left to click, Ctrl-C said
+    "Aborted!" with exit 1, and SIGTERM ended the process where it stood."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            with sigterm_interrupts():
+                return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            click.echo(stopped_word(e), err=True)
+            ctx.exit(stopped_code(e))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EPILOG)
 @click.version_option(__version__, prog_name="dualmcu")
 def main() -> None:
     """Emulate a dual-MCU device: a Blynk.NCP network co-processor and the primary MCU it

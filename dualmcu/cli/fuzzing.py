@@ -53,7 +53,7 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, dura
       dualmcu fuzz --target primary --target-cmd "dualmcu primary --port {port} --flash f.bin --provision app.bin"
     """
     from dualmcu import fuzz as F
-    from dualmcu.exits import sigterm_interrupts, stopped_code, stopped_word
+    from dualmcu.exits import stopped_code, stopped_word
     from dualmcu.shell import PortError
 
     if bool(port) == bool(target_cmd):
@@ -103,15 +103,14 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, dura
                 say({"case": n, "failure": problem})
 
         try:
-            with sigterm_interrupts():
-                campaign = F.fuzz(session, target, examples, seed, progress, duration, db)
-                restarts = target.restarts
-                try:
-                    for finding in campaign.findings.values():
-                        if campaign.stopped is None:
-                            F.confirm(session, target, finding, confirm_times)
-                except KeyboardInterrupt as e:  # the rest stay unconfirmed, and are saved
-                    campaign.stopped = e
+            campaign = F.fuzz(session, target, examples, seed, progress, duration, db)
+            restarts = target.restarts
+            try:
+                for finding in campaign.findings.values():
+                    if campaign.stopped is None:
+                        F.confirm(session, target, finding, confirm_times)
+            except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the rest stay unconfirmed, saved
+                campaign.stopped = e
         except F.TargetDown as e:
             raise IOFailure(str(e)) from None
         findings = sorted(campaign.findings.values(), key=lambda f: (f.verdict != "confirmed", f.problem.key))

@@ -292,7 +292,6 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
     --b it makes ptys and prints their paths. What it injected is counted and printed when it
     stops (every second too, with --json).
     """
-    from dualmcu.exits import sigterm_interrupts
     from dualmcu.relay import Relay
     from dualmcu.shell import PortError, open_port
 
@@ -315,7 +314,7 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
     # SIGTERM ends the relay as Ctrl-C does, with its summary: a script that started it in the
     # background stops it with `kill` and still learns what it injected.
     try:
-        with sigterm_interrupts(), relay:
+        with relay:
             while duration is None or time.monotonic() - t0 < duration:
                 time.sleep(1.0 if duration is None else min(1.0, max(0.0, duration - (time.monotonic() - t0))))
                 if as_json:
