@@ -116,6 +116,29 @@ def test_event_lines_to_a_pipe_never_block_the_side_and_all_arrive_at_its_end(as
     os.close(r)
 
 
+def test_event_lines_to_a_socket_wait_for_its_reader_as_on_a_pipe():
+    """stdout may be a socket (a service manager's log socket, socat): the same outlet, the
+    same order, nothing lost while the reader is away."""
+    import socket
+
+    from dualmcu.shell import EventPrinter
+
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # full long before 3000 lines
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    out = os.fdopen(a.detach(), "w")
+    p = EventPrinter("ncp", as_json=True, out=out, start=0.0)
+    for i in range(3000):
+        p(Event.OTA_PROGRESS, t=1.0, offset=i, size=3000)
+    assert p.outlet.held  # the socket is full and nobody reads: the lines wait
+    got, reader = reading(b.fileno())
+    p.close()
+    out.close()
+    reader.join(10)
+    assert [json.loads(line)["offset"] for line in got.decode().splitlines()] == list(range(3000))
+    b.close()
+
+
 def test_json_lines_past_the_limit_are_left_out_and_counted_once_the_reader_catches_up():
     from dualmcu.shell import Outlet, json_note
 
