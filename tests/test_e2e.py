@@ -865,3 +865,36 @@ def test_run_hands_each_side_its_whole_configuration_as_one_object(tmp_path):
     assert [k.public_bytes_raw() for k in back.config.trust.keys.values()] == \
         [k.public_bytes_raw() for k in trust.keys.values()]
     assert back.config.ota == p.config.ota and back.power_cut_within == p.power_cut_within
+
+
+def test_the_run_reads_a_sides_last_lines_while_it_stops():
+    """A side ends by writing the lines its pipe had no room for, and waits for the run to
+    read them. The run reads while its sides stop: if it only waited (3 s) and then read, a
+    side holding more than a pipe's worth would be killed with those lines lost. Here a stand-
+    in side prints 3000 lines (about 200 KB) when told to stop."""
+    import io
+
+    from dualmcu.runner import Run, RunOptions
+    from dualmcu.shell import Outlet, json_note
+
+    side = textwrap.dedent("""
+        import json, signal, sys
+        def stop(*_):
+            for i in range(3000):
+                print(json.dumps({"side": "ncp", "event": "ota_progress", "offset": i, "pad": "x" * 40}))
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        print(json.dumps({"side": "ncp", "event": "state", "state": "idle"}), flush=True)
+        signal.pause()
+    """)
+    run = Run(RunOptions(as_json=True))
+    out = io.StringIO()
+    run.outlet = Outlet(out, json_note("run"))
+    p = subprocess.Popen([sys.executable, "-c", side], stdout=subprocess.PIPE)
+    run.procs["ncp"] = p
+    run.lines.add("ncp", p)
+    assert run.lines.get(30)["event"] == "state"  # the side is up, its handler set
+    run.stop_all(drain=True)
+    assert p.returncode == 0  # it ended by itself, not killed after the wait
+    offsets = [json.loads(line)["offset"] for line in out.getvalue().splitlines()]
+    assert offsets == list(range(3000))
