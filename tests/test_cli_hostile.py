@@ -408,3 +408,27 @@ def test_any_command_stopped_by_sigterm_or_ctrl_c_says_so_in_one_line_with_its_e
         p.stdout.close()
         p.stderr.close()
         assert p.returncode == code and err.strip() == word, err
+
+
+def test_a_new_file_on_a_file_system_without_hard_links_is_renamed_into_place(tmp_path, monkeypatch):
+    """A key must never replace a file, so it takes its name with a hard link, which fails if
+    one exists. A FAT stick has no hard links (EPERM): there the name is checked, then the
+    file renamed. Nothing half-made stays either way."""
+    import errno
+
+    from dualmcu import paths
+
+    def no_links(src, dst):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(paths.os, "link", no_links)
+    key = tmp_path / "ota.key"
+    assert paths.write_whole(str(key), b"secret", mode=0o600, exclusive=True) is False
+    assert key.read_bytes() == b"secret" and (key.stat().st_mode & 0o777) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ota.key"]
+    # A file that took the name meanwhile (after the first check) is kept, never replaced.
+    part = tmp_path / ".other.part"
+    part.write_bytes(b"new")
+    with pytest.raises(FileExistsError):
+        paths._link_new(str(part), str(key))
+    assert key.read_bytes() == b"secret" and part.exists()
