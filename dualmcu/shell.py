@@ -830,10 +830,11 @@ class Runner:
         # SIGTERM ends the loop cleanly; once the loop is over it ends the process again, so
         # that a side waiting at its end for a --json reader that never reads can be stopped.
         previous = signal.signal(signal.SIGTERM, self.stop)
-        port.wake = SignalWake()
         deadline = self.core.next_deadline()  # the core's, as the last full step left it
         stepped = time.monotonic()  # when the last full step ran
+        wake = None
         try:
+            wake = port.wake = SignalWake()
             while not self._stopping:
                 data = port.read_waiting() if port.reads_first else b""
                 if not data:
@@ -884,8 +885,9 @@ class Runner:
             port.flush()
             raise
         finally:
-            port.wake.close()
-            port.wake = None
+            if wake is not None:
+                wake.close()
+                port.wake = None
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
             if self.events is not None:
                 self.events.release()  # a power cut loses the step's bytes, never its events
