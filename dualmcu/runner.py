@@ -239,6 +239,7 @@ class Run:
             old = "1.0.0" if self.new_version != "1.0.0" else "0.9.0"
             with open(self.factory, "wb") as f:
                 f.write(self._signed(build_image(make_info(old, self.fw_type, build="Nov 20 2026 12:00:00"), 120 * 1024), 1))
+        self._check_time(min(s.size for s in release.shipments))
         if o.flash is None:
             o.flash = os.path.join(self.workdir, "primary.flash")
         elif os.path.exists(o.flash):
@@ -256,6 +257,20 @@ class Run:
                 which = "the factory image" if o.factory is None else f"factory image {o.factory}"
                 raise ValueError(f"{which} has {size:,} bytes, more than a slot holds "
                                  f"(--slot-size {slot:,})")
+
+    def _check_time(self, size: int) -> None:
+        """Refuse a paced run whose wire alone cannot carry the update within --timeout: at
+        1200 baud a 300 KiB image needs 43 minutes, and the user would otherwise wait out the
+        timeout (5 minutes by default) to learn it."""
+        o = self.o
+        if o.link_config is None or o.link_config.baud is None:
+            return  # unpaced: the bytes move as fast as the processes go
+        baud = o.link_config.baud
+        wire = size * 10 / baud
+        if wire > o.timeout:
+            raise ValueError(f"at {baud} baud the wire alone takes {wire:,.0f} s to carry the "
+                             f"{size:,} bytes of the update, more than --timeout {o.timeout:g} s: "
+                             "raise --timeout or --baud")
 
     def _os_error(self, e: OSError) -> str:
         """One line for a file the preparation could not make or read."""
@@ -558,11 +573,11 @@ class Run:
         self.t0 = t0 = time.monotonic()
         try:
             self.prepare()
-        except ValueError as e:
-            print(f"error: {shown(e)}", file=sys.stderr)
-            return ExitCode.USAGE
-        except OSError as e:  # the work directory, a file made in it, or an input file
-            print(f"error: {shown(self._os_error(e))}", file=sys.stderr)
+        except (ValueError, OSError) as e:  # OSError: the work directory, a file in it, an input
+            print(f"error: {shown(e if isinstance(e, ValueError) else self._os_error(e))}", file=sys.stderr)
+            if self.o.workdir is None and getattr(self, "workdir", None):
+                # Nothing was started: the temporary work directory made for it goes too.
+                shutil.rmtree(self.workdir, ignore_errors=True)
             return ExitCode.USAGE
         verdict: Verdict | None = None
         tallies = [self.tally(end) for end in VirtualUart.SIDES]

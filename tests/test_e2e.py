@@ -754,6 +754,19 @@ def test_run_refuses_a_progress_interval_with_a_kill_at_an_offset():
     assert r.returncode == 2 and b"need every progress step" in r.stderr
 
 
+def test_a_paced_run_the_wire_cannot_finish_within_its_timeout_is_refused_and_leaves_nothing(
+        monkeypatch, tmp_path):
+    """At 1200 baud the demo image needs 43 minutes of wire: the run says so at once (exit 2)
+    instead of waiting out --timeout, and a usage error leaves no temporary work directory."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the run makes its work directory
+    r = dualmcu("run", "--pace", "--baud", "1200")
+    assert r.returncode == 2
+    assert r.stderr.decode().strip() == (
+        "error: at 1200 baud the wire alone takes 2,560 s to carry the 307,200 bytes of the update, "
+        "more than --timeout 300 s: raise --timeout or --baud")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_run_says_in_one_line_when_the_system_refuses_a_pty(monkeypatch, capsys, tmp_path):
     from dualmcu import relay
     from dualmcu.runner import Run, RunOptions
