@@ -363,16 +363,25 @@ class Run:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 3
-        if drain:
-            # Read while they stop: a side ends by writing the lines its pipe had no room for,
-            # and would wait for this process to read them.
-            self.drain(3.0)
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        try:
+            if drain:
+                # Read while they stop: a side ends by writing the lines its pipe had no room
+                # for, and would wait for this process to read them.
+                self.drain(3.0)
+            for p in self.procs.values():
+                try:
+                    p.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        except BaseException:
+            # A second Ctrl-C or SIGTERM while they stop: this process ends now, and leaves
+            # no side running on behind it.
+            for p in self.procs.values():
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            raise
 
     def drain(self, seconds: float = 2.0) -> None:
         """Show the lines the sides printed before they stopped and the verdict did not wait

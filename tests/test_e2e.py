@@ -911,3 +911,24 @@ def test_the_run_reads_a_sides_last_lines_while_it_stops():
     assert p.returncode == 0  # it ended by itself, not killed after the wait
     offsets = [json.loads(line)["offset"] for line in out.getvalue().splitlines()]
     assert offsets == list(range(3000))
+
+
+def test_a_second_interrupt_while_the_sides_stop_leaves_none_running(monkeypatch):
+    """Ctrl-C or SIGTERM twice: the second arrives while the run waits for its sides to stop.
+    The run ends then, and kills what has not stopped yet rather than leave it behind."""
+    from dualmcu.runner import Run, RunOptions
+
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    run = Run(RunOptions())
+    p = subprocess.Popen([sys.executable, "-c", stubborn], stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"up\n"  # its SIGTERM is ignored from here on
+    run.procs["primary"] = p
+
+    def second_interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "drain", second_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run.stop_all(drain=True)
+    assert p.returncode == -9
+    p.stdout.close()
