@@ -44,8 +44,12 @@ MEANING = {
     ExitCode.PAUSED: "`dualmcu fleet`: a health gate paused the rollout",
     ExitCode.STOPPED: "`dualmcu fleet`: the operator stopped the rollout, or blocklisted its build",
     ExitCode.POWER_CUT: "the emulated power was cut (--power-cut-*): start the process again to see the device come back",
-    ExitCode.INTERRUPTED: "stopped by Ctrl-C: the command cleans up, and says what it had done where it can (`run` keeps its work files, `fuzz` saves its findings unconfirmed)",
-    ExitCode.TERMINATED: "stopped by SIGTERM (`kill`, `timeout`, a CI job's end), handled as Ctrl-C is; `ncp`, `primary` and `link` end on SIGTERM as at their own end, with 0",
+    ExitCode.INTERRUPTED: "stopped by Ctrl-C: the command cleans up, and says what it had done "
+                          "where it can (`run` keeps its work files, `fuzz` saves its findings "
+                          "unconfirmed)",
+    ExitCode.TERMINATED: "stopped by SIGTERM (`kill`, `timeout`, a CI job's end), handled as "
+                         "Ctrl-C is; `ncp`, `primary` and `link` end on SIGTERM as at their own "
+                         "end, with 0",
 }
 
 

@@ -583,7 +583,8 @@ class Run:
         try:
             self.prepare()
         except (ValueError, OSError) as e:  # OSError: the work directory, a file in it, an input
-            print(f"error: {shown(e if isinstance(e, ValueError) else self._os_error(e))}", file=sys.stderr)
+            said = e if isinstance(e, ValueError) else self._os_error(e)
+            print(f"error: {shown(said)}", file=sys.stderr)
             if self.o.workdir is None and getattr(self, "workdir", None):
                 # Nothing was started: the temporary work directory made for it goes too.
                 shutil.rmtree(self.workdir, ignore_errors=True)

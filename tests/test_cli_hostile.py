@@ -395,9 +395,10 @@ def test_any_command_stopped_by_sigterm_or_ctrl_c_says_so_in_one_line_with_its_e
     import sys
 
     frame = "00 04 12 a5 01 01 05 ff b0 75 a7 00".replace(" ", "")  # one native-framed frame
-    for sig, code, word in ((signal.SIGTERM, 143, b"terminated"), (signal.SIGINT, 130, b"interrupted")):
-        p = subprocess.Popen([sys.executable, "-m", "dualmcu", "decode", "-"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stops = ((signal.SIGTERM, 143, b"terminated"), (signal.SIGINT, 130, b"interrupted"))
+    for sig, code, word in stops:
+        p = subprocess.Popen([sys.executable, "-m", "dualmcu", "decode", "-"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         p.stdin.write(bytes.fromhex(frame))
         p.stdin.flush()
         assert p.stdout.readline()  # the frame was decoded: the command is at work, waiting
@@ -410,7 +411,7 @@ def test_any_command_stopped_by_sigterm_or_ctrl_c_says_so_in_one_line_with_its_e
         assert p.returncode == code and err.strip() == word, err
 
 
-def test_a_new_file_on_a_file_system_without_hard_links_is_renamed_into_place(tmp_path, monkeypatch):
+def test_a_new_file_where_hard_links_fail_is_renamed_into_place(tmp_path, monkeypatch):
     """A key must never replace a file, so it takes its name with a hard link, which fails if
     one exists. A FAT stick has no hard links (EPERM): there the name is checked, then the
     file renamed. Nothing half-made stays either way."""

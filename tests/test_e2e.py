@@ -491,8 +491,9 @@ def test_run_stopped_by_sigterm_stops_its_sides_says_so_and_keeps_its_files(tmp_
 
     fw, _ = shipment
     work = tmp_path / "w"
-    p = subprocess.Popen([sys.executable, "-m", "dualmcu", "run", "--firmware", str(fw), "--workdir", str(work),
-                          "--json", "--pace", "--baud", "115200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, "-m", "dualmcu", "run", "--firmware", str(fw),
+                          "--workdir", str(work), "--json", "--pace", "--baud", "115200"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines = []
     for line in p.stdout:
         lines.append(line)
@@ -505,7 +506,8 @@ def test_run_stopped_by_sigterm_stops_its_sides_says_so_and_keeps_its_files(tmp_
     rest, err = p.communicate(timeout=30)
     assert p.returncode == 143, err[-2000:]
     result = events(b"".join(lines) + rest)[-1]
-    assert result["event"] == "result" and result["reason"] == "terminated" and result["exit_code"] == 143
+    assert result["event"] == "result" and result["reason"] == "terminated"
+    assert result["exit_code"] == 143
     assert b"terminated; work files kept in " + str(work).encode() in err
     assert (work / "ncp.log").exists() and (work / "primary.log").exists()
     for pid in sides:  # stopped and reaped by the run
@@ -762,8 +764,8 @@ def test_a_paced_run_the_wire_cannot_finish_within_its_timeout_is_refused_and_le
     r = dualmcu("run", "--pace", "--baud", "1200")
     assert r.returncode == 2
     assert r.stderr.decode().strip() == (
-        "error: at 1200 baud the wire alone takes 2,560 s to carry the 307,200 bytes of the update, "
-        "more than --timeout 300 s: raise --timeout or --baud")
+        "error: at 1200 baud the wire alone takes 2,560 s to carry the 307,200 bytes of the "
+        "update, more than --timeout 300 s: raise --timeout or --baud")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -894,7 +896,8 @@ def test_the_run_reads_a_sides_last_lines_while_it_stops():
         import json, signal, sys
         def stop(*_):
             for i in range(3000):
-                print(json.dumps({"side": "ncp", "event": "ota_progress", "offset": i, "pad": "x" * 40}))
+                line = {"side": "ncp", "event": "ota_progress", "offset": i, "pad": "x" * 40}
+                print(json.dumps(line))
             sys.exit(0)
         signal.signal(signal.SIGTERM, stop)
         print(json.dumps({"side": "ncp", "event": "state", "state": "idle"}), flush=True)
@@ -918,7 +921,8 @@ def test_a_second_interrupt_while_the_sides_stop_leaves_none_running(monkeypatch
     The run ends then, and kills what has not stopped yet rather than leave it behind."""
     from dualmcu.runner import Run, RunOptions
 
-    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('up', flush=True); time.sleep(60)")
     run = Run(RunOptions())
     p = subprocess.Popen([sys.executable, "-c", stubborn], stdout=subprocess.PIPE)
     assert p.stdout.readline() == b"up\n"  # its SIGTERM is ignored from here on

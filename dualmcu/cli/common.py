@@ -38,8 +38,8 @@ class _Group(click.Group):
             ctx.exit(stopped_code(e))
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-             epilog=EPILOG)
+@click.group(cls=_Group, epilog=EPILOG,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="dualmcu")
 def main() -> None:
     """Emulate a dual-MCU device: a Blynk.NCP network co-processor and the primary MCU it

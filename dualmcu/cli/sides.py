@@ -361,7 +361,9 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--target", "device_target", default="dualmcu/1", show_default=True, help="The primary's target identity for signed images.")
 @click.option("--key", "sign_key", type=click.Path(exists=True, dir_okay=False), help="Private key that signs the factory image (and the demo shipment) when --trust is given.")
 @link_options
-@click.option("--timeout", type=seconds(), default=300.0, show_default=True, help="Give up after this many seconds. A paced run whose wire alone needs longer is refused at once.")
+@click.option("--timeout", type=seconds(), default=300.0, show_default=True,
+              help="Give up after this many seconds. A paced run whose wire alone needs longer "
+                   "is refused at once.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where the demo image, flash and logs go (default: a new temporary directory, removed after a successful run).")
 @click.option("--keep", is_flag=True, help="Keep the temporary work directory after a successful run (a failed run always keeps it).")
 @JSON
