@@ -41,6 +41,7 @@ try:  # tcdrain and tcflush raise termios.error, which is no OSError
     from termios import error as TERMIOS_ERROR
 except ImportError:  # not a POSIX system
     TERMIOS_ERROR = OSError
+READ_AHEAD = 1 << 18  # bytes read in one go before the core sees them (see Port.read_rest)
 MAX_QUEUE = 1 << 20  # bytes queued for a peer that does not read, before the oldest are dropped
 # A sleeping process wakes 0.1-0.3 ms after its timer on a busy 2-core machine (measured in the
 # relay: 155-226 us late at the median), and a paced round trip has several timed steps.  So
@@ -661,6 +662,20 @@ class Port:
         except OSError as e:
             raise PortError(f"the port failed: {e}") from None
 
+    def read_rest(self, data: bytes) -> bytes:
+        """``data`` and what else has arrived behind it (up to READ_AHEAD bytes), read before the
+        core takes any of it.  A pty holds only 12 to 20 KiB: while the core works on a frame
+        that ended in ``data``, a writer blocked on a full pty sends nothing, and taking what
+        it holds first lets the writer fill it again meanwhile.  Only where reads come first
+        (a descriptor or socket with nothing paced)."""
+        if not data or not self.reads_first:
+            return data
+        parts, n = [data], len(data)
+        while n < READ_AHEAD and (more := self.read_waiting()):
+            parts.append(more)
+            n += len(more)
+        return data if len(parts) == 1 else b"".join(parts)
+
     def _read_now(self, hung_up: bool) -> bytes:
         """What the socket or descriptor holds now, b"" when nothing.  ``hung_up``: an empty
         read means the peer closed or a USB adapter was pulled, as pyserial reports it."""
@@ -847,6 +862,8 @@ class Runner:
                         # time, so a 64 KiB write wakes its writer four or five times.  Nothing
                         # reached the core and nothing is due, so there is no step to take.
                         continue
+                if port.reads_first:
+                    data = port.read_rest(data)
                 now = time.monotonic()
                 port.pump(now)  # what has arrived at the peer goes out first: it is due
                 core = self.core
