@@ -20,7 +20,7 @@ from dualmcu.primary.flash import DEFAULT_ENDURANCE, Flash, FlashError, Geometry
 from dualmcu.rpc.device import Exit, Halt, Reboot, SetBaud
 from dualmcu.rpc.events import Event
 
-from .exits import ExitCode, stopped_code, stopped_word
+from .exits import ExitCode, Terminated
 from .paths import default_store
 from .shell import EventPrinter, Port, PortError, Runner, Silence, Stop, Wire, open_port, shown
 
@@ -370,9 +370,11 @@ def _serve(port: Port, url: str, baud: int, framing: str, make, on_action, emit,
         emit.close()  # the lines a slow reader has not taken come before the error
         print(f"error: {shown(e)}", file=sys.stderr)
         return ExitCode.IO
-    except KeyboardInterrupt as e:  # Ctrl-C; SIGTERM only outside the loop (which stops on it)
-        emit(Event.EXIT, code=int(stopped_code(e)), reason=stopped_word(e))
-        return stopped_code(e)
+    except Terminated:  # SIGTERM before the loop took it over: the side's end, as in the loop
+        return ExitCode.OK
+    except KeyboardInterrupt:
+        emit(Event.EXIT, code=int(ExitCode.INTERRUPTED), reason="interrupted")
+        return ExitCode.INTERRUPTED
     finally:
         if port.dropped:
             emit(Event.TX_DROPPED, bytes=port.dropped, note="the peer did not read: the oldest queued bytes were dropped")

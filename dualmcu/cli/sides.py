@@ -309,12 +309,15 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
         raise IOFailure(str(e)) from None
     out = (lambda obj: emit_json(obj)) if as_json else (lambda obj: click.echo(
         " ".join(f"{k}={v}" for k, v in obj.items()), err=True))
-    out({"event": "link", "a": relay.paths["a"], "b": relay.paths["b"], "baud": baud if pace else None, "seed": seed})
     t0 = time.monotonic()
     # SIGTERM ends the relay as Ctrl-C does, with its summary: a script that started it in the
     # background stops it with `kill` and still learns what it injected.
     try:
         with relay:
+            # Said once the relay runs, inside the try: a script that stops it as soon as it
+            # has read this line still gets the summary.
+            out({"event": "link", "a": relay.paths["a"], "b": relay.paths["b"],
+                 "baud": baud if pace else None, "seed": seed})
             while duration is None or time.monotonic() - t0 < duration:
                 time.sleep(1.0 if duration is None else min(1.0, max(0.0, duration - (time.monotonic() - t0))))
                 if as_json:
