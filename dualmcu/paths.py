@@ -9,6 +9,8 @@ import tempfile
 
 import platformdirs
 
+from dualmcu.image.inputs import removed_on_failure
+
 APP = "dualmcu"
 
 
@@ -66,7 +68,7 @@ def write_whole(path: str, data: bytes, mode: int | None = None, exclusive: bool
         with open(target, "wb") as f:
             f.write(data)
         return False
-    try:
+    with removed_on_failure(tmp):
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, mode)
@@ -74,13 +76,6 @@ def write_whole(path: str, data: bytes, mode: int | None = None, exclusive: bool
             _link_new(tmp, target)
         else:
             os.replace(tmp, target)
-        tmp = None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
     return False
 
 

@@ -1,4 +1,5 @@
-"""Reading the files a user names (images, keys, fleet files), bounded.
+"""Reading the files a user names (images, keys, fleet files), bounded; and the part file an
+output is written to before it takes its name.
 
 A path may name anything: a regular file, a pipe (``--key <(pass show key)``), a directory,
 or a device that never ends (/dev/zero, a tty).  Each read here takes at most its limit and
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import os
 import stat
+from contextlib import contextmanager
+from typing import Iterator
 
 MAX_IMAGE = 1 << 30  # what the largest slot holds (image lengths travel as u32)
 MAX_KEY = 1 << 16  # a PEM key is a few hundred bytes
@@ -57,3 +60,18 @@ def read_input(path: str | os.PathLike, what: str, limit: int, *, regular: bool 
     if len(data) > limit:
         raise InputFileError(f"{what} {path} has more than the {limit:,} bytes it may have")
     return data
+
+
+@contextmanager
+def removed_on_failure(part: str) -> Iterator[None]:
+    """Remove ``part`` (a file being written beside its target) when the block fails, then let
+    the failure go on: an output that did not land leaves nothing behind, where a part left on
+    a full disk would keep the disk full after the failure is reported."""
+    try:
+        yield
+    except BaseException:
+        try:
+            os.unlink(part)
+        except OSError:
+            pass
+        raise

@@ -21,7 +21,7 @@ from dualmcu.image.firmware import (
     read_info_from_file,
     version_key,
 )
-from dualmcu.image.inputs import kind_of
+from dualmcu.image.inputs import kind_of, removed_on_failure
 from dualmcu.image.package import Header, PackageError, is_package, parse_header
 
 
@@ -228,19 +228,11 @@ class Store:
             return
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, name)
-        try:
+        with removed_on_failure(path + ".part"):
             with os.fdopen(_create(path + ".part"), "wb") as f:
                 for pos in range(0, length, block):
                     f.write(source.read(pos, min(block, length - pos)))
-        except BaseException:
-            # A download that did not land leaves nothing behind: on a full disk the part
-            # written would keep the disk full after the failure is reported.
-            try:
-                os.unlink(path + ".part")
-            except OSError:
-                pass
-            raise
-        os.replace(path + ".part", path)
+            os.replace(path + ".part", path)
 
     def source(self, name: str) -> Source:
         if self.directory is None:

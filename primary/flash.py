@@ -33,7 +33,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Callable
 
-from dualmcu.image.inputs import kind_of
+from dualmcu.image.inputs import kind_of, removed_on_failure
 
 try:
     import fcntl
@@ -216,21 +216,17 @@ class Flash:
             g = geometry or Geometry()
             tmp = f"{path}.new"
             try:
-                with open(tmp, "wb") as f:
-                    f.write(_header(g, identity or Identity()).ljust(g.page_size, b"\xff"))
-                    blank = b"\xff" * (1 << 16)
-                    left = g.total - g.page_size
-                    while left > 0:
-                        f.write(blank[: min(left, len(blank))])
-                        left -= len(blank)
-                    f.write(bytes(4 * g.pages))  # no page erased yet
-                os.replace(tmp, path)  # a half-made file never looks like a flash file
+                with removed_on_failure(tmp):
+                    with open(tmp, "wb") as f:
+                        f.write(_header(g, identity or Identity()).ljust(g.page_size, b"\xff"))
+                        blank = b"\xff" * (1 << 16)
+                        left = g.total - g.page_size
+                        while left > 0:
+                            f.write(blank[: min(left, len(blank))])
+                            left -= len(blank)
+                        f.write(bytes(4 * g.pages))  # no page erased yet
+                    os.replace(tmp, path)  # a half-made file never looks like a flash file
             except OSError as e:
-                # Nothing half-made stays behind: on a full disk it would keep the disk full.
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
                 raise FlashError(f"cannot make the flash file {path} ({g.total} bytes): "
                                  f"{e.strerror or e}") from None
         f = open(path, "r+b" if lock else "rb")
