@@ -1,5 +1,6 @@
 """The link model: pacing to the baud rate, latency, buffers and seeded faults."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -573,3 +574,35 @@ def test_the_shell_reads_ahead_only_deep_in_a_large_frame():
     with pytest.raises(Stop):
         Runner(Port([big, b"send", b"s3"]), core, lambda a, p: None).run()
     assert core.calls == [big, b"send+", "idle", b"s3", "idle"]
+
+
+@pytest.mark.parametrize("stop,code", [("sigterm", 0), ("ctrl-c", 130)])
+def test_a_side_stopped_before_its_loop_takes_over_ends_as_inside_it(monkeypatch, stop, code):
+    """SIGTERM ends a side with 0 inside its loop (its own end); arriving just before the loop
+    took the signal over, it came as the command's Terminated and ended it with 143. Ctrl-C
+    there stays an interruption (130, said in an exit event)."""
+    import io
+
+    from dualmcu import sides
+    from dualmcu.exits import Terminated
+    from dualmcu.shell import EventPrinter, Runner
+
+    def start(self):
+        raise Terminated if stop == "sigterm" else KeyboardInterrupt
+
+    monkeypatch.setattr(Runner, "start", start)
+
+    class ClosingPort(QuietPort):
+        dropped = 0
+
+        def close(self):
+            pass
+
+    out = io.StringIO()
+    emit = EventPrinter("ncp", True, out=out, start=0.0)
+    got = sides._serve(ClosingPort(), "pty", 115200, "cobs", lambda now: RecordingCore(None, 1),
+                       lambda a, p: None, emit)
+    emit.close()
+    assert got == code
+    said = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    assert said == (["port_open"] if code == 0 else ["port_open", "exit"])
