@@ -74,7 +74,7 @@ _NCP_TABLE = """
 0x0326 blynk_setConfigSkipLimit I (UInt8 count)                                  -> Bool          | connection failures before config mode
 0x0331 blynk_factoryReset       I ()                                             -> Bool          | factory reset
 0x0332 blynk_factoryTestWiFi    I (String ssid, String pass, out Int16 rssi)     -> UInt8   30s   | factory test: join a network
-0x0333 blynk_factoryTestWiFiAP  I (UInt16 channel)                               -> UInt8         | factory test: start an access point
+0x0333 blynk_factoryTestWiFiAP  I (UInt16 channel)                               -> UInt8   5s    | factory test: start an access point
 0x033A blynk_factoryTestConnect I ()                                             -> UInt8   10s   | factory test: reach the cloud
 0x0341 blynk_otaUpdateStart     I (UInt16 chunk_size)                            -> Bool          | start sending the offered image
 0x0342 blynk_otaUpdateGetCRC32  I (out UInt32 crc32)                             -> Bool          | CRC-32 of the whole image
