@@ -48,8 +48,9 @@ MEANING = {
                           "where it can (`run` keeps its work files, `fuzz` saves its findings "
                           "unconfirmed)",
     ExitCode.TERMINATED: "stopped by SIGTERM (`kill`, `timeout`, a CI job's end), handled as "
-                         "Ctrl-C is; `ncp`, `primary` and `link` end on SIGTERM as at their own "
-                         "end, with 0",
+                         "Ctrl-C is: never 0, which would read as a success. `ncp` and `primary` "
+                         "end with an `exit` event saying `terminated` (or `interrupted`), `link` "
+                         "with its summary",
 }
 
 

@@ -987,7 +987,11 @@ class Silence:
 
 
 class Stop(Exception):
-    def __init__(self, code: int, reason: str):
+    """End a side: its exit code, the reason its exit event gives, and for a verdict the
+    line a person reads (``OK: text`` or ``FAILED: text``)."""
+
+    def __init__(self, code: int, reason: str, text: str | None = None):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.text = text

@@ -20,7 +20,7 @@ from dualmcu.primary.flash import DEFAULT_ENDURANCE, Flash, FlashError, Geometry
 from dualmcu.rpc.device import Exit, Halt, Reboot, SetBaud
 from dualmcu.rpc.events import Event
 
-from .exits import ExitCode, Terminated
+from .exits import ExitCode, stopped_code, stopped_word
 from .paths import default_store
 from .shell import EventPrinter, Port, PortError, Runner, Silence, Stop, Wire, open_port, shown
 
@@ -58,6 +58,38 @@ class NcpOptions:
     progress_interval: float = 0.0  # JSON progress at most this often (0: every chunk)
     start: float | None = None  # the monotonic time events count from (None: now)
     wire: Wire | None = None  # an end of dualmcu run's virtual UART, instead of opening port
+    timeout: float | None = None  # with config.once: no verdict within this many seconds ends it (4)
+
+
+# The verdicts an NCP run with --once ends on (NcpDevice.verdict) that mean the update worked;
+# ``unconfirmed`` is no verdict within the window; every other word is a failure.
+NCP_SUCCESS = ("confirmed", "reported", "up_to_date")
+
+
+def ncp_exit(verdict: str) -> ExitCode:
+    if verdict in NCP_SUCCESS:
+        return ExitCode.OK
+    return ExitCode.TIMEOUT if verdict == "unconfirmed" else ExitCode.FAILED
+
+
+def ncp_said(core: NcpDevice, verdict: str) -> str:
+    """The one line a person reads at the end of ``ncp --once``."""
+    s = core.shipment
+    new = s.version if s is not None else "?"
+    versions = core.primary.versions
+    old = versions[0] if versions else "?"
+    window = f"{core.cfg.confirm_window:g} s"
+    told = core.telemetry.get("ota_reason") or core.telemetry.get("last_failure")
+    why = f" ({told})" if told and told != "none" else ""
+    return {
+        "confirmed": f"updated {old} -> {new}, confirmed by the primary",
+        "reported": f"updated {old} -> {new}: the new version reported in and ran {window} without "
+                    "going back (the primary sends no telemetry to confirm it)",
+        "up_to_date": f"the primary already runs {new}",
+        "unconfirmed": f"{new} reported in but the primary did not confirm it within {window} "
+                       "(--confirm-window)",
+        "rollback": f"rolled back to {versions[-1] if versions else '?'}{why}",
+    }.get(verdict, f"update failed: {verdict}{why}")
 
 
 def _with_events(side: str, o: NcpOptions | PrimaryOptions,
@@ -67,6 +99,8 @@ def _with_events(side: str, o: NcpOptions | PrimaryOptions,
     emit = EventPrinter(side, o.as_json, o.verbose, progress_interval=o.progress_interval, start=o.start)
     try:
         return body(o, emit)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM before the side's loop took it over
+        return _ended(emit, Stop(stopped_code(e), stopped_word(e)))
     finally:
         emit.close()
         emit.outlet.say_broken()
@@ -118,22 +152,36 @@ def _ncp(o: NcpOptions, emit: EventPrinter) -> int:
                 reboot_port(port, o.baud, emit)
                 emit(Event.REBOOTED)
                 return make(time.monotonic())
-            case Exit(outcome):
-                raise Stop(ExitCode.OK if outcome in ("success", "up_to_date") else ExitCode.FAILED, outcome)
+            case Exit(verdict):
+                raise Stop(ncp_exit(verdict), verdict, ncp_said(current[0], verdict))
         return None
 
-    def verdict():
+    def verdict() -> Stop | None:
         # With --once, a peer that closes the port after the outcome (a primary that exits once
-        # confirmed) ends the run with the outcome's code, not as a port failure.
-        out = current[0].outcome if current else None
-        if not o.config.once or out is None:
+        # confirmed) ends the run on the verdict so far, not as a port failure.
+        word = current[0].verdict(final=True) if current else None
+        if not o.config.once or word is None:
             return None
-        return (ExitCode.OK if out in ("success", "up_to_date") else ExitCode.FAILED), out
+        return Stop(ncp_exit(word), word, ncp_said(current[0], word))
 
     port = open_side_port(o.port, o.baud, o.wire)
     if port is None:
         return ExitCode.IO
-    return _serve(port, o.port, o.baud, o.framing, make, on_action, emit, verdict=verdict)
+    return _serve(port, o.port, o.baud, o.framing, make, on_action, emit, check=out_of_time(o.timeout),
+                  verdict=verdict)
+
+
+def out_of_time(timeout: float | None) -> Callable[[], None] | None:
+    """A check that ends a side with --once that has no verdict within ``timeout`` seconds."""
+    if timeout is None:
+        return None
+    end = time.monotonic() + timeout
+
+    def check() -> None:
+        if time.monotonic() >= end:
+            raise Stop(ExitCode.TIMEOUT, "timeout", f"no verdict within {timeout:g} s (--timeout)")
+
+    return check
 
 
 @dataclass
@@ -156,6 +204,7 @@ class PrimaryOptions:
     progress_interval: float = 0.0  # JSON progress at most this often (0: every chunk)
     start: float | None = None  # the monotonic time events count from (None: now)
     wire: Wire | None = None  # an end of dualmcu run's virtual UART, instead of opening port
+    timeout: float | None = None  # with once: no verdict within this many seconds ends it (4)
 
 
 def power_cut_hook(at: int | None, seed: int | None, within: int, base: int = 0):
@@ -302,16 +351,23 @@ def _primary(o: PrimaryOptions, emit: EventPrinter) -> int:
     def watch(kind: Event, f: dict) -> None:
         # With --once the update's end ends the program: a confirmed new image, a rollback,
         # a refused offer or a cancelled transfer.
-        if kind is Event.OTA_INSTALLED:
+        if kind is Event.BOOTED and "from" not in outcome:
+            outcome["from"] = f.get("version")
+        elif kind is Event.OTA_INSTALLED:
             outcome["installed"] = f.get("version")
         elif kind is Event.CONFIRMED and outcome.get("installed") == f.get("version"):
-            outcome["end"] = (ExitCode.OK, "confirmed")
+            outcome["end"] = Stop(ExitCode.OK, "confirmed",
+                                  f"updated {outcome.get('from')} -> {f.get('version')}, confirmed")
         elif kind is Event.ROLLBACK:
-            outcome["end"] = (ExitCode.FAILED, "rollback")
+            outcome["end"] = Stop(ExitCode.FAILED, "rollback",
+                                  f"rolled back to slot {f.get('to_slot')}"
+                                  f" ({f.get('reason')})")
         elif kind is Event.OTA_CANCELLED and f.get("reason") != "replaced_by_new_offer":
-            outcome["end"] = (ExitCode.FAILED, f"cancelled:{f.get('reason')}")
+            outcome["end"] = Stop(ExitCode.FAILED, f"cancelled:{f.get('reason')}",
+                                  f"update cancelled ({f.get('reason')})")
         elif kind is Event.OTA_REFUSED and f.get("call") == "available":
-            outcome["end"] = (ExitCode.FAILED, f"refused:{f.get('reason')}")
+            outcome["end"] = Stop(ExitCode.FAILED, f"refused:{f.get('reason')}",
+                                  f"offer of {f.get('version') or 'an update'} refused ({f.get('reason')})")
 
     emit.watchers.append(watch)
 
@@ -326,12 +382,16 @@ def _primary(o: PrimaryOptions, emit: EventPrinter) -> int:
                 reboot_port(port, o.baud, emit)
                 return make(time.monotonic())
             case Halt(reason):
-                raise Stop(ExitCode.FAILED, reason)
+                raise Stop(ExitCode.FAILED, reason, f"no bootable image ({reason})")
         return None
+
+    timed_out = out_of_time(o.timeout)
 
     def check_once() -> None:
         if o.once and "end" in outcome:
-            raise Stop(*outcome["end"])
+            raise outcome["end"]
+        if timed_out is not None:
+            timed_out()
 
     try:
         return _serve(port, o.port, o.baud, o.framing, make, on_action, emit, check_once)
@@ -340,6 +400,19 @@ def _primary(o: PrimaryOptions, emit: EventPrinter) -> int:
         return ExitCode.POWER_CUT
     finally:
         flash.close()
+
+
+def _ended(emit: EventPrinter, stop: Stop, **note: str) -> int:
+    """A side's end: its exit event, and for a person the one verdict line on stdout (an
+    interruption is no verdict: the command says it on stderr)."""
+    emit(Event.EXIT, code=int(stop.code), reason=stop.reason, **note)
+    if stop.text and not emit.as_json:
+        emit.close()  # the event lines before the verdict
+        print(("OK: " if stop.code == ExitCode.OK else "FAILED: ") + stop.text, flush=True)
+    elif stop.code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED) and not emit.as_json:
+        emit.close()
+        print(stop.reason, file=sys.stderr, flush=True)
+    return stop.code
 
 
 def open_side_port(url: str, baud: int, wire: Wire | None) -> Port | None:
@@ -358,23 +431,19 @@ def _serve(port: Port, url: str, baud: int, framing: str, make, on_action, emit,
         runner = Runner(port, make(time.monotonic()), on_action, check, Silence(emit, framing, baud), emit)
         runner.start()
         runner.run()
-        return ExitCode.OK
+        # The loop ends only when SIGTERM stops it: an interruption, never a verdict.
+        return _ended(emit, Stop(ExitCode.TERMINATED, "terminated"))
     except Stop as s:
-        emit(Event.EXIT, code=int(s.code), reason=s.reason)
-        return s.code
+        return _ended(emit, s)
     except PortError as e:
         known = verdict() if verdict is not None else None
         if known is not None:
-            emit(Event.EXIT, code=int(known[0]), reason=known[1], note=str(e))
-            return known[0]
+            return _ended(emit, known, note=str(e))
         emit.close()  # the lines a slow reader has not taken come before the error
         print(f"error: {shown(e)}", file=sys.stderr)
         return ExitCode.IO
-    except Terminated:  # SIGTERM before the loop took it over: the side's end, as in the loop
-        return ExitCode.OK
-    except KeyboardInterrupt:
-        emit(Event.EXIT, code=int(ExitCode.INTERRUPTED), reason="interrupted")
-        return ExitCode.INTERRUPTED
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM before the loop took it over
+        return _ended(emit, Stop(stopped_code(e), stopped_word(e)))
     finally:
         if port.dropped:
             emit(Event.TX_DROPPED, bytes=port.dropped, note="the peer did not read: the oldest queued bytes were dropped")

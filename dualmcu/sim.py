@@ -22,7 +22,7 @@ from dualmcu.ncp.core import NcpConfig, NcpDevice
 from dualmcu.ncp.update import Network, Shipment, Store
 from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
 from dualmcu.primary.flash import Flash, PowerCut
-from dualmcu.rpc.device import Halt, Reboot, SetBaud
+from dualmcu.rpc.device import Exit, Halt, Reboot, SetBaud
 from dualmcu.rpc.events import Event
 
 from .link import Link, LinkConfig
@@ -61,6 +61,7 @@ class Simulation:
         self.network = network
         self.store = Store()
         self.halted: str | None = None
+        self.ncp_exit: str | None = None  # the verdict an NCP run --once ended on
         self.ncp = self._boot_ncp()
         self.primary = self._boot_primary()
 
@@ -129,7 +130,8 @@ class Simulation:
                     self.link.set_baud(baud, self.now)
         while self.ncp.actions:
             match self.ncp.actions.pop(0):
-                # Exit (an NCP run --once) needs nothing here: callers watch the outcome.
+                case Exit(verdict):  # an NCP run --once would end here, on this verdict
+                    self.ncp_exit = verdict
                 case Reboot():
                     self.ncp = self._boot_ncp()
                 case SetBaud(baud):

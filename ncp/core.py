@@ -43,9 +43,18 @@ just before the offer, as a write of virtual pin ``POLICY_VPIN`` ("mandatory" or
 "optional", then "min=VERSION").  Telemetry arrives as ``blynk_setMetadata`` of the field
 ``dualmcu_telemetry`` (a JSON object; docs/device.md lists its keys); the latest is kept,
 printed with the outcome; a report that the transfer failed on the device (an incompatible
-image, say) ends the update as ``device_failed`` with the device's reason.  With ``--once``
-a rollback waits (up to ``settle``) for the
-primary's telemetry from its old image before the program ends.
+image, say) ends the update as ``device_failed`` with the device's reason.
+
+A process that ends on the update (``--once``)
+----------------------------------------------
+The cloud records ``success`` the moment the new version reports in, while the image is still
+on trial; a process must end on the final word.  :meth:`NcpDevice.verdict` is that word: after
+a success it waits, up to ``confirm_window`` seconds, for the primary's telemetry to say the new
+version is ``confirmed`` (``confirmed``) or for the old version to report back (``rollback``,
+after which the old image's first report is awaited up to ``settle`` seconds, for its reason).
+When the window ends first, a primary that sends telemetry left the image unconfirmed
+(``unconfirmed``); one that sends none (a firmware with only the Blynk driver) ran the new
+version through the window without going back, all a cloud can know (``reported``).
 """
 
 from __future__ import annotations
@@ -146,7 +155,8 @@ class NcpConfig:
     offers: int = 3  # offers of one shipment: an interrupted transfer is offered again
     reoffer_after: float = 5.0
     connect_time: float = 0.3  # simulated time from initialize to connected
-    settle: float = 3.0  # with --once: wait this long after success for a rollback
+    settle: float = 3.0  # with --once: after a rollback, wait this long for the old image's report
+    confirm_window: float = 10.0  # with --once: after success, wait this long for the confirmation
     write_timeout: float | None = None  # fixed seconds to wait for a write's RESULT (None: derived)
     pipeline: bool = True  # use dualmcu_otaCapabilities when the primary has it
     resume: bool = True  # use dualmcu_otaResume when the primary has it
@@ -340,14 +350,29 @@ class NcpDevice(Device):
             # The device abandoned the transfer and said why: sending on would only collect
             # refusals until the download limit, and record the wrong reason.
             self._cancel("device_failed", reason=str(report.get("ota_reason", "")))
-        if self._await_telemetry:
+        if self._await_telemetry or (self.cfg.once and self.verdict() == "confirmed"):
             self._await_telemetry = False
             self._exit()
+
+    def verdict(self, final: bool = False) -> str | None:
+        """How the update ended, for a process that ends on it (see the module's notes): the
+        outcome itself, or after a success ``confirmed``; None while there is no word yet.
+        ``final``: the wait is over (the window ran out, the port closed), so a success the
+        primary never confirmed is ``unconfirmed``, or ``reported`` from a primary that sends
+        no telemetry."""
+        if self.outcome != "success":
+            return self.outcome
+        s, t = self.shipment, self.telemetry
+        if s is not None and t.get("version") == s.version and t.get("ota_state") == "confirmed":
+            return "confirmed"
+        if not final:
+            return None
+        return "unconfirmed" if t else "reported"
 
     def _exit(self) -> None:
         self.emit(Event.CLOUD_RECORD, outcome=self.outcome, telemetry=self.telemetry, deferrals=self.deferrals,
                   deferred_seconds=self.deferred_for)
-        self.actions.append(Exit(self.outcome or "none"))
+        self.actions.append(Exit(self.verdict(final=True) or "none"))
 
     def _on_reboot(self, inc: Incoming) -> bool:
         def reboot() -> None:
@@ -475,8 +500,10 @@ class NcpDevice(Device):
             self._after("settled", self.cfg.settle)
         elif outcome != "success":
             self._exit()
-        else:  # success waits: a rollback may follow
-            self._after("settled", self.cfg.settle)
+        elif self.verdict() is None:  # the image is on trial: its confirmation or rollback decides
+            self._after("settled", self.cfg.confirm_window)
+        else:
+            self._exit()
 
     def _fall_back(self, outcome: str, fields: dict) -> bool:
         """A package that failed on the device is not the end: the next file of the release

@@ -37,9 +37,9 @@ class SetBaud:
 
 @dataclass(frozen=True)
 class Exit:
-    """End the program with this outcome (a side run with --once)."""
+    """End the program with this verdict (a side run with --once): how the update ended."""
 
-    outcome: str
+    verdict: str
 
 
 @dataclass(frozen=True)

@@ -480,7 +480,7 @@ def test_link_stopped_with_sigterm_says_its_summary():
     assert first["event"] == "link"
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=30)
-    assert p.returncode == 0
+    assert p.returncode == 143  # stopped, not done: never the code of a success
     assert events(out)[-1]["event"] == "summary"
 
 
@@ -936,3 +936,87 @@ def test_a_second_interrupt_while_the_sides_stop_leaves_none_running(monkeypatch
         run.stop_all(drain=True)
     assert p.returncode == -9
     p.stdout.close()
+
+
+def standalone_pair(tmp_path, relay, new: bytes, *ncp_args, primary_args=()):
+    """`dualmcu ncp --once` and `dualmcu primary`, each started by hand on an end of a relay."""
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(new)
+    factory = tmp_path / "factory.bin"
+    factory.write_bytes(build_image(make_info("2.0.0", "TMPLE2E", build="Jan  1 2026 00:00:00"), 50_000))
+    ncp = subprocess.Popen([sys.executable, "-m", "dualmcu", "ncp", "--port", relay.paths["a"], "--firmware", str(fw),
+                            "--once", "--store", str(tmp_path / "store"), *ncp_args],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    mcu = subprocess.Popen([sys.executable, "-m", "dualmcu", "primary", "--port", relay.paths["b"], "--flash",
+                            str(tmp_path / "dev.flash"), "--provision", str(factory), "--flash-timing", "0,0,0",
+                            *primary_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return ncp, mcu
+
+
+def test_ncp_once_ends_on_the_rollback_of_a_build_that_first_reported_in(tmp_path):
+    """The new version reports in (the cloud's success), then its commit timer rolls it back:
+    `ncp --once` exited 0 on the success; it ends 1 on the rollback, and says so in one line."""
+    from dualmcu.relay import Relay
+
+    late = build_image(make_info("2.3.4", "TMPLE2E", build="Mar  3 2026 03:03:03",
+                                 **{"dualmcu-test": "slow-confirm:30"}), 60_000)
+    with Relay("pty") as relay:
+        ncp, mcu = standalone_pair(tmp_path, relay, late, primary_args=("--commit-timeout", "2"))
+        try:
+            out, err = ncp.communicate(timeout=TIMEOUT)
+        finally:
+            mcu.terminate()
+            mcu.wait(timeout=30)
+    assert ncp.returncode == 1, err.decode()[-2000:]
+    assert out.decode().splitlines() == ["FAILED: rolled back to 2.0.0 (commit_timeout)"]
+    assert b"ota_outcome" in err and b"outcome=rollback" in err
+
+
+def test_ncp_once_says_ok_only_once_the_primary_confirmed(tmp_path):
+    from dualmcu.relay import Relay
+
+    new = build_image(make_info("2.3.4", "TMPLE2E", build="Mar  3 2026 03:03:03"), 60_000)
+    with Relay("pty") as relay:
+        ncp, mcu = standalone_pair(tmp_path, relay, new, "--json")
+        try:
+            out, err = ncp.communicate(timeout=TIMEOUT)
+        finally:
+            mcu.terminate()
+            mcu.wait(timeout=30)
+    assert ncp.returncode == 0, err.decode()[-2000:]
+    evs = events(out)
+    assert evs[-1] == {"side": "ncp", "event": "exit", "code": 0, "reason": "confirmed"}
+    assert [e["telemetry"]["ota_state"] for e in evs if e["event"] == "cloud_record"] == ["confirmed"]
+
+
+@pytest.mark.parametrize("side", ["ncp", "primary"])
+def test_a_side_stopped_by_sigterm_ends_143_with_an_exit_event(tmp_path, side):
+    """An interrupted side has no outcome: 0 would read as a pass to a CI job."""
+    import signal
+    from dualmcu.relay import Relay
+
+    factory = tmp_path / "factory.bin"
+    factory.write_bytes(build_image(make_info("2.0.0", "TMPLE2E"), 20_000))
+    extra = ["--flash", str(tmp_path / "f.flash"), "--provision", str(factory)] if side == "primary" else []
+    with Relay("pty") as relay:
+        p = subprocess.Popen([sys.executable, "-m", "dualmcu", side, "-p", relay.paths["a"], "--json", *extra],
+                             stdout=subprocess.PIPE)
+        assert json.loads(p.stdout.readline())["event"] in ("port_open", "shipment", "provisioned")
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=30)
+    assert p.returncode == 143
+    assert events(out)[-1] == {"side": side, "event": "exit", "code": 143, "reason": "terminated"}
+
+
+def test_a_side_with_once_and_no_verdict_within_its_timeout_ends_4(tmp_path):
+    from dualmcu.relay import Relay
+
+    new = build_image(make_info("2.3.4", "TMPLE2E"), 20_000)
+    (tmp_path / "fw.bin").write_bytes(new)
+    with Relay("pty") as relay:
+        r = dualmcu("ncp", "-p", relay.paths["a"], "--firmware", tmp_path / "fw.bin", "--once", "--timeout", "1",
+                    "--store", tmp_path / "store")
+    assert r.returncode == 4, r.stderr
+    assert r.stdout.decode().splitlines() == ["FAILED: no verdict within 1 s (--timeout)"]
+    r = dualmcu("ncp", "-p", "loop://", "--timeout", "1")
+    assert r.returncode == 2 and b"--timeout bounds the wait for a verdict: give it with --once" in r.stderr

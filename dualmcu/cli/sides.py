@@ -30,10 +30,12 @@ from .common import (
     seconds,
 )
 
+from dualmcu.ncp.core import NcpConfig
 from dualmcu.primary.device import DEFAULT_COMMIT_TIMEOUT
 from dualmcu.primary.ota import DEFAULT_CHUNK, VersionPolicy
 from dualmcu.primary.timing import FlashTiming
 
+ONCE_TIMEOUT = click.option("--timeout", type=seconds(), help="With --once: give up after this many seconds without a verdict (exit 4).")
 MAX_SLOT = 1 << 30  # a slot of up to 1 GiB; image lengths travel as u32
 MAX_PAGE = 1 << 16
 
@@ -57,12 +59,16 @@ MAX_PAGE = 1 << 16
 @click.option("--min-version", help="The lowest version the cloud allows: a primary below it must update.")
 @click.option("--max-defer", type=seconds(), default=7 * 86400.0, show_default=True, help="Seconds of deferral by the primary the cloud waits for before the outcome is 'deferred'.")
 @click.option("--clock", "clock", metavar="UTC", help="The time getTime reports at start, ISO 8601 (e.g. 2026-11-21T01:00:00Z; default: now).")
-@click.option("--once", is_flag=True, help="Exit when the update has an outcome (0 on success).")
+@click.option("--once", is_flag=True, help="Exit on the update's final verdict: 0 once the primary has confirmed the new version (or, sending no telemetry, ran it through --confirm-window), 1 for a rollback or a failure, 4 for no verdict.")
+@click.option("--confirm-window", type=seconds(), default=NcpConfig.confirm_window, show_default=True,
+              help="With --once: seconds after the new version reports in to wait for the primary's confirmation or rollback.")
+@ONCE_TIMEOUT
 @JSON
 @PROGRESS_INTERVAL
 @VERBOSE
 def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout, pipeline, resume, offers, net_rate, net_fail_at,
-        answer_unknown, mandatory, min_version, max_defer, clock, once, as_json, progress_interval, verbose) -> None:
+        answer_unknown, mandatory, min_version, max_defer, clock, once, confirm_window, timeout, as_json, progress_interval,
+        verbose) -> None:
     """Run the emulated NCP on a port: it serves the NCP interface and offers --firmware.
 
     Given several files of one release (the newest version among them), it offers the delta
@@ -77,12 +83,18 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
     rollback, refused, download_limit, download_failed, prefetch_failed, finish_failed).
     """
     from dualmcu.sides import NcpOptions, run_ncp
-    from dualmcu.ncp.core import NcpConfig
 
+    check_once(once, timeout)
     cfg = NcpConfig(retries=retries, max_chunk=max_chunk, write_timeout=write_timeout, pipeline=pipeline, resume=resume, offers=offers, once=once, answer_unknown=answer_unknown,
-                    wall_clock_ms=parse_clock(clock), mandatory=mandatory, min_version=min_version, max_defer=max_defer)
+                    wall_clock_ms=parse_clock(clock), mandatory=mandatory, min_version=min_version, max_defer=max_defer,
+                    confirm_window=confirm_window)
     sys.exit(run_ncp(NcpOptions(port, baud, framing, firmware, store, net_rate, net_fail_at, cfg, as_json, verbose,
-                                progress_interval)))
+                                progress_interval, timeout=timeout)))
+
+
+def check_once(once: bool, timeout: float | None) -> None:
+    if timeout is not None and not once:
+        raise click.UsageError("--timeout bounds the wait for a verdict: give it with --once")
 
 
 @main.command()
@@ -127,14 +139,15 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
 @click.option("--accept-any-target", "any_target", is_flag=True, help="Also install images signed for target * (any product); off by default.")
 @click.option("--blocking-calls", "blocking", is_flag=True, help="Serve nothing while an own call waits for its answer, as the Blynk C driver does.")
 @click.option("--once", is_flag=True, help="Exit when an update ends (0 once a new image is confirmed).")
+@ONCE_TIMEOUT
 @JSON
 @PROGRESS_INTERVAL
 @VERBOSE
 def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
             battery, battery_rate, min_battery, install_window, commit_timeout, hw_rev, bootloader_version, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, write_answer, resume, package_ram, flash_timing,
             flash_endurance, power_cut_at,
-            power_cut_seed, power_cut_within, trust_keys, device_target, any_target, blocking, once, as_json, progress_interval,
-            verbose) -> None:
+            power_cut_seed, power_cut_within, trust_keys, device_target, any_target, blocking, once, timeout, as_json,
+            progress_interval, verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
 
     A blank flash needs --provision IMAGE (its factory firmware). The process reboots into
@@ -147,6 +160,7 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     from dualmcu.primary.flash import FlashError, Geometry, Identity
     from dualmcu.primary.ota import OtaConfig
 
+    check_once(once, timeout)
     try:
         geometry = Geometry(page_size, slot_size)
     except FlashError as e:
@@ -171,7 +185,8 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
                         trust=trust, commit_timeout=commit_timeout)
     sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose,
                                         power_cut_at, power_cut_seed, power_cut_within, identity,
-                                        endurance=flash_endurance, progress_interval=progress_interval)))
+                                        endurance=flash_endurance, progress_interval=progress_interval,
+                                        timeout=timeout)))
 
 
 def parse_window(text: str | None) -> tuple[int, int] | None:
@@ -311,7 +326,9 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
         " ".join(f"{k}={v}" for k, v in obj.items()), err=True))
     t0 = time.monotonic()
     # SIGTERM ends the relay as Ctrl-C does, with its summary: a script that started it in the
-    # background stops it with `kill` and still learns what it injected.
+    # background stops it with `kill` and still learns what it injected.  The exit code still
+    # says it was stopped (130, 143); 0 is for a relay that ran its --duration.
+    stopped = None
     try:
         with relay:
             # Said once the relay runs, inside the try: a script that stops it as soon as it
@@ -322,13 +339,17 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
                 time.sleep(1.0 if duration is None else min(1.0, max(0.0, duration - (time.monotonic() - t0))))
                 if as_json:
                     out({"event": "stats", **relay.stats})
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM: the relay's normal end
-        pass
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: the summary still follows
+        stopped = e
     finally:
         for p in ports:
             if p is not None:
                 p.close()
     out({"event": "summary", "seconds": round(time.monotonic() - t0, 3), **relay.stats})
+    if stopped is not None:
+        from dualmcu.exits import stopped_code
+
+        sys.exit(stopped_code(stopped))
 
 
 @main.command()
@@ -393,7 +414,6 @@ def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, ret
         progress_interval = 0.0 if exact else 0.1
     elif progress_interval and (kill_primary_at is not None or kill_ncp_at is not None):
         raise click.UsageError("--kill-primary-at and --kill-ncp-at need every progress step: leave out --progress-interval")
-    from dualmcu.ncp.core import NcpConfig
     from dualmcu.primary.device import PrimaryConfig
     from dualmcu.primary.flash import FlashError, Geometry
     from dualmcu.primary.ota import OtaConfig
