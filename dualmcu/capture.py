@@ -121,33 +121,43 @@ def decode_directions(one: "bytes | Chunks", other: "bytes | Chunks", framing: s
     """Both directions of a link, captured apart: each RESULT is typed by the INVOKE that went
     the other way.  Both sides number their calls from 1, so pairing within one direction
     would give plausible but wrong names.  Each record has ``dir`` set to the name of its
-    direction.  Two files have no common clock: the records of ``one`` come first, then those
-    of ``other``.  Chunks with times (a spy log) give each record the time ``t`` its frame
-    ended, and the records of both directions come in time order."""
+    direction.
+
+    Chunks with times (a spy log) give each record the time ``t`` its frame ended; the records
+    of both directions come in time order, and a RESULT answers the latest INVOKE of its msg_id
+    from the other direction not yet answered.  A side that reboots numbers its calls from 1
+    again, so an earlier call with the same msg_id (answered or lost) is not the one answered.
+    Two files of plain bytes have no common clock: the records of ``one`` come first, then
+    those of ``other``, and a RESULT answers the earliest INVOKE of its msg_id not yet
+    answered (the best guess without times)."""
+    timed = not isinstance(one, (bytes, bytearray)) and not isinstance(other, (bytes, bytearray))
     # Plain bytes have no time; positions 0 and 1 put the first file's records before the other's.
     one, other = ([(None, k, d)] if isinstance(d, (bytes, bytearray)) else d for k, d in enumerate((one, other)))
     streams = {names[0]: _timed_frames(one, framing), names[1]: _timed_frames(other, framing)}
-    asked: dict[str, dict[int, list]] = {name: {} for name in streams}
-    for name, items in streams.items():
-        for _, _, item in items:
-            msg = parse(item.message) if not isinstance(item, Dropped) else None
-            if isinstance(msg, Invoke):
-                asked[name].setdefault(msg.msg_id, []).append(interface.get(msg.uid))
-    records: list[list[dict]] = []
-    for name, items in streams.items():
-        answers = _FirstUnanswered(asked[names[1] if name == names[0] else names[0]])
-        out = []
-        for t, seq, item in items:
-            if isinstance(item, Dropped):
-                rec = {"kind": "error", "reason": item.reason, "size": item.size, "raw": item.raw.hex()}
-            else:
-                rec = _record(parse(item.message), item.message, answers, interface, track=False)
-            rec["dir"] = name
-            if t is not None:
-                rec["t"] = t
-            out.append((seq, rec))
-        records.append(out)
-    yield from (rec for _, rec in heapq.merge(*records, key=lambda x: x[0]))
+    waiting: dict[str, dict] = {name: {} for name in names}  # INVOKEs of each direction
+    if not timed:
+        for name, items in streams.items():
+            asked: dict[int, list] = {}
+            for _, _, item in items:
+                msg = parse(item.message) if not isinstance(item, Dropped) else None
+                if isinstance(msg, Invoke):
+                    asked.setdefault(msg.msg_id, []).append(interface.get(msg.uid))
+            waiting[name] = _FirstUnanswered(asked)
+    crossed = heapq.merge(*([(seq, k, t, item) for t, seq, item in streams[name]] for k, name in enumerate(names)),
+                          key=lambda x: (x[0], x[1]))
+    for _, k, t, item in crossed:
+        name, peer = names[k], names[1 - k]
+        if isinstance(item, Dropped):
+            rec = {"kind": "error", "reason": item.reason, "size": item.size, "raw": item.raw.hex()}
+        else:
+            msg = parse(item.message)
+            rec = _record(msg, item.message, waiting[peer], interface, track=False)
+            if timed and isinstance(msg, Invoke):
+                waiting[name][msg.msg_id] = interface.get(msg.uid)  # the latest with this msg_id
+        rec["dir"] = name
+        if t is not None:
+            rec["t"] = t
+        yield rec
 
 
 _SPY_LINE = re.compile(r"^(\d+\.\d+) (RX|TX)\s+([0-9A-F]{4})  (.*)$")

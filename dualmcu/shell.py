@@ -600,6 +600,10 @@ class Port:
         self.made_room = False
         self.wake: SignalWake | None = None  # set while a Runner waits on this port
         self._sock = None
+        # A spy:// port logs in its read() and write(), which the shell goes round (it reads
+        # and writes the descriptor): what crosses is handed to the spy's own formatter, so
+        # the capture holds every byte in pyserial's format (`dualmcu decode --spy` reads it).
+        self._spy = getattr(port, "formatter", None) if type(port).__module__.endswith("protocol_spy") else None
         if port is None:  # a descriptor handed down by the parent (dualmcu run)
             if stat.S_ISSOCK(os.fstat(fd).st_mode):
                 self._sock, fd = socket.socket(fileno=fd), None
@@ -691,6 +695,8 @@ class Port:
                     else os.read(self._fd, 65536))
         except (BlockingIOError, InterruptedError):
             return b""
+        if data and self._spy is not None:
+            self._spy.rx(data)
         if not data and hung_up:
             raise PortError("the other side closed the connection" if self._sock is not None else
                             "the port failed: it reports data to read but gives none "
@@ -760,6 +766,8 @@ class Port:
                     n = self.serial.write(bytes(self.queue)) or 0
                 if n <= 0:
                     return
+                if self._spy is not None and (self._sock is not None or self._fd is not None):
+                    self._spy.tx(bytes(self.queue[:n]))  # pyserial's write() logs its own
                 del self.queue[:n]
         except (BlockingIOError, InterruptedError, serial.SerialTimeoutException):
             return

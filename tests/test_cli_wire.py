@@ -222,3 +222,26 @@ def test_decode_refuses_a_serial_port_given_as_a_file():
         os.close(master)
         os.close(slave)
     assert r.exit_code == 2 and "is a terminal or serial port" in r.output
+
+
+def test_a_result_after_a_reboot_answers_the_latest_call_with_its_msg_id():
+    """A rebooted side numbers its calls from 1 again. Its first boot's msg_id 2 (a ping the NCP
+    never answered) stays unanswered; the RESULT that follows the reboot answers the new call
+    with msg_id 2, not the old one: it was typed as ncp_ping, with "15 bytes left over"."""
+    from dualmcu.capture import decode_directions
+    from dualmcu.framing import get_profile
+    from dualmcu.rpc.interface import INTERFACE
+    from dualmcu.rpc.message import Invoke, Result
+
+    p = get_profile("blynk")
+    ping, version = INTERFACE["ncp_ping"], INTERFACE["blynk_getNcpVersion"]
+    calls = [(0.1, 0, p.encode(Invoke(ping.uid, 2, b"").encode())),  # lost: never answered
+             (5.0, 2, p.encode(Invoke(ping.uid, 1, b"").encode())),  # after the reboot
+             (5.2, 4, p.encode(Invoke(version.uid, 2, b"").encode()))]
+    answers = [(5.1, 3, p.encode(Result(1, 0, b"").encode())),
+               (5.3, 5, p.encode(Result(2, 0, version.encode_result(("0.7.0", True))).encode()))]
+    recs = list(decode_directions(answers, calls, "blynk", names=("tx", "rx")))
+    assert [(r["dir"], r["kind"], r["name"], r["msg_id"]) for r in recs] == [
+        ("rx", "invoke", "ncp_ping", 2), ("rx", "invoke", "ncp_ping", 1), ("tx", "result", "ncp_ping", 1),
+        ("rx", "invoke", "blynk_getNcpVersion", 2), ("tx", "result", "blynk_getNcpVersion", 2)]
+    assert recs[-1]["args"] == {"version": "0.7.0", "return": True} and "reason" not in recs[-1]

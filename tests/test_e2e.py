@@ -1020,3 +1020,37 @@ def test_a_side_with_once_and_no_verdict_within_its_timeout_ends_4(tmp_path):
     assert r.stdout.decode().splitlines() == ["FAILED: no verdict within 1 s (--timeout)"]
     r = dualmcu("ncp", "-p", "loop://", "--timeout", "1")
     assert r.returncode == 2 and b"--timeout bounds the wait for a verdict: give it with --once" in r.stderr
+
+
+def test_a_spy_capture_through_the_ncp_holds_the_whole_update_and_decodes_typed(tmp_path):
+    """docs/hardware.md's capture: `dualmcu ncp -p 'spy://PORT?file=ncp.log'`. The shell reads
+    and writes the port's descriptor, past pyserial's spy, and the log held one line. Now every
+    byte is in it, and `decode --spy` types every RESULT, across the primary's reboot."""
+    from dualmcu.relay import Relay
+
+    new = build_image(make_info("2.3.4", "TMPLE2E", build="Mar  3 2026 03:03:03"), 30_000)
+    log = tmp_path / "ncp.log"
+    with Relay("pty") as relay:
+        url = f"spy://{relay.paths['a']}?file={log}"
+        relay.paths["a"] = url
+        ncp, mcu = standalone_pair(tmp_path, relay, new, "--framing", "blynk",
+                                   primary_args=("--framing", "blynk"))
+        try:
+            out, err = ncp.communicate(timeout=TIMEOUT)
+        finally:
+            mcu.terminate()
+            mcu.wait(timeout=30)
+    assert ncp.returncode == 0, err.decode()[-2000:]
+    r = dualmcu("decode", "--framing", "blynk", "--json", "--spy", log)
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(line) for line in r.stdout.decode().splitlines()]
+    writes = [x for x in recs if x["name"] == "client_otaUpdateWrite" and x["kind"] == "invoke"]
+    assert sum(len(x["args"]["chunk"]) for x in writes) >= len(new)
+    results = [x for x in recs if x["kind"] == "result"]
+    assert results and all(x["name"] and x["status"] == "ok" and "reason" not in x for x in results), \
+        [x for x in results if not x["name"] or "reason" in x][:3]
+    # Both boots of the primary: its firmware reported twice, each call answered as itself.
+    reports = [x for x in recs if x["name"] == "blynk_setFirmwareInfo"]
+    assert [(x["kind"], x["args"].get("version")) for x in reports if x["kind"] == "invoke"] == [
+        ("invoke", "2.0.0"), ("invoke", "2.3.4")]
+    assert sum(x["kind"] == "result" for x in reports) == 2
