@@ -199,7 +199,8 @@ class Run:
         self.lines = Lines(before_wait=self._flush_json)
         self.outlet: Outlet | None = None  # where --json lines go, made when the run starts
         self.procs: dict[str, subprocess.Popen] = {}
-        self.logs: dict[str, str] = {}
+        self.logs: dict[str, str] = {}  # each side's log: its event lines and its stderr
+        self.log_files: dict[str, object] = {}  # where this process appends the event lines
         self.killed: set[subprocess.Popen] = set()
         self.progress = Progress(sys.stderr)
         self.state: dict = {"installed": None, "confirmed": None, "ncp_outcome": None, "retries": 0,
@@ -333,6 +334,12 @@ class Run:
     def spawn(self, side: str) -> None:
         log = os.path.join(self.workdir, f"{side}.log")
         self.logs[side] = log
+        if side not in self.log_files:
+            # The side's event stream, kept with the work files (--keep, or a failed run): its
+            # pipe comes here, so the run writes what it reads, one buffered append per line.
+            self.log_files[side] = open(log, "a", encoding="utf-8")
+        else:
+            self.log_files[side].flush()  # the lines of the incarnation before come first
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(log, "ab") as err:
             options = self.options(side)
@@ -395,9 +402,25 @@ class Run:
             if ev.get("event") == EOF:
                 running.discard(ev["proc"])
             else:
+                self.keep_line(ev)
                 self.say(ev)
 
+    def keep_line(self, ev: dict) -> None:
+        """A side's line, as it printed it, into its log."""
+        log = self.log_files.get(ev.get("side"))
+        line = ev.get(RAW) or ev.get("text")
+        if log is not None and line is not None:
+            log.write(line + "\n")
+
+    def close_logs(self) -> None:
+        for f in self.log_files.values():
+            try:
+                f.close()
+            except OSError:
+                pass  # a full disk: the logs are a record, never the verdict
+
     def tail(self, side: str, n: int = 8) -> str:
+        self.log_files[side].flush()
         try:
             with open(self.logs[side], "rb") as f:
                 lines = f.read().decode("utf-8", "replace").strip().splitlines()
@@ -439,6 +462,7 @@ class Run:
         side, kind = ev.get("side"), ev.get("event")
         if kind == EOF:
             return self._exited(side, ev["proc"])
+        self.keep_line(ev)
         self.say(ev)
         handler = self.handlers.get((side, kind))
         verdict = handler(ev) if handler else None
@@ -639,6 +663,7 @@ class Run:
         finally:
             if self.uart is not None:
                 self.uart.close()
+            self.close_logs()
         code, reason = verdict
         # A temporary work directory goes once the run succeeded, unless --keep: a failed run
         # keeps it, for its logs and flash.

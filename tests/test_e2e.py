@@ -562,6 +562,12 @@ def test_run_removes_its_temporary_work_files_after_success_unless_kept(tmp_path
                        env=env)
     kept = events(r.stdout)[-1]["workdir"]
     assert r.returncode == 0 and kept and os.path.exists(os.path.join(kept, "primary.flash"))
+    # Each side's log holds its event stream (it held only the children's stderr: empty).
+    for side in ("ncp", "primary"):
+        with open(os.path.join(kept, f"{side}.log")) as f:
+            logged = [json.loads(line) for line in f if line.startswith("{")]
+        said = [e for e in events(r.stdout) if e["side"] == side]
+        assert logged == said and logged[-1]["event"] == "exit"
 
 
 class Rfc2217Server:

@@ -389,7 +389,7 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
               help="Give up after this many seconds. A paced run whose wire alone needs longer "
                    "is refused at once.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where the demo image, flash and logs go (default: a new temporary directory, removed after a successful run).")
-@click.option("--keep", is_flag=True, help="Keep the temporary work directory after a successful run (a failed run always keeps it).")
+@click.option("--keep", is_flag=True, help="Keep the temporary work directory after a successful run (a failed run always keeps it): the flash, and ncp.log and primary.log with each side's event lines and errors.")
 @JSON
 @click.option("--progress-interval", type=Number(min=0), metavar="SECONDS",
               help="Progress events at most this often, and the last one (default: every chunk with --json, "
