@@ -25,6 +25,9 @@ POSITIVE = [
     (["primary", "-p", "/dev/null"], "--commit-timeout"),
     (["ncp", "-p", "/dev/null"], "--max-defer"),
     (["link"], "--duration"),
+    (["ncp", "-p", "/dev/null", "--once"], "--timeout"),
+    (["ncp", "-p", "/dev/null"], "--confirm-window"),
+    (["primary", "-p", "/dev/null", "--once"], "--timeout"),
 ]
 NON_NEGATIVE = [(["run"], "--latency"), (["run"], "--stall-time"), (["run"], "--rx-poll"), (["link"], "--latency")]
 PROBABILITIES = [(["run"], o) for o in ("--ber", "--drop", "--dup", "--garbage", "--stall")]
@@ -100,3 +103,29 @@ def test_slow_confirm_takes_its_seconds_as_the_next_word_or_after_a_colon(tmp_pa
         r = invoke(["image", str(out), "--mcu", "1.1.0", "--type", "T", "--size", "8K", "--test", *words])
         assert r.exit_code == 0, r.output
         assert read_info_from_file(out)["dualmcu-test"] == "slow-confirm:30"
+
+
+def test_every_command_with_a_baud_rate_has_one_default_and_reads_dualmcu_baud():
+    """run and link defaulted to 115200, the sides and fuzz to 38400, and link had no -b and
+    ignored DUALMCU_BAUD, which the docs say applies to every command."""
+    from dualmcu.cli.common import DEFAULT_BAUD
+
+    found = {}
+    for name, cmd in main.commands.items():
+        for param in cmd.params:
+            if param.name == "baud":
+                found[name] = (param.default, param.envvar, "-b" in param.opts)
+    assert set(found) >= {"ncp", "primary", "run", "link", "fuzz"}
+    assert set(found.values()) == {(DEFAULT_BAUD, "DUALMCU_BAUD", True)} and DEFAULT_BAUD == 38400
+
+
+def test_link_takes_its_rate_from_b_or_the_environment_and_no_port_that_is_a_number():
+    import json
+
+    r = CliRunner().invoke(main, ["link", "--json", "-b", "921600", "--duration", "0.01"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.splitlines()[0])["baud"] == 921600
+    r = CliRunner().invoke(main, ["link", "--json", "--duration", "0.01"], env={"DUALMCU_BAUD": "230400"})
+    assert json.loads(r.output.splitlines()[0])["baud"] == 230400
+    r = CliRunner().invoke(main, ["link", "--b", "115200"])
+    assert r.exit_code == 2 and "'115200' is a number, not a port: the baud rate is -b/--baud" in r.output

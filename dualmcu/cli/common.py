@@ -163,9 +163,15 @@ HOLD_BUFFER = click.option(
 PORT = click.option("-p", "--port", required=True, envvar="DUALMCU_PORT", show_envvar=True, callback=resolve_port,
                     help="Port path or pyserial URL (/dev/ttyUSB0, COM3, socket://HOST:PORT, rfc2217://HOST:PORT, "
                          "loop://), or auto for the one USB-serial port present.")
-BAUD = click.option("-b", "--baud", type=click.IntRange(300, 10_000_000), default=38400, show_default=True,
+# One baud option for every command, one default: the real NCP's initial rate.  The pacing rule,
+# said once: a real serial port runs at the rate; a pty or a socket carries bytes at any rate, and
+# only the link model paces (`dualmcu link` between two ports, `dualmcu run --pace`).
+DEFAULT_BAUD = 38400
+BAUD = click.option("-b", "--baud", type=click.IntRange(300, 10_000_000), default=DEFAULT_BAUD, show_default=True,
                     envvar="DUALMCU_BAUD", show_envvar=True,
-                    help="Initial baud rate (the real NCP starts at 38400); a reboot comes back to it.")
+                    help="Initial baud rate (the real NCP starts at 38400); a reboot comes back to it. A real "
+                         "serial port runs at it; a pty or socket carries bytes at any rate: `dualmcu link` "
+                         "or `run --pace` paces them.")
 PROGRESS_INTERVAL = click.option(
     "--progress-interval", type=Number(min=0), default=0.0, show_default=True, metavar="SECONDS",
     help="With --json, print transfer progress at most this often (and its last step); 0: every chunk.")

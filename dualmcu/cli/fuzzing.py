@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from .common import FRAMING, JSON, InputError, IOFailure, Size, emit_json, main, seconds
+from .common import BAUD, FRAMING, JSON, InputError, IOFailure, Size, emit_json, main, seconds
 
 
 @main.command()
@@ -18,7 +18,7 @@ from .common import FRAMING, JSON, InputError, IOFailure, Size, emit_json, main,
 @click.option("--reset-cmd", help="Shell command that resets a real target that stopped answering (and before each confirming replay).")
 @click.option("--target", "target_side", type=click.Choice(["primary", "ncp"]), required=True, help="Which side the target is.")
 @FRAMING
-@click.option("-b", "--baud", type=click.IntRange(300, 10_000_000), default=38400, show_default=True, envvar="DUALMCU_BAUD", show_envvar=True)
+@BAUD
 @click.option("--examples", type=click.IntRange(1), default=200, show_default=True, help="Cases to try (before shrinking).")
 @click.option("--duration", type=seconds(), help="Stop trying new cases after this many seconds (and after --examples, whichever comes first).")
 @click.option("--seed", type=int, default=0, show_default=True, help="The same seed tries the same cases.")

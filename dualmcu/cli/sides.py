@@ -189,6 +189,13 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
                                         timeout=timeout)))
 
 
+def not_a_rate(value: str | None, name: str) -> str | None:
+    """A port name that is a number is a baud rate given to the wrong option (--b 115200)."""
+    if value is not None and value.isdigit():
+        raise click.BadParameter(f"{value!r} is a number, not a port: the baud rate is -b/--baud", param_hint=name)
+    return value
+
+
 def parse_window(text: str | None) -> tuple[int, int] | None:
     """START-END in whole UTC hours (0-23, 1-24), START != END; END < START wraps midnight."""
     if text is None:
@@ -292,9 +299,11 @@ def make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, r
 
 
 @main.command()
-@click.option("--a", "port_a", help="Port of side a (pyserial path or URL); a new pty when omitted.")
-@click.option("--b", "port_b", help="Port of side b; a new pty when omitted.")
-@click.option("--baud", type=click.IntRange(300, 10_000_000), default=115200, show_default=True, help="Baud rate of real ports, and of the pacing.")
+@click.option("--port-a", "--a", "port_a", callback=lambda c, p, v: not_a_rate(v, "--port-a"),
+              help="Port of side a (pyserial path or URL); a new pty when omitted.")
+@click.option("--port-b", "--b", "port_b", callback=lambda c, p, v: not_a_rate(v, "--port-b"),
+              help="Port of side b; a new pty when omitted.")
+@BAUD
 @click.option("--pace/--no-pace", default=True, show_default=True, help="Pace bytes at the baud rate (10 bit times each).")
 @link_options
 @click.option("--duration", type=seconds(), help="Stop after this many seconds (default: until Ctrl-C).")
@@ -357,8 +366,8 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--factory", type=click.Path(exists=True, dir_okay=False), help="The primary's factory image (default: one built on the spot; a delta needs its base here).")
 @FRAMING
 @click.option("--flash", type=click.Path(dir_okay=False), help="The primary's flash file (default: a fresh one in the work directory).")
-@click.option("--link", type=click.Choice(["pty", "socket"]), default="pty", show_default=True, help="Virtual UART: a pty pair or two connected loopback sockets; each side paces what it sends.")
-@click.option("-b", "--baud", type=click.IntRange(300, 10_000_000), default=115200, show_default=True)
+@click.option("--link", type=click.Choice(["pty", "socket"]), default="pty", show_default=True, help="Virtual UART: a pty pair or two connected loopback sockets; with --pace each side paces what it sends.")
+@BAUD
 @click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=DEFAULT_CHUNK, show_default=True)
 @click.option("--prefetch", is_flag=True, help="Download the whole image into the NCP before the transfer.")
 @click.option("--retries", type=click.IntRange(0, 1000), default=5, show_default=True)
