@@ -80,12 +80,11 @@ def load_private(pem: bytes) -> Ed25519PrivateKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as e:
-        raise SignError(f"not an unencrypted PEM private key: {e}") from None
+    key = _loaded("private", lambda: serialization.load_pem_private_key(pem, password=None),
+                  "an unencrypted PEM private key")
     if not isinstance(key, Ed25519PrivateKey):
-        raise SignError("the private key is not an Ed25519 key")
+        raise SignError(f"the private key is {_kind(key)}: images are signed with Ed25519 keys only "
+                        "(dualmcu keygen makes one)")
     return key
 
 
@@ -93,13 +92,34 @@ def load_public(pem: bytes) -> Ed25519PublicKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except ValueError as e:
-        raise SignError(f"not a PEM public key: {e}") from None
+    key = _loaded("public", lambda: serialization.load_pem_public_key(pem), "a PEM public key")
     if not isinstance(key, Ed25519PublicKey):
-        raise SignError("the public key is not an Ed25519 key")
+        raise SignError(f"the public key is {_kind(key)}: images are signed with Ed25519 keys only "
+                        "(dualmcu keygen makes one)")
     return key
+
+
+def _loaded(which: str, load, expected: str):
+    """The key ``load`` reads, or one line: a PEM of a kind the library cannot read at all (an
+    EC key on a curve it does not support raises its own exception type) names what it is."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    try:
+        return load()
+    except UnsupportedAlgorithm as e:
+        raise SignError(f"the {which} key is of a kind that cannot be read ({e}): images are signed "
+                        "with Ed25519 keys only (dualmcu keygen makes one)") from None
+    except (ValueError, TypeError) as e:
+        raise SignError(f"not {expected}: {e}") from None
+
+
+def _kind(key) -> str:
+    """What a key that is not Ed25519 is, in words: 'an RSA key', 'an EC key on secp256r1'."""
+    curve = getattr(key, "curve", None)
+    if curve is not None:
+        return f"an EC key on {curve.name}"
+    name = type(key).__name__.removeprefix("_").removesuffix("PrivateKey").removesuffix("PublicKey")
+    return f"an {name} key" if name[:1] in "AEIOURX" else f"a {name} key"
 
 
 def sign(body: bytes, private: Ed25519PrivateKey, counter: int, targets: list[str],

@@ -275,3 +275,48 @@ def test_bootable_answers_as_the_bootloader_does_signatures_included():
     assert bootable(f) == 0 and bootable(f, Trust(KEYS1, "prod/A")) == 0
     assert bootable(f, Trust(KEYS2, "prod/A")) is None
     assert bytes(f._store.buf) == before and f.ops == ops
+
+
+# An EC key on secp112r1, a curve the cryptography library cannot read at all: loading it
+# raises its own UnsupportedAlgorithm, which reached the user as a traceback.
+SECP112R1_PRIVATE = b"""-----BEGIN EC PRIVATE KEY-----
+MD4CAQEEDsOdlEzlcpfg/pC8TVVwoAcGBSuBBAAGoSADHgAElO4HetszpAiFAxSh
+Dta7tjo8wvFqbPqECFbG1A==
+-----END EC PRIVATE KEY-----
+"""
+SECP112R1_PUBLIC = b"""-----BEGIN PUBLIC KEY-----
+MDIwEAYHKoZIzj0CAQYFK4EEAAYDHgAElO4HetszpAiFAxShDta7tjo8wvFqbPqE
+CFbG1A==
+-----END PUBLIC KEY-----
+"""
+
+
+def _ec_p256():
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    k = ec.generate_private_key(ec.SECP256R1())
+    return (k.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()),
+            k.public_key().public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo))
+
+
+@pytest.mark.parametrize("kind", ["secp112r1", "secp256r1"])
+def test_a_key_of_another_type_is_one_line_naming_it_in_every_command(tmp_path, kind):
+    from click.testing import CliRunner
+
+    from dualmcu.cli import main
+
+    private, public = (SECP112R1_PRIVATE, SECP112R1_PUBLIC) if kind == "secp112r1" else _ec_p256()
+    (tmp_path / "k.pem").write_bytes(private)
+    (tmp_path / "k.pub").write_bytes(public)
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(build_image(make_info("1.0.0", "TMPLSIG"), 4096))
+    said = "cannot be read (Curve 1.3.132.0.6 is not supported)" if kind == "secp112r1" else "is an EC key on secp256r1"
+    for args in (["sign", str(fw), "--key", str(tmp_path / "k.pem"), "--counter", "1", "--target", "x/1", "-o", str(tmp_path / "s.bin")],
+                 ["verify", str(fw), "--pubkey", str(tmp_path / "k.pub")],
+                 ["primary", "-p", "loop://", "--flash", str(tmp_path / "d.flash"), "--provision", str(fw),
+                  "--trust", str(tmp_path / "k.pub")]):
+        r = CliRunner().invoke(main, args)
+        assert isinstance(r.exception, SystemExit) and r.exit_code == 2, (args, r.output, r.exception)
+        assert said in r.output and "Ed25519 keys only" in r.output and "Traceback" not in r.output, (args, r.output)
+    assert not (tmp_path / "d.flash").exists() and not (tmp_path / "s.bin").exists()
