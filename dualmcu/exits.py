@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from contextlib import contextmanager
 from enum import IntEnum
 from typing import Iterator
@@ -52,6 +53,12 @@ MEANING = {
                          "end with an `exit` event saying `terminated` (or `interrupted`), `link` "
                          "with its summary",
 }
+
+
+def say_error(text: str) -> None:
+    """The one error line of every command, in click's own style (``Error: ...`` on stderr), so
+    a refusal reads the same whether click or the project found it."""
+    print(f"Error: {text}", file=sys.stderr, flush=True)
 
 
 class Terminated(KeyboardInterrupt):

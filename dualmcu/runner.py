@@ -31,7 +31,7 @@ from dualmcu.primary.flash import Flash, FlashError, Geometry
 from dualmcu.rpc.events import Event
 from .child import send
 from .link import LinkConfig
-from .exits import ExitCode, stopped_code, stopped_word
+from .exits import ExitCode, say_error, stopped_code, stopped_word
 from .shell import Outlet, Progress, Tally, Wire, detail, json_note, shown
 from .sides import NcpOptions, PrimaryOptions, read_factory_image
 DEMO_TYPE = "TMPL0DEMO01"
@@ -608,7 +608,7 @@ class Run:
             self.prepare()
         except (ValueError, OSError) as e:  # OSError: the work directory, a file in it, an input
             said = e if isinstance(e, ValueError) else self._os_error(e)
-            print(f"error: {shown(said)}", file=sys.stderr)
+            say_error(shown(said))
             if self.o.workdir is None and getattr(self, "workdir", None):
                 # Nothing was started: the temporary work directory made for it goes too.
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -649,7 +649,7 @@ class Run:
             # No pty, no fork, no process: the system refused, and the user gets one line.
             self.stop_all()
             self.progress.line("")
-            print(f"error: the virtual UART or a side could not be started: {shown(e)}", file=sys.stderr)
+            say_error(f"the virtual UART or a side could not be started: {shown(e)}")
             return ExitCode.IO
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM
             self.stop_all()

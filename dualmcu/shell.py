@@ -31,7 +31,7 @@ import serial
 from dualmcu.rpc.endpoint import earliest
 from dualmcu.rpc.events import Event, checked
 
-from .exits import ExitCode
+from .exits import ExitCode, say_error
 from .link import End, LinkConfig, new_stats
 
 IDLE_WAKE = 0.5  # with no deadline, wake this often anyway (signals, --once checks, silence)
@@ -313,7 +313,7 @@ class Outlet:
         why = self.broken()
         if why is not None:
             try:
-                print(f"error: {why}", file=sys.stderr)
+                say_error(why)
             except (OSError, ValueError):
                 pass  # stderr is the stream that failed
 

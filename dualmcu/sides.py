@@ -20,7 +20,7 @@ from dualmcu.primary.flash import DEFAULT_ENDURANCE, Flash, FlashError, Geometry
 from dualmcu.rpc.device import Exit, Halt, Reboot, SetBaud
 from dualmcu.rpc.events import Event
 
-from .exits import ExitCode, stopped_code, stopped_word
+from .exits import ExitCode, say_error, stopped_code, stopped_word
 from .paths import default_store
 from .shell import EventPrinter, Port, PortError, Runner, Silence, Stop, Wire, open_port, shown
 
@@ -114,13 +114,13 @@ def _ncp(o: NcpOptions, emit: EventPrinter) -> int:
     try:
         catalog = Catalog.from_paths(list(o.firmware)) if o.firmware else None
     except (ValueError, OSError) as e:
-        print(f"error: {shown(e)}", file=sys.stderr)
+        say_error(shown(e))
         return ExitCode.USAGE
     store = Store(o.prefetch_store or default_store())
     try:
         store.check()
     except OSError as e:
-        print(f"error: cannot use {shown(store.directory)} as the NCP's store: {shown(e.strerror or e)}", file=sys.stderr)
+        say_error(f"cannot use {shown(store.directory)} as the NCP's store: {shown(e.strerror or e)}")
         return ExitCode.USAGE
     net = Network(o.net_rate, o.net_fail_at)
     profile = get_profile(o.framing)
@@ -297,7 +297,7 @@ def _primary(o: PrimaryOptions, emit: EventPrinter) -> int:
     try:
         image = factory_for(o.flash, o.provision)
     except (ValueError, OSError) as e:
-        print(f"error: {shown(e)}", file=sys.stderr)
+        say_error(shown(e))
         return ExitCode.USAGE
 
     def opened(provide: bool) -> Flash | None:
@@ -305,7 +305,7 @@ def _primary(o: PrimaryOptions, emit: EventPrinter) -> int:
             return open_flash(o.flash, o.geometry, o.provision, emit, o.config.trust, o.identity,
                               o.endurance, image=image, provide=provide)
         except (ValueError, OSError, FlashError) as e:
-            print(f"error: {shown(e)}", file=sys.stderr)
+            say_error(shown(e))
             return None
 
     # An existing flash file is opened and checked first: one in use by another primary, or
@@ -323,7 +323,7 @@ def _primary(o: PrimaryOptions, emit: EventPrinter) -> int:
             check_factory(image, flash.geometry if flash else o.geometry or Geometry(), o.config.trust,
                           flash.identity if flash else o.identity or Identity())
         except ValueError as e:
-            print(f"error: {shown(e)}", file=sys.stderr)
+            say_error(shown(e))
             if flash is not None:
                 flash.close()
             return ExitCode.USAGE
@@ -339,7 +339,7 @@ def _primary(o: PrimaryOptions, emit: EventPrinter) -> int:
         try:
             provide_firmware(flash, o.flash, image, o.provision, emit, o.config.trust)
         except (ValueError, OSError, FlashError) as e:
-            print(f"error: {shown(e)}", file=sys.stderr)
+            say_error(shown(e))
             flash.close()
             port.close()
             return ExitCode.USAGE
@@ -420,7 +420,7 @@ def open_side_port(url: str, baud: int, wire: Wire | None) -> Port | None:
     try:
         return Port.of(wire) if wire is not None else Port(open_port(url, baud))
     except (PortError, OSError) as e:
-        print(f"error: {shown(e)}", file=sys.stderr)
+        say_error(shown(e))
         return None
 
 
@@ -440,7 +440,7 @@ def _serve(port: Port, url: str, baud: int, framing: str, make, on_action, emit,
         if known is not None:
             return _ended(emit, known, note=str(e))
         emit.close()  # the lines a slow reader has not taken come before the error
-        print(f"error: {shown(e)}", file=sys.stderr)
+        say_error(shown(e))
         return ExitCode.IO
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM before the loop took it over
         return _ended(emit, Stop(stopped_code(e), stopped_word(e)))

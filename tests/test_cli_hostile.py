@@ -272,7 +272,7 @@ def test_a_work_directory_that_cannot_be_used_says_so_in_one_line(workdir, capfd
     r = CliRunner().invoke(main, ["run", "--workdir", workdir])
     err = capfd.readouterr().err + r.output
     assert r.exit_code == 2, err
-    assert f"error: cannot use the work directory {workdir}: " in err and "[Errno" not in err
+    assert f"Error: cannot use the work directory {workdir}: " in err and "[Errno" not in err
 
 
 @pytest.mark.parametrize("args", [["--slot-size", "4K"], ["--slot-size", "64K", "--factory", "{big}"]])
@@ -433,3 +433,18 @@ def test_a_new_file_where_hard_links_fail_is_renamed_into_place(tmp_path, monkey
     with pytest.raises(FileExistsError):
         paths._link_new(str(part), str(key))
     assert key.read_bytes() == b"secret" and part.exists()
+
+
+def test_one_error_style_whoever_refuses(tmp_path):
+    """click said `Error:` and the project's own refusals `error:`: a script grepping for one
+    missed the other."""
+    import subprocess
+    import sys
+
+    click_refusal = subprocess.run([sys.executable, "-m", "dualmcu", "run", "--timeout", "nan"],
+                                   capture_output=True, text=True, timeout=60)
+    own_refusal = subprocess.run([sys.executable, "-m", "dualmcu", "primary", "-p", "loop://",
+                                  "--flash", str(tmp_path / "none.flash")], capture_output=True, text=True, timeout=60)
+    for r in (click_refusal, own_refusal):
+        assert r.returncode == 2
+        assert [line for line in r.stderr.splitlines() if "rror" in line][0].startswith("Error: "), r.stderr

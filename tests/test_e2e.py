@@ -86,7 +86,7 @@ def test_a_side_whose_event_lines_cannot_be_written_ends_with_one_line(tmp_path)
         r = subprocess.run([sys.executable, "-m", "dualmcu", "ncp", "--port", "loop://", "--json"],
                            stdout=full, stderr=subprocess.PIPE, timeout=TIMEOUT)
     assert r.returncode == 3
-    assert r.stderr.decode() == "error: cannot write the event lines to stdout: No space left on device\n"
+    assert r.stderr.decode() == "Error: cannot write the event lines to stdout: No space left on device\n"
 
 
 @pytest.mark.slow
@@ -283,13 +283,13 @@ def test_a_failed_start_writes_nothing_to_the_flash(tmp_path):
         r = dualmcu("primary", "--port", "/dev/does-not-exist", "--flash", flash, "--provision", big,
                     "--slot-size", "256K")
         assert r.returncode == 2, r.stderr
-        assert r.stderr.decode().strip() == ("error: factory image of 300000 bytes does not fit "
+        assert r.stderr.decode().strip() == ("Error: factory image of 300000 bytes does not fit "
                                              "a 262144-byte slot")
     assert blank.read_bytes() == before and not (tmp_path / "new.flash").exists()
     # A flash path under a file: said as such, not as the errno's "File exists".
     r = dualmcu("primary", "--port", "loop://", "--flash", factory / "sub" / "x.flash", "--provision", factory)
     assert r.returncode == 2
-    assert r.stderr.decode() == (f"error: cannot make the flash file {factory / 'sub' / 'x.flash'}: "
+    assert r.stderr.decode() == (f"Error: cannot make the flash file {factory / 'sub' / 'x.flash'}: "
                                  f"{factory} is not a directory\n")
 
 
@@ -770,7 +770,7 @@ def test_a_paced_run_the_wire_cannot_finish_within_its_timeout_is_refused_and_le
     r = dualmcu("run", "--pace", "--baud", "1200")
     assert r.returncode == 2
     assert r.stderr.decode().strip() == (
-        "error: at 1200 baud the wire alone takes 2,560 s to carry the 307,200 bytes of the "
+        "Error: at 1200 baud the wire alone takes 2,560 s to carry the 307,200 bytes of the "
         "update, more than --timeout 300 s: raise --timeout or --baud")
     assert list(tmp_path.iterdir()) == []
 

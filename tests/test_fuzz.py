@@ -155,7 +155,7 @@ def test_fuzz_needs_a_target():
     ("sh -c 'echo boom {port} >&2; exit 7'", 3,
      "the target command exited with code 7: boom /dev/pts/"),
     (f"{sys.executable} -m dualmcu primary --port {{port}} --flash nowhere.flash", 3,
-     "exited with code 2: error: no flash file at nowhere.flash"),
+     "exited with code 2: Error: no flash file at nowhere.flash"),
     ("no-such-program {port}", 3, "cannot run the target command 'no-such-program /dev/pts/"),
     # Refused before anything starts.
     ("'unclosed {port}", 2, "No closing quotation"),

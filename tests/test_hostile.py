@@ -106,7 +106,7 @@ def test_an_unusable_store_is_refused_at_start(tmp_path):
         Store(blocker / "store").check()
     r = subprocess.run([sys.executable, "-m", "dualmcu", "ncp", "-p", "/dev/null", "--store", str(blocker / "s")],
                        capture_output=True)
-    assert r.returncode == 2 and r.stderr.decode().startswith("error: cannot use") and b"Traceback" not in r.stderr
+    assert r.returncode == 2 and r.stderr.decode().startswith("Error: cannot use") and b"Traceback" not in r.stderr
 
 
 def test_a_symlink_planted_in_the_store_is_replaced_not_followed(tmp_path):
