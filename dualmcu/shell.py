@@ -171,8 +171,22 @@ def shown(value: Any) -> str:
     return text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
+def readable(value: Any) -> str:
+    """A field's value as a person reads it: no Python reprs (``{'a': 1}``, ``['x']``)."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{readable(v)}" for k, v in value.items() if v is not None) or "-"
+    if isinstance(value, (list, tuple, set)):
+        return ",".join(readable(v) for v in value) or "-"
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return shown(value)
+
+
 def detail(fields: dict[str, Any]) -> str:
-    return " ".join(f"{k}={shown(v)}" for k, v in fields.items())
+    """The fields of a readable line; one with no value (None) is left out (--json keeps it)."""
+    return " ".join(f"{k}={readable(v)}" for k, v in fields.items() if v is not None)
 
 
 class Outlet:

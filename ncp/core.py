@@ -603,7 +603,7 @@ class NcpDevice(Device):
             return  # Start came first, from inside the offer handler
         if c.ok and c.result:
             self._move(TxEvent.OFFER_ACCEPTED)
-            self.emit(Event.OTA_ACCEPTED)
+            self.emit(Event.OTA_ACCEPTED, filename=self.shipment.filename, version=self.shipment.version)
             return
         reason = "refused" if c.ok else f"offer_failed:{c.status:#x}"
         if c.ok:

@@ -67,7 +67,7 @@ cloud_record                ncp      | the cloud's record of the update when the
 # The NCP: one update
 ota_offer                   both     | NCP: an update offered (filename, size, version, fw_type, file_kind, offer); primary: the offer as received
 ota_offer_declined          ncp      | the primary refused the offer; the NCP offers again later (reason, will_retry_in)
-ota_accepted                both     | the primary accepted the offer (primary: slot and the offer's fields)
+ota_accepted                both     | the primary accepted the offer (ncp: the file and its version; primary: slot and the offer's fields)
 prefetch_start              ncp      | the primary asked the NCP to download the image ahead (size)
 prefetch_done               ncp      | the download ahead finished (size)
 prefetch_failed             ncp      | the download ahead failed (reason or at, error)

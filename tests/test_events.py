@@ -186,3 +186,22 @@ def test_a_closed_stream_takes_lines_and_fails_nothing():
     outlet.write("{}\n")
     outlet.close()
     assert outlet.failed is None and outlet.broken() is None
+
+
+def test_readable_lines_show_values_for_people_not_python_reprs():
+    """`telemetry={'version': ...}`, `dropped={'bad_encoding': 16}`, `files=['new2.bin']` and
+    `build=None` leaked into the readable lines."""
+    import io
+
+    from dualmcu.rpc.events import Event
+    from dualmcu.shell import EventPrinter
+
+    err = io.StringIO()
+    emit = EventPrinter("ncp", False, out=err, start=0.0)
+    emit(Event.OTA_OUTCOME, outcome="success", telemetry={"version": "1.1.0", "ota_state": "trial"}, build=None)
+    emit(Event.NO_PEER, bytes=40, dropped={"bad_encoding": 16}, files=["new2.bin", "new3.bin"], ok=True)
+    emit.close()
+    lines = err.getvalue().splitlines()
+    assert lines[0].endswith("ota_outcome          outcome=success telemetry=version:1.1.0,ota_state:trial")
+    assert lines[1].endswith("no_peer              bytes=40 dropped=bad_encoding:16 files=new2.bin,new3.bin ok=yes")
+    assert not any(c in err.getvalue() for c in "{}[]'")
