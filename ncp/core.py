@@ -461,7 +461,10 @@ class NcpDevice(Device):
             else:
                 self._idle_pings += 1
                 if self._idle_pings >= 5:
-                    self.emit(Event.PRIMARY_LOST, tries=self._idle_pings)
+                    # Lost is said of a primary once heard; with none ever heard the shell's
+                    # watchdog says no_peer, once, with what to check.
+                    if self.ep.decoder_stats.get("frames", 0):
+                        self.emit(Event.PRIMARY_LOST, tries=self._idle_pings)
                     self._idle_pings = 0
                     self._after("idle_ping", self.cfg.primary_idle_ping)
                 else:

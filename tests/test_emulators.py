@@ -355,3 +355,23 @@ def test_the_rest_of_the_ncp_interface_answers():
 
 def _zero(t):
     return {bool: False, int: 0, float: 0.0, str: "", bytes: b""}[t.py]
+
+
+def test_an_ncp_that_never_heard_a_primary_never_calls_it_lost():
+    """With no peer the NCP said `primary_lost tries=5` every 45 s of a primary it never heard;
+    the watchdog's one no_peer line says it. A primary heard once and then gone is lost."""
+    from dualmcu.ncp.core import NcpConfig, NcpDevice
+
+    said = []
+    ncp = NcpDevice(get_profile("cobs"), NcpConfig(), 0.0, emit=lambda kind, **f: said.append(kind))
+    now = 0.0
+    while now < 300:
+        now = ncp.next_deadline()
+        ncp.tick(now)
+        ncp.data_to_send()
+    assert "primary_lost" not in said
+    s = sim()
+    s.run_update()
+    s.tap_to_ncp = lambda data: b""  # heard, then silent
+    s.run_until(lambda x: bool(x.find("primary_lost", "ncp")), limit=s.now + 300)
+    assert s.find("primary_lost", "ncp")
