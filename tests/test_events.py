@@ -205,3 +205,27 @@ def test_readable_lines_show_values_for_people_not_python_reprs():
     assert lines[0].endswith("ota_outcome          outcome=success telemetry=version:1.1.0,ota_state:trial")
     assert lines[1].endswith("no_peer              bytes=40 dropped=bad_encoding:16 files=new2.bin,new3.bin ok=yes")
     assert not any(c in err.getvalue() for c in "{}[]'")
+
+
+def test_the_progress_rate_counts_only_what_crossed_while_it_watched(monkeypatch):
+    """At 115200 (11.25 KiB/s of payload at most) the line showed 11.3-11.4 KiB/s: the first
+    step's chunk, which crossed before the clock started, was counted over the time after."""
+    import io
+
+    from dualmcu import shell
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    p = shell.Progress(out)
+    now = [100.0]
+    monkeypatch.setattr(shell.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(p, "width", lambda: 200)
+    line_rate = 11520  # bytes a second at 115200 baud, 10 bits a byte
+    for k in range(1, 41):  # a 1 KiB chunk acknowledged each time it has crossed
+        now[0] = 100.0 + k * 1024 / line_rate
+        p.update(k * 1024, 40 * 1024)
+    shown_rate = float(out.getvalue().rsplit("\r", 1)[1].split("KiB/s")[0].split()[-1])
+    assert shown_rate == round(line_rate / 1024, 1)  # 11.2: never above the line
