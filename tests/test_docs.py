@@ -68,3 +68,18 @@ def test_help_names_every_exit_code_by_its_own_meaning():
     out = " ".join(CliRunner().invoke(main, ["--help"]).output.split())
     for code, text in SHORT.items():
         assert f"{int(code)} {text}" in out
+
+
+def test_docs_help_names_every_page_and_the_list_shows_each():
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from dualmcu.cli import main
+
+    pages = sorted(p.stem for p in (Path(__file__).parents[1] / "docs").glob("*.md"))
+    assert len(pages) >= 12
+    help_text = " ".join(CliRunner().invoke(main, ["docs", "--help"]).output.split())
+    listed = CliRunner().invoke(main, ["docs"]).output
+    for page in pages:
+        assert page in help_text and any(line.startswith(page + " ") for line in listed.splitlines()), page

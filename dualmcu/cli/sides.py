@@ -101,7 +101,7 @@ def check_once(once: bool, timeout: float | None) -> None:
 @PORT
 @BAUD
 @FRAMING
-@click.option("--flash", type=click.Path(dir_okay=False), default=DEFAULT_FLASH, show_default=FLASH_HELP_DEFAULT, help="The emulated flash file (made when missing).")
+@click.option("--flash", type=click.Path(dir_okay=False), default=DEFAULT_FLASH, show_default=FLASH_HELP_DEFAULT, help="The emulated flash file; a missing one is made with --provision's factory image.")
 @click.option("--provision", type=click.Path(exists=True, dir_okay=False), help="Factory image written to slot A of a blank flash.")
 @click.option("--slot-size", type=Size(MAX_SLOT), default="1M", show_default=True, help="Slot size when the flash file is made.")
 @click.option("--page-size", type=Size(MAX_PAGE), default="4K", show_default=True, help="Flash page size when the flash file is made.")
