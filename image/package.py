@@ -167,6 +167,20 @@ def parse_header(data: bytes) -> Header | None:
     return Header(kind, comp, size, crc, sha, base_size, base_sha, segment, ram, base_version, tag, at + 4)
 
 
+def segment_spans(h: Header, read: Callable[[int, int], bytes], size: int) -> list[tuple[int, int, int]]:
+    """Where each segment lies in a package of ``size`` bytes: (first byte, end, image bytes it
+    makes), read from the segment prefixes alone (``read(offset, length)``).  A sender bounds
+    with it the flash work one piece of the package costs the device: a few bytes of a delta
+    may make a whole segment of image (a copy from the base)."""
+    spans, at = [], h.length
+    while at + _SEG.size <= size:
+        out_len, patch_len = _SEG.unpack(read(at, _SEG.size))
+        end = min(at + _SEG.size + patch_len, size)
+        spans.append((at, end, out_len))
+        at = end
+    return spans
+
+
 def pack_header(h: Header) -> bytes:
     bv = h.base_version.encode("ascii")[:255]
     body = _FIXED.pack(MAGIC, FORMAT, h.kind, h.compression, 0, h.image_size, h.image_crc32, h.image_sha256,

@@ -85,6 +85,7 @@ NCP_VERSION = "0.7.0-dualmcu"
 WRITE_OVERHEAD = 6 + 4 + 2 + 4  # INVOKE header, offset, Binary length, crc32
 WRITE_TIMEOUT_CAP = 5.0  # the driver's own timeout for a write: backoff stops there
 REFUSED_BACKOFF = 0.05  # seconds before the first resend of a refused write; doubles each time
+BLOCK = 64 * 1024  # the block whose erase time the primary advertises (erase_per_block)
 FALLBACK_PAUSE = 0.5  # seconds between a package failing and the offer of the next file
 STATE = {v: k for k, v in STATES.items()}
 # getTime's dst_status, as the interface defines it.
@@ -783,7 +784,7 @@ class NcpDevice(Device):
                 return
             args, encoded, framed = self._write_args(offset, min(sd.chunk, s.size - offset))
             sd.sent_losses[offset] = sd.losses
-            timeout = self._write_timeout(sd)
+            timeout = self._write_timeout(sd, offset)
             if timeout is not None and sd.retries.get(offset):
                 # Back off on each resend of the same chunk (up to the driver's 5 s), so that
                 # the tries span a glitch of the line instead of all falling inside it.
@@ -822,8 +823,8 @@ class NcpDevice(Device):
             args, encoded = self._encode_write(offset, length)
             self._next_write = (key, args, encoded, self.ep.frame_ahead("client_otaUpdateWrite", encoded))
 
-    def _write_timeout(self, sd: Sending) -> float | None:
-        """How long one write may take to be answered, from the work it stands for.
+    def _write_timeout(self, sd: Sending, offset: int | None = None) -> float | None:
+        """How long the write at ``offset`` may take to be answered, from the work it stands for.
 
         A peer that did not advertise its flash timing (every real MCU) gets the interface
         table's 5 s, as the real NCP gives it: a real MCU may erase a whole block inside a write.
@@ -831,7 +832,10 @@ class NcpDevice(Device):
         For a peer that did: ahead of a write on the wire are at most ``window`` writes (ours),
         and ahead of it in the primary's flash as many programs and at most one block erase
         (the primary erases a block ahead as the writes reach it); the answer comes back the
-        other way.  Twice that, or twice the measured round trip, plus a margin.
+        other way.  Twice that, or twice the measured round trip, plus a margin.  A package
+        makes more image than it carries: the flash work is that of the image bytes the window
+        up to this write can make (every segment it touches, whole), with a block erase for each
+        64 KiB of them.
         """
         if self.cfg.write_timeout is not None:
             return self.cfg.write_timeout
@@ -843,7 +847,12 @@ class NcpDevice(Device):
             # twice its time on the wire, or it could never be answered in time.
             wire = frame * bit
             return 2 * wire + 0.05 if 2 * wire > WRITE.timeout else None
-        work = (sd.window * (frame * bit + sd.program_per_kib * sd.chunk / 1024) + sd.erase_per_block
+        made, erases = sd.window * sd.chunk, 1
+        if self.shipment is not None and self.shipment.package is not None and offset is not None:
+            first = max(offset - (sd.window - 1) * sd.chunk, 0)
+            made = self.shipment.image_bytes(first, offset + sd.chunk - first)
+            erases = -(-made // BLOCK) + 1
+        work = (sd.window * frame * bit + sd.program_per_kib * made / 1024 + erases * sd.erase_per_block
                 + 24 * bit)
         # A measured round trip longer than the work (a slow bridge) stretches the timeout,
         # but never past eight times the work.
@@ -893,7 +902,7 @@ class NcpDevice(Device):
             if c.status == Status.TIMEOUT:
                 # The writes behind a lost one are most likely held by the primary until it
                 # arrives: give them the time of its resend instead of resending them too.
-                later = self.ep.now + (self._write_timeout(sd) or c.fn.timeout)
+                later = self.ep.now + (self._write_timeout(sd, offset) or c.fn.timeout)
                 for off, other in sd.in_flight.items():
                     if off > offset and other.deadline is not None:
                         other.deadline = max(other.deadline, later)

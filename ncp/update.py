@@ -9,10 +9,11 @@ the last resort.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dualmcu.image.firmware import (
     ImageDigests,
@@ -22,7 +23,7 @@ from dualmcu.image.firmware import (
     version_key,
 )
 from dualmcu.image.inputs import kind_of, removed_on_failure
-from dualmcu.image.package import Header, PackageError, is_package, parse_header
+from dualmcu.image.package import Header, PackageError, is_package, parse_header, segment_spans
 
 
 class Source:
@@ -53,10 +54,28 @@ class Shipment:
     digests: ImageDigests
     source: Source
     package: Header | None = None  # a dualmcu package (compressed or delta), not an image
+    _spans: list | None = field(default=None, repr=False, compare=False)  # segment_spans, once read
 
     @property
     def size(self) -> int:
         return self.digests.size
+
+    def image_bytes(self, offset: int, length: int) -> int:
+        """At most how many image bytes the primary makes from these bytes of the file: the
+        bytes themselves for an image; for a package, every segment they touch, whole."""
+        if self.package is None:
+            return length
+        spans = self._spans
+        if spans is None:
+            spans = self._spans = segment_spans(self.package, self.source.read, self.size)
+        first = max(bisect.bisect_right([a for a, _, _ in spans], offset) - 1, 0)
+        made = 0
+        for start, end, out in spans[first:]:
+            if start >= offset + length:
+                break
+            if end > offset:
+                made += out
+        return made
 
     @property
     def kind(self) -> str:

@@ -264,3 +264,26 @@ def test_two_deltas_from_one_base_are_refused(tmp_path):
     (tmp_path / "b.pkg").write_bytes(build_package(NEW, OLD, "heatshrink"))
     with pytest.raises(ValueError, match="two deltas from 1.0.0"):
         Catalog.from_paths([str(tmp_path)])
+
+
+def test_a_piece_of_a_package_is_given_the_time_of_the_image_it_makes():
+    """A few bytes of a delta can make a whole 64 KiB segment (a copy from the base), which the
+    primary programs, erasing blocks, before it answers. The write timeout counted the chunk's
+    own bytes: at 115200 a delta of a 1 MiB image got a spurious timeout and resend at offset
+    6144, with no fault injected. Every segment a window of writes touches now counts whole."""
+    from dualmcu.image.package import segment_spans
+
+    spans = segment_spans(parse_header(DELTA), lambda at, n: DELTA[at:at + n], len(DELTA))
+    assert [out for _, _, out in spans] == [n for n, _ in segments(DELTA)]
+    assert spans[-1][1] == len(DELTA)
+    ship = Shipment.from_bytes(DELTA, "delta.pkg")
+    assert ship.image_bytes(0, len(DELTA)) == len(NEW)
+    assert ship.image_bytes(spans[1][0], 1) == spans[1][2]  # one byte: its segment, whole
+    big_old = build_image(make_info("1.0.0", T, build=BUILD), 1 << 20, content="code")
+    big_new = next_image(big_old, make_info("1.0.1", T, build=BUILD), 0.01)
+    flash = provisioned(big_old, slot=2 << 20)
+    s = Simulation(flash, Catalog([Shipment.from_bytes(build_package(big_new, big_old, "lzma"), "d.pkg")]),
+                   link=LinkConfig(baud=115200, latency=0.001))
+    assert s.run_update(limit=600) == "success"
+    assert not s.find("ota_retry", "ncp") and not s.find("rpc_timeout", "ncp")
+    assert active_image(s.flash)[1] == big_new
