@@ -228,12 +228,22 @@ class Run:
         info = release.shipments[0].info
         self.new_version = info.get("mcu", "")
         self.fw_type = info.get("fw-type", "")
+        running = self._running(o.flash)
+        only_deltas = release.deltas and release.image is None and release.compressed is None
         if o.factory is not None:
             # Checked here, as the primary will check it: a bad factory image is a usage error
             # before any process starts. The primary reads the file again, so not a pipe.
             read_factory_image(o.factory, regular=True)
             self.factory = os.path.abspath(o.factory)
-        elif release.deltas and release.image is None and release.compressed is None:
+        elif running is not None:
+            # The primary boots what its flash holds, as the device does: that image, not a
+            # factory one, is what the NCP picks a file for.
+            self.factory = None
+            bases = sorted(release.deltas)  # keyed by the version each applies to
+            if only_deltas and running not in bases:
+                raise ValueError(f"the delta packages apply to {', '.join(bases)}, and the flash {o.flash} "
+                                 f"runs {running}: give a release with its image, or a delta from {running}")
+        elif only_deltas:
             raise ValueError("a delta package applies to its base only: give the primary that base with --factory")
         else:
             self.factory = os.path.join(self.workdir, "factory.bin")
@@ -243,13 +253,6 @@ class Run:
         self._check_time(min(s.size for s in release.shipments))
         if o.flash is None:
             o.flash = os.path.join(self.workdir, "primary.flash")
-        elif os.path.exists(o.flash):
-            # An existing --flash is checked before anything starts, as the primary will check
-            # it: not a flash file (a device, a pipe, another file) is a usage error.
-            try:
-                Flash.open(o.flash, create=False, lock=False).close()
-            except FlashError as e:
-                raise ValueError(str(e)) from None
         if not os.path.exists(o.flash):
             # A new flash is provisioned by the primary process: a factory image its slots
             # cannot hold is refused here, before anything starts.
@@ -258,6 +261,22 @@ class Run:
                 which = "the factory image" if o.factory is None else f"factory image {o.factory}"
                 raise ValueError(f"{which} has {size:,} bytes, more than a slot holds "
                                  f"(--slot-size {slot:,})")
+
+    @staticmethod
+    def _running(path: str | None) -> str | None:
+        """The version an existing --flash boots (its active slot's), None for no flash file or
+        one that holds no firmware.  Checked before anything starts, as the primary will check
+        it: not a flash file (a device, a pipe, another file) is a usage error."""
+        if path is None or not os.path.exists(path):
+            return None
+        from dualmcu.primary.inspect import describe
+
+        try:
+            d = describe(path)
+        except FlashError as e:
+            raise ValueError(str(e)) from None
+        active = d["active_slot"]
+        return d["slots"][active]["version"] if active is not None else None
 
     def _check_time(self, size: int) -> None:
         """Refuse a paced run whose wire alone cannot carry the update within --timeout: at

@@ -1060,3 +1060,29 @@ def test_a_spy_capture_through_the_ncp_holds_the_whole_update_and_decodes_typed(
     assert [(x["kind"], x["args"].get("version")) for x in reports if x["kind"] == "invoke"] == [
         ("invoke", "2.0.0"), ("invoke", "2.3.4")]
     assert sum(x["kind"] == "result" for x in reports) == 2
+
+
+def test_run_reads_the_running_image_from_the_flash_it_was_given(tmp_path):
+    """A flash that runs a delta's base needs no --factory: the primary boots its flash, as the
+    device does. It was refused ("give the primary that base with --factory")."""
+    from dualmcu.image.package import build_package
+    from dualmcu.primary.boot import Bootloader
+    from dualmcu.primary.flash import Flash, Geometry
+
+    old = build_image(make_info("1.0.0", "TMPLE2E", build="Jan  1 2026 00:00:00"), 60_000, content="code")
+    new = build_image(make_info("1.0.1", "TMPLE2E", build="Jan  2 2026 00:00:00"), 60_000, content="code")
+    delta = tmp_path / "delta.pkg"
+    delta.write_bytes(build_package(new, old, "lzma"))
+    flash = tmp_path / "dev.flash"
+    f = Flash.open(str(flash), Geometry(4096, 128 * 1024))
+    Bootloader(f).provision(old)
+    f.close()
+    r = dualmcu("run", "--flash", flash, "--firmware", delta, "--workdir", tmp_path / "w", "--json")
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    result = events(r.stdout)[-1]
+    assert (result["old_version"], result["confirmed"]) == ("1.0.0", "1.0.1")
+    # The flash now runs 1.0.1: the same delta no longer applies, and nothing starts.
+    r = dualmcu("run", "--flash", flash, "--firmware", delta, "--workdir", tmp_path / "w2")
+    assert r.returncode == 2
+    assert r.stderr.decode().strip() == (f"Error: the delta packages apply to 1.0.0, and the flash {flash} runs "
+                                         "1.0.1: give a release with its image, or a delta from 1.0.1")
