@@ -16,12 +16,21 @@ the main thread and never waits on the web):
 
 A slow reader never holds the rollout up: each stream waits on an event that the rollout only
 sets, and on waking sends the newest board, skipping any it missed.
+
+Who may press the buttons: the content type keeps other sites' pages out, but not a site that
+rebinds its DNS name to 127.0.0.1 (its page is then same-origin), nor, with ``--serve
+0.0.0.0:PORT``, anyone on the network.  As Jupyter does it: each run makes a random token, the
+printed URL carries it (``/?token=...``), the page keeps it in a cookie, and every ``/api/``
+request needs it (the cookie, ``Authorization: token ...``, or ``?token=``); and a request whose
+``Host`` is not a name this server is served under is refused (a rebound name never is).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import secrets
 import socket
 import threading
 from collections import deque
@@ -31,16 +40,17 @@ from typing import Any
 from dualmcu.fleet import ACTIONS, Operator
 
 LOG_LENGTH = 500  # events the page's log keeps (progress events are not logged)
+COOKIE = "dualmcu_token"
 
 
 class Board:
     """What the page shows, shared between the rollout's thread and the server's event loop."""
 
-    def __init__(self, operator: Operator, version: str) -> None:
+    def __init__(self, operator: Operator, version: str, summary: dict | None = None) -> None:
         self.operator = operator
         self.version = version
         self._lock = threading.Lock()
-        self._summary: dict = {}
+        self._summary: dict = summary or {}  # fleet.starting_summary until the rollout publishes
         self._log: deque[dict] = deque(maxlen=LOG_LENGTH)
         self._seq = 0
         self._ended = False
@@ -79,7 +89,35 @@ class Board:
             self._watchers.discard((loop, wake))
 
 
-def app(board: Board) -> Any:
+class Guard:
+    """The token of this run and the host names it is served under."""
+
+    def __init__(self, host: str, token: str | None = None) -> None:
+        self.token = token or secrets.token_urlsafe(24)
+        self.wildcard = host in ("0.0.0.0", "::", "")
+        self.names = {"localhost", "127.0.0.1", "::1", host.lower(), socket.gethostname().lower(),
+                      socket.getfqdn().lower()}
+
+    def host_ok(self, header: str) -> bool:
+        """Whether a Host header names this server: one of its names, or (bound to every
+        address) any address literal.  A DNS name that was rebound to it is none of these."""
+        name = header.lower()
+        name = name[1:name.find("]")] if name.startswith("[") else name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+        if name in self.names:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return self.wildcard
+
+    def token_ok(self, request: Any) -> bool:
+        given = (request.cookies.get(COOKIE) or request.query_params.get("token")
+                 or request.headers.get("authorization", "").removeprefix("token ").strip())
+        return bool(given) and secrets.compare_digest(given, self.token)
+
+
+def app(board: Board, guard: Guard) -> Any:
     from sse_starlette import EventSourceResponse
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -89,13 +127,28 @@ def app(board: Board) -> Any:
 
     web = resources.files("dualmcu") / "web"
 
-    async def page(request: Request) -> HTMLResponse:
-        return HTMLResponse((web / "index.html").read_text(encoding="utf-8"))
+    def refused(request: Request) -> JSONResponse | None:
+        if not guard.host_ok(request.headers.get("host", "")):
+            return JSONResponse({"error": "this server is not served under that host name"}, status_code=403)
+        if not guard.token_ok(request):
+            return JSONResponse({"error": "open the URL the command printed: it carries this run's token"},
+                                status_code=403)
+        return None
+
+    async def page(request: Request) -> HTMLResponse | JSONResponse:
+        if (no := refused(request)) is not None:
+            return no
+        response = HTMLResponse((web / "index.html").read_text(encoding="utf-8"))
+        # The page's own requests carry the token from here on; scripts cannot read it.
+        response.set_cookie(COOKIE, guard.token, httponly=True, samesite="strict")
+        return response
 
     async def summary(request: Request) -> JSONResponse:
-        return JSONResponse(board.snapshot()["summary"])
+        return refused(request) or JSONResponse(board.snapshot()["summary"])
 
-    async def stream(request: Request) -> EventSourceResponse:
+    async def stream(request: Request) -> EventSourceResponse | JSONResponse:
+        if (no := refused(request)) is not None:
+            return no
         loop, wake = asyncio.get_running_loop(), asyncio.Event()
         board.watch(loop, wake)
 
@@ -115,6 +168,8 @@ def app(board: Board) -> Any:
         return EventSourceResponse(boards(), ping=15)
 
     async def act(request: Request) -> JSONResponse:
+        if (no := refused(request)) is not None:
+            return no
         action = request.path_params["action"]
         if action not in ACTIONS:
             return JSONResponse({"error": f"no action {action!r}: one of {', '.join(ACTIONS)}"}, status_code=404)
@@ -156,7 +211,7 @@ class Server:
     """uvicorn in a daemon thread, on a socket bound here first, so that a port in use is one
     clear error before the rollout starts, and the page can connect before uvicorn runs."""
 
-    def __init__(self, board: Board, host: str, port: int) -> None:
+    def __init__(self, board: Board, host: str, port: int, token: str | None = None) -> None:
         import uvicorn
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -169,16 +224,26 @@ class Server:
             raise OSError(f"cannot serve on {host}:{port}: {e.strerror}") from None
         self.sock.listen(64)
         self.host, self.port = self.sock.getsockname()[:2]
-        self.server = uvicorn.Server(uvicorn.Config(app(board), log_level="warning", lifespan="off",
+        self.guard = Guard(host, token)
+        self.server = uvicorn.Server(uvicorn.Config(app(board, self.guard), log_level="warning", lifespan="off",
                                                     timeout_graceful_shutdown=1))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name="dashboard", daemon=True)
         self.thread.start()
 
     @property
-    def url(self) -> str:
+    def base(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
+
+    @property
+    def url(self) -> str:
+        """The page's address with this run's token: the one to open."""
+        return f"{self.base}?token={self.token}"
+
+    @property
+    def token(self) -> str:
+        return self.guard.token
 
     def close(self) -> None:
         self.server.should_exit = True

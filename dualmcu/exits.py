@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from contextlib import contextmanager
 from enum import IntEnum
 from typing import Iterator
@@ -66,6 +67,26 @@ class Terminated(KeyboardInterrupt):
     Ctrl-C does so on `kill` too."""
 
 
+# Set by SIGTERM's handler, and never cleared: the exception it raises can be swallowed.  Python
+# runs a signal's handler between any two bytecodes of the main thread, and when those belong to
+# a weakref callback or a __del__ (a Dask cluster runs many), the exception is printed as
+# "Exception ignored in ..." and lost: a `fleet --serve` kept serving 77 minutes after one
+# SIGTERM.  Loops that must end on it ask :func:`check_terminated` at their safe points.
+TERMINATED_EVENT = threading.Event()
+
+
+def check_terminated() -> None:
+    """Raise :class:`Terminated` again if SIGTERM came, whether or not its first raise landed."""
+    if TERMINATED_EVENT.is_set():
+        raise Terminated
+
+
+def wait_for_a_stop() -> None:
+    """Wait until Ctrl-C or SIGTERM (`fleet --serve` keeps its dashboard up this way)."""
+    TERMINATED_EVENT.wait()
+    raise Terminated
+
+
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """Within it, SIGTERM raises :class:`Terminated`.  Without it a command killed by `timeout`
@@ -73,6 +94,7 @@ def sigterm_interrupts() -> Iterator[None]:
     without a word, `dualmcu fuzz` lost what it had found, a file being written stayed half
     made beside its target."""
     def raise_terminated(*_) -> None:
+        TERMINATED_EVENT.set()
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, raise_terminated)

@@ -109,6 +109,7 @@ class DeviceSpec:
     slow_flash: bool
     install_window: tuple[int, int] | None = None
     weak_flash: bool = False  # one sector of the update slot has used up its rated erases
+    group: int = 1  # which group of the population file it was drawn from, counted from 1
 
 
 def _number(d: dict, key: str, default: float, lo: float, hi: float, where: str) -> float:
@@ -190,7 +191,7 @@ def draw_fleet(groups: list[Group], n: int, seed: int) -> list[DeviceSpec]:
                                 round(r.uniform(*g.battery), 1), r.random() < g.slow_flash_share,
                                 g.install_window,
                                 # Drawn last, so that adding the key leaves every other draw as it was.
-                                r.random() < g.weak_flash_share))
+                                r.random() < g.weak_flash_share, groups.index(g) + 1))
     return fleet
 
 
@@ -324,7 +325,7 @@ def run_device(spec: DeviceSpec, build: Shipment, image_size: int, min_version: 
     # Why an update that did not install failed, as the device's telemetry told the cloud
     # (a worn sector's flash_error, say); a rollback's reason has its own field.
     told = (ended[-1].get("telemetry") or {}).get("ota_reason") if ended else None
-    return {"id": spec.id, "hw_rev": spec.hw_rev, "from_version": spec.version, "outcome": outcome,
+    return {"id": spec.id, "hw_rev": spec.hw_rev, "group": spec.group, "from_version": spec.version, "outcome": outcome,
             "offered": bool(offers), "running": running,
             "confirmed": bool(state and state.confirmed == state.active and not state.trial),
             "rollback_reason": rollback[-1].get("reason") if rollback else None,
@@ -337,6 +338,21 @@ def run_shard(specs: list[DeviceSpec], new: bytes, image_size: int, min_version:
     """What a worker runs: a shard of one wave's devices (the build is read and hashed once)."""
     build = Shipment.from_bytes(new, "fleet.bin")
     return [run_device(s, build, image_size, min_version, start_seconds) for s in specs]
+
+
+def breakdown(results: list[dict], key: str) -> dict[str, dict]:
+    """The devices offered the build, split by ``key`` (``hw_rev``, ``group``): how many, and their
+    confirm and rollback rates.  A build that fails on one hardware revision shows there, not
+    diluted in the fleet's rates."""
+    out: dict[str, dict] = {}
+    for r in results:
+        if r["offered"]:
+            part = out.setdefault(str(r[key]), {"offered": 0, "confirmed": 0, "rolled_back": 0})
+            part["offered"] += 1
+            part["confirmed"] += r["outcome"] == "success"
+            part["rolled_back"] += r["outcome"] == "rollback"
+    return {k: {"offered": v["offered"], "confirm_rate": round(v["confirmed"] / v["offered"], 4),
+                "rollback_rate": round(v["rolled_back"] / v["offered"], 4)} for k, v in sorted(out.items())}
 
 
 def tally(results: list[dict], key: str) -> dict[str, int]:
@@ -600,6 +616,7 @@ class Rollout:
              "devices": len(wave), "start_seconds": round(started, 3), "update_seconds": round(longest, 3),
              "outcomes": tally(results, "outcome"), "rollback_reasons": tally(results, "rollback_reason"),
              "failure_reasons": tally(results, "failure_reason"),
+             "by_hw_rev": breakdown(results, "hw_rev"), "by_group": breakdown(results, "group"),
              **self.rates(), "gate": "pass" if decision is None else "pause", "gate_reason": decision}
         self.waves.append(w)
         self.emit({"event": "wave", **w})
@@ -622,11 +639,23 @@ class Rollout:
                 "rolled_back_confirmed_old": sum(r["outcome"] == "rollback" and r["confirmed"]
                                                  and r["running"] == r["from_version"] for r in offered),
                 "outcomes": tally(offered, "outcome"),
+                "by_hw_rev": breakdown(offered, "hw_rev"), "by_group": breakdown(offered, "group"),
                 "device_states": self.device_states(), "blocklisted": self.blocklisted,
                 "actions": list(self.actions_taken),
                 "canary_percent": self.plan.canary_percent, "waves": list(self.waves),
                 "rollout_seconds": round(self.clock, 3), "wall_seconds": round(self.wall_seconds, 3),
                 "workers": self.executor.workers}
+
+
+def starting_summary(version: str, devices: int, canary_percent: float) -> dict:
+    """The summary's schema before the rollout exists (the cluster starting): state
+    ``starting``, every count zero, so a page or a script reads the same keys from the first
+    request on."""
+    return {"event": "summary", "state": "starting", "paused_by": None, "version": version, "devices": devices,
+            "eligible": 0, "offered": 0, "confirmed": 0, "rolled_back": 0, "rolled_back_confirmed_old": 0,
+            "outcomes": {}, "by_hw_rev": {}, "by_group": {}, "device_states": {}, "blocklisted": False, "actions": [],
+            "canary_percent": canary_percent, "waves": [], "rollout_seconds": 0.0, "wall_seconds": 0.0,
+            "workers": 0}
 
 
 # -- the embedded examples -----------------------------------------------------------------------
@@ -660,5 +689,12 @@ def device_rows(results: dict[int, dict]) -> list[dict]:
 
 def as_rows(summary: dict) -> list[dict]:
     """The time series as CSV rows: one per wave."""
-    return [{k: (v if not isinstance(v, dict) else ";".join(f"{a}={b}" for a, b in v.items()))
-             for k, v in w.items()} for w in summary["waves"]]
+    def cell(v):
+        if isinstance(v, dict):  # outcomes: success=9;rollback=1
+            return ";".join(f"{a}={inner(b)}" for a, b in v.items())
+        return v
+
+    def inner(v):  # by_hw_rev: A=offered:9/confirm_rate:1.0/rollback_rate:0.0;B=...
+        return "/".join(f"{a}:{b}" for a, b in v.items()) if isinstance(v, dict) else v
+
+    return [{k: cell(v) for k, v in w.items()} for w in summary["waves"]]

@@ -6,11 +6,10 @@ import csv
 import io
 import json
 import sys
-import threading
 
 import click
 
-from dualmcu.exits import ExitCode
+from dualmcu.exits import ExitCode, check_terminated, wait_for_a_stop
 
 from .common import JSON, InputError, IOFailure, Number, main, read_file, write_file
 
@@ -87,7 +86,8 @@ def fleet(demo, population, plan, firmware, image_size, devices, seed, scheduler
         except ValueError as e:
             raise InputError(str(e)) from None
         operator = F.Operator()
-        board = D.Board(operator, (read_info(new) or {})["mcu"])
+        version = (read_info(new) or {})["mcu"]
+        board = D.Board(operator, version, F.starting_summary(version, n, the_plan.canary_percent))
         try:
             server = D.Server(board, host, port)
         except OSError as e:
@@ -95,6 +95,7 @@ def fleet(demo, population, plan, firmware, image_size, devices, seed, scheduler
     rollout = None
 
     def out(event: dict) -> None:
+        check_terminated()  # a SIGTERM whose exception a callback swallowed ends it here
         if board is not None and rollout is not None:
             board.publish(event, rollout.summary(), ended=event["event"] == "summary")
         if event["event"] == "progress":
@@ -134,11 +135,11 @@ def fleet(demo, population, plan, firmware, image_size, devices, seed, scheduler
             board.publish(summary, summary, ended=True)
         _report(summary, csv_path, devices_csv, rollout, as_json)
         if server is not None:
-            click.echo(f"the dashboard stays up at {server.url} until Ctrl-C", err=True)
+            click.echo(f"the dashboard stays up at {server.url} until Ctrl-C or SIGTERM", err=True)
             try:
-                threading.Event().wait()
+                wait_for_a_stop()
             except KeyboardInterrupt:
-                pass
+                pass  # the rollout had ended: its verdict stands, the stop only closes the page
     finally:
         if server is not None:
             server.close()

@@ -74,6 +74,14 @@ function render(board) {
   charts.states.data.datasets[0].data = Object.values(states);
   charts.states.update("none");
 
+  const split = [["hardware revision", s.by_hw_rev || {}], ["population group", s.by_group || {}]];
+  $("breakdown").tBodies[0].replaceChildren(...split.flatMap(([by, parts]) => Object.entries(parts).map(([k, v]) => {
+    const tr = row([by, k, v.offered, v.confirm_rate, v.rollback_rate]);
+    tr.dataset.split = by;
+    tr.dataset.value = k;
+    return tr;
+  })));
+
   const waves = s.waves || [];
   $("waves").tBodies[0].replaceChildren(...waves.map((w) => row([
     w.wave, w.name, w.devices, (w.start_seconds / 86400).toFixed(2),
@@ -95,7 +103,8 @@ function render(board) {
     const li = document.createElement("li");
     const day = e.at_seconds !== undefined ? `day ${(e.at_seconds / 86400).toFixed(2)}: ` : "";
     let what;
-    if (e.event === "wave") what = `wave ${e.wave} (${e.name}): gate ${e.gate}${e.gate_reason ? " — " + e.gate_reason : ""}`;
+    // A pause is said once, by its gate event: the wave's own line names only a gate passed.
+    if (e.event === "wave") what = `wave ${e.wave} (${e.name}): ${e.devices} devices` + (e.gate === "pass" ? ", gate passed" : "");
     else if (e.event === "gate") what = `gate: ${e.decision} — ${e.reason}`;
     else if (e.event === "operator") what = `operator (${e.source}): ${e.action}${e.build ? " " + e.build : ""}`;
     else if (e.event === "blocklisted") what = `build ${e.build} is blocklisted: rollout stopped`;
