@@ -40,6 +40,7 @@ import subprocess
 import tempfile
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -66,6 +67,7 @@ CONFIRM = 3  # replays of each failure class before it is reported
 BATCH = 25  # cases per Hypothesis run of a campaign
 NEVER_SEND = {"ncp_reboot", "mcu_reboot", "hw_setUartBaudRate", "blynk_factoryReset"}
 OTA_SIZE = 4096
+START_WAIT = 2.0  # how long an accepted offer waits for the primary to start the transfer
 OTA_CHUNK = 256
 RSS_GROWTH = 1 << 20  # a case that leaves the target this much bigger has leaked (bytes)
 RSS_CEILING = 256 << 20  # a target this much bigger than when it started is restarted
@@ -106,10 +108,17 @@ class Step:
     expect: str | None = None  # "true": status OK and return true; "refused": false or an error status
     answered: bool = False  # the target must answer it (a call it serves, or args it must refuse)
     fn: str = "frame"  # the function it calls (for classing failures); "frame" for raw bytes
+    # The facts ``expect`` stands on, so that a replay judges by the same ones: the step
+    # (its index in the case) that must have been answered true in this very run (the write a
+    # resend repeats, the offer a wrong offset follows), and a call of the target's own to wait
+    # for once this step is answered (the primary's blynk_otaUpdateStart after an offer).
+    needs: int | None = None
+    waits_for: str | None = None
 
     def to_json(self) -> dict:
         return {"what": self.what, "send": self.data.hex(), "msg_id": self.msg_id, "timeout": self.timeout,
-                "expect": self.expect, "answered": self.answered, "fn": self.fn}
+                "expect": self.expect, "answered": self.answered, "fn": self.fn, "needs": self.needs,
+                "waits_for": self.waits_for}
 
     @classmethod
     def from_json(cls, d: dict) -> Step:
@@ -122,8 +131,13 @@ class Step:
             raise ValueError(f"timeout {timeout!r} is not 0..60 seconds")
         if d.get("expect") not in (None, "true", "refused"):
             raise ValueError(f"expect {d.get('expect')!r} is not true, refused or null")
+        needs, waits_for = d.get("needs"), d.get("waits_for")
+        if needs is not None and not (isinstance(needs, int) and needs >= 0):
+            raise ValueError(f"needs {needs!r} is not the index of an earlier step")
+        if waits_for is not None and waits_for not in INTERFACE.by_name:
+            raise ValueError(f"waits_for {waits_for!r} is not a function of the interface")
         return cls(d["what"], bytes.fromhex(d["send"]), msg_id, float(timeout), d.get("expect"),
-                   bool(d.get("answered", False)), str(d.get("fn", "frame")))
+                   bool(d.get("answered", False)), str(d.get("fn", "frame")), needs, waits_for)
 
 
 @dataclass(frozen=True)
@@ -162,6 +176,7 @@ class Session:
         self.watch = self.profile.decoder()
         self.results: dict[int, Result] = {}
         self.info: dict[str, str] = {}
+        self.called: Counter[str] = Counter()  # the target's own calls, by function
         self._next = FUZZ_IDS.start
         # What the fuzzer can see of a target process it runs itself (--target-cmd): its
         # resident memory and, once it has died, its exit code.  None for a real board.
@@ -177,6 +192,7 @@ class Session:
 
     def _answer(self, inc: Incoming) -> Any:
         fn = inc.fn
+        self.called[fn.name] += 1
         if fn.name == "blynk_setFirmwareInfo":
             self.info = dict(inc.args)
         if fn.name == "blynk_getState":
@@ -323,12 +339,21 @@ class Session:
         self.pump(3.0, lambda: bool(self.info))
 
 
-def check(step: Step, result: Result | None) -> Problem | None:
+def answered_true(result: Result | None) -> bool:
+    return result is not None and result.status == 0 and result.data == b"\x01"
+
+
+def check(step: Step, result: Result | None, facts: list[bool] | None = None) -> Problem | None:
+    """The oracle of one step.  ``facts``: for each step before it, whether it was answered
+    true in this run; an expectation that stands on one that was not does not apply (the case
+    did not reach the state it is about: the transfer never started, say)."""
     if step.expect is None:
+        return None
+    if step.needs is not None and not (facts is not None and step.needs < len(facts) and facts[step.needs]):
         return None
     if result is None:
         return Problem("answer_due", step.fn, f"{step.what}: no answer within {step.timeout} s")
-    ok_true = result.status == 0 and result.data == b"\x01"
+    ok_true = answered_true(result)
     if step.expect == "true" and not ok_true:
         return Problem("resend_acknowledged", step.fn,
                        f"{step.what}: expected true, got status {result.status:#x} data {result.data.hex()}")
@@ -375,7 +400,16 @@ def case_strategy(target: str) -> st.SearchStrategy:
 @dataclass
 class Ota:
     offset: int = 0
-    last: tuple[int, bytes] | None = None
+    last: tuple[int, bytes, int] | None = None  # the last write acknowledged: offset, bytes, step
+
+
+def send_waiting(session: Session, step: Step) -> Result | None:
+    """Send a step and, when it names one, wait for the target's own call that must follow."""
+    before = session.called[step.waits_for] if step.waits_for else 0
+    result = session.send(step)
+    if step.waits_for and answered_true(result):
+        session.pump(START_WAIT, lambda: session.called[step.waits_for] > before)
+    return result
 
 
 def chunk_at(offset: int, n: int) -> bytes:
@@ -414,18 +448,23 @@ def build(session: Session, case: list) -> list[Step]:
 
 
 def run_ota(session: Session, ops: list, record: list[Step]) -> Problem | None:
-    """An OTA sequence against a primary, with its oracles; every step sent is recorded."""
+    """An OTA sequence against a primary, with its oracles; every step sent is recorded, with
+    the facts each expectation stands on (:class:`Step`), which a replay checks again."""
     def go(step: Step) -> Result | None:
         record.append(step)
-        return session.send(step)
+        return send_waiting(session, step)
 
     session.learn_type()
     fw_type = session.info.get("type", "")
     go(session.invoke("client_otaUpdateCancel", what="ota cancel (clean start)"))
-    r = go(session.invoke("client_otaUpdateAvailable", {"filename": "fuzz.bin", "size": OTA_SIZE, "fw_type": fw_type,
-                                                       "fw_version": "999.0.0", "fw_build": "fuzz"}, what="ota offer"))
-    accepted = r is not None and r.status == 0 and r.data == b"\x01"
-    session.pump(0.05)  # the primary calls Start on us
+    offer = session.invoke("client_otaUpdateAvailable", {"filename": "fuzz.bin", "size": OTA_SIZE, "fw_type": fw_type,
+                                                        "fw_version": "999.0.0", "fw_build": "fuzz"}, what="ota offer")
+    # A primary starts the transfer itself, with its own blynk_otaUpdateStart: writes wait for
+    # it. A fixed pause raced a firmware slower than it, whose refusals of writes sent before
+    # its Start read as a refused resend.
+    offer.waits_for = "blynk_otaUpdateStart"
+    accepted = answered_true(go(offer))
+    offered_at = len(record) - 1
     ota = Ota()
     for op in ops:
         kind = op[0]
@@ -434,15 +473,15 @@ def run_ota(session: Session, ops: list, record: list[Step]) -> Problem | None:
             data = chunk_at(ota.offset, n)
             step = session.invoke("client_otaUpdateWrite", {"offset": ota.offset, "chunk": data, "crc32": zlib.crc32(data)},
                                   what=f"ota write {ota.offset}")
-            r = go(step)
-            if r is not None and r.status == 0 and r.data == b"\x01":
-                ota.last = (ota.offset, data)
+            if answered_true(go(step)):
+                ota.last = (ota.offset, data, len(record) - 1)
                 ota.offset += n
         elif kind == "write_dup" and ota.last is not None and accepted:
-            off, data = ota.last
+            off, data, first = ota.last
             step = session.invoke("client_otaUpdateWrite", {"offset": off, "chunk": data, "crc32": zlib.crc32(data)},
                                   expect="true", what=f"ota resend of the last chunk {off}")
-            problem = check(step, go(step))
+            step.needs = first  # an exact resend of a write that was acknowledged, and no other
+            problem = check(step, go(step), facts=[True] * len(record))
             if problem:
                 return problem
         elif kind == "write_empty":
@@ -457,7 +496,8 @@ def run_ota(session: Session, ops: list, record: list[Step]) -> Problem | None:
             data = bytes(b ^ 0x5A for b in chunk_at(off, 16))
             step = session.invoke("client_otaUpdateWrite", {"offset": off, "chunk": data, "crc32": zlib.crc32(data)},
                                   expect="refused" if accepted else None, what=f"ota write at wrong offset {off}")
-            problem = check(step, go(step))
+            step.needs = offered_at
+            problem = check(step, go(step), facts=[True] * len(record))
             if problem:
                 return problem
         elif kind == "finish":
@@ -779,6 +819,12 @@ class CaseFileError(ValueError):
 
 def load_case(path: str) -> list[Step]:
     """The steps of a saved case, or one line saying why the file is not one."""
+    return read_case(path)[0]
+
+
+def read_case(path: str) -> tuple[list[Step], dict]:
+    """The steps of a saved case and what the file says of its target (``target``,
+    ``framing``, ``baud``), or one line saying why the file is not one."""
     try:
         data = json.loads(read_input(path, "saved case", MAX_TEXT).decode("utf-8"))
     except InputFileError as e:
@@ -788,18 +834,27 @@ def load_case(path: str) -> list[Step]:
     if not isinstance(data, dict) or not isinstance(data.get("steps"), list) or not data["steps"]:
         raise CaseFileError(f"{path} is not a saved case: it has no list of steps")
     try:
-        return [Step.from_json(d) for d in data["steps"]]
+        steps = [Step.from_json(d) for d in data["steps"]]
     except (ValueError, TypeError) as e:
         raise CaseFileError(f"{path}: step does not read: {e}") from None
+    meta = {k: data[k] for k in ("target", "framing", "baud") if k in data}
+    if meta.get("target") not in (None, PRIMARY, NCP):
+        raise CaseFileError(f"{path}: target {meta['target']!r} is neither primary nor ncp")
+    return steps, meta
 
 
 def play(session: Session, steps: list[Step]) -> Problem | None:
+    """Send a recorded case again and judge it as the run that found it did: each expectation
+    only where the steps it stands on were answered true in this replay too."""
     rss = session.start_case()
+    facts: list[bool] = []
     for step in steps:
         try:
-            problem = check(step, session.send(step))
+            result = send_waiting(session, step)
         except Dead as dead:
             return dead.problem
+        problem = check(step, result, facts)
+        facts.append(answered_true(result))
         if problem:
             return problem
     return health(session, steps[-1].fn if steps else "-", rss)

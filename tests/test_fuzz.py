@@ -56,11 +56,17 @@ def test_finds_and_shrinks_the_duplicate_chunk_hazard_confirms_and_replays_it(tm
     assert len(whats) <= 5 and whats[-1].startswith("ota resend") and any(w == "ota offer" for w in whats)
     assert b"confirmed (3/3 replays" in r.stdout
     path = out / "resend_acknowledged-client_otaUpdateWrite.json"
+    # The printed hint is a whole command (it ended in "..."), and the file names the side.
+    import shlex
+
+    hint = [line for line in r.stdout.decode().splitlines() if "play it again with: " in line][0]
+    words = shlex.split(hint.split("play it again with: ", 1)[1])
+    assert words[:4] == ["dualmcu", "fuzz", "--replay", str(path)] and "--target" not in words
     (tmp_path / "fz.flash").unlink()
-    assert dualmcu("fuzz", "--target", "primary", "--replay", path, "--target-cmd", bad).returncode == 1
+    assert dualmcu(*words[1:]).returncode == 1
     (tmp_path / "fz.flash").unlink()
     good = primary_cmd(tmp_path, factory)
-    assert dualmcu("fuzz", "--target", "primary", "--replay", path, "--target-cmd", good).returncode == 0
+    assert dualmcu("fuzz", "--replay", path, "--target-cmd", good).returncode == 0
 
 
 @pytest.mark.timeout(400)
@@ -222,3 +228,17 @@ def test_a_campaign_stopped_by_sigterm_saves_what_it_found_unconfirmed(tmp_path,
     assert result["unconfirmed"] == result["classes"]
     case = findings(out)["resend_acknowledged client_otaUpdateWrite"]
     assert case["verdict"] == "unconfirmed" and case["reproduced"] == "0/0" and case["steps"]
+
+
+def test_a_campaign_leads_with_the_confirmed_and_counts_the_rest_in_one_line(tmp_path, factory):
+    """15 not-reproduced classes were printed at the weight of the one confirmed."""
+    out = tmp_path / "found"
+    racy = primary_cmd(tmp_path, factory, defects="racy-duplicate-hazard,duplicate-chunk-hazard")
+    r = dualmcu("fuzz", "--target", "primary", "--examples", 30, "--seed", 1, "--out", out, "--target-cmd", racy)
+    text = r.stdout.decode().splitlines()
+    assert r.returncode == 1 and text[0].startswith("confirmed ("), text
+    found = findings(out)
+    rest = [c for c in found.values() if c["verdict"] != "confirmed"]
+    if rest:
+        assert text[-1].startswith("not confirmed: ") and text[-1].endswith(f"(their cases and replay counts are in {out})")
+    assert sum(line.startswith("confirmed (") for line in text) == sum(c["verdict"] == "confirmed" for c in found.values())

@@ -6,8 +6,12 @@ import os
 import re
 import shlex
 import sys
+from collections import Counter
 
 import click
+from click.core import ParameterSource
+
+from dualmcu.framing import PROFILE_NAMES
 
 from .common import BAUD, FRAMING, JSON, InputError, IOFailure, Size, emit_json, main, seconds
 
@@ -16,7 +20,7 @@ from .common import BAUD, FRAMING, JSON, InputError, IOFailure, Size, emit_json,
 @click.option("-p", "--port", envvar="DUALMCU_PORT", show_envvar=True, help="Port of the target (path or pyserial URL).")
 @click.option("--target-cmd", help="Run the target yourself: a command with {port} for its port; it is restarted when it dies.")
 @click.option("--reset-cmd", help="Shell command that resets a real target that stopped answering (and before each confirming replay).")
-@click.option("--target", "target_side", type=click.Choice(["primary", "ncp"]), required=True, help="Which side the target is.")
+@click.option("--target", "target_side", type=click.Choice(["primary", "ncp"]), help="Which side the target is (with --replay: the case file's, unless given).")
 @FRAMING
 @BAUD
 @click.option("--examples", type=click.IntRange(1), default=200, show_default=True, help="Cases to try (before shrinking).")
@@ -25,12 +29,13 @@ from .common import BAUD, FRAMING, JSON, InputError, IOFailure, Size, emit_json,
 @click.option("--db", type=click.Path(file_okay=False), help="Directory of Hypothesis's example database: a campaign replays the failures it knows first.")
 @click.option("--confirm", "confirm_times", type=click.IntRange(1, 100), default=3, show_default=True, help="Replays of each failure class against a fresh target before it is reported.")
 @click.option("--out", type=click.Path(file_okay=False), default="fuzz-findings", show_default=True, help="Directory where each failure class's case is saved.")
-@click.option("--replay", type=click.Path(exists=True, dir_okay=False), help="Play a saved case again instead of fuzzing.")
+@click.option("--replay", type=click.Path(exists=True, dir_okay=False), help="Play a saved case again instead of fuzzing; its target side, framing and baud rate are the file's unless given.")
 @click.option("--ping-wait", type=seconds(), default=3.2, show_default=True, help="Seconds a liveness check waits for ping answers before the target counts as dead (a real MCU may be busy in a call of its own).")
 @click.option("--rss-growth", type=Size(1 << 40), default="1M", show_default=True,
               help="With --target-cmd: a case that leaves the target's resident memory bigger by more than this has leaked.")
 @JSON
-def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, duration, seed, db, confirm_times, out,
+@click.pass_context
+def fuzz(ctx, port, target_cmd, reset_cmd, target_side, framing, baud, examples, duration, seed, db, confirm_times, out,
          replay, ping_wait, rss_growth, as_json) -> None:
     """Fuzz a live peer (real firmware or an emulator) from the interface table.
 
@@ -69,9 +74,15 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, dura
     steps = None
     if replay:
         try:
-            steps = F.load_case(replay)  # a bad file is refused before any port is opened
+            steps, meta = F.read_case(replay)  # a bad file is refused before any port is opened
         except F.CaseFileError as e:
             raise InputError(str(e)) from None
+        given = lambda name: ctx.get_parameter_source(name) is not ParameterSource.DEFAULT  # noqa: E731
+        target_side = target_side or meta.get("target")
+        framing = framing if given("framing") or meta.get("framing") not in PROFILE_NAMES else meta["framing"]
+        baud = baud if given("baud") or not isinstance(meta.get("baud"), int) else meta["baud"]
+    if target_side is None:
+        raise click.UsageError("give --target primary or --target ncp: which side the target is")
     say = emit_json if as_json else (lambda obj: click.echo(" ".join(f"{k}={v}" for k, v in obj.items()), err=True))
     target = F.Target(port, baud, target_cmd, reset_cmd)
     try:
@@ -124,8 +135,9 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, dura
                     saved[f.problem.key] = path
             except OSError as e:
                 raise InputError(f"cannot save findings to {out}: {e.strerror or e}") from None
-        for f in findings:
-            say({"event": "finding", **f.summary(), "saved": saved.get(f.problem.key)})
+        if as_json:
+            for f in findings:
+                say({"event": "finding", **f.summary(), "saved": saved.get(f.problem.key)})
         confirmed = [f for f in findings if f.verdict == "confirmed"]
         result = {"event": "result", "cases": campaign.cases, "seconds": round(campaign.seconds, 2),
                   "classes": len(findings), "confirmed": len(confirmed),
@@ -137,16 +149,31 @@ def fuzz(port, target_cmd, reset_cmd, target_side, framing, baud, examples, dura
             result["unconfirmed"] = sum(f.verdict == "unconfirmed" for f in findings)
         say(result)
         if findings and not as_json:
-            for f in findings:
-                click.echo(f"{f.verdict} ({f.reproduced}/{f.replays} replays, seen in {f.seen} cases): "
+            # The confirmed lead, in full; the rest is one line (each class's case is in --out).
+            for f in confirmed:
+                click.echo(f"confirmed ({f.reproduced}/{f.replays} replays, seen in {f.seen} cases): "
                            f"{f.problem.key}: {f.reason}")
                 for s in f.steps:
                     click.echo(f"  {s.what:<40} {s.data.hex(' ')}")
-                click.echo(f"  saved to {saved[f.problem.key]}; play it again with: dualmcu fuzz --replay "
-                           f"{saved[f.problem.key]} ...")
+                click.echo(f"  saved to {saved[f.problem.key]}; play it again with: "
+                           + replay_command(saved[f.problem.key], port, target_cmd, reset_cmd))
+            rest = Counter(f.verdict for f in findings if f.verdict != "confirmed")
+            if rest:
+                click.echo("not confirmed: " + ", ".join(f"{n} {v.replace('_', ' ')}" for v, n in sorted(rest.items()))
+                           + f" (their cases and replay counts are in {out})")
         if campaign.stopped is not None:
             sys.exit(stopped_code(campaign.stopped))
         sys.exit(1 if confirmed else 0)
     finally:
         p.close()
         target.close()
+
+
+def replay_command(path: str, port: str | None, target_cmd: str | None, reset_cmd: str | None) -> str:
+    """The whole command that plays a saved case again: the file names the side, the framing
+    and the baud rate; the target is the one this campaign used."""
+    words = ["dualmcu", "fuzz", "--replay", path]
+    words += ["--target-cmd", target_cmd] if target_cmd else ["--port", port or ""]
+    if reset_cmd:
+        words += ["--reset-cmd", reset_cmd]
+    return shlex.join(words)
