@@ -245,3 +245,15 @@ def test_a_result_after_a_reboot_answers_the_latest_call_with_its_msg_id():
         ("rx", "invoke", "ncp_ping", 2), ("rx", "invoke", "ncp_ping", 1), ("tx", "result", "ncp_ping", 1),
         ("rx", "invoke", "blynk_getNcpVersion", 2), ("tx", "result", "blynk_getNcpVersion", 2)]
     assert recs[-1]["args"] == {"version": "0.7.0", "return": True} and "reason" not in recs[-1]
+
+
+def test_encode_refuses_a_message_longer_than_the_framing_carries_unless_asked():
+    chunk = "0x" + "00" * 2000
+    r = run("encode", "--framing", "blynk", "client_otaUpdateWrite", "offset=0", f"chunk={chunk}", "crc32=0")
+    assert r.exit_code == 2
+    assert "the message has 2016 bytes, more than the blynk framing carries (1536)" in r.output
+    r = run("encode", "--framing", "blynk", "--oversize", "client_otaUpdateWrite", "offset=0", f"chunk={chunk}",
+            "crc32=0")
+    assert r.exit_code == 0
+    frame = bytes.fromhex(r.output.strip().replace(" ", ""))
+    assert frame[0] == 0xAA and frame[-1] == 0xBB and len(frame) > 2016

@@ -183,9 +183,10 @@ def read_capture(src, option: str) -> bytes:
 @main.command()
 @FRAMING
 @click.option("--msg-id", type=click.IntRange(0, 0xFFFF), default=1, show_default=True)
+@click.option("--oversize", is_flag=True, help="Frame a message longer than the framing carries (1536 bytes for blynk): a deliberate test of a receiver's limit.")
 @click.argument("name")
 @click.argument("args", nargs=-1, metavar="[ARG=VALUE]...")
-def encode(framing: str, msg_id: int, name: str, args: tuple[str, ...]) -> None:
+def encode(framing: str, msg_id: int, oversize: bool, name: str, args: tuple[str, ...]) -> None:
     """Print the frame of one call as hex, e.g. for a hand test against hardware.
 
     NAME is a function of the interface (see `dualmcu docs interface`); arguments are given as
@@ -216,7 +217,13 @@ def encode(framing: str, msg_id: int, name: str, args: tuple[str, ...]) -> None:
     try:
         body = fn.encode_args(values)
         msg = Invoke(fn.uid, msg_id, body) if fn.kind == INVOKE else Oneway(fn.uid, body)
-        frame = get_profile(framing).encode(msg.encode())
-    except (ArgsError, FramingError) as e:
+    except ArgsError as e:
         raise click.UsageError(f"{e}; {fn.signature()}") from None
+    profile = get_profile(framing)
+    message = msg.encode()
+    if len(message) > profile.send_limit and not oversize:
+        raise click.UsageError(f"the message has {len(message)} bytes, more than the {framing} framing carries "
+                               f"({profile.send_limit}): no peer takes it; --oversize frames it anyway, to test "
+                               "a receiver's limit")
+    frame = profile.encode_unchecked(message) if oversize else profile.encode(message)
     click.echo(frame.hex(" "))
