@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from dualmcu.framing import FramingError, get_profile
+from dualmcu.framing import get_profile
 from dualmcu.rpc.interface import INTERFACE, INVOKE
 from dualmcu.rpc.message import Invoke, Oneway
 from dualmcu.rpc.types import ArgsError
