@@ -271,3 +271,44 @@ class End:
     @property
     def stats(self) -> dict[str, int]:
         return self.lane.stats
+
+
+# Within this the two ends' rates agree as a UART's would (its sampling at mid-bit absorbs a
+# few per cent over one 10-bit frame).
+RATE_TOLERANCE = 0.03
+
+
+def rates_agree(sent_at: int, read_at: int) -> bool:
+    return abs(read_at - sent_at) <= RATE_TOLERANCE * sent_at
+
+
+def misread(data: bytes, sent_at: int, read_at: int) -> bytes:
+    """What a UART receiving at ``read_at`` baud makes of ``data`` sent back to back at
+    ``sent_at`` baud (8N1), bit by bit: it waits for a falling edge, samples the start bit, the
+    eight data bits and the stop bit at the middle of its own bit times, and keeps a byte only
+    when its stop bit reads high (a framing error loses it).  So a firmware that talks at the
+    wrong rate gets what it would get on the bench: fewer bytes, none of them right."""
+    if rates_agree(sent_at, read_at):
+        return data
+    bits = bytearray()
+    for b in data:
+        bits.append(0)
+        bits.extend((b >> i) & 1 for i in range(8))
+        bits.append(1)
+    n, step = len(bits), sent_at / read_at  # the receiver's bit time, in the sender's
+    level = lambda t: bits[int(t)] if t < n else 1  # noqa: E731  (idle high after the burst)
+    out = bytearray()
+    i = 0
+    while i < n:
+        if bits[i] != 0 or (i and bits[i - 1] != 1):
+            i += 1
+            continue  # not a falling edge
+        if level(i + 0.5 * step) != 0:
+            i += 1
+            continue  # a glitch, not a start bit
+        value = sum(level(i + (1.5 + k) * step) << k for k in range(8))
+        stop = i + 9.5 * step
+        if level(stop) == 1:
+            out.append(value)
+        i = max(i + 1, int(stop))  # the next edge is looked for from the stop bit on
+    return bytes(out)

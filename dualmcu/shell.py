@@ -32,7 +32,7 @@ from dualmcu.rpc.endpoint import earliest
 from dualmcu.rpc.events import Event, checked
 
 from .exits import ExitCode, say_error
-from .link import End, LinkConfig, new_stats
+from .link import End, LinkConfig, misread, new_stats, rates_agree
 
 IDLE_WAKE = 0.5  # with no deadline, wake this often anyway (signals, --once checks, silence)
 FALLBACK_POLL = 0.002  # read timeout for URL handlers without a file descriptor
@@ -617,6 +617,11 @@ class Port:
         self.made_room = False
         self.wake: SignalWake | None = None  # set while a Runner waits on this port
         self._sock = None
+        # An exec: target (dualmcu.target) on the far end of this port's pty: its process is
+        # ended with the port, and its own baud rate decides what each end hears.
+        self.owner = None
+        self.misheard: tuple[int, int] | None = None  # (theirs, ours) when bytes last crossed mismatched
+        self._said: tuple[tuple[int, int] | None, int, int] = (None, 1, 0)  # mismatch, starts, exits said
         # A spy:// port logs in its read() and write(), which the shell goes round (it reads
         # and writes the descriptor): what crosses is handed to the spy's own formatter, so
         # the capture holds every byte in pyserial's format (`dualmcu decode --spy` reads it).
@@ -714,6 +719,8 @@ class Port:
             return b""
         if data and self._spy is not None:
             self._spy.rx(data)
+        if data and self.owner is not None:
+            data = self._across(data, sending=False)
         if not data and hung_up:
             raise PortError("the other side closed the connection" if self._sock is not None else
                             "the port failed: it reports data to read but gives none "
@@ -740,11 +747,42 @@ class Port:
         as the core was given it, so the emulator's own work in the step does not count as
         wire time (a real MCU answers in microseconds)."""
         self.sent += len(data)
+        if self.owner is not None:
+            data = self._across(data, sending=True)
         if self.end is not None:
             self.end.send(data, time.monotonic() if now is None else now)
             self.pump(time.monotonic(), counted=False)
             return
         self._queue(data)
+
+    def _across(self, data: bytes, sending: bool) -> bytes:
+        """Bytes between this side and an exec: target as the receiving UART makes of them: a
+        pty ignores line speed, so the two ends' rates are compared here (link.misread)."""
+        theirs = self.owner.baud()
+        if theirs is None or self.baudrate is None or rates_agree(self.baudrate, theirs):
+            return data
+        self.misheard = (theirs, self.baudrate)
+        return misread(data, self.baudrate, theirs) if sending else misread(data, theirs, self.baudrate)
+
+    def notes(self) -> list[tuple[Event, dict]]:
+        """What an exec: target did since last asked, as events: a new mismatch of the two
+        ends' rates, a restart (a reboot, or a power cut).  A target that gave up ends the side."""
+        owner = self.owner
+        if owner is None:
+            return []
+        if owner.failure is not None:
+            raise PortError(owner.failure)
+        out: list[tuple[Event, dict]] = []
+        said_rates, said_starts, said_exits = self._said
+        if self.misheard is not None and self.misheard != said_rates:
+            out.append((Event.BAUD_MISMATCH, {"firmware_baud": self.misheard[0], "baud": self.misheard[1],
+                                              "note": "bytes crossed as a UART at the other rate hears them"}))
+        for code in owner.exits[said_exits:]:
+            out.append((Event.TARGET_EXITED, {"code": code}))
+        if owner.starts > said_starts:
+            out.append((Event.TARGET_STARTED, {"starts": owner.starts, "log": owner.log_path}))
+        self._said = (self.misheard, owner.starts, len(owner.exits))
+        return out
 
     def _queue(self, data: bytes) -> None:
         self.queue += data
@@ -845,6 +883,8 @@ class Port:
             self._sock.close()
         else:
             os.close(self._fd)
+        if self.owner is not None:
+            self.owner.close()
 
 
 class Runner:
@@ -926,6 +966,10 @@ class Runner:
                 if self.events is not None:
                     self.events.release()
                 self._act()
+                notes = getattr(port, "notes", None)  # stand-in ports in tests have none
+                if self.events is not None and notes is not None:
+                    for kind, fields in notes():
+                        self.events(kind, **fields)
                 deadline = self.core.next_deadline()  # after the tick, the idle work and a reboot
                 if self.watchdog is not None:
                     self.watchdog.check(core, now)

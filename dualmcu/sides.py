@@ -22,6 +22,7 @@ from dualmcu.rpc.events import Event
 
 from .exits import ExitCode, say_error, stopped_code, stopped_word
 from .paths import default_store
+from .target import ExecTarget, TargetError
 from .shell import EventPrinter, Port, PortError, Runner, Silence, Stop, Wire, open_port, shown
 
 
@@ -416,17 +417,35 @@ def _ended(emit: EventPrinter, stop: Stop, **note: str) -> int:
 
 
 def open_side_port(url: str, baud: int, wire: Wire | None) -> Port | None:
-    """The side's port, or None once the reason it cannot be opened has been said."""
+    """The side's port, or None once the reason it cannot be opened has been said.  An
+    ``exec:`` URL starts the firmware under test on a fresh pty (dualmcu.target)."""
     try:
-        return Port.of(wire) if wire is not None else Port(open_port(url, baud))
-    except (PortError, OSError) as e:
+        if wire is not None:
+            return Port.of(wire)
+        if url.startswith("exec:"):
+            return exec_port(url, baud)
+        return Port(open_port(url, baud))
+    except (PortError, OSError, TargetError) as e:
         say_error(shown(e))
         return None
 
 
+def exec_port(url: str, baud: int, log: str | None = None) -> Port:
+    """This side's end of a pty whose far end runs the firmware of ``exec:COMMAND``."""
+    target = ExecTarget(url, log).start()
+    try:
+        port = Port(None, fd=os.dup(target.master), baud=baud)
+    except BaseException:
+        target.close()
+        raise
+    port.owner = target
+    return port
+
+
 def _serve(port: Port, url: str, baud: int, framing: str, make, on_action, emit, check=None,
            verdict=None) -> int:
-    emit(Event.PORT_OPEN, t=time.monotonic(), port=url, baud=baud, clock_origin=emit.origin_utc())
+    log = {"firmware_log": port.owner.log_path} if getattr(port, "owner", None) is not None else {}
+    emit(Event.PORT_OPEN, t=time.monotonic(), port=url, baud=baud, clock_origin=emit.origin_utc(), **log)
     try:
         runner = Runner(port, make(time.monotonic()), on_action, check, Silence(emit, framing, baud), emit)
         runner.start()

@@ -36,7 +36,7 @@ rpc_bad_args                both     | a call whose arguments do not decode; an 
 rpc_handler_error           both     | the side's own handler of a call failed; an INVOKE is answered with an error status (name, error)
 
 # The I/O shell of either side
-port_open                   shell    | the side opened its port (port, baud, clock_origin: the UTC time at which t is 0)
+port_open                   shell    | the side opened its port (port, baud, clock_origin: the UTC time at which t is 0; firmware_log: where an exec: target's output goes)
 baud_change_failed          shell    | the port refused the baud rate the peer switched to (baud, error)
 baud_reset                  shell    | the port is back at its initial rate after a reboot (baud)
 rebooted                    shell    | the core was thrown away and a new one booted on the same port
@@ -49,6 +49,9 @@ shipment_skipped            shell    | release files older than the newest, not 
 provisioned                 shell    | a factory image was written to a blank flash (image, size)
 provision_ignored           shell    | --provision given, but the flash already holds firmware (image)
 power_cut                   shell    | the planned power cut struck a flash operation (op, operation, applied)
+target_started              shell    | an exec: target's firmware process started again on its pty: a reboot or a power cycle (starts, log)
+target_exited               shell    | an exec: target's firmware process ended (code); it is started again
+baud_mismatch               shell    | an exec: target's UART runs at another rate than this side's: bytes arrive garbled or lost, as on a real UART (firmware_baud, baud)
 
 # The NCP: its state, the primary's calls, the cloud
 state                       ncp      | the NCP's connection state changed (state)

@@ -2,7 +2,9 @@
  *
  * What a careful primary-MCU firmware does around an over-the-air update through a Blynk.NCP:
  *   - start-up: ping the NCP until it answers, ask its version, report our firmware tag, and
- *     initialise Blynk; optionally switch the UART to a faster rate (hw_setUartBaudRate);
+ *     initialise Blynk; optionally switch the UART to a faster rate (hw_setUartBaudRate). With
+ *     a switch configured, three unanswered pings try the other rate: after this MCU reboots
+ *     the NCP may still run at the switched one;
  *   - heartbeat: ask the NCP's state; an NCP that says "not initialised" restarted, one that
  *     misses three answers is gone: either way the UART returns to the initial rate (a
  *     rebooted NCP is back at it) and the start-up runs again, abandoning any transfer;
@@ -179,7 +181,7 @@ static struct frame_decoder dec;
 static struct tag running;
 static enum link link_state = L_PING;
 static uint32_t baud_now, link_at, heartbeat_at, reboot_at;
-static int misses, heartbeat_waiting, baud_tries;
+static int misses, heartbeat_waiting, baud_tries, ping_fails;
 
 static struct {
     enum ota state;
@@ -244,10 +246,19 @@ static void link_done(int ok, uint8_t status, struct reader *r, void *ctx)
             hal_uart_set_baud(opt.initial_baud);
             baud_now = opt.initial_baud;
         }
+        if (link_state == L_PING && opt.switch_baud && ++ping_fails % 3 == 0 &&
+            !(opt.keep_switched_baud && baud_now == opt.switch_baud)) {
+            /* Silence at this rate: the NCP may still run at the other one (this MCU rebooted
+             * after a switch, or the NCP rebooted back to its initial rate). Try that. */
+            baud_now = baud_now == opt.initial_baud ? opt.switch_baud : opt.initial_baud;
+            hal_uart_set_baud(baud_now);
+            hal_log("no answer: trying %lu baud", (unsigned long)baud_now);
+        }
         link_state = L_PING;
         link_at = hal_now_ms() + PING_RETRY_MS;
         return;
     }
+    ping_fails = 0;
     switch (link_state) {
     case L_PING:
         link_state = L_VERSION;
