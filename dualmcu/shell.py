@@ -29,6 +29,7 @@ from typing import Any, Callable, Protocol
 import serial
 
 from dualmcu.rpc.endpoint import earliest
+from dualmcu.rpc.device import Reboot
 from dualmcu.rpc.events import Event, checked
 
 from .exits import ExitCode, say_error
@@ -887,6 +888,17 @@ class Port:
             self.owner.close()
 
 
+# SIGUSR1 and SIGUSR2 a side received, in order (Runner._requested): kept from the side's start,
+# so that one sent as soon as the side said port_open is not lost, nor kills the process.
+REQUESTS: list[int] = []
+
+
+def take_requests() -> None:
+    """From now on SIGUSR1 and SIGUSR2 are requests to the side, not the end of the process."""
+    for s in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(s, lambda signum, _frame: REQUESTS.append(signum))
+
+
 class Runner:
     """Drive a core over a port until told to stop.
 
@@ -908,15 +920,32 @@ class Runner:
         self.watchdog = watchdog
         self.events = events  # held during a step, released once its bytes are sent
         self._stopping = False
+        self.requests = REQUESTS  # SIGUSR1, SIGUSR2 received, handled in the loop
 
     def stop(self, *_: Any) -> None:
         self._stopping = True
+
+    def _requested(self) -> None:
+        """What a test script asks of a running side by signal (docs/testing.md): SIGUSR1
+        reboots this side now (its state gone, its UART back at the initial rate), SIGUSR2
+        cuts the power of an exec: target on its port."""
+        while self.requests:
+            if self.requests.pop(0) == signal.SIGUSR1:
+                self._flush()
+                replaced = self.on_action(Reboot("signal"), self.port)
+                if replaced is not None:
+                    self.core = replaced
+                    self._flush()
+            elif getattr(self.port, "owner", None) is not None:
+                self.port.owner.power_cycle()
 
     def run(self) -> None:
         port = self.port
         # SIGTERM ends the loop cleanly; once the loop is over it ends the process again, so
         # that a side waiting at its end for a --json reader that never reads can be stopped.
         previous = signal.signal(signal.SIGTERM, self.stop)
+        asked = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGUSR2)}
+        take_requests()
         deadline = self.core.next_deadline()  # the core's, as the last full step left it
         stepped = time.monotonic()  # when the last full step ran
         wake = None
@@ -924,6 +953,9 @@ class Runner:
         try:
             wake = port.wake = SignalWake()
             while not self._stopping:
+                if self.requests:
+                    self._requested()
+                    deadline = self.core.next_deadline()
                 data = port.read_waiting() if port.reads_first else b""
                 if not data:
                     # A full step at least every IDLE_WAKE (signals, --once checks, silence),
@@ -985,6 +1017,8 @@ class Runner:
                 wake.close()
                 port.wake = None
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            for s, handler in asked.items():
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)
             if self.events is not None:
                 self.events.release()  # a power cut loses the step's bytes, never its events
 

@@ -23,7 +23,7 @@ from dualmcu.rpc.events import Event
 from .exits import ExitCode, say_error, stopped_code, stopped_word
 from .paths import default_store
 from .target import ExecTarget, TargetError
-from .shell import EventPrinter, Port, PortError, Runner, Silence, Stop, Wire, open_port, shown
+from .shell import EventPrinter, Port, PortError, Runner, Silence, Stop, Wire, open_port, shown, take_requests
 
 
 def switch_baud(port: Port, baud: int, emit) -> None:
@@ -98,6 +98,7 @@ def _with_events(side: str, o: NcpOptions | PrimaryOptions,
     """Run a side with its event lines; at its end, the lines a slow reader has not taken yet
     go out, and a stream that failed is said."""
     emit = EventPrinter(side, o.as_json, o.verbose, progress_interval=o.progress_interval, start=o.start)
+    take_requests()
     try:
         return body(o, emit)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM before the side's loop took it over

@@ -149,6 +149,36 @@ SENDER: dict[Tx, dict[TxEvent, Tx]] = {
 WAITS_ON_PRIMARY = (Tx.OFFERED, Tx.REBOOTING)
 
 
+@dataclass(frozen=True)
+class Misbehave:
+    """A test cloud that lies on purpose, so that a firmware's own checks are reached: each
+    field off (None, 0, False) is the faithful cloud.  ``dualmcu ncp --misbehave KEY=VALUE``
+    and the Python API fill it; ``MISBEHAVIOURS`` says each key in words."""
+
+    offer_type: str | None = None  # offer the image as this fw-type (the cloud never offers another product's)
+    offer_version: str | None = None  # offer the image under this version (an older one, say)
+    size_delta: int = 0  # offer a size this many bytes off the file's
+    corrupt_chunk_at: int | None = None  # the chunk at this offset goes out once with a byte flipped (its CRC the true one)
+    chunk_crc_at: int | None = None  # the chunk at this offset goes out once with a wrong CRC-32
+    wrong_crc32: bool = False  # Finish's blynk_otaUpdateGetCRC32 answers a wrong CRC-32
+    wrong_sha256: bool = False  # and blynk_otaUpdateGetSHA256 a wrong digest
+
+    @property
+    def any(self) -> bool:
+        return self != Misbehave()
+
+
+MISBEHAVIOURS = {
+    "offer-type": ("offer_type", str, "offer the image as this fw-type (another product's)"),
+    "offer-version": ("offer_version", str, "offer the image under this version (an older one, say)"),
+    "size-delta": ("size_delta", int, "offer a size this many bytes off the file's (negative: shorter)"),
+    "corrupt-chunk-at": ("corrupt_chunk_at", int, "send the chunk at this offset once with a byte flipped"),
+    "chunk-crc-at": ("chunk_crc_at", int, "send the chunk at this offset once with a wrong CRC-32"),
+    "wrong-crc32": ("wrong_crc32", bool, "answer Finish's CRC-32 query wrongly"),
+    "wrong-sha256": ("wrong_sha256", bool, "answer Finish's SHA-256 query wrongly"),
+}
+
+
 @dataclass
 class NcpConfig:
     retries: int = 5
@@ -171,6 +201,7 @@ class NcpConfig:
     max_defer: float = 7 * 86400.0  # seconds of deferral the cloud waits for, in all
     mandatory: bool = False  # the shipment must be installed (past the version policy and window)
     min_version: str | None = None  # devices below it must update
+    misbehave: Misbehave = field(default_factory=Misbehave)  # the faithful cloud unless asked
 
 
 @dataclass
@@ -236,6 +267,7 @@ class NcpDevice(Device):
         self.baud = self.cfg.baud  # the link's rate now; a reboot starts at the initial one
         self.sender: Machine[Tx, TxEvent] = Machine("update sender", SENDER, Tx.IDLE, self._moved)
         self.outcome: str | None = None
+        self._misbehaved: set[str] = set()  # the lies told once (Misbehave)
         self.offers_made = 0
         self.sending: Sending | None = None
         self.finish_tries = 0
@@ -294,9 +326,9 @@ class NcpDevice(Device):
             "blynk_factoryTestWiFiAP": lambda inc: 1,
             "blynk_factoryTestConnect": lambda inc: 1,
             "blynk_otaUpdateStart": self._on_start,
-            "blynk_otaUpdateGetCRC32": lambda inc: (self.shipment.digests.crc32, True) if self.shipment else (0, False),
+            "blynk_otaUpdateGetCRC32": self._on_get_crc32,
             "blynk_otaUpdateGetMD5": lambda inc: (self.shipment.digests.md5, True) if self.shipment else (b"", False),
-            "blynk_otaUpdateGetSHA256": lambda inc: (self.shipment.digests.sha256, True) if self.shipment else (b"", False),
+            "blynk_otaUpdateGetSHA256": self._on_get_sha256,
             "blynk_otaUpdatePrefetch": self._on_prefetch,
             "blynk_otaUpdateSuspend": self._on_suspend,
             "blynk_setTime": self._on_set_time,
@@ -312,6 +344,24 @@ class NcpDevice(Device):
                 self.ep.handle(fn.name, self._log_oneway)
             else:
                 raise AssertionError(f"the NCP has no answer for {fn.name}")
+
+    def _on_get_crc32(self, inc: Incoming):
+        if self.shipment is None:
+            return 0, False
+        crc = self.shipment.digests.crc32
+        if self.cfg.misbehave.wrong_crc32:
+            self.emit(Event.MISBEHAVED, what="wrong_crc32")
+            crc ^= 0xFFFFFFFF
+        return crc, True
+
+    def _on_get_sha256(self, inc: Incoming):
+        if self.shipment is None:
+            return b"", False
+        digest = self.shipment.digests.sha256
+        if self.cfg.misbehave.wrong_sha256:
+            self.emit(Event.MISBEHAVED, what="wrong_sha256")
+            digest = bytes(b ^ 0xFF for b in digest)
+        return digest, True
 
     def _set(self, key: str, value: Any) -> bool:
         self.values[key] = value
@@ -577,11 +627,15 @@ class NcpDevice(Device):
         if (s is None or self.tx is not Tx.IDLE or self.state != STATE["connected"]
                 or not self.primary.info or self.offers_made >= self.cfg.offers):
             return
-        if self.primary.info.get("mcu") == s.version:
+        m = self.cfg.misbehave
+        offered_type = m.offer_type or s.info.get("fw-type", "")
+        offered_version = m.offer_version or s.version
+        offered_size = max(0, s.size + m.size_delta)
+        if self.primary.info.get("mcu") == offered_version:
             if self.offers_made == 0 and self.outcome is None:
                 self._finish(TxEvent.UP_TO_DATE, "up_to_date", version=s.version)
             return
-        if self.primary.info.get("fw-type") != s.info.get("fw-type"):
+        if self.primary.info.get("fw-type") != s.info.get("fw-type") and m.offer_type is None:
             # The cloud matches shipments to devices by fw-type: another product's firmware
             # is never offered.
             if self.outcome is None:
@@ -595,11 +649,14 @@ class NcpDevice(Device):
             if self.cfg.min_version:
                 words.append(f"min={self.cfg.min_version}")
             self.ep.notify("client_blynkVPinChange", {"vpin": POLICY_VPIN, "value": " ".join(words).encode()})
-        self.emit(Event.OTA_OFFER, filename=s.filename, size=s.size, fw_type=s.info.get("fw-type", ""),
-                  version=s.version, offer=self.offers_made, file_kind=s.kind)
+        if (offered_type, offered_version, offered_size) != (s.info.get("fw-type", ""), s.version, s.size):
+            self.emit(Event.MISBEHAVED, what="offer", fw_type=offered_type, version=offered_version,
+                      size=offered_size)
+        self.emit(Event.OTA_OFFER, filename=s.filename, size=offered_size, fw_type=offered_type,
+                  version=offered_version, offer=self.offers_made, file_kind=s.kind)
         self.ep.call("client_otaUpdateAvailable", {
-            "filename": s.filename, "size": s.size, "fw_type": s.info.get("fw-type", ""),
-            "fw_version": s.version, "fw_build": s.info.get("build", ""),
+            "filename": s.filename, "size": offered_size, "fw_type": offered_type,
+            "fw_version": offered_version, "fw_build": s.info.get("build", ""),
         }, on_done=self._offered)
 
     def _offered(self, c: Call) -> None:
@@ -793,6 +850,7 @@ class NcpDevice(Device):
                 "client_otaUpdateWrite", args, encoded=encoded, framed=framed, timeout=timeout,
                 on_done=lambda c, off=offset: self._written(off, c),
             )
+            self._lied(offset)
 
     def _write_args(self, offset: int, length: int) -> tuple[dict, bytes, Framed | None]:
         """A write's arguments, them encoded, and its frame: prepared ahead by :meth:`idle`
@@ -805,7 +863,22 @@ class NcpDevice(Device):
     def _encode_write(self, offset: int, length: int) -> tuple[dict, bytes]:
         data = self.serve_from.read(offset, length)
         args = {"offset": offset, "chunk": data, "crc32": zlib.crc32(data)}
+        m = self.cfg.misbehave
+        # Once each: the first send of that chunk lies, a resend is true (a glitch, not a
+        # broken file), so a firmware that refuses it sees the update through.
+        if offset == m.corrupt_chunk_at and "corrupt_chunk" not in self._misbehaved and data:
+            args["chunk"] = bytes([data[0] ^ 0xFF]) + data[1:]
+        if offset == m.chunk_crc_at and "chunk_crc" not in self._misbehaved:
+            args["crc32"] = args["crc32"] ^ 0xFFFFFFFF
         return args, WRITE.encode_args(args)
+
+    def _lied(self, offset: int) -> None:
+        """A write at ``offset`` went out: the lies planned for it are told."""
+        m = self.cfg.misbehave
+        for what, at in (("corrupt_chunk", m.corrupt_chunk_at), ("chunk_crc", m.chunk_crc_at)):
+            if offset == at and what not in self._misbehaved:
+                self._misbehaved.add(what)
+                self.emit(Event.MISBEHAVED, what=what, offset=offset)
 
     def idle(self) -> None:
         # Read, encode and frame the next write while the one on the wire is answered: the

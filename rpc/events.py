@@ -59,6 +59,7 @@ initialize                  ncp      | the primary called blynk_initialize (temp
 initialize_without_firmware_info ncp | initialize before setFirmwareInfo: accepted, but no offer until a report
 primary_firmware            ncp      | the primary reported its firmware tag (fw_type, version, build)
 primary_lost                ncp      | the primary stopped calling during an update and missed its pings (tries)
+misbehaved                  ncp      | the test cloud lied as --misbehave asked (what: offer, corrupt_chunk, chunk_crc, wrong_crc32, wrong_sha256; its fields)
 value_refused               ncp      | a stored text longer than the NCP keeps (key, length, limit)
 set_time_refused            ncp      | a time out of range (time, reason)
 baud_change                 ncp      | the primary asked for a new baud rate; both sides switch after the answer (baud)

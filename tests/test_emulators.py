@@ -375,3 +375,38 @@ def test_an_ncp_that_never_heard_a_primary_never_calls_it_lost():
     s.tap_to_ncp = lambda data: b""  # heard, then silent
     s.run_until(lambda x: bool(x.find("primary_lost", "ncp")), limit=s.now + 300)
     assert s.find("primary_lost", "ncp")
+
+
+@pytest.mark.parametrize("lie,expect", [
+    ({"offer_type": "TMPLOTHER"}, "wrong_type"),
+    ({"offer_version": "0.1.0"}, "not_newer"),
+])
+def test_a_misbehaving_cloud_reaches_the_primarys_own_offer_checks(lie, expect):
+    """The faithful cloud never offers another product's image nor an older version, so a
+    firmware's own checks were never reached; --misbehave makes it lie on purpose."""
+    from dualmcu.ncp.core import Misbehave, NcpConfig
+
+    s = sim(ncp_config=NcpConfig(misbehave=Misbehave(**lie)))
+    assert s.run_update() == "refused"
+    (refused,) = s.find("ota_refused", "primary")
+    assert refused["reason"] == expect
+    assert s.find("misbehaved", "ncp")[0]["what"] == "offer"
+
+
+@pytest.mark.parametrize("lie", [{"corrupt_chunk_at": 4096}, {"chunk_crc_at": 4096}])
+def test_a_chunk_sent_once_wrong_is_refused_and_its_resend_lands(lie):
+    from dualmcu.ncp.core import Misbehave, NcpConfig
+
+    s = sim(ncp_config=NcpConfig(misbehave=Misbehave(**lie)))
+    assert s.run_update() == "success"
+    assert [r["offset"] for r in s.find("ota_retry", "ncp")] == [4096]
+    assert [r["reason"] for r in s.find("ota_refused", "primary")] == ["chunk_crc"]
+    assert active_image(s.flash)[1] == NEW
+
+
+def test_a_cloud_that_lies_about_the_digest_never_gets_the_image_installed():
+    from dualmcu.ncp.core import Misbehave, NcpConfig
+
+    s = sim(ncp_config=NcpConfig(misbehave=Misbehave(wrong_crc32=True)))
+    assert s.run_update() == "finish_failed"
+    assert active_image(s.flash)[1] == OLD

@@ -124,3 +124,31 @@ def test_an_ncp_at_another_rate_than_the_firmware_fails_as_on_the_bench(tmp_path
                 "--timeout", 6, "--store", tmp_path / "store")
     assert r.returncode == 4, r.stderr[-3000:]
     assert "baud_mismatch        firmware_baud=38400 baud=115200" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum,said", [("SIGUSR1", "rebooted"), ("SIGUSR2", "target_exited")],
+                         ids=["ncp-reboot", "power-cut"])
+def test_a_running_ncp_reboots_or_cuts_the_firmwares_power_when_asked(tmp_path, refmcu, images, signum, said):
+    """SIGUSR1 reboots the NCP now (its state gone, its UART back at 38400); SIGUSR2 cuts the
+    power of its exec: target. Mid-transfer, the firmware must notice, keep its old image, and
+    take the update when it is offered again."""
+    import json
+    import signal
+
+    factory, new = images
+    cmd = (f"{refmcu} --port {{pty}} --flash {tmp_path / 'dev.flash'} --provision {factory} "
+           "--flash-ms-per-kib 20 --baud-switch 230400")
+    p = subprocess.Popen([sys.executable, "-m", "dualmcu", "ncp", "-p", f"exec:{cmd}", "--framing", "blynk",
+                          "--firmware", str(new), "--once", "--timeout", "90", "--json", "--store",
+                          str(tmp_path / "store")], stdout=subprocess.PIPE, text=True)
+    events = []
+    for line in p.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "ota_progress" and events[-1]["offset"] >= 16384:
+            p.send_signal(getattr(signal, signum))
+            break
+    events += [json.loads(line) for line in p.stdout]
+    assert p.wait(timeout=90) == 0, events[-5:]
+    kinds = [e["event"] for e in events]
+    assert said in kinds and kinds.count("ota_offer") == 2 and events[-1]["reason"] == "confirmed"

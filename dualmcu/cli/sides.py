@@ -30,7 +30,7 @@ from .common import (
     seconds,
 )
 
-from dualmcu.ncp.core import NcpConfig
+from dualmcu.ncp.core import MISBEHAVIOURS, NcpConfig
 from dualmcu.primary.device import DEFAULT_COMMIT_TIMEOUT
 from dualmcu.primary.ota import DEFAULT_CHUNK, VersionPolicy
 from dualmcu.primary.timing import FlashTiming
@@ -63,12 +63,15 @@ MAX_PAGE = 1 << 16
 @click.option("--confirm-window", type=seconds(), default=NcpConfig.confirm_window, show_default=True,
               help="With --once: seconds after the new version reports in to wait for the primary's confirmation or rollback.")
 @ONCE_TIMEOUT
+@click.option("--misbehave", multiple=True, metavar="KEY[=VALUE]", callback=lambda c, p, v: parse_misbehave(v),
+              help="Make the cloud lie on purpose, to test the firmware's own checks; repeatable. "
+                   + "; ".join(f"{k}: {doc}" for k, (_, _, doc) in MISBEHAVIOURS.items()) + ".")
 @JSON
 @PROGRESS_INTERVAL
 @VERBOSE
 def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout, pipeline, resume, offers, net_rate, net_fail_at,
-        answer_unknown, mandatory, min_version, max_defer, clock, once, confirm_window, timeout, as_json, progress_interval,
-        verbose) -> None:
+        answer_unknown, mandatory, min_version, max_defer, clock, once, confirm_window, timeout, misbehave, as_json,
+        progress_interval, verbose) -> None:
     """Run the emulated NCP on a port: it serves the NCP interface and offers --firmware.
 
     Given several files of one release (the newest version among them), it offers the delta
@@ -87,9 +90,37 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
     check_once(once, timeout)
     cfg = NcpConfig(retries=retries, max_chunk=max_chunk, write_timeout=write_timeout, pipeline=pipeline, resume=resume, offers=offers, once=once, answer_unknown=answer_unknown,
                     wall_clock_ms=parse_clock(clock), mandatory=mandatory, min_version=min_version, max_defer=max_defer,
-                    confirm_window=confirm_window)
+                    confirm_window=confirm_window, misbehave=misbehave)
     sys.exit(run_ncp(NcpOptions(port, baud, framing, firmware, store, net_rate, net_fail_at, cfg, as_json, verbose,
                                 progress_interval, timeout=timeout)))
+
+
+def parse_misbehave(items: tuple[str, ...]):
+    """KEY=VALUE (a flag alone for the yes/no ones) into one Misbehave; one line when not."""
+    import dataclasses
+
+    from dualmcu.ncp.core import Misbehave
+
+    values: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if key not in MISBEHAVIOURS:
+            raise click.BadParameter(f"{key!r} is not one of {', '.join(MISBEHAVIOURS)}", param_hint="--misbehave")
+        field_name, kind, _ = MISBEHAVIOURS[key]
+        if kind is bool:
+            if sep:
+                raise click.BadParameter(f"{key} takes no value", param_hint="--misbehave")
+            values[field_name] = True
+            continue
+        try:
+            value = kind(text, 0) if kind is int else text
+            if not sep or (kind is str and not text) or (field_name.endswith("_at") and value < 0):
+                raise ValueError
+        except ValueError:
+            what = "an offset from 0" if field_name.endswith("_at") else "a number" if kind is int else "a value"
+            raise click.BadParameter(f"{key} takes {what}: {key}=VALUE", param_hint="--misbehave") from None
+        values[field_name] = value
+    return dataclasses.replace(Misbehave(), **values)
 
 
 def check_once(once: bool, timeout: float | None) -> None:
