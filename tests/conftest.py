@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 from hypothesis import HealthCheck, settings
 
 # CI runs a pinned, derandomized profile so that a red build is reproducible; "long" is for
@@ -31,3 +33,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+
+
+# -- the C reference firmware (examples/firmware), built once per session ---------------------------
+
+FIRMWARE = os.path.join(os.path.dirname(__file__), "..", "examples", "firmware")
+
+
+@pytest.fixture(scope="session")
+def refmcu(tmp_path_factory) -> str:
+    """The reference firmware, built with the system C compiler for this session."""
+    import shutil
+    import subprocess
+
+    if shutil.which(os.environ.get("CC", "cc")) is None or shutil.which("make") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI builds the reference firmware: apt-get install gcc make (README)")
+        pytest.skip("no C compiler or make: the reference firmware cannot be built")
+    build = tmp_path_factory.mktemp("refmcu")
+    r = subprocess.run(["make", "-s", "-C", FIRMWARE, f"BUILD={build}"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return str(build / "refmcu")
+
+
+@pytest.fixture(scope="session")
+def dualmcu_firmware_command(refmcu) -> str:
+    """The plugin's firmware: the reference firmware, as a user's pytest.ini would name theirs."""
+    return f"{refmcu} --port {{pty}} --flash {{flash}} --provision {{factory}}"

@@ -65,26 +65,7 @@ def test_a_target_that_ends_is_started_again_and_one_that_cannot_start_says_why(
         ExecTarget("exec:/nonexistent/app {pty}", log=str(tmp_path / "x.log")).start()
 
 
-# -- the C reference firmware --------------------------------------------------------------------
-
-FIRMWARE = os.path.join(os.path.dirname(__file__), "..", "examples", "firmware")
-
-
-@pytest.fixture(scope="session")
-def refmcu(tmp_path_factory) -> str:
-    """The reference firmware, built with the system C compiler for this session."""
-    import shutil
-
-    cc = shutil.which(os.environ.get("CC", "cc"))
-    if cc is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI builds the reference firmware: apt-get install gcc (README)")
-        pytest.skip("no C compiler: the reference firmware cannot be built")
-    build = tmp_path_factory.mktemp("refmcu")
-    r = subprocess.run(["make", "-s", "-C", FIRMWARE, f"BUILD={build}"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return str(build / "refmcu")
-
+# -- the C reference firmware (built by conftest.refmcu) -------------------------------------------
 
 def dualmcu(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "dualmcu", *map(str, args)], capture_output=True, text=True,
