@@ -274,9 +274,14 @@ class Ncp(Side):
     def __init__(self, port: str, firmware: str | os.PathLike | Iterable[str | os.PathLike] | None = None, *,
                  framing: str = "blynk", baud: int = 38400, once: bool = True, timeout: float | None = 120.0,
                  confirm_window: float | None = None, misbehave: Misbehave | None = None, retries: int | None = None,
-                 args: Sequence[str] = (), on_outcome: Callable[[Outcome], None] | None = None):
-        self.store = tempfile.mkdtemp(prefix="dualmcu-ncp-store-")
-        argv = ["-p", port, "--framing", framing, "-b", str(baud), "--store", self.store]
+                 firmware_log: str | os.PathLike | None = None, args: Sequence[str] = (),
+                 on_outcome: Callable[[Outcome], None] | None = None):
+        # The NCP's store and an exec: target's log: in a directory of its own, removed at
+        # close() (a firmware_log given elsewhere stays).
+        self.workdir = tempfile.mkdtemp(prefix="dualmcu-ncp-")
+        log = os.fspath(firmware_log) if firmware_log is not None else os.path.join(self.workdir, "firmware.log")
+        argv = ["-p", port, "--framing", framing, "-b", str(baud), "--store", os.path.join(self.workdir, "store"),
+                "--firmware-log", log]
         for path in _paths(firmware):
             argv += ["--firmware", path]
         if once:
@@ -293,7 +298,7 @@ class Ncp(Side):
 
     def close(self) -> None:
         super().close()
-        shutil.rmtree(self.store, ignore_errors=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class Primary(Side):

@@ -134,7 +134,8 @@ _SIDES = pytest.StashKey[_Sides]()
 
 
 @pytest.fixture
-def dualmcu_ncp(_dualmcu_sides: _Sides, dualmcu_firmware: str, pytestconfig: pytest.Config) -> Callable[..., api.Ncp]:
+def dualmcu_ncp(_dualmcu_sides: _Sides, dualmcu_firmware: str, pytestconfig: pytest.Config,
+                tmp_path: Path) -> Callable[..., api.Ncp]:
     """Start the emulated NCP on the firmware under test and offer it ``firmware`` (image or
     package paths): ``dualmcu_ncp(new).outcome()``.  ``firmware_args`` are added to the
     firmware's command (a build option, say); the other keywords are :class:`dualmcu.Ncp`'s
@@ -147,6 +148,8 @@ def dualmcu_ncp(_dualmcu_sides: _Sides, dualmcu_firmware: str, pytestconfig: pyt
         options.setdefault("baud", int(_setting(pytestconfig, "dualmcu_baud")))
         options.setdefault("timeout", float(_setting(pytestconfig, "dualmcu_timeout")))
         first = not any(isinstance(s, api.Ncp) for s in _dualmcu_sides.sides)
+        # Kept with the test's files (pytest keeps the last runs'), for reading after a failure.
+        options.setdefault("firmware_log", tmp_path / ("firmware.log" if first else f"firmware-{id(options)}.log"))
         ncp = api.Ncp(port or dualmcu_firmware, firmware, on_outcome=_dualmcu_sides.record("" if first else "ncp2"),
                       **options)
         return _dualmcu_sides.add(ncp)

@@ -60,6 +60,7 @@ class NcpOptions:
     start: float | None = None  # the monotonic time events count from (None: now)
     wire: Wire | None = None  # an end of dualmcu run's virtual UART, instead of opening port
     timeout: float | None = None  # with config.once: no verdict within this many seconds ends it (4)
+    firmware_log: str | None = None  # where an exec: target's output goes (None: a new temporary file)
 
 
 # The verdicts an NCP run with --once ends on (NcpDevice.verdict) that mean the update worked;
@@ -166,7 +167,7 @@ def _ncp(o: NcpOptions, emit: EventPrinter) -> int:
             return None
         return Stop(ncp_exit(word), word, ncp_said(current[0], word))
 
-    port = open_side_port(o.port, o.baud, o.wire)
+    port = open_side_port(o.port, o.baud, o.wire, o.firmware_log)
     if port is None:
         return ExitCode.IO
     return _serve(port, o.port, o.baud, o.framing, make, on_action, emit, check=out_of_time(o.timeout),
@@ -207,6 +208,7 @@ class PrimaryOptions:
     start: float | None = None  # the monotonic time events count from (None: now)
     wire: Wire | None = None  # an end of dualmcu run's virtual UART, instead of opening port
     timeout: float | None = None  # with once: no verdict within this many seconds ends it (4)
+    firmware_log: str | None = None  # where an exec: target's output goes (None: a new temporary file)
 
 
 def power_cut_hook(at: int | None, seed: int | None, within: int, base: int = 0):
@@ -329,7 +331,7 @@ def _primary(o: PrimaryOptions, emit: EventPrinter) -> int:
             if flash is not None:
                 flash.close()
             return ExitCode.USAGE
-    port = open_side_port(o.port, o.baud, o.wire)
+    port = open_side_port(o.port, o.baud, o.wire, o.firmware_log)
     if port is None:
         if flash is not None:
             flash.close()
@@ -417,14 +419,14 @@ def _ended(emit: EventPrinter, stop: Stop, **note: str) -> int:
     return stop.code
 
 
-def open_side_port(url: str, baud: int, wire: Wire | None) -> Port | None:
+def open_side_port(url: str, baud: int, wire: Wire | None, log: str | None = None) -> Port | None:
     """The side's port, or None once the reason it cannot be opened has been said.  An
     ``exec:`` URL starts the firmware under test on a fresh pty (dualmcu.target)."""
     try:
         if wire is not None:
             return Port.of(wire)
         if url.startswith("exec:"):
-            return exec_port(url, baud)
+            return exec_port(url, baud, log)
         return Port(open_port(url, baud))
     except (PortError, OSError, TargetError) as e:
         say_error(shown(e))

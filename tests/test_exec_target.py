@@ -87,7 +87,7 @@ def test_ncp_updates_the_reference_firmware_started_on_a_pty(tmp_path, refmcu, i
     flash = tmp_path / "dev.flash"
     cmd = " ".join([refmcu, "--port", "{pty}", "--flash", str(flash), "--provision", str(factory), *extra])
     r = dualmcu("ncp", "-p", f"exec:{cmd}", "--framing", "blynk", "--firmware", new, "--once", "--timeout", 60,
-                "--store", tmp_path / "store")
+                "--store", tmp_path / "store", "--firmware-log", tmp_path / "fw.log")
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.splitlines() == ["OK: updated 1.0.0 -> 1.1.0, confirmed by the primary"]
     assert "target_exited        code=0" in r.stderr  # it rebooted into the new image
@@ -102,7 +102,7 @@ def test_an_ncp_at_another_rate_than_the_firmware_fails_as_on_the_bench(tmp_path
     factory, new = images
     cmd = f"{refmcu} --port {{pty}} --flash {tmp_path / 'dev.flash'} --provision {factory}"
     r = dualmcu("ncp", "-p", f"exec:{cmd}", "-b", 115200, "--framing", "blynk", "--firmware", new, "--once",
-                "--timeout", 6, "--store", tmp_path / "store")
+                "--timeout", 6, "--store", tmp_path / "store", "--firmware-log", tmp_path / "fw.log")
     assert r.returncode == 4, r.stderr[-3000:]
     assert "baud_mismatch        firmware_baud=38400 baud=115200" in r.stderr
 
@@ -122,7 +122,8 @@ def test_a_running_ncp_reboots_or_cuts_the_firmwares_power_when_asked(tmp_path, 
            "--flash-ms-per-kib 20 --baud-switch 230400")
     p = subprocess.Popen([sys.executable, "-m", "dualmcu", "ncp", "-p", f"exec:{cmd}", "--framing", "blynk",
                           "--firmware", str(new), "--once", "--timeout", "90", "--json", "--store",
-                          str(tmp_path / "store")], stdout=subprocess.PIPE, text=True)
+                          str(tmp_path / "store"), "--firmware-log", str(tmp_path / "fw.log")],
+                         stdout=subprocess.PIPE, text=True)
     events = []
     for line in p.stdout:
         events.append(json.loads(line))

@@ -172,6 +172,9 @@ BAUD = click.option("-b", "--baud", type=click.IntRange(300, 10_000_000), defaul
                     help="Initial baud rate (the real NCP starts at 38400); a reboot comes back to it. A real "
                          "serial port runs at it; a pty or socket carries bytes at any rate: `dualmcu link` "
                          "or `run --pace` paces them.")
+FIRMWARE_LOG = click.option(
+    "--firmware-log", type=click.Path(dir_okay=False), metavar="FILE",
+    help="Where an exec: target's output goes (default: a new file in the temporary directory, named in port_open).")
 PROGRESS_INTERVAL = click.option(
     "--progress-interval", type=Number(min=0), default=0.0, show_default=True, metavar="SECONDS",
     help="With --json, print transfer progress at most this often (and its last step); 0: every chunk.")

@@ -14,6 +14,7 @@ from .common import (
     IOFailure,
     BAUD,
     DEFAULT_FLASH,
+    FIRMWARE_LOG,
     FLASH_HELP_DEFAULT,
     FRAMING,
     HOLD_BUFFER,
@@ -66,12 +67,13 @@ MAX_PAGE = 1 << 16
 @click.option("--misbehave", multiple=True, metavar="KEY[=VALUE]", callback=lambda c, p, v: parse_misbehave(v),
               help="Make the cloud lie on purpose, to test the firmware's own checks; repeatable. "
                    + "; ".join(f"{k}: {doc}" for k, (_, _, doc) in MISBEHAVIOURS.items()) + ".")
+@FIRMWARE_LOG
 @JSON
 @PROGRESS_INTERVAL
 @VERBOSE
 def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout, pipeline, resume, offers, net_rate, net_fail_at,
-        answer_unknown, mandatory, min_version, max_defer, clock, once, confirm_window, timeout, misbehave, as_json,
-        progress_interval, verbose) -> None:
+        answer_unknown, mandatory, min_version, max_defer, clock, once, confirm_window, timeout, misbehave,
+        firmware_log, as_json, progress_interval, verbose) -> None:
     """Run the emulated NCP on a port: it serves the NCP interface and offers --firmware.
 
     Given several files of one release (the newest version among them), it offers the delta
@@ -92,7 +94,7 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
                     wall_clock_ms=parse_clock(clock), mandatory=mandatory, min_version=min_version, max_defer=max_defer,
                     confirm_window=confirm_window, misbehave=misbehave)
     sys.exit(run_ncp(NcpOptions(port, baud, framing, firmware, store, net_rate, net_fail_at, cfg, as_json, verbose,
-                                progress_interval, timeout=timeout)))
+                                progress_interval, timeout=timeout, firmware_log=firmware_log)))
 
 
 def parse_misbehave(items: tuple[str, ...]):
@@ -171,14 +173,15 @@ def check_once(once: bool, timeout: float | None) -> None:
 @click.option("--blocking-calls", "blocking", is_flag=True, help="Serve nothing while an own call waits for its answer, as the Blynk C driver does.")
 @click.option("--once", is_flag=True, help="Exit when an update ends (0 once a new image is confirmed).")
 @ONCE_TIMEOUT
+@FIRMWARE_LOG
 @JSON
 @PROGRESS_INTERVAL
 @VERBOSE
 def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
             battery, battery_rate, min_battery, install_window, commit_timeout, hw_rev, bootloader_version, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, write_answer, resume, package_ram, flash_timing,
             flash_endurance, power_cut_at,
-            power_cut_seed, power_cut_within, trust_keys, device_target, any_target, blocking, once, timeout, as_json,
-            progress_interval, verbose) -> None:
+            power_cut_seed, power_cut_within, trust_keys, device_target, any_target, blocking, once, timeout,
+            firmware_log, as_json, progress_interval, verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
 
     A blank flash needs --provision IMAGE (its factory firmware). The process reboots into
@@ -217,7 +220,7 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose,
                                         power_cut_at, power_cut_seed, power_cut_within, identity,
                                         endurance=flash_endurance, progress_interval=progress_interval,
-                                        timeout=timeout)))
+                                        timeout=timeout, firmware_log=firmware_log)))
 
 
 def not_a_rate(value: str | None, name: str) -> str | None:
