@@ -68,6 +68,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
+        """Whether the side ended with 0: the update worked (confirmed, reported, up to date)."""
         return self.exit_code == 0
 
     def properties(self) -> dict[str, Any]:

@@ -468,6 +468,11 @@ def run_ota(session: Session, ops: list, record: list[Step]) -> Problem | None:
     ota = Ota()
     for op in ops:
         kind = op[0]
+        if kind not in ("write_next", "write_dup"):
+            # A resend is judged only right after the write it repeats, as a real NCP sends it
+            # when that write's answer was lost: after a premature Finish, a write at a wrong
+            # offset or an empty one, a firmware may rightly have ended the transfer.
+            ota.last = None
         if kind == "write_next" and ota.offset < OTA_SIZE:
             n = min(OTA_CHUNK, OTA_SIZE - ota.offset)
             data = chunk_at(ota.offset, n)

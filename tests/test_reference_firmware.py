@@ -76,3 +76,24 @@ def test_a_build_that_skips_its_type_check_fails_the_wrong_type_scenario(dualmcu
     lie = Misbehave(offer_type="TMPL0OTHER")
     outcome = dualmcu_ncp(dualmcu_image("1.1.0"), misbehave=lie, firmware_args=["--skip-type-check"]).outcome()
     assert outcome.verdict == "confirmed" and outcome.reason != "wrong_type"  # installed: the test above fails
+
+
+@pytest.mark.parametrize("build,confirmed", [([], ["resend_acknowledged client_otaUpdateWrite"]),
+                                             (["--tolerate-duplicates"], [])], ids=["strict", "tolerant"])
+def test_a_fuzz_campaign_finds_the_duplicate_chunk_hazard_of_the_strict_build_only(refmcu, tmp_path, build,
+                                                                                   confirmed):
+    import json
+    import subprocess
+    import sys
+
+    from dualmcu import make_image
+
+    factory = make_image("1.0.0", "TMPLREF", tmp_path / "factory.bin")
+    cmd = " ".join([refmcu, "--port", "{port}", "--flash", str(tmp_path / "f.flash"), "--provision", str(factory),
+                    *build])
+    r = subprocess.run([sys.executable, "-m", "dualmcu", "fuzz", "--target", "primary", "--framing", "blynk",
+                        "--target-cmd", cmd, "--duration", "30", "--examples", "60", "--seed", "1", "--json",
+                        "--out", str(tmp_path / "found")], capture_output=True, text=True, timeout=600)
+    found = [json.loads(line) for line in r.stdout.splitlines() if '"event":"finding"' in line.replace(" ", "")]
+    assert sorted(f["class"] for f in found if f["verdict"] == "confirmed") == confirmed, r.stdout[-3000:]
+    assert r.returncode == (1 if confirmed else 0), r.stderr[-2000:]

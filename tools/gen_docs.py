@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -128,7 +129,68 @@ def cli_md() -> str:
     return "\n".join(out)
 
 
-PAGES = {"docs/interface.md": interface_md, "docs/cli.md": cli_md, "docs/events.md": events_md}
+def _doc(obj) -> str:
+    import inspect
+
+    return inspect.cleandoc(obj.__doc__ or "").strip()
+
+
+def _signature(name: str, obj) -> str:
+    import inspect
+
+    try:
+        sig = str(inspect.signature(obj)).replace("NoneType", "None").replace("'", "")
+    except (TypeError, ValueError):
+        sig = "(...)"
+    return f"{name}{sig}"
+
+
+def api_md() -> str:
+    """The public Python API (dualmcu.api.__all__) and the pytest plugin, from their docstrings."""
+    import inspect
+
+    from dualmcu import api, pytest_plugin
+
+    out = ["# Python API and pytest plugin reference", "",
+           "Generated from `dualmcu/api.py` and `dualmcu/pytest_plugin.py` by `tools/gen_docs.py`; do not edit.",
+           "[testing.md](testing.md) shows them at work. Every name below is importable from `dualmcu`",
+           "(`from dualmcu import Ncp`); the rest of the package is internal.", "",
+           _doc(api), ""]
+    for name in api.__all__:
+        obj = getattr(api, name)
+        kind = "class" if inspect.isclass(obj) else "function"
+        out += [f"## `{name}`", "", "```python", f"{kind} {_signature(name, obj)}", "```", "", _doc(obj), ""]
+        if inspect.isclass(obj):
+            members = [(n, m) for n, m in vars(obj).items() if not n.startswith("_")]
+            for base in obj.__mro__[1:]:
+                if base.__module__ == api.__name__:
+                    members += [(n, m) for n, m in vars(base).items()
+                                if not n.startswith("_") and n not in dict(members)]
+            for n, m in members:
+                if isinstance(m, property):
+                    out += [f"- `{name}.{n}` (property): {_doc(m.fget).splitlines()[0] if _doc(m.fget) else ''}"]
+                elif callable(m) and _doc(m):
+                    out += [f"- `{_signature(name + '.' + n, m).replace('(self, ', '(').replace('(self)', '()')}`: "
+                            + " ".join(_doc(m).split())]
+            if obj.__dataclass_fields__ if hasattr(obj, "__dataclass_fields__") else False:
+                src = inspect.getsource(obj).splitlines()
+                fields = [line.strip() for line in src if re.match(r"    \w+: ", line)]
+                out += ["", "Fields:", "", "```python", *fields, "```"]
+            out.append("")
+    out += ["## The pytest plugin", "", _doc(pytest_plugin), "", "### ini options", "",
+            "| name | what | default |", "|---|---|---|"]
+    out += [f"| `{k}` | {v} | {pytest_plugin.DEFAULTS.get(k, '')} |" for k, v in pytest_plugin.INI.items()]
+    out += ["", "### Fixtures", ""]
+    for name in ("dualmcu_image", "dualmcu_firmware_command", "dualmcu_firmware", "dualmcu_ncp", "dualmcu_primary",
+                 "dualmcu_link"):
+        fn = getattr(pytest_plugin, name)
+        fn = getattr(fn, "__wrapped__", getattr(fn, "_fixture_function", fn))
+        out += [f"- `{name}`: " + " ".join(_doc(fn).split())]
+    return "\n".join(out).rstrip("\n")
+
+
+PAGES = {"docs/interface.md": interface_md, "docs/cli.md": cli_md, "docs/events.md": events_md,
+         "docs/api.md": api_md}
 
 
 def main_() -> int:
