@@ -64,6 +64,7 @@ class Outcome:
     offers: int = 0
     misbehaved: tuple[str, ...] = ()  # the lies the test cloud told (Misbehave)
     firmware_starts: int = 0  # starts of an exec: target: 1, plus one per reboot or power cut
+    seconds: float = 0.0  # from the side's port opening to its last event, on its clock
     events: tuple[Event, ...] = field(default=(), repr=False, compare=False)
 
     @property
@@ -89,6 +90,7 @@ def _outcome(events: list[Event], code: int, side: str = "ncp") -> Outcome:
     told = [e.get("ota_reason") for e in kinds("telemetry") if e.get("ota_reason")]
     offers = kinds("ota_offer")
     progress = kinds("ota_progress")
+    times = [e["t"] for e in events if isinstance(e.get("t"), (int, float))]
     return Outcome(
         verdict=verdict, exit_code=code, version=version, offered=offers[-1].get("version") if offers else None,
         reason=told[-1] if told else None, retries=len(kinds("ota_retry")),
@@ -96,7 +98,7 @@ def _outcome(events: list[Event], code: int, side: str = "ncp") -> Outcome:
         misbehaved=tuple(dict.fromkeys(e.get("what", "") for e in kinds("misbehaved"))),
         firmware_starts=1 + len(kinds("target_started")) if kinds("port_open") and any(
             "firmware_log" in e for e in kinds("port_open")) else 0,
-        events=tuple(events))
+        seconds=round(max(times) - min(times), 6) if times else 0.0, events=tuple(events))
 
 
 class Side:
