@@ -59,3 +59,22 @@ def test_the_plugin_is_found_through_its_entry_point():
 
     (ep,) = [e for e in entry_points(group="pytest11") if e.name == "dualmcu"]
     assert ep.value == "dualmcu.pytest_plugin"
+
+
+def test_tests_run_side_by_side_under_xdist_each_with_its_own_pty_and_files(pytester, refmcu):
+    """pytest -n 2: two workers, each test its own pty, flash and folder; all pass, nothing left."""
+    pytester.makeini(f"""
+        [pytest]
+        dualmcu_firmware = {refmcu} --port {{pty}} --flash {{flash}} --provision {{factory}}
+        dualmcu_fw_type = TMPL0USER
+    """)
+    pytester.makepyfile(test_many='''
+import pytest
+
+@pytest.mark.parametrize("n", range(6))
+def test_update(dualmcu_ncp, dualmcu_image, n):
+    outcome = dualmcu_ncp(dualmcu_image(f"1.{n + 1}.0", size=16 * 1024)).outcome()
+    assert outcome.verdict == "confirmed" and outcome.version == f"1.{n + 1}.0", outcome
+''')
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6)
