@@ -60,3 +60,20 @@ def refmcu(tmp_path_factory) -> str:
 def dualmcu_firmware_command(refmcu) -> str:
     """The plugin's firmware: the reference firmware, as a user's pytest.ini would name theirs."""
     return f"{refmcu} --port {{pty}} --flash {{flash}} --provision {{factory}}"
+
+
+@pytest.fixture(scope="session")
+def refmcu_mps2(tmp_path_factory) -> str:
+    """The reference firmware cross-built for QEMU's mps2-an385 (Cortex-M3, no C library)."""
+    import shutil
+    import subprocess
+
+    missing = [t for t in ("arm-none-eabi-gcc", "qemu-system-arm", "make") if shutil.which(t) is None]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs the QEMU build: apt-get install gcc-arm-none-eabi qemu-system-arm ({', '.join(missing)})")
+        pytest.skip(f"{', '.join(missing)} missing: the Cortex-M build cannot be made or run")
+    build = tmp_path_factory.mktemp("refmcu-mps2")
+    r = subprocess.run(["make", "-s", "-C", FIRMWARE, f"BUILD={build}", "mps2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return str(build / "refmcu-mps2.elf")

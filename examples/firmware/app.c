@@ -34,6 +34,14 @@
 
 /* -- small pieces ----------------------------------------------------------------------------- */
 
+/* The time ms from now, never 0: a time of 0 means "nothing due" (a clock that starts at 0, as
+ * a bare-metal one does, would otherwise make its first deadline none). */
+static uint32_t due_in(uint32_t ms)
+{
+    uint32_t t = hal_now_ms() + ms;
+    return t ? t : 1;
+}
+
 static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
 {
     crc = ~crc;
@@ -231,7 +239,7 @@ static void link_restart(const char *why)
     }
     link_state = L_PING;
     misses = heartbeat_waiting = 0;
-    link_at = hal_now_ms() + PING_RETRY_MS;
+    link_at = due_in(PING_RETRY_MS);
 }
 
 static void link_done(int ok, uint8_t status, struct reader *r, void *ctx)
@@ -239,7 +247,7 @@ static void link_done(int ok, uint8_t status, struct reader *r, void *ctx)
     (void)ctx;
     if (!ok || status != STATUS_OK) {
         if (link_state == L_BAUD_PING && ++baud_tries < 10) {
-            link_at = hal_now_ms() + PING_RETRY_MS;
+            link_at = due_in(PING_RETRY_MS);
             return;
         }
         if (link_state == L_BAUD_PING) { /* never answered at the new rate: go back */
@@ -255,7 +263,7 @@ static void link_done(int ok, uint8_t status, struct reader *r, void *ctx)
             hal_log("no answer: trying %lu baud", (unsigned long)baud_now);
         }
         link_state = L_PING;
-        link_at = hal_now_ms() + PING_RETRY_MS;
+        link_at = due_in(PING_RETRY_MS);
         return;
     }
     ping_fails = 0;
@@ -294,7 +302,7 @@ static void link_done(int ok, uint8_t status, struct reader *r, void *ctx)
     case L_READY:
         break;
     }
-    link_at = hal_now_ms();
+    link_at = due_in(0);
     if (link_state == L_READY) {
         hal_log("ready: running %s %s", running.type, running.mcu);
         if (rec.trial) { /* the new image reached the NCP: it is healthy */
@@ -304,7 +312,7 @@ static void link_done(int ok, uint8_t status, struct reader *r, void *ctx)
                 hal_log("confirmed %s in slot %c", running.mcu, 'A' + rec.active);
         }
         telemetry(rec.trial ? "trial" : "confirmed", "");
-        heartbeat_at = hal_now_ms() + opt.heartbeat_ms;
+        heartbeat_at = due_in(opt.heartbeat_ms);
     }
 }
 
@@ -346,7 +354,7 @@ static void heartbeat_done(int ok, uint8_t status, struct reader *r, void *ctx)
 {
     (void)ctx;
     heartbeat_waiting = 0;
-    heartbeat_at = hal_now_ms() + opt.heartbeat_ms;
+    heartbeat_at = due_in(opt.heartbeat_ms);
     if (!ok) {
         if (++misses >= 3)
             link_restart("lost");
@@ -380,7 +388,7 @@ static void start_done(int ok, uint8_t status, struct reader *r, void *ctx)
         return;
     }
     ota.state = O_RECEIVING;
-    ota.at = hal_now_ms();
+    ota.at = due_in(0);
     hal_log("transfer started: %lu bytes into slot %c", (unsigned long)ota.size, 'A' + ota.slot);
     telemetry("downloading", "");
 }
@@ -407,7 +415,7 @@ static uint8_t on_offer(struct reader *r)
     if (ota.state != O_IDLE)
         hal_log("a new offer replaces the update in progress");
     ota.state = O_OFFERED;
-    ota.at = hal_now_ms();
+    ota.at = due_in(0);
     ota.slot = rec.active ? 0 : 1;
     ota.size = size;
     ota.expected = 0;
@@ -435,7 +443,7 @@ static uint8_t on_write(struct reader *r)
         return refuse("write", "chunk_crc");
     if (len == 0 || len > opt.chunk_size)
         return refuse("write", "chunk_size");
-    ota.at = hal_now_ms();
+    ota.at = due_in(0);
     if (offset != ota.expected) {
         /* A resend of the chunk just taken, whose answer the NCP lost: the same bytes. */
         if (opt.tolerate_duplicates && ota.last_len && offset == ota.last_off && len == ota.last_len &&
@@ -507,7 +515,7 @@ static void crc_done(int ok, uint8_t status, struct reader *r, void *ctx)
     hal_log("installed %s in slot %c: rebooting into it on trial", t.mcu, 'A' + ota.slot);
     finish_answer(1);
     ota.state = O_IDLE;
-    reboot_at = hal_now_ms() + 50; /* once the RESULT is out */
+    reboot_at = due_in(50); /* once the RESULT is out */
 }
 
 /* -- dispatch --------------------------------------------------------------------------------- */
@@ -546,7 +554,7 @@ static void on_invoke(uint16_t uid, uint16_t msg_id, struct reader *r)
     }
     case UID_MCU_REBOOT:
         answer_bool(msg_id, 1);
-        reboot_at = hal_now_ms() + 50;
+        reboot_at = due_in(50);
         return;
     case UID_OTA_AVAILABLE: {
         uint8_t yes = on_offer(r);
@@ -693,7 +701,7 @@ void app_run(void)
     frame_decoder_init(&dec);
     baud_now = opt.initial_baud;
     hal_uart_set_baud(baud_now);
-    link_at = hal_now_ms();
+    link_at = due_in(0);
     for (;;) {
         uint32_t now = hal_now_ms();
         if (reboot_at && (int32_t)(now - reboot_at) >= 0)

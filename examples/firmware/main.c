@@ -10,30 +10,9 @@
 #include <string.h>
 
 #include "app.h"
+#include "options.h"
 #include "hal.h"
 #include "posix.h"
-
-static const char usage[] =
-    "usage: refmcu --port PATH --flash FILE [--provision IMAGE] [options]\n"
-    "  --slot-size BYTES       bytes of each image slot (default 262144)\n"
-    "  --chunk-size BYTES      chunk size asked for in blynk_otaUpdateStart (default 1024)\n"
-    "  --baud-switch RATE      after start-up, ask the NCP to switch the UART to RATE\n"
-    "  --flash-ms-per-kib MS   a slow flash: milliseconds to program each KiB\n"
-    "  --heartbeat-ms MS       how often the NCP's state is asked (default 1000)\n"
-    "  --tolerate-duplicates   acknowledge an exact resend of the last chunk\n"
-    "  --skip-type-check       a defect: install an image of another product\n"
-    "  --keep-switched-baud    a defect: stay at the switched rate after an NCP reboot\n";
-
-static unsigned long number(const char *name, const char *text, unsigned long lo, unsigned long hi)
-{
-    char *end;
-    unsigned long v = strtoul(text ? text : "", &end, 10);
-    if (!text || !*text || *end || v < lo || v > hi) {
-        fprintf(stderr, "refmcu: %s takes a number from %lu to %lu, not '%s'\n", name, lo, hi, text ? text : "");
-        exit(2);
-    }
-    return v;
-}
 
 static uint8_t *read_file(const char *path, uint32_t *len)
 {
@@ -64,30 +43,18 @@ static uint8_t *read_file(const char *path, uint32_t *len)
 int main(int argc, char **argv)
 {
     struct options o;
-    const char *port = NULL, *flash = NULL, *provision = NULL;
-    app_defaults(&o);
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--port") && v) port = argv[++i];
-        else if (!strcmp(a, "--flash") && v) flash = argv[++i];
-        else if (!strcmp(a, "--provision") && v) provision = argv[++i];
-        else if (!strcmp(a, "--slot-size")) o.slot_size = (uint32_t)number(a, v, 4096, 1u << 30), i++;
-        else if (!strcmp(a, "--chunk-size")) o.chunk_size = (uint16_t)number(a, v, 1, 65535), i++;
-        else if (!strcmp(a, "--baud-switch")) o.switch_baud = (uint32_t)number(a, v, 300, 10000000), i++;
-        else if (!strcmp(a, "--flash-ms-per-kib")) o.flash_ms_per_kib = (uint32_t)number(a, v, 0, 60000), i++;
-        else if (!strcmp(a, "--heartbeat-ms")) o.heartbeat_ms = (uint32_t)number(a, v, 10, 600000), i++;
-        else if (!strcmp(a, "--tolerate-duplicates")) o.tolerate_duplicates = 1;
-        else if (!strcmp(a, "--skip-type-check")) o.skip_type_check = 1;
-        else if (!strcmp(a, "--keep-switched-baud")) o.keep_switched_baud = 1;
-        else {
-            fprintf(stderr, "refmcu: unknown or incomplete option '%s'\n%s", a, usage);
-            return 2;
-        }
+    struct paths p;
+    char err[160];
+    int bad = options_parse(&o, &p, argc, argv, err, sizeof err);
+    if (!bad && !p.port) {
+        snprintf(err, sizeof err, "give --port PATH");
+        bad = 1;
     }
-    if (!port || !flash) {
-        fputs(usage, stderr);
+    if (bad) {
+        fprintf(stderr, "refmcu: %s\n%s", err, options_usage);
         return 2;
     }
+    const char *port = p.port, *flash = p.flash, *provision = p.provision;
     uint32_t size = 4096 + 2 * o.slot_size;
     FILE *exists = fopen(flash, "rb");
     if (exists)

@@ -140,6 +140,8 @@ int rpc_call(struct rpc *rpc, uint16_t uid, const struct writer *args, uint32_t 
         rpc->next_id = (uint16_t)(rpc->next_id + 1 ? rpc->next_id + 1 : 1); /* 16 bits, never 0 */
         c->uid = uid;
         c->deadline = hal_now_ms() + timeout_ms;
+        if (!c->deadline)
+            c->deadline = 1; /* 0 is "no deadline" to rpc_tick's caller */
         c->done = done;
         c->ctx = ctx;
         send_message(MSG_INVOKE, uid, c->msg_id, 1, args, 0, 0);
