@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""The C reference firmware updated through `dualmcu ncp -p exec:...`, and the pytest plugin's
-cost per test.
+"""The C reference firmware updated through `dualmcu ncp -p exec:...` (native, and its Cortex-M
+build under QEMU), and the pytest plugin's cost per test.
 
     .venv/bin/python tools/bench_firmware.py [--runs 5] [--size 256K] [--tests 10] [--json]
 
@@ -43,11 +43,18 @@ class BenchError(RuntimeError):
     pass
 
 
-def build(work: str) -> str:
-    r = subprocess.run(["make", "-s", "-C", FIRMWARE, f"BUILD={work}/build"], capture_output=True, text=True)
+def build(work: str, target: str = "") -> str:
+    r = subprocess.run(["make", "-s", "-C", FIRMWARE, f"BUILD={work}/build", *([target] if target else [])],
+                       capture_output=True, text=True)
     if r.returncode:
         raise BenchError(f"the reference firmware did not build: {r.stderr.strip()}")
-    return f"{work}/build/refmcu"
+    return f"{work}/build/refmcu" + ("-mps2.elf" if target == "mps2" else "")
+
+
+def qemu(elf: str) -> str:
+    """The command that runs the Cortex-M build, with {args} for its own command line."""
+    return ("qemu-system-arm -M mps2-an385 -display none -monitor none -no-reboot "
+            f"-semihosting-config enable=on,target=native -serial {{pty}} -kernel {elf} -append '{{args}}'")
 
 
 def one_update(refmcu: str, work: str, size: int, n: int) -> dict:
@@ -55,8 +62,11 @@ def one_update(refmcu: str, work: str, size: int, n: int) -> dict:
 
     factory = make_image("1.0.0", "TMPLBENCH", f"{work}/factory.bin", 40 * 1024)
     new = make_image("1.1.0", "TMPLBENCH", f"{work}/new.bin", size)
-    flash = f"{work}/dev-{n}.flash"
-    cmd = f"{refmcu} --port {{pty}} --flash {flash} --provision {factory} --slot-size {max(size, 64 * 1024) + 4096}"
+    flash = f"{work}/dev-{n}-{size}.flash"
+    if os.path.exists(flash):
+        os.remove(flash)
+    args = f"--flash {flash} --provision {factory} --slot-size {max(size, 64 * 1024) + 4096}"
+    cmd = refmcu.replace("{args}", args) if "{args}" in refmcu else f"{refmcu} --port {{pty}} {args}"
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "dualmcu", "ncp", "-p", f"exec:{cmd}", "--framing", "blynk",
                         "--firmware", str(new), "--once", "--timeout", "120", "--json", "--store", f"{work}/store",
@@ -108,18 +118,25 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--size", default="256K")
     p.add_argument("--tests", type=int, default=10)
+    p.add_argument("--qemu-size", default="64K", help="the image for the native and the QEMU builds side by side")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    size = int(a.size.rstrip("Kk")) * 1024 if a.size[-1] in "Kk" else int(a.size)
+    kib = lambda text: int(text.rstrip("Kk")) * 1024 if text[-1] in "Kk" else int(text)  # noqa: E731
+    size, qsize = kib(a.size), kib(a.qemu_size)
     as_installed()
     rows = []
     with tempfile.TemporaryDirectory() as work:
         refmcu = build(work)
         runs = [one_update(refmcu, work, size, n) for n in range(a.runs)]
-        for key, what in (("offer_to_report", "offer to confirmed report"), ("wall", "whole command")):
-            xs = [r[key] for r in runs]
-            rows.append({"row": f"update {size // 1024} KiB: {what}", "median_s": round(statistics.median(xs), 3),
-                         "min_s": round(min(xs), 3), "max_s": round(max(xs), 3), "runs": len(xs)})
+        qemu_elf = qemu(build(work, "mps2"))
+        sets = [(f"native, {size // 1024} KiB", runs),
+                (f"native, {qsize // 1024} KiB", [one_update(refmcu, work, qsize, n) for n in range(a.runs)]),
+                (f"QEMU Cortex-M3, {qsize // 1024} KiB", [one_update(qemu_elf, work, qsize, n) for n in range(a.runs)])]
+        for name, done in sets:
+            for key, what in (("offer_to_report", "offer to confirmed report"), ("wall", "whole command")):
+                xs = [r[key] for r in done]
+                rows.append({"row": f"{name}: {what}", "median_s": round(statistics.median(xs), 3),
+                             "min_s": round(min(xs), 3), "max_s": round(max(xs), 3), "runs": len(xs)})
         over = plugin_overhead(refmcu, work, a.tests)
         rows.append({"row": "plugin: overhead per test", "median_s": round(statistics.median(over), 3),
                      "min_s": round(min(over), 3), "max_s": round(max(over), 3), "runs": len(over)})
