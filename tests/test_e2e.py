@@ -959,37 +959,38 @@ def standalone_pair(tmp_path, relay, new: bytes, *ncp_args, primary_args=()):
     return ncp, mcu
 
 
-def test_ncp_once_ends_on_the_rollback_of_a_build_that_first_reported_in(tmp_path):
-    """The new version reports in (the cloud's success), then its commit timer rolls it back:
-    `ncp --once` exited 0 on the success; it ends 1 on the rollback, and says so in one line."""
+def ncp_once(tmp_path, new: bytes, *ncp_args, primary_args=(), spy: str | None = None):
+    """`ncp --once` and a standalone primary over a relay, until the NCP ends: its exit code,
+    stdout and stderr. ``spy``: the NCP's port is captured to this file through spy://."""
     from dualmcu.relay import Relay
 
-    late = build_image(make_info("2.3.4", "TMPLE2E", build="Mar  3 2026 03:03:03",
-                                 **{"dualmcu-test": "slow-confirm:30"}), 60_000)
     with Relay("pty") as relay:
-        ncp, mcu = standalone_pair(tmp_path, relay, late, primary_args=("--commit-timeout", "2"))
+        if spy is not None:
+            relay.paths["a"] = f"spy://{relay.paths['a']}?file={spy}"
+        ncp, mcu = standalone_pair(tmp_path, relay, new, *ncp_args, primary_args=primary_args)
         try:
             out, err = ncp.communicate(timeout=TIMEOUT)
         finally:
             mcu.terminate()
             mcu.wait(timeout=30)
-    assert ncp.returncode == 1, err.decode()[-2000:]
+    return ncp.returncode, out, err
+
+
+def test_ncp_once_ends_on_the_rollback_of_a_build_that_first_reported_in(tmp_path):
+    """The new version reports in (the cloud's success), then its commit timer rolls it back:
+    `ncp --once` exited 0 on the success; it ends 1 on the rollback, and says so in one line."""
+    late = build_image(make_info("2.3.4", "TMPLE2E", build="Mar  3 2026 03:03:03",
+                                 **{"dualmcu-test": "slow-confirm:30"}), 60_000)
+    code, out, err = ncp_once(tmp_path, late, primary_args=("--commit-timeout", "2"))
+    assert code == 1, err.decode()[-2000:]
     assert out.decode().splitlines() == ["FAILED: rolled back to 2.0.0 (commit_timeout)"]
     assert b"ota_outcome" in err and b"outcome=rollback" in err
 
 
 def test_ncp_once_says_ok_only_once_the_primary_confirmed(tmp_path):
-    from dualmcu.relay import Relay
-
     new = build_image(make_info("2.3.4", "TMPLE2E", build="Mar  3 2026 03:03:03"), 60_000)
-    with Relay("pty") as relay:
-        ncp, mcu = standalone_pair(tmp_path, relay, new, "--json")
-        try:
-            out, err = ncp.communicate(timeout=TIMEOUT)
-        finally:
-            mcu.terminate()
-            mcu.wait(timeout=30)
-    assert ncp.returncode == 0, err.decode()[-2000:]
+    code, out, err = ncp_once(tmp_path, new, "--json")
+    assert code == 0, err.decode()[-2000:]
     evs = events(out)
     assert evs[-1] == {"side": "ncp", "event": "exit", "code": 0, "reason": "confirmed"}
     assert [e["telemetry"]["ota_state"] for e in evs if e["event"] == "cloud_record"] == ["confirmed"]
@@ -1032,21 +1033,10 @@ def test_a_spy_capture_through_the_ncp_holds_the_whole_update_and_decodes_typed(
     """docs/hardware.md's capture: `dualmcu ncp -p 'spy://PORT?file=ncp.log'`. The shell reads
     and writes the port's descriptor, past pyserial's spy, and the log held one line. Now every
     byte is in it, and `decode --spy` types every RESULT, across the primary's reboot."""
-    from dualmcu.relay import Relay
-
     new = build_image(make_info("2.3.4", "TMPLE2E", build="Mar  3 2026 03:03:03"), 30_000)
     log = tmp_path / "ncp.log"
-    with Relay("pty") as relay:
-        url = f"spy://{relay.paths['a']}?file={log}"
-        relay.paths["a"] = url
-        ncp, mcu = standalone_pair(tmp_path, relay, new, "--framing", "blynk",
-                                   primary_args=("--framing", "blynk"))
-        try:
-            out, err = ncp.communicate(timeout=TIMEOUT)
-        finally:
-            mcu.terminate()
-            mcu.wait(timeout=30)
-    assert ncp.returncode == 0, err.decode()[-2000:]
+    code, out, err = ncp_once(tmp_path, new, "--framing", "blynk", primary_args=("--framing", "blynk"), spy=log)
+    assert code == 0, err.decode()[-2000:]
     r = dualmcu("decode", "--framing", "blynk", "--json", "--spy", log)
     assert r.returncode == 0, r.stderr
     recs = [json.loads(line) for line in r.stdout.decode().splitlines()]
