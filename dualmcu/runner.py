@@ -330,10 +330,11 @@ class Run:
         wire = self.wire(side)
         port = wire.name
         if side == "ncp":
-            return NcpOptions(port, o.baud, o.framing, tuple(os.path.abspath(f) for f in o.firmware),
-                              os.path.join(self.workdir, "ncp-store"), o.net_rate, o.net_fail_at,
-                              replace(o.ncp, once=True), as_json=True, progress_interval=o.progress_interval,
-                              start=self.t0, wire=wire)
+            return NcpOptions(port=port, baud=o.baud, framing=o.framing,
+                              firmware=tuple(os.path.abspath(f) for f in o.firmware),
+                              prefetch_store=os.path.join(self.workdir, "ncp-store"), net_rate=o.net_rate,
+                              net_fail_at=o.net_fail_at, config=replace(o.ncp, once=True), as_json=True,
+                              progress_interval=o.progress_interval, start=self.t0, wire=wire)
         cut_at = cut_seed = None
         within: dict = {}  # the side's own default unless a seed is drawn from
         if self.spawned["primary"] == 0:  # the power fails once; the restarted device runs on
@@ -346,9 +347,10 @@ class Run:
                 crossings = pages if page % chunk else 0
                 within = {"power_cut_within": pages + chunks + crossings + 6}
         geometry = None if os.path.exists(o.flash) else o.geometry  # an existing file keeps its own
-        return PrimaryOptions(port, o.flash, o.baud, o.framing, geometry, self.factory, o.primary, as_json=True,
-                              power_cut_at=cut_at, power_cut_seed=cut_seed, progress_interval=o.progress_interval,
-                              start=self.t0, wire=wire, **within)
+        return PrimaryOptions(port=port, flash=o.flash, baud=o.baud, framing=o.framing, geometry=geometry,
+                              provision=self.factory, config=o.primary, as_json=True, power_cut_at=cut_at,
+                              power_cut_seed=cut_seed, progress_interval=o.progress_interval, start=self.t0,
+                              wire=wire, **within)
 
     def spawn(self, side: str) -> None:
         log = os.path.join(self.workdir, f"{side}.log")

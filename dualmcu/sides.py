@@ -44,7 +44,7 @@ def reboot_port(port: Port, initial_baud: int, emit) -> None:
     port.discard_input()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class NcpOptions:
     port: str
     baud: int = 38400
@@ -187,7 +187,7 @@ def out_of_time(timeout: float | None) -> Callable[[], None] | None:
     return check
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PrimaryOptions:
     port: str
     flash: str

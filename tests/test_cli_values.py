@@ -129,3 +129,42 @@ def test_link_takes_its_rate_from_b_or_the_environment_and_no_port_that_is_a_num
     assert json.loads(r.output.splitlines()[0])["baud"] == 230400
     r = CliRunner().invoke(main, ["link", "--b", "115200"])
     assert r.exit_code == 2 and "'115200' is a number, not a port: the baud rate is -b/--baud" in r.output
+
+
+# Options whose name is a config field's but whose default differs on purpose, with the reason.
+DEFAULT_ON_PURPOSE = {
+    # The sides' -b is the UART's initial rate; NcpConfig.baud is the rate it derives timeouts
+    # from (None: its port's), PrimaryConfig.baud the rate it asks to switch to (None: none),
+    # LinkConfig.baud the pacing (None: unpaced).
+    **{(cmd, "baud"): "another meaning" for cmd in ("ncp", "primary", "run", "link")},
+    # A run on a laptop waits seconds for a deferring device, not the cloud's week.
+    ("run", "max_defer"): "run waits 30 s",
+}
+
+
+def test_every_cli_default_is_its_configs_default():
+    """An option and the config field it fills are declared apart; a default changed in one
+    place and not the other would make the command and the API behave differently."""
+    import dataclasses
+
+    from dualmcu.link import Faults, LinkConfig
+    from dualmcu.ncp.core import NcpConfig
+    from dualmcu.primary.device import PrimaryConfig
+    from dualmcu.primary.ota import OtaConfig
+
+    defaults: dict[str, list] = {}
+    for cfg in (NcpConfig(), PrimaryConfig(), OtaConfig(), LinkConfig(), Faults()):
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            defaults.setdefault(f.name, []).append(getattr(value, "value", value))
+    checked = 0
+    for cmd in ("ncp", "primary", "run", "link"):
+        command = main.commands[cmd]
+        ctx = command.make_context(cmd, ["-p", "loop://"] if cmd in ("ncp", "primary") else [])
+        for name, value in ctx.params.items():
+            if name not in defaults or (cmd, name) in DEFAULT_ON_PURPOSE:
+                continue
+            value = getattr(value, "value", value)
+            assert value in defaults[name], (cmd, name, value, defaults[name])
+            checked += 1
+    assert checked >= 50

@@ -20,6 +20,8 @@ def test_generated_docs_do_not_depend_on_who_generates_them(tmp_path):
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stdout
     for name in os.listdir(os.path.join(ROOT, "docs")):
+        if not name.endswith(".md"):
+            continue  # docs/ is also a package: its __init__.py, and byte code a run compiled
         text = open(os.path.join(ROOT, "docs", name), errors="replace").read()
         assert "/root/" not in text and "/home/" not in text, name
 

@@ -93,8 +93,10 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
     cfg = NcpConfig(retries=retries, max_chunk=max_chunk, write_timeout=write_timeout, pipeline=pipeline, resume=resume, offers=offers, once=once, answer_unknown=answer_unknown,
                     wall_clock_ms=parse_clock(clock), mandatory=mandatory, min_version=min_version, max_defer=max_defer,
                     confirm_window=confirm_window, misbehave=misbehave)
-    sys.exit(run_ncp(NcpOptions(port, baud, framing, firmware, store, net_rate, net_fail_at, cfg, as_json, verbose,
-                                progress_interval, timeout=timeout, firmware_log=firmware_log)))
+    sys.exit(run_ncp(NcpOptions(port=port, baud=baud, framing=framing, firmware=firmware, prefetch_store=store,
+                                net_rate=net_rate, net_fail_at=net_fail_at, config=cfg, as_json=as_json,
+                                verbose=verbose, progress_interval=progress_interval, timeout=timeout,
+                                firmware_log=firmware_log)))
 
 
 def parse_misbehave(items: tuple[str, ...]):
@@ -217,8 +219,10 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     trust = load_trust(trust_keys, device_target, any_target)
     cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud, blocking=blocking,
                         trust=trust, commit_timeout=commit_timeout)
-    sys.exit(run_primary(PrimaryOptions(port, flash, baud, framing, geometry, provision, cfg, once, as_json, verbose,
-                                        power_cut_at, power_cut_seed, power_cut_within, identity,
+    sys.exit(run_primary(PrimaryOptions(port=port, flash=flash, baud=baud, framing=framing, geometry=geometry,
+                                        provision=provision, config=cfg, once=once, as_json=as_json, verbose=verbose,
+                                        power_cut_at=power_cut_at, power_cut_seed=power_cut_seed,
+                                        power_cut_within=power_cut_within, identity=identity,
                                         endurance=flash_endurance, progress_interval=progress_interval,
                                         timeout=timeout, firmware_log=firmware_log)))
 
