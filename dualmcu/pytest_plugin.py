@@ -61,6 +61,18 @@ def _setting(config: pytest.Config, name: str) -> str:
     return config.getini(name) or DEFAULTS.get(name, "")
 
 
+def _number(config: pytest.Config, name: str, kind: type = int) -> Any:
+    """A numeric ini setting, or one line naming it when it is not a number (or not positive)."""
+    text = _setting(config, name)
+    try:
+        value = kind(text)
+        if not value > 0 or value != value or value == float("inf"):
+            raise ValueError
+    except ValueError:
+        pytest.fail(f"{name} = {text!r} in the ini: give a positive number", pytrace=False)
+    return value
+
+
 @pytest.fixture(scope="session")
 def dualmcu_firmware_command(pytestconfig: pytest.Config) -> str:
     """The command that starts the firmware under test (ini ``dualmcu_firmware``, or
@@ -145,8 +157,8 @@ def dualmcu_ncp(_dualmcu_sides: _Sides, dualmcu_firmware: str, pytestconfig: pyt
         if port is None and firmware_args:
             port = dualmcu_firmware + " " + shlex.join(firmware_args)
         options.setdefault("framing", _setting(pytestconfig, "dualmcu_framing"))
-        options.setdefault("baud", int(_setting(pytestconfig, "dualmcu_baud")))
-        options.setdefault("timeout", float(_setting(pytestconfig, "dualmcu_timeout")))
+        options.setdefault("baud", _number(pytestconfig, "dualmcu_baud"))
+        options.setdefault("timeout", _number(pytestconfig, "dualmcu_timeout", float))
         first = not any(isinstance(s, api.Ncp) for s in _dualmcu_sides.sides)
         # Kept with the test's files (pytest keeps the last runs'), for reading after a failure.
         options.setdefault("firmware_log", tmp_path / ("firmware.log" if first else f"firmware-{id(options)}.log"))
@@ -165,7 +177,7 @@ def dualmcu_primary(_dualmcu_sides: _Sides, tmp_path: Path, dualmcu_image: Calla
     def start(port: str, flash: str | os.PathLike | None = None, provision: str | os.PathLike | None = None,
               **options: Any) -> api.Primary:
         options.setdefault("framing", _setting(pytestconfig, "dualmcu_framing"))
-        options.setdefault("baud", int(_setting(pytestconfig, "dualmcu_baud")))
+        options.setdefault("baud", _number(pytestconfig, "dualmcu_baud"))
         flash = flash or tmp_path / "primary.flash"
         if provision is None and not os.path.exists(flash):
             provision = dualmcu_image(_setting(pytestconfig, "dualmcu_factory_version"), size=48 * 1024)
@@ -180,7 +192,7 @@ def dualmcu_link(_dualmcu_sides: _Sides, pytestconfig: pytest.Config) -> Callabl
     """Two new ptys joined by the simulated UART with faults: ``link = dualmcu_link("--drop",
     "1e-3", "--seed", "1")``; put the firmware on ``link.b`` and the NCP on ``link.a``."""
     def start(*args: str, baud: int | None = None, pace: bool = True) -> api.Link:
-        rate = baud or int(_setting(pytestconfig, "dualmcu_baud"))
+        rate = baud or _number(pytestconfig, "dualmcu_baud")
         return _dualmcu_sides.add(api.Link(rate, pace, args))
 
     return start

@@ -78,3 +78,16 @@ def test_update(dualmcu_ncp, dualmcu_image, n):
 ''')
     result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=6)
+
+
+def test_a_setting_that_is_not_a_number_is_one_clear_failure(pytester, refmcu):
+    pytester.makeini(f"""
+        [pytest]
+        dualmcu_firmware = {refmcu} --port {{pty}} --flash {{flash}} --provision {{factory}}
+        dualmcu_baud = fast
+    """)
+    pytester.makepyfile(test_user=USER_TEST.split("def test_expects")[0])
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*dualmcu_baud = 'fast' in the ini: give a positive number*"])
+    assert "Traceback" not in result.stdout.str()

@@ -97,3 +97,18 @@ def test_a_fuzz_campaign_finds_the_duplicate_chunk_hazard_of_the_strict_build_on
     found = [json.loads(line) for line in r.stdout.splitlines() if '"event":"finding"' in line.replace(" ", "")]
     assert sorted(f["class"] for f in found if f["verdict"] == "confirmed") == confirmed, r.stdout[-3000:]
     assert r.returncode == (1 if confirmed else 0), r.stderr[-2000:]
+
+
+def test_fuzz_takes_the_firmware_as_the_sides_do(refmcu, tmp_path):
+    """-p 'exec:... {pty}' runs the target as --target-cmd does."""
+    import subprocess
+    import sys
+
+    from dualmcu import make_image
+
+    factory = make_image("1.0.0", "TMPLREF", tmp_path / "factory.bin")
+    port = f"exec:{refmcu} --port {{pty}} --flash {tmp_path / 'f.flash'} --provision {factory} --tolerate-duplicates"
+    r = subprocess.run([sys.executable, "-m", "dualmcu", "fuzz", "--target", "primary", "--framing", "blynk", "-p", port,
+                        "--examples", "10", "--out", str(tmp_path / "found")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "event=result cases=10" in r.stderr, r.stderr[-2000:]

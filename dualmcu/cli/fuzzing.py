@@ -61,6 +61,13 @@ def fuzz(ctx, port, target_cmd, reset_cmd, target_side, framing, baud, examples,
     from dualmcu.exits import stopped_code, stopped_word
     from dualmcu.shell import PortError
 
+    if port and port.startswith("exec:") and not target_cmd:
+        # -p 'exec:CMD {pty}', as the sides take it: the fuzzer's own runner of a target command
+        # does the same (a fresh pty, restarted when it dies, its output kept).
+        if "{pty}" not in port:
+            raise click.BadParameter(f"{port!r} has no {{pty}}: the firmware would not know which port is its UART",
+                                     param_hint="--port")
+        port, target_cmd = None, port.removeprefix("exec:").replace("{pty}", "{port}")
     if bool(port) == bool(target_cmd):
         raise click.UsageError("give --port or --target-cmd (one of them)")
     if target_cmd:
