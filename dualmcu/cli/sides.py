@@ -86,6 +86,11 @@ def ncp(port, baud, framing, firmware, store, retries, max_chunk, write_timeout,
     It stands in for the cloud too: the update is offered once the primary has reported its
     firmware and its version differs, and the outcome is judged as the cloud would (success,
     rollback, refused, download_limit, download_failed, prefetch_failed, finish_failed).
+
+    The port may be the firmware under test itself: -p 'exec:./app --port {pty}' starts it on a
+    fresh pty, again after each reboot (docs/testing.md). A running NCP takes `kill -USR1` as
+    "reboot now" (state gone, UART back at --baud) and `kill -USR2` as a power cut of its
+    exec: target.
     """
     from dualmcu.sides import NcpOptions, run_ncp
 
@@ -189,7 +194,9 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     A blank flash needs --provision IMAGE (its factory firmware). The process reboots into
     its bootloader whenever the device reboots; a killed process boots from the same file.
     A power cut (--power-cut-at, --power-cut-seed) ends the process with exit code 75 in the
-    middle of a flash operation; start it again to see the device come back.
+    middle of a flash operation; start it again to see the device come back. A running primary
+    takes `kill -USR1` as "reboot now", and `kill -USR2` as a power cut of an exec: target on
+    its port (an NCP's firmware under test).
     """
     from dualmcu.sides import PrimaryOptions, run_primary
     from dualmcu.primary.device import PrimaryConfig
