@@ -50,9 +50,10 @@ MEANING = {
                           "where it can (`run` keeps its work files, `fuzz` saves its findings "
                           "unconfirmed)",
     ExitCode.TERMINATED: "stopped by SIGTERM (`kill`, `timeout`, a CI job's end), handled as "
-                         "Ctrl-C is: never 0, which would read as a success. `ncp` and `primary` "
-                         "end with an `exit` event saying `terminated` (or `interrupted`), `link` "
-                         "with its summary",
+                         "Ctrl-C is: a job cut short never ends 0, which would read as a success. "
+                         "`ncp` and `primary` end with an `exit` event saying `terminated` (or "
+                         "`interrupted`), `link` with its summary; a `fleet --serve` whose rollout "
+                         "had ended keeps the rollout's code",
 }
 
 
