@@ -8,7 +8,10 @@ buffer and seeded faults as in the tests apply between real processes and real h
 
 The relay keeps each pty's slave open itself, so a side that closes its port (a killed and
 restarted process) does not hang the pty up; bytes sent meanwhile wait for it (up to 1 MiB,
-then the oldest are lost).  A slow reader is waited for: losing bytes to a full receive
+then the oldest are lost).  It also reads each pty's rate, as the process on it set it with
+termios: when the two ends' rates disagree, bytes arrive as a UART at the other rate hears them
+(:func:`~dualmcu.link.misread`, counted as ``misheard``), so a side that forgets a baud switch
+fails here as on the bench; when they agree, a paced link paces at their rate.  A slow reader is waited for: losing bytes to a full receive
 buffer is the link model's business (``rx_buffer``), not the relay's.  With sockets, a side that reconnects
 replaces its old connection.
 """
@@ -22,8 +25,9 @@ import threading
 import time
 import tty
 
-from .link import Link, LinkConfig
+from .link import Link, LinkConfig, misread, rates_agree
 from .shell import wait_for
+from .target import tty_rate
 
 SIDES = ("a", "b")
 MAX_BACKLOG = 1 << 20  # bytes waiting for a side that does not read before the oldest are lost
@@ -37,7 +41,8 @@ class Relay:
         self.kind = kind
         self.link = Link(link or LinkConfig())
         self.disconnects = sorted(disconnects or [], key=lambda d: d[1])  # (side, at, seconds)
-        self.counts = {"a_to_b": 0, "b_to_a": 0, "lost": 0}
+        self.counts = {"a_to_b": 0, "b_to_a": 0, "lost": 0, "misheard": 0}
+        self._ttys: dict[str, int] = {}  # a pty side's slave, whose termios says its rate
         # select() waits to the microsecond; epoll and poll round a timeout up to the next
         # millisecond, which added 2-3 ms to every paced round trip (a 12.4 ms frame was held
         # 14 ms).  The relay watches at most four descriptors, all low-numbered.
@@ -61,6 +66,7 @@ class Relay:
                 tty.setraw(master)
                 self._attach(side, master)
                 self._keep.append(slave)
+                self._ttys[side] = slave
                 self.paths[side] = os.ttyname(slave)
             else:
                 srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -182,12 +188,26 @@ class Relay:
                     self._drop(tag)
                     continue
                 self.counts["a_to_b" if tag == "a" else "b_to_a"] += len(data)
-                link.send(tag, data, time.monotonic())
+                link.send(tag, self._heard(tag, data), time.monotonic())
             now = time.monotonic()
             for side in SIDES:
                 out = link.receive(side, now)
                 if out:
                     self._deliver(side, out)
+
+    def _heard(self, sender: str, data: bytes) -> bytes:
+        """``data`` as the other side's UART takes it, each end at the rate it set."""
+        if len(self._ttys) < 2:
+            return data
+        sent_at, read_at = (tty_rate(self._ttys[s]) for s in (sender, "b" if sender == "a" else "a"))
+        if sent_at is None or read_at is None:
+            return data
+        if not rates_agree(sent_at, read_at):
+            self.counts["misheard"] += len(data)
+            return misread(data, sent_at, read_at)
+        if self.link.cfg.baud is not None and self.link.cfg.baud != sent_at:
+            self.link.set_baud(sent_at, time.monotonic())  # both ends switched: pace at it
+        return data
 
     def _deliver(self, side: str, data: bytes) -> None:
         fd = self._fds[side]

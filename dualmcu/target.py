@@ -54,6 +54,15 @@ _SPEEDS = {getattr(termios, f"B{r}"): r for r in (
     1000000, 1152000, 1500000, 2000000, 2500000, 3000000, 3500000, 4000000) if hasattr(termios, f"B{r}")}
 
 
+def tty_rate(fd: int) -> int | None:
+    """The baud rate a tty is set to (by whichever process has it open), or None when termios
+    names none of the standard rates or the descriptor is no tty."""
+    try:
+        return _SPEEDS.get(termios.tcgetattr(fd)[5])
+    except (termios.error, OSError):
+        return None
+
+
 class ExecTarget:
     """One firmware process on a pty of its own, started again whenever it ends."""
 
@@ -149,10 +158,7 @@ class ExecTarget:
 
     def baud(self) -> int | None:
         """The rate the firmware set on its end (None: one termios does not name)."""
-        try:
-            return _SPEEDS.get(termios.tcgetattr(self.slave)[5])
-        except (termios.error, OSError):
-            return None
+        return tty_rate(self.slave)
 
     def close(self) -> None:
         with self._lock:

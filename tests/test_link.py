@@ -612,3 +612,31 @@ def test_a_stopped_side_ends_as_an_interruption_wherever_the_signal_lands(monkey
     said = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [e["event"] for e in said] == ["port_open", "exit"]
     assert said[-1]["code"] == code and said[-1]["reason"] == ("interrupted" if code == 130 else "terminated")
+
+
+def test_a_relay_keeps_each_ptys_rate_and_a_mismatch_garbles_as_a_uart_would():
+    """dualmcu link paced at one fixed rate, and a pty ignores line speed: a firmware that stayed
+    at 230400 after its peer went back to 38400 went unnoticed. Each end's rate is now its own."""
+    import time
+
+    import serial
+
+    from dualmcu.relay import Relay
+
+    data = bytes(range(32, 127)) * 4
+    with Relay("pty", LinkConfig(baud=38400)) as relay:
+        a = serial.Serial(relay.paths["a"], 230400, timeout=0.3)
+        b = serial.Serial(relay.paths["b"], 38400, timeout=0.3)
+        try:
+            a.write(data)
+            time.sleep(0.3)
+            heard = b.read(4096)
+            assert heard != data and relay.stats["misheard"] == len(data)
+            b.baudrate = 230400  # both ends agree again: every byte, paced at their rate
+            time.sleep(0.05)
+            a.write(data)
+            got = b.read(len(data))
+            assert got == data and relay.link.cfg.baud == 230400
+        finally:
+            a.close()
+            b.close()

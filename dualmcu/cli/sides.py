@@ -360,6 +360,10 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
     Put it between a real device and an emulator, or between two emulators: with no --a or
     --b it makes ptys and prints their paths. What it injected is counted and printed when it
     stops (every second too, with --json).
+
+    Each pty it makes keeps the rate its process set (termios): when the two ends disagree,
+    bytes arrive as a UART at the other rate would hear them (counted as misheard), and when
+    they agree a paced link paces at their rate, after a baud switch too.
     """
     from dualmcu.relay import Relay
     from dualmcu.shell import PortError, open_port
