@@ -54,7 +54,7 @@ from dualmcu.rpc import strategies as S
 from dualmcu.rpc.message import Invoke, Oneway, Result, Status, parse
 
 from .paths import write_whole
-from .shell import Port, open_port
+from .ports import Port, open_port
 
 FUZZ_IDS = range(0x8000, 0xFFFF)  # the fuzzer's own msg_ids, apart from its responder's
 SETTLE = 0.03  # how long to listen after a step that expects no answer

@@ -32,7 +32,8 @@ from dualmcu.rpc.events import Event
 from .child import send
 from .link import LinkConfig
 from .exits import ExitCode, say_error, stopped_code, stopped_word
-from .shell import Outlet, Progress, Tally, Wire, detail, json_note, shown
+from .ports import Tally, Wire
+from .output import Outlet, Progress, detail, json_note, shown
 from .sides import NcpOptions, PrimaryOptions, read_factory_image
 DEMO_TYPE = "TMPL0DEMO01"
 DEMO_SIZE = 300 * 1024

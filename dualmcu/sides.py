@@ -23,7 +23,9 @@ from dualmcu.rpc.events import Event
 from .exits import ExitCode, say_error, stopped_code, stopped_word
 from .paths import default_store
 from .target import ExecTarget, TargetError
-from .shell import EventPrinter, Port, PortError, Runner, Silence, Stop, Wire, open_port, shown, take_requests
+from .ports import Port, PortError, Wire, open_port
+from .output import EventPrinter, shown
+from .shell import Runner, Silence, Stop, take_requests
 
 
 def switch_baud(port: Port, baud: int, emit) -> None:

@@ -307,7 +307,7 @@ def test_a_failed_start_writes_nothing_to_the_flash(tmp_path):
 def test_a_port_that_cannot_be_opened_is_said_in_one_line(url, said):
     """pyserial's own words for a bad URL were a formatting error of its own, or the URL said
     twice; each is said once, with what was expected."""
-    from dualmcu.shell import PortError, open_port
+    from dualmcu.ports import PortError, open_port
 
     with pytest.raises(PortError) as e:
         open_port(url, 115200)
@@ -325,7 +325,7 @@ def test_a_port_error_with_an_errno_says_the_path_and_the_cause_once(code, said)
     such device or address: 'P'"); the line names each once."""
     import serial
 
-    from dualmcu.shell import _open_failure
+    from dualmcu.ports import _open_failure
 
     e = serial.SerialException(code, f"could not open port /dev/ttyUSB9: [Errno {code}] x")
     text = _open_failure("/dev/ttyUSB9", e)
@@ -339,7 +339,7 @@ def test_a_blank_flash_needs_a_factory_image(tmp_path):
 
 def test_a_port_in_use_is_refused(tmp_path):
     from dualmcu.relay import Relay
-    from dualmcu.shell import PortError, open_port
+    from dualmcu.ports import PortError, open_port
 
     with Relay("pty") as relay:
         first = open_port(relay.paths["a"], 115200)
@@ -676,7 +676,8 @@ def test_a_step_s_bytes_leave_before_its_events_are_printed():
     # makes its peer wait while it formats and prints its log.
     import io
 
-    from dualmcu.shell import EventPrinter, Runner, Stop
+    from dualmcu.output import EventPrinter
+    from dualmcu.shell import Runner, Stop
 
     order: list[str] = []
 
@@ -740,7 +741,7 @@ def test_a_step_s_bytes_leave_before_its_events_are_printed():
 def test_progress_is_thinned_only_when_asked_and_its_last_step_is_always_printed():
     import io
 
-    from dualmcu.shell import EventPrinter
+    from dualmcu.output import EventPrinter
 
     def lines(interval):
         out = io.StringIO()
@@ -896,7 +897,7 @@ def test_the_run_reads_a_sides_last_lines_while_it_stops():
     import io
 
     from dualmcu.runner import Run, RunOptions
-    from dualmcu.shell import Outlet, json_note
+    from dualmcu.output import Outlet, json_note
 
     side = textwrap.dedent("""
         import json, signal, sys

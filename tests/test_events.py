@@ -64,7 +64,7 @@ def test_a_device_refuses_a_kind_the_table_lacks():
 
 
 def test_json_lines_count_time_from_the_start_they_are_given():
-    from dualmcu.shell import EventPrinter
+    from dualmcu.output import EventPrinter
 
     out = io.StringIO()
     p = EventPrinter("ncp", as_json=True, out=out, start=1000.0)
@@ -96,7 +96,7 @@ def test_event_lines_to_a_pipe_never_block_the_side_and_all_arrive_at_its_end(as
     """A reader that stops reading (a pager on its first screen) must not stall the side:
     lines wait in memory while the pipe is full, and the side's end writes the rest. The same
     for --json on stdout and for the readable lines (-v) on stderr."""
-    from dualmcu.shell import EventPrinter
+    from dualmcu.output import EventPrinter
 
     r, w = os.pipe()
     out = os.fdopen(w, "w")
@@ -121,7 +121,7 @@ def test_event_lines_to_a_socket_wait_for_its_reader_as_on_a_pipe():
     same order, nothing lost while the reader is away."""
     import socket
 
-    from dualmcu.shell import EventPrinter
+    from dualmcu.output import EventPrinter
 
     a, b = socket.socketpair()
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # full long before 3000 lines
@@ -140,7 +140,7 @@ def test_event_lines_to_a_socket_wait_for_its_reader_as_on_a_pipe():
 
 
 def test_json_lines_past_the_limit_are_left_out_and_counted_once_the_reader_catches_up():
-    from dualmcu.shell import Outlet, json_note
+    from dualmcu.output import Outlet, json_note
 
     r, w = os.pipe()
     out = os.fdopen(w, "w")
@@ -164,7 +164,7 @@ def test_a_stream_that_cannot_be_written_fails_the_outlet_not_the_core_that_emit
     """A full disk under --json > file: the error is kept for the shell to end the side with
     one line, never raised into the core whose event it was (where a handler's error would
     become an RPC error status)."""
-    from dualmcu.shell import EventPrinter
+    from dualmcu.output import EventPrinter
 
     import contextlib
 
@@ -180,7 +180,7 @@ def test_a_stream_that_cannot_be_written_fails_the_outlet_not_the_core_that_emit
 
 
 def test_a_closed_stream_takes_lines_and_fails_nothing():
-    from dualmcu.shell import Outlet, json_note
+    from dualmcu.output import Outlet, json_note
 
     outlet = Outlet(None, json_note("ncp"))  # what Python makes of a closed stdout (>&-)
     outlet.write("{}\n")
@@ -194,7 +194,7 @@ def test_readable_lines_show_values_for_people_not_python_reprs():
     import io
 
     from dualmcu.rpc.events import Event
-    from dualmcu.shell import EventPrinter
+    from dualmcu.output import EventPrinter
 
     err = io.StringIO()
     emit = EventPrinter("ncp", False, out=err, start=0.0)
@@ -212,16 +212,16 @@ def test_the_progress_rate_counts_only_what_crossed_while_it_watched(monkeypatch
     step's chunk, which crossed before the clock started, was counted over the time after."""
     import io
 
-    from dualmcu import shell
+    from dualmcu import output
 
     class Tty(io.StringIO):
         def isatty(self):
             return True
 
     out = Tty()
-    p = shell.Progress(out)
+    p = output.Progress(out)
     now = [100.0]
-    monkeypatch.setattr(shell.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(output.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(p, "width", lambda: 200)
     line_rate = 11520  # bytes a second at 115200 baud, 10 bits a byte
     for k in range(1, 41):  # a 1 KiB chunk acknowledged each time it has crossed

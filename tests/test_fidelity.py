@@ -17,7 +17,7 @@ from dualmcu.ncp.update import Shipment
 from dualmcu.rpc.interface import INTERFACE, STATES
 from dualmcu.rpc.message import Invoke, Result, Status, parse
 from dualmcu.sides import reboot_port
-from dualmcu.shell import Port, open_port
+from dualmcu.ports import Port, open_port
 from dualmcu.sim import Simulation
 from support import provisioned, tagged
 

@@ -85,7 +85,7 @@ def test_peer_text_never_reaches_the_terminal_as_control_characters():
     otherwise clear, recolour or rewrite the user's terminal."""
     import io
 
-    from dualmcu.shell import EventPrinter
+    from dualmcu.output import EventPrinter
 
     out = io.StringIO()
     EventPrinter("primary", as_json=False, out=out)(Event.OTA_OFFER, t=1.0, filename="a\x1b[2Jb\r\nforged", size=1)
@@ -179,7 +179,7 @@ def test_the_progress_line_never_wraps(monkeypatch, columns):
     import os
     import shutil
 
-    from dualmcu.shell import EventPrinter
+    from dualmcu.output import EventPrinter
 
     monkeypatch.setattr(shutil, "get_terminal_size", lambda *a: os.terminal_size((columns, 24)))
     term = Terminal(columns)

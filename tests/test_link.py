@@ -112,7 +112,7 @@ def test_a_flush_waits_for_bytes_on_the_wire_not_for_a_planned_disconnection():
     import socket
     import time
 
-    from dualmcu.shell import Port, Wire
+    from dualmcu.ports import Port, Wire
 
     mine, peer = socket.socketpair()
     start = time.monotonic()
@@ -145,7 +145,7 @@ def test_a_paced_port_writes_a_frame_when_it_has_arrived_and_counts_it(tmp_path)
     import socket
     import time
 
-    from dualmcu.shell import Port, Tally, Wire
+    from dualmcu.ports import Port, Tally, Wire
 
     mine, peer = socket.socketpair()
     tally = str(tmp_path / "a.tally")
@@ -177,7 +177,7 @@ def test_an_unpaced_port_reads_before_it_waits_and_never_blocks_on_a_blocking_de
 
     import serial
 
-    from dualmcu.shell import Port
+    from dualmcu.ports import Port
 
     # The virtual UART of an unpaced run: what waits is read without a select, nothing waiting
     # reads as nothing at once, and queued output still goes out as the peer takes it.
@@ -263,7 +263,7 @@ def test_the_relay_paces_and_counts_between_two_real_ports():
     import time
 
     from dualmcu.relay import Relay
-    from dualmcu.shell import open_port
+    from dualmcu.ports import open_port
 
     relay = Relay("pty", LinkConfig(baud=115200, latency=0.001)).start()
     a, b = open_port(relay.paths["a"], 115200), open_port(relay.paths["b"], 115200)
@@ -480,7 +480,8 @@ def test_sigterm_ends_a_side_waiting_with_nothing_due_at_once(monkeypatch):
     import tty
 
     from dualmcu import shell
-    from dualmcu.shell import Port, Runner
+    from dualmcu.ports import Port
+    from dualmcu.shell import Runner
 
     monkeypatch.setattr(shell, "IDLE_WAKE", 3600.0)
     master, slave = os.openpty()
@@ -509,8 +510,8 @@ def test_a_side_takes_all_that_has_arrived_before_its_core_sees_any_of_it():
     the core its steps. A socket pair here: all it holds is readable at once."""
     import socket
 
-    from dualmcu import shell
-    from dualmcu.shell import Port
+    from dualmcu import ports
+    from dualmcu.ports import Port
 
     a, b = socket.socketpair()
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
@@ -526,13 +527,13 @@ def test_a_side_takes_all_that_has_arrived_before_its_core_sees_any_of_it():
         a.setblocking(False)
         flood = 0
         try:
-            while flood < 2 * shell.READ_AHEAD:
+            while flood < 2 * ports.READ_AHEAD:
                 flood += a.send(bytes(65536))
         except BlockingIOError:
             pass
-        assert flood > shell.READ_AHEAD
+        assert flood > ports.READ_AHEAD
         taken = port.read_rest(port.read_waiting())
-        assert shell.READ_AHEAD <= len(taken) < shell.READ_AHEAD + 65536 and len(taken) < flood
+        assert ports.READ_AHEAD <= len(taken) < ports.READ_AHEAD + 65536 and len(taken) < flood
     finally:
         port.close()
         a.close()
@@ -588,7 +589,8 @@ def test_a_stopped_side_ends_as_an_interruption_wherever_the_signal_lands(monkey
 
     from dualmcu import sides
     from dualmcu.exits import Terminated
-    from dualmcu.shell import EventPrinter, Runner
+    from dualmcu.output import EventPrinter
+    from dualmcu.shell import Runner
 
     def start(self):
         if stop != "sigterm-in-loop":

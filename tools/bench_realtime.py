@@ -152,7 +152,8 @@ def paced(runs: int, factory: str, files: dict[int, str], small: str) -> list[di
 
 ECHO = r"""
 import pickle, statistics, sys, time
-from dualmcu.shell import Port, wait_for
+from dualmcu.ports import Port
+from dualmcu.shell import wait_for
 wire, role, size, answer = pickle.loads(bytes.fromhex(sys.argv[1])), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 port = Port.of(wire)
 
@@ -200,7 +201,7 @@ def echo_floor(baud: int, chunk: int) -> float:
 
     from dualmcu.link import LinkConfig
     from dualmcu.runner import VirtualUart
-    from dualmcu.shell import Wire
+    from dualmcu.ports import Wire
 
     size, answer = frame_sizes(chunk)
     uart = VirtualUart("pty")

@@ -62,7 +62,7 @@ class _OneLine(click.ClickException):
     def format_message(self) -> str:
         # A path or port name comes from the user or a peer: a newline or an escape code in
         # it must not forge lines on the terminal.
-        from dualmcu.shell import shown
+        from dualmcu.output import shown
 
         return shown(self.message)
 

@@ -59,7 +59,7 @@ def fuzz(ctx, port, target_cmd, reset_cmd, target_side, framing, baud, examples,
     """
     from dualmcu import fuzz as F
     from dualmcu.exits import stopped_code, stopped_word
-    from dualmcu.shell import PortError
+    from dualmcu.ports import PortError
 
     if port and port.startswith("exec:") and not target_cmd:
         # -p 'exec:CMD {pty}', as the sides take it: the fuzzer's own runner of a target command

@@ -366,7 +366,7 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
     they agree a paced link paces at their rate, after a baud switch too.
     """
     from dualmcu.relay import Relay
-    from dualmcu.shell import PortError, open_port
+    from dualmcu.ports import PortError, open_port
 
     cfg = make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer, rx_poll, seed)
     plan = [parse_disconnect(d) for d in disconnects]
