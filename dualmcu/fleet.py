@@ -57,12 +57,14 @@ from dualmcu.image.firmware import build_image, is_newer, make_info
 from dualmcu.image.inputs import MAX_TEXT, InputFileError, read_input
 from dualmcu.link import Faults, LinkConfig
 from dualmcu.ncp.core import NcpConfig
+from dualmcu.ncp.outcome import Outcome
 from dualmcu.ncp.update import Catalog, Shipment
 from dualmcu.primary.boot import Bootloader, BootStore
 from dualmcu.primary.device import PrimaryConfig
 from dualmcu.primary.flash import Flash, Geometry, Identity
 from dualmcu.primary.ota import OtaConfig
 from dualmcu.primary.timing import FlashTiming
+from dualmcu.rpc.events import Event
 from dualmcu.sim import Simulation
 
 FW_TYPE = "TMPLFLEET"
@@ -310,7 +312,7 @@ def run_device(spec: DeviceSpec, build: Shipment, image_size: int, min_version: 
                                                    install_window=spec.install_window), commit_timeout=60.0),
     )
     # A device outside its window waits for it: up to a day more.
-    outcome = sim.run_update(limit=DEVICE_LIMIT + (86400.0 if spec.install_window else 0.0)) or "timeout"
+    outcome = sim.run_update(limit=DEVICE_LIMIT + (86400.0 if spec.install_window else 0.0)) or Outcome.TIMEOUT
     state = BootStore(flash).load()
     running = None
     if state is not None and state.slots[state.active].installed:
@@ -319,7 +321,7 @@ def run_device(spec: DeviceSpec, build: Shipment, image_size: int, min_version: 
         base = geometry.slot_offset(state.active)
         info = read_info_streamed(lambda pos, n: flash.read(base + pos, n), state.slots[state.active].length)
         running = (info or {}).get("mcu")
-    rollback = [e for e in sim.find("rollback", "primary")]
+    rollback = [e for e in sim.find(Event.ROLLBACK, "primary")]
     offers = sim.find("ota_offer", "ncp")
     ended = sim.find("ota_outcome", "ncp")
     # Why an update that did not install failed, as the device's telemetry told the cloud
@@ -329,7 +331,7 @@ def run_device(spec: DeviceSpec, build: Shipment, image_size: int, min_version: 
             "offered": bool(offers), "running": running,
             "confirmed": bool(state and state.confirmed == state.active and not state.trial),
             "rollback_reason": rollback[-1].get("reason") if rollback else None,
-            "failure_reason": (told or None) if outcome not in ("success", "rollback") else None,
+            "failure_reason": (told or None) if outcome not in (Outcome.SUCCESS, Outcome.ROLLBACK) else None,
             "update_seconds": round(sim.now - offers[0]["t"], 3) if offers else 0.0}
 
 
@@ -349,8 +351,8 @@ def breakdown(results: list[dict], key: str) -> dict[str, dict]:
         if r["offered"]:
             part = out.setdefault(str(r[key]), {"offered": 0, "confirmed": 0, "rolled_back": 0})
             part["offered"] += 1
-            part["confirmed"] += r["outcome"] == "success"
-            part["rolled_back"] += r["outcome"] == "rollback"
+            part["confirmed"] += r["outcome"] == Outcome.SUCCESS
+            part["rolled_back"] += r["outcome"] == Outcome.ROLLBACK
     return {k: {"offered": v["offered"], "confirm_rate": round(v["confirmed"] / v["offered"], 4),
                 "rollback_rate": round(v["rolled_back"] / v["offered"], 4)} for k, v in sorted(out.items())}
 
@@ -537,10 +539,10 @@ class Rollout:
         done = [r for r in self.results.values() if r["offered"]]
         n = len(done) or 1
         count = lambda o: sum(r["outcome"] == o for r in done)  # noqa: E731
-        return {"offered": len(done), "trial_rate": round((count("success") + count("rollback")) / n, 4),
-                "confirm_rate": round(count("success") / n, 4),
-                "rollback_rate": round(count("rollback") / n, 4),
-                "download_limit_rate": round(count("download_limit") / n, 4)}
+        return {"offered": len(done), "trial_rate": round((count(Outcome.SUCCESS) + count(Outcome.ROLLBACK)) / n, 4),
+                "confirm_rate": round(count(Outcome.SUCCESS) / n, 4),
+                "rollback_rate": round(count(Outcome.ROLLBACK) / n, 4),
+                "download_limit_rate": round(count(Outcome.DOWNLOAD_LIMIT) / n, 4)}
 
     def gate(self) -> str | None:
         r, p = self.rates(), self.plan
@@ -634,9 +636,9 @@ class Rollout:
         offered = [r for r in self.results.values() if r["offered"]]
         return {"event": "summary", "state": self.state, "paused_by": self.paused_by, "version": self.version,
                 "devices": len(self.fleet), "eligible": len(self._eligible), "offered": len(offered),
-                "confirmed": sum(r["outcome"] == "success" for r in offered),
-                "rolled_back": sum(r["outcome"] == "rollback" for r in offered),
-                "rolled_back_confirmed_old": sum(r["outcome"] == "rollback" and r["confirmed"]
+                "confirmed": sum(r["outcome"] == Outcome.SUCCESS for r in offered),
+                "rolled_back": sum(r["outcome"] == Outcome.ROLLBACK for r in offered),
+                "rolled_back_confirmed_old": sum(r["outcome"] == Outcome.ROLLBACK and r["confirmed"]
                                                  and r["running"] == r["from_version"] for r in offered),
                 "outcomes": tally(offered, "outcome"),
                 "by_hw_rev": breakdown(offered, "hw_rev"), "by_group": breakdown(offered, "group"),

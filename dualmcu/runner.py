@@ -25,9 +25,10 @@ from typing import Callable
 
 from dualmcu.image.firmware import build_image, make_info
 from dualmcu.ncp.core import NcpConfig
+from dualmcu.ncp.outcome import FINAL, Outcome
 from dualmcu.ncp.update import Catalog
 from dualmcu.primary.device import PrimaryConfig
-from dualmcu.primary.flash import Flash, FlashError, Geometry
+from dualmcu.primary.flash import FlashError, Geometry
 from dualmcu.rpc.events import Event
 from .child import send
 from .link import LinkConfig
@@ -491,13 +492,13 @@ class Run:
         if verdict is not None:
             return verdict
         st = self.state
-        if st["ncp_outcome"] == "rollback" and st["back_on"] is not None:
+        if st["ncp_outcome"] == Outcome.ROLLBACK and st["back_on"] is not None:
             why = st.get("rollback_reason") or "reason unknown"
             return ExitCode.FAILED, (f"rolled back to {st['back_on']} ({why}); "
                                      "the old image runs, confirmed")
-        if st["confirmed"] == self.new_version and st["ncp_outcome"] == "success":
+        if st["confirmed"] == self.new_version and st["ncp_outcome"] == Outcome.SUCCESS:
             return ExitCode.OK, f"updated {st['old_version']} -> {self.new_version}, confirmed"
-        if st["ncp_outcome"] == "up_to_date":
+        if st["ncp_outcome"] == Outcome.UP_TO_DATE:
             return ExitCode.OK, f"already running {self.new_version}"
         return None
 
@@ -529,14 +530,14 @@ class Run:
         st = self.state
         st["ncp_outcome"] = ev.get("outcome")
         self.tell(f"ncp outcome: {ev.get('outcome')}")
-        if ev.get("outcome") == "deferred":
+        if ev.get("outcome") == Outcome.DEFERRED:
             # The primary's own OTA_DEFERRED line may not have been heard yet (the sides' lines
             # come in no set order); the telemetry the NCP's outcome carries has the reason too.
             told = (ev.get("telemetry") or {}).get("ota_reason") or None
             st["deferred_reason"] = st.get("deferred_reason") or told
             why = st["deferred_reason"] or "reason unknown"
             return ExitCode.FAILED, f"update deferred by the device ({why}) past --max-defer"
-        if ev.get("outcome") not in ("success", "up_to_date", "rollback"):
+        if ev.get("outcome") not in FINAL:
             # The primary's reason (too_large, wrong_type...) comes in the outcome's telemetry.
             told = ev.get("reason") or (ev.get("telemetry") or {}).get("ota_reason")
             why = f" ({told})" if told else ""
@@ -577,7 +578,7 @@ class Run:
         # order, so a READY that follows the primary's ROLLBACK is the old image back, confirmed
         # and talking to the NCP; the run ends once the NCP's outcome says rollback too.
         st = self.state
-        if st["rolled_back"] or st["ncp_outcome"] == "rollback":
+        if st["rolled_back"] or st["ncp_outcome"] == Outcome.ROLLBACK:
             st["back_on"] = ev.get("version")
 
     def _installed(self, ev: dict) -> None:
@@ -598,7 +599,7 @@ class Run:
             code = proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             code = None
-        if proc in self.killed or (side == "ncp" and self.state["ncp_outcome"] in ("success", "up_to_date", "rollback")):
+        if proc in self.killed or (side == "ncp" and self.state["ncp_outcome"] in FINAL):
             return None
         if side == "primary" and code == ExitCode.POWER_CUT:
             self.spawn("primary")  # power comes back: the device boots

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from dualmcu.framing import get_profile
 from dualmcu.ncp.core import NcpConfig, NcpDevice
+from dualmcu.ncp.outcome import NO_VERDICT, WORKED, Outcome
 from dualmcu.image.firmware import read_info
 from dualmcu.image.inputs import MAX_IMAGE, read_input
 from dualmcu.ncp.update import Catalog, Network, Store
@@ -65,15 +66,11 @@ class NcpOptions:
     firmware_log: str | None = None  # where an exec: target's output goes (None: a new temporary file)
 
 
-# The verdicts an NCP run with --once ends on (NcpDevice.verdict) that mean the update worked;
-# ``unconfirmed`` is no verdict within the window; every other word is a failure.
-NCP_SUCCESS = ("confirmed", "reported", "up_to_date")
-
-
 def ncp_exit(verdict: str) -> ExitCode:
-    if verdict in NCP_SUCCESS:
+    """The exit code of an NCP run with --once that ended on ``verdict`` (NcpDevice.verdict)."""
+    if verdict in WORKED:
         return ExitCode.OK
-    return ExitCode.TIMEOUT if verdict == "unconfirmed" else ExitCode.FAILED
+    return ExitCode.TIMEOUT if verdict == NO_VERDICT else ExitCode.FAILED
 
 
 def ncp_said(core: NcpDevice, verdict: str) -> str:
@@ -86,13 +83,13 @@ def ncp_said(core: NcpDevice, verdict: str) -> str:
     told = core.telemetry.get("ota_reason") or core.telemetry.get("last_failure")
     why = f" ({told})" if told and told != "none" else ""
     return {
-        "confirmed": f"updated {old} -> {new}, confirmed by the primary",
-        "reported": f"updated {old} -> {new}: the new version reported in and ran {window} without "
-                    "going back (the primary sends no telemetry to confirm it)",
-        "up_to_date": f"the primary already runs {new}",
-        "unconfirmed": f"{new} reported in but the primary did not confirm it within {window} "
-                       "(--confirm-window)",
-        "rollback": f"rolled back to {versions[-1] if versions else '?'}{why}",
+        Outcome.CONFIRMED: f"updated {old} -> {new}, confirmed by the primary",
+        Outcome.REPORTED: f"updated {old} -> {new}: the new version reported in and ran {window} without "
+                          "going back (the primary sends no telemetry to confirm it)",
+        Outcome.UP_TO_DATE: f"the primary already runs {new}",
+        Outcome.UNCONFIRMED: f"{new} reported in but the primary did not confirm it within {window} "
+                             "(--confirm-window)",
+        Outcome.ROLLBACK: f"rolled back to {versions[-1] if versions else '?'}{why}",
     }.get(verdict, f"update failed: {verdict}{why}")
 
 
@@ -362,10 +359,10 @@ def _primary(o: PrimaryOptions, emit: EventPrinter) -> int:
         elif kind is Event.OTA_INSTALLED:
             outcome["installed"] = f.get("version")
         elif kind is Event.CONFIRMED and outcome.get("installed") == f.get("version"):
-            outcome["end"] = Stop(ExitCode.OK, "confirmed",
+            outcome["end"] = Stop(ExitCode.OK, Outcome.CONFIRMED,
                                   f"updated {outcome.get('from')} -> {f.get('version')}, confirmed")
         elif kind is Event.ROLLBACK:
-            outcome["end"] = Stop(ExitCode.FAILED, "rollback",
+            outcome["end"] = Stop(ExitCode.FAILED, Outcome.ROLLBACK,
                                   f"rolled back to slot {f.get('to_slot')}"
                                   f" ({f.get('reason')})")
         elif kind is Event.OTA_CANCELLED and f.get("reason") != "replaced_by_new_offer":

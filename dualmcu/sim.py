@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from dualmcu.framing import get_profile
 from dualmcu.ncp.core import NcpConfig, NcpDevice
+from dualmcu.ncp.outcome import Outcome
 from dualmcu.ncp.update import Network, Shipment, Store
 from dualmcu.primary.device import PrimaryConfig, PrimaryDevice
 from dualmcu.primary.flash import Flash, PowerCut
@@ -175,7 +176,7 @@ class Simulation:
         def settled(sim: Simulation) -> bool:
             if sim.ncp.outcome is None or sim.in_flight():
                 return False
-            if sim.ncp.outcome == "success":
+            if sim.ncp.outcome is Outcome.SUCCESS:
                 return Event.CONFIRMED in sim.kinds("primary") or sim.primary.boot.trial is False and sim.primary.ready
             return sim.primary.ready and not sim.primary.boot.trial
 

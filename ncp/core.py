@@ -76,7 +76,8 @@ from dualmcu.rpc.interface import INTERFACE, POLICY_VPIN, PREFETCH, STATES, TELE
 from dualmcu.rpc.machine import Machine
 from dualmcu.rpc.message import Status
 
-from .update import FALLBACK_OUTCOMES, Catalog, Network, Shipment, Store
+from .outcome import FALLBACK, Outcome
+from .update import Catalog, Network, Shipment, Store
 
 WRITE = INTERFACE["client_otaUpdateWrite"]
 
@@ -266,7 +267,7 @@ class NcpDevice(Device):
         self.primary = Primary()
         self.baud = self.cfg.baud  # the link's rate now; a reboot starts at the initial one
         self.sender: Machine[Tx, TxEvent] = Machine("update sender", SENDER, Tx.IDLE, self._moved)
-        self.outcome: str | None = None
+        self.outcome: Outcome | None = None
         self._misbehaved: set[str] = set()  # the lies told once (Misbehave)
         self.offers_made = 0
         self.sending: Sending | None = None
@@ -400,30 +401,32 @@ class NcpDevice(Device):
         if report.get("ota_state") == "failed" and self.tx in (Tx.OFFERED, Tx.SENDING):
             # The device abandoned the transfer and said why: sending on would only collect
             # refusals until the download limit, and record the wrong reason.
-            self._cancel("device_failed", reason=str(report.get("ota_reason", "")))
-        if self._await_telemetry or (self.cfg.once and self.verdict() == "confirmed"):
+            self._cancel(Outcome.DEVICE_FAILED, reason=str(report.get("ota_reason", "")))
+        if self._await_telemetry or (self.cfg.once and self.verdict() is Outcome.CONFIRMED):
             self._await_telemetry = False
             self._exit()
 
-    def verdict(self, final: bool = False) -> str | None:
+    def verdict(self, final: bool = False) -> Outcome | None:
         """How the update ended, for a process that ends on it (see the module's notes): the
         outcome itself, or after a success ``confirmed``; None while there is no word yet.
         ``final``: the wait is over (the window ran out, the port closed), so a success the
         primary never confirmed is ``unconfirmed``, or ``reported`` from a primary that sends
         no telemetry."""
-        if self.outcome != "success":
+        if self.outcome is not Outcome.SUCCESS:
             return self.outcome
         s, t = self.shipment, self.telemetry
-        if s is not None and t.get("version") == s.version and t.get("ota_state") == "confirmed":
-            return "confirmed"
+        if s is not None and t.get("version") == s.version and t.get("ota_state") == "confirmed":  # the primary's own word
+            return Outcome.CONFIRMED
         if not final:
             return None
-        return "unconfirmed" if t else "reported"
+        return Outcome.UNCONFIRMED if t else Outcome.REPORTED
 
     def _exit(self) -> None:
         self.emit(Event.CLOUD_RECORD, outcome=self.outcome, telemetry=self.telemetry, deferrals=self.deferrals,
                   deferred_seconds=self.deferred_for)
-        self.actions.append(Exit(self.verdict(final=True) or "none"))
+        verdict = self.verdict(final=True)
+        assert verdict is not None, "the NCP exits once the update has an outcome"
+        self.actions.append(Exit(verdict))
 
     def _on_reboot(self, inc: Incoming) -> bool:
         def reboot() -> None:
@@ -539,7 +542,7 @@ class NcpDevice(Device):
         elif new not in WAITS_ON_PRIMARY:
             self._timers.pop("stage", None)
 
-    def _finish(self, event: TxEvent, outcome: str, **fields: Any) -> None:
+    def _finish(self, event: TxEvent, outcome: Outcome, **fields: Any) -> None:
         if self._fall_back(outcome, fields):
             return
         self._move(event)
@@ -548,22 +551,22 @@ class NcpDevice(Device):
         self.emit(Event.OTA_OUTCOME, outcome=outcome, telemetry=self.telemetry, **fields)
         if not self.cfg.once:
             return
-        if outcome == "rollback":
+        if outcome is Outcome.ROLLBACK:
             # The old image reports why it is back once it is up: wait for that, briefly.
             self._await_telemetry = True
             self._after("settled", self.cfg.settle)
-        elif outcome != "success":
+        elif outcome is not Outcome.SUCCESS:
             self._exit()
         elif self.verdict() is None:  # the image is on trial: its confirmation or rollback decides
             self._after("settled", self.cfg.confirm_window)
         else:
             self._exit()
 
-    def _fall_back(self, outcome: str, fields: dict) -> bool:
+    def _fall_back(self, outcome: Outcome, fields: dict) -> bool:
         """A package that failed on the device is not the end: the next file of the release
         (the compressed package, then the image) is offered instead."""
         s, cat = self.shipment, self.catalog
-        if (cat is None or s is None or s.package is None or outcome not in FALLBACK_OUTCOMES
+        if (cat is None or s is None or s.package is None or outcome not in FALLBACK
                 or not self.sender.can(TxEvent.FALL_BACK)):
             return False
         cat.failed.add(s.filename)
@@ -587,9 +590,9 @@ class NcpDevice(Device):
             if self.offers_made < self.cfg.offers:
                 self._consider_offer()
             else:
-                self._finish(TxEvent.GIVE_UP, "start_timeout")
+                self._finish(TxEvent.GIVE_UP, Outcome.START_TIMEOUT)
         elif self.tx is Tx.REBOOTING:
-            self._finish(TxEvent.NO_REPORT, "no_report", waited=self.cfg.stage_timeout)
+            self._finish(TxEvent.NO_REPORT, Outcome.NO_REPORT, waited=self.cfg.stage_timeout)
 
     def _timer_settled(self) -> None:
         if self.cfg.once and self.outcome:
@@ -602,11 +605,11 @@ class NcpDevice(Device):
             return
         old = self.primary.versions[0] if self.primary.versions else None
         if version == s.version and self.sender.can(TxEvent.NEW_REPORTED):
-            self._finish(TxEvent.NEW_REPORTED, "success", version=version)
+            self._finish(TxEvent.NEW_REPORTED, Outcome.SUCCESS, version=version)
         elif self.tx is Tx.REBOOTING:
-            self._finish(TxEvent.OLD_REPORTED, "rollback", version=version, new_version_seen=False)
-        elif self.tx is Tx.DONE and self.outcome == "success" and version != s.version:
-            self._finish(TxEvent.OLD_REPORTED, "rollback", version=version, new_version_seen=True)
+            self._finish(TxEvent.OLD_REPORTED, Outcome.ROLLBACK, version=version, new_version_seen=False)
+        elif self.tx is Tx.DONE and self.outcome is Outcome.SUCCESS and version != s.version:
+            self._finish(TxEvent.OLD_REPORTED, Outcome.ROLLBACK, version=version, new_version_seen=True)
         elif self.sender.can(TxEvent.RESTARTED):
             # The primary restarted in the middle of an update: it is lost on its side.
             self.emit(Event.OTA_INTERRUPTED, state=self.tx.value, version=version, old=old,
@@ -614,7 +617,7 @@ class NcpDevice(Device):
             self._move(TxEvent.RESTARTED)
             self.sending = None
             if self.offers_made >= self.cfg.offers:
-                self._finish(TxEvent.GIVE_UP, "interrupted")
+                self._finish(TxEvent.GIVE_UP, Outcome.INTERRUPTED)
 
     def _consider_offer(self) -> None:
         if self.catalog is not None and self.tx is Tx.IDLE and self.primary.info:
@@ -633,13 +636,13 @@ class NcpDevice(Device):
         offered_size = max(0, s.size + m.size_delta)
         if self.primary.info.get("mcu") == offered_version:
             if self.offers_made == 0 and self.outcome is None:
-                self._finish(TxEvent.UP_TO_DATE, "up_to_date", version=s.version)
+                self._finish(TxEvent.UP_TO_DATE, Outcome.UP_TO_DATE, version=s.version)
             return
         if self.primary.info.get("fw-type") != s.info.get("fw-type") and m.offer_type is None:
             # The cloud matches shipments to devices by fw-type: another product's firmware
             # is never offered.
             if self.outcome is None:
-                self._finish(TxEvent.GIVE_UP, "wrong_type", device_type=self.primary.info.get("fw-type"),
+                self._finish(TxEvent.GIVE_UP, Outcome.WRONG_TYPE, device_type=self.primary.info.get("fw-type"),
                              shipment_type=s.info.get("fw-type"))
             return
         self.offers_made += 1
@@ -669,7 +672,7 @@ class NcpDevice(Device):
         reason = "refused" if c.ok else f"offer_failed:{c.status:#x}"
         if c.ok:
             # The primary said no: offering again changes nothing.
-            self._finish(TxEvent.OFFER_REFUSED, "refused")
+            self._finish(TxEvent.OFFER_REFUSED, Outcome.REFUSED)
         elif self.offers_made < self.cfg.offers:
             self._move(TxEvent.OFFER_LOST)
             self.emit(Event.OTA_OFFER_DECLINED, reason=reason, will_retry_in=self.cfg.reoffer_after)
@@ -701,7 +704,7 @@ class NcpDevice(Device):
         if self.net.fails_before(s.size):
             self.emit(Event.PREFETCH_FAILED, at=self.net.fail_at)
             self.ep.reply(inc, PREFETCH_CODE["download_timeout"])
-            self._finish(TxEvent.PREFETCH_FAILED, "prefetch_failed", at=self.net.fail_at)
+            self._finish(TxEvent.PREFETCH_FAILED, Outcome.PREFETCH_FAILED, at=self.net.fail_at)
             return
         try:
             self.store.save("ota.bin", s.source, s.size)
@@ -711,7 +714,7 @@ class NcpDevice(Device):
             why = "no_fs_space" if e.errno == errno.ENOSPC else "fs_write_fail"
             self.emit(Event.PREFETCH_FAILED, reason=why, error=e.strerror or str(e))
             self.ep.reply(inc, PREFETCH_CODE[why])
-            self._finish(TxEvent.PREFETCH_FAILED, "prefetch_failed", reason=why)
+            self._finish(TxEvent.PREFETCH_FAILED, Outcome.PREFETCH_FAILED, reason=why)
             return
         self.serve_from = self.store.source("ota.bin")
         self.prefetched = True
@@ -792,7 +795,7 @@ class NcpDevice(Device):
                 self.deferred_for += seconds
                 self.emit(Event.OTA_DEFERRED, seconds=seconds, deferrals=self.deferrals, total_seconds=self.deferred_for)
                 if self.deferred_for > self.cfg.max_defer:
-                    inc.then = lambda: self._cancel("deferred", deferrals=self.deferrals,
+                    inc.then = lambda: self._cancel(Outcome.DEFERRED, deferrals=self.deferrals,
                                                     deferred_seconds=self.deferred_for)
                     return True
                 self._after("stage", seconds + self.cfg.stage_timeout)
@@ -834,7 +837,7 @@ class NcpDevice(Device):
                         self._timers["resume"] = due
                         return
                     if failing:
-                        self._cancel("download_failed", at=self.net.fail_at)
+                        self._cancel(Outcome.DOWNLOAD_FAILED, at=self.net.fail_at)
                         return
                 sd.next_offset = end
             else:
@@ -980,7 +983,7 @@ class NcpDevice(Device):
                     if off > offset and other.deadline is not None:
                         other.deadline = max(other.deadline, later)
             if n > self.cfg.retries:
-                self._cancel("download_limit", offset=offset, retries=sd.total_retries)
+                self._cancel(Outcome.DOWNLOAD_LIMIT, offset=offset, retries=sd.total_retries)
                 return
             bisect.insort(sd.resend, offset)
         self._pump()
@@ -999,12 +1002,12 @@ class NcpDevice(Device):
         why = "refused" if c.ok else f"status_{c.status:#x}"
         self.emit(Event.OTA_RETRY, offset=self.shipment.size, attempt=self.finish_tries, reason=f"finish_{why}")
         if self.finish_tries > self.cfg.retries:
-            self._cancel("finish_failed", reason=why)
+            self._cancel(Outcome.FINISH_FAILED, reason=why)
         else:
             self._move(TxEvent.FINISH_REFUSED)
             self._send_finish()
 
-    def _cancel(self, outcome: str, **fields: Any) -> None:
+    def _cancel(self, outcome: Outcome, **fields: Any) -> None:
         if self.sending is not None:
             self.sending.in_flight.clear()
         self.ep.call("client_otaUpdateCancel")

@@ -134,9 +134,6 @@ def _package_header(head: bytes, name: object) -> Header | None:
     return h
 
 
-FALLBACK_OUTCOMES = ("device_failed", "download_limit", "finish_failed")
-
-
 class Catalog:
     """One release as the cloud holds it: the image and packages of one version."""
 
