@@ -56,6 +56,11 @@ def new_stats() -> dict[str, int]:
             "garbage_bytes": 0, "stalls": 0, "overflow_lost": 0, "disconnects": 0, "disconnect_lost": 0}
 
 
+# The counters of what the link injected or lost, as a run's summary lists them: every counter
+# but the traffic itself (bytes, delivered) and garbage_bytes (said by garbage_bursts).
+INJECTED = tuple(k for k in new_stats() if k not in ("bytes", "delivered", "garbage_bytes"))
+
+
 class Lane:
     """One direction of the UART."""
 

@@ -31,7 +31,7 @@ from dualmcu.primary.device import PrimaryConfig
 from dualmcu.primary.flash import FlashError, Geometry
 from dualmcu.rpc.events import Event
 from .child import send
-from .link import LinkConfig
+from .link import INJECTED, LinkConfig
 from .exits import ExitCode, say_error, stopped_code, stopped_word
 from .ports import Tally, Wire
 from .output import Outlet, Progress, detail, json_note, shown
@@ -712,9 +712,7 @@ class Run:
             self.progress.close()  # after every line a slow reader has not taken yet
             print(("OK: " if code == 0 else "FAILED: ") + reason
                   + f" ({wall:.1f} s, {moved} bytes from the NCP, {self.state['retries']} retries)")
-            injected = {k: v for k, v in counts.items()
-                        if k in ("bit_errors", "dropped", "duplicated", "garbage_bursts", "stalls", "overflow_lost",
-                                 "disconnects", "disconnect_lost") and v}
+            injected = {k: counts[k] for k in INJECTED if counts.get(k)}
             injected.update({k: self.state[k] for k in ("power_cuts", "primary_kills", "ncp_kills") if self.state[k]})
             if injected:
                 print("injected: " + ", ".join(f"{k} {v}" for k, v in injected.items()))

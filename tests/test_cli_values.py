@@ -161,7 +161,13 @@ def test_every_cli_default_is_its_configs_default():
     for cmd in ("ncp", "primary", "run", "link"):
         command = main.commands[cmd]
         ctx = command.make_context(cmd, ["-p", "loop://"] if cmd in ("ncp", "primary") else [])
-        for name, value in ctx.params.items():
+        params = dict(ctx.params)
+        for group in [v for v in params.values() if dataclasses.is_dataclass(v)]:
+            # An option group (the link's) arrives as the config it filled: its fields count.
+            params.update({f.name: getattr(group, f.name) for f in dataclasses.fields(group) if f.name != "baud"})
+            params.update({f.name: getattr(group.faults, f.name) for f in dataclasses.fields(group.faults)}
+                          if hasattr(group, "faults") else {})
+        for name, value in params.items():
             if name not in defaults or (cmd, name) in DEFAULT_ON_PURPOSE:
                 continue
             value = getattr(value, "value", value)

@@ -183,6 +183,26 @@ DEFAULT_FLASH = default_flash()
 FLASH_HELP_DEFAULT = shown(DEFAULT_FLASH)
 
 
+def option_group(name: str, options: list, build):
+    """Options declared once, next to the config they fill, and handed to a command as one
+    object: the command takes ``name`` (``build(**their values)``) instead of one parameter
+    each.  Every command that takes the group takes it whole, with the same defaults."""
+    import functools
+
+    def decorate(f):
+        @functools.wraps(f)
+        def command(*args, **kwargs):
+            values = {o.name: kwargs.pop(o.name) for o in params}
+            return f(*args, **{name: build(**values)}, **kwargs)
+
+        for opt in reversed(options):
+            command = opt(command)
+        params = command.__click_params__[-len(options):]
+        return command
+
+    return decorate
+
+
 def emit_json(obj: dict) -> None:
     click.echo(json.dumps(obj, separators=(",", ":")))
 

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 
 import click
 
@@ -28,6 +29,7 @@ from .common import (
     Size,
     emit_json,
     main,
+    option_group,
     seconds,
 )
 
@@ -323,24 +325,24 @@ LINK_OPTIONS = [
     click.option("--stall-time", type=seconds(0, False), default=0.05, show_default=True, help="Seconds of a stall."),
     click.option("--rx-buffer", type=click.IntRange(1), help="Receive buffer size in bytes; with --rx-poll, what overflows it is lost."),
     click.option("--rx-poll", type=seconds(0, False), default=0.0, help="How often a receiver reads its buffer, seconds (0: at once)."),
-    click.option("--disconnect", "disconnects", multiple=True, metavar="SIDE@AT:SECONDS",
-                 help="Cut side a (ncp) or b (primary) off AT seconds in, for SECONDS. Repeatable."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random fault: the same seed, the same faults."),
 ]
+DISCONNECT = click.option("--disconnect", "disconnects", multiple=True, metavar="SIDE@AT:SECONDS",
+                          callback=lambda c, p, v: [parse_disconnect(d) for d in v],
+                          help="Cut side a (ncp) or b (primary) off AT seconds in, for SECONDS. Repeatable.")
 
 
-def link_options(f):
-    for opt in reversed(LINK_OPTIONS):
-        f = opt(f)
-    return f
-
-
-def make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer, rx_poll, seed):
+def link_config(latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer, rx_poll, seed):
+    """The link group's values as the LinkConfig they fill (its pacing is the command's)."""
     from dualmcu.link import Faults, LinkConfig
 
     faults = Faults(ber=ber, drop=drop, dup=dup, garbage=garbage, stall=stall, stall_time=stall_time)
-    return LinkConfig(baud=baud if pace else None, latency=latency, rx_buffer=rx_buffer, rx_poll=rx_poll,
-                      faults=faults, seed=seed)
+    return LinkConfig(latency=latency, rx_buffer=rx_buffer, rx_poll=rx_poll, faults=faults, seed=seed)
+
+
+# Adding a fault: a Faults field and its counter (dualmcu/link.py), its option above and its
+# place in link_config: one command-line group, shared by link and run.
+link_options = option_group("link_cfg", LINK_OPTIONS, link_config)
 
 
 @main.command()
@@ -351,14 +353,14 @@ def make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, r
 @BAUD
 @click.option("--pace/--no-pace", default=True, show_default=True, help="Pace bytes at the baud rate (10 bit times each).")
 @link_options
+@DISCONNECT
 @click.option("--duration", type=seconds(), help="Stop after this many seconds (default: until Ctrl-C).")
 @JSON
-def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer, rx_poll,
-         disconnects, seed, duration, as_json) -> None:
+def link(port_a, port_b, baud, pace, link_cfg, disconnects, duration, as_json) -> None:
     """Relay between two ports through the simulated UART: pacing, latency, buffer, faults.
 
-    Put it between a real device and an emulator, or between two emulators: with no --a or
-    --b it makes ptys and prints their paths. What it injected is counted and printed when it
+    Put it between a real device and an emulator, or between two emulators: with no --port-a
+    or --port-b it makes ptys and prints their paths. What it injected is counted and printed when it
     stops (every second too, with --json).
 
     Each pty it makes keeps the rate its process set (termios): when the two ends disagree,
@@ -368,8 +370,9 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
     from dualmcu.relay import Relay
     from dualmcu.ports import PortError, open_port
 
-    cfg = make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer, rx_poll, seed)
-    plan = [parse_disconnect(d) for d in disconnects]
+    cfg = replace(link_cfg, baud=baud if pace else None)
+    seed = cfg.seed
+    plan = disconnects
     ports = []
     try:
         for url in (port_a, port_b):
@@ -443,6 +446,7 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
 @click.option("--target", "device_target", default="dualmcu/1", show_default=True, help="The primary's target identity for signed images.")
 @click.option("--key", "sign_key", type=click.Path(exists=True, dir_okay=False), help="Private key that signs the factory image (and the demo shipment) when --trust is given.")
 @link_options
+@DISCONNECT
 @click.option("--timeout", type=seconds(), default=300.0, show_default=True,
               help="Give up after this many seconds. A paced run whose wire alone needs longer "
                    "is refused at once.")
@@ -454,8 +458,8 @@ def link(port_a, port_b, baud, pace, latency, ber, drop, dup, garbage, stall, st
                    "0.1 s for the progress line; --kill-*-at needs every chunk).")
 def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
         ota_timeout, commit_timeout, max_defer, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, write_answer, rx_hold,
-        trust_keys, device_target, sign_key, latency, ber, drop,
-        dup, garbage, stall, stall_time, rx_buffer, rx_poll, disconnects, seed, timeout, workdir, keep, as_json, progress_interval) -> None:
+        trust_keys, device_target, sign_key, link_cfg, disconnects, timeout, workdir, keep, as_json,
+        progress_interval) -> None:
     """Run a complete update between an NCP process and a primary process.
 
     Exits 0 only when the primary has booted and confirmed the new version; otherwise 1 (the
@@ -490,9 +494,8 @@ def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, ret
     o = RunOptions(firmware=list(firmware), factory=factory, framing=framing, flash=flash, link=link, baud=baud,
                    ncp=ncp_cfg, primary=primary_cfg, geometry=geometry, net_rate=net_rate, net_fail_at=net_fail_at,
                    timeout=timeout, kill_primary_at=kill_primary_at, kill_ncp_at=kill_ncp_at,
-                   power_cut_at=power_cut_at, power_cut_seed=seed if power_cut_random else None,
-                   link_config=make_link(baud, pace, latency, ber, drop, dup, garbage, stall, stall_time, rx_buffer,
-                                         rx_poll, seed),
-                   disconnects=[parse_disconnect(d) for d in disconnects], workdir=workdir, keep=keep, as_json=as_json,
+                   power_cut_at=power_cut_at, power_cut_seed=link_cfg.seed if power_cut_random else None,
+                   link_config=replace(link_cfg, baud=baud if pace else None),
+                   disconnects=disconnects, workdir=workdir, keep=keep, as_json=as_json,
                    sign_key=sign_key, target=device_target, progress_interval=progress_interval)
     sys.exit(Run(o).run())
