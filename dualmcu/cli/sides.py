@@ -139,6 +139,41 @@ def check_once(once: bool, timeout: float | None) -> None:
         raise click.UsageError("--timeout bounds the wait for a verdict: give it with --once")
 
 
+OTA_OPTIONS = [
+    click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=DEFAULT_CHUNK, show_default=True, help="Chunk size the primary asks for in otaUpdateStart."),
+    click.option("--ota-timeout", type=seconds(), default=60.0, show_default=True, help="Seconds without a chunk before the primary cancels."),
+    click.option("--version-policy", type=click.Choice([v.value for v in VersionPolicy]), default=VersionPolicy.NEWER.value, show_default=True, help="Accept only newer versions, any, or only what the cloud marks mandatory."),
+    click.option("--battery", type=Number(min=0, max=100), default=100.0, show_default=True, help="The primary's battery level at start, percent."),
+    click.option("--battery-rate", type=Number(min=-1000, max=1000), default=0.0, show_default=True, help="Percent per hour the battery gains (charging) or, negative, loses."),
+    click.option("--min-battery", type=click.IntRange(0, 100), default=20, show_default=True, help="Below this battery level an update is deferred until it has recovered."),
+    click.option("--install-window", metavar="START-END", callback=lambda c, p, v: parse_window(v),
+                 help="UTC hours an update may install in, e.g. 2-5 or 22-4 (time from the NCP's getTime); outside, it is deferred."),
+    click.option("--prefetch", is_flag=True, help="The primary asks the NCP to download the whole image before the transfer."),
+    click.option("--window", type=click.IntRange(1, 255), default=8, show_default=True, help="Writes the primary takes in flight (offered through an extension uid); 1 turns the extension off."),
+    HOLD_BUFFER,
+    WRITE_ANSWER,
+    click.option("--package-ram", type=Size(1 << 26), default="64K", show_default=True, help="RAM for applying a package: decompressor state, one chunk and a 4K output buffer must fit, or the package is refused."),
+    click.option("--flash-timing", default=FlashTiming().text, show_default=True, metavar="PROG,SECTOR,BLOCK",
+                 callback=lambda c, p, v: FlashTiming(*parse_flash_timing(v)),
+                 help="The primary's flash: milliseconds per 256-byte program, 4 KiB sector erase and 64 KiB block erase (W25Q128JV typical); 0,0,0 for an instant flash."),
+]
+
+
+def ota_config(chunk_size, ota_timeout, version_policy, battery, battery_rate, min_battery, install_window, prefetch,
+               window, rx_hold, write_answer, package_ram, flash_timing):
+    """The OTA group's values as the OtaConfig they fill (its resume is the command's)."""
+    from dualmcu.primary.ota import OtaConfig
+
+    return OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy, battery=battery,
+                     battery_rate=battery_rate, min_battery=min_battery, install_window=install_window,
+                     prefetch=prefetch, window=window, buffer=rx_hold, write_answer=write_answer,
+                     package_ram=package_ram, timing=flash_timing)
+
+
+# The primary's OTA receiver, one group for primary and run: its policy, its buffers, its flash.
+ota_options = option_group("ota", OTA_OPTIONS, ota_config)
+
+
 @main.command()
 @PORT
 @BAUD
@@ -147,29 +182,15 @@ def check_once(once: bool, timeout: float | None) -> None:
 @click.option("--provision", type=click.Path(exists=True, dir_okay=False), help="Factory image written to slot A of a blank flash.")
 @click.option("--slot-size", type=Size(MAX_SLOT), default="1M", show_default=True, help="Slot size when the flash file is made.")
 @click.option("--page-size", type=Size(MAX_PAGE), default="4K", show_default=True, help="Flash page size when the flash file is made.")
-@click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=DEFAULT_CHUNK, show_default=True, help="Chunk size asked for in otaUpdateStart.")
-@click.option("--ota-timeout", type=seconds(), default=60.0, show_default=True, help="Seconds without a chunk before the primary cancels.")
-@click.option("--version-policy", type=click.Choice([v.value for v in VersionPolicy]), default=VersionPolicy.NEWER.value, show_default=True, help="Accept only newer versions, any, or only what the cloud marks mandatory.")
-@click.option("--battery", type=Number(min=0, max=100), default=100.0, show_default=True, help="Battery level at start, percent.")
-@click.option("--battery-rate", type=Number(min=-1000, max=1000), default=0.0, show_default=True, help="Percent per hour the battery gains (charging) or, negative, loses.")
-@click.option("--min-battery", type=click.IntRange(0, 100), default=20, show_default=True, help="Below this battery level an update is deferred until it has recovered.")
-@click.option("--install-window", metavar="START-END", callback=lambda c, p, v: parse_window(v),
-              help="UTC hours an update may install in, e.g. 2-5 or 22-4 (time from the NCP's getTime); outside, it is deferred.")
+@ota_options
 @click.option("--commit-timeout", type=seconds(), default=DEFAULT_COMMIT_TIMEOUT, show_default=True, help="Seconds a new image on trial has to confirm before the bootloader rolls it back.")
 @click.option("--hw-rev", help="Hardware revision, fixed when the flash file is made (default A).")
 @click.option("--bootloader-version", help="Bootloader version (default 1.0.0 for a new flash file; given for an existing one, it updates the bootloader).")
-@click.option("--prefetch", is_flag=True, help="Ask the NCP to download the whole image before the transfer.")
 @click.option("--attempts", type=click.IntRange(1, 255), default=3, show_default=True, help="Boot attempts of a trial image before rollback.")
 @click.option("--heartbeat", type=seconds(), default=10.0, show_default=True, help="Seconds between pings of the NCP.")
 @click.option("--answer-unknown", is_flag=True, help="Answer unknown uids with status 0x13 (the real driver stays silent).")
 @click.option("--switch-baud", type=click.IntRange(300, 10_000_000), help="After initialising, ask the NCP to switch to this baud rate.")
-@click.option("--window", type=click.IntRange(1, 255), default=8, show_default=True, help="Writes taken in flight (offered through an extension uid); 1 turns the extension off.")
-@HOLD_BUFFER
-@WRITE_ANSWER
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Keep transfer progress in the boot state and offer resume (an extension uid).")
-@click.option("--package-ram", type=Size(1 << 26), default="64K", show_default=True, help="RAM for applying a package: decompressor state, one chunk and a 4K output buffer must fit, or the package is refused.")
-@click.option("--flash-timing", type=str, default=FlashTiming().text, show_default=True, metavar="PROG,SECTOR,BLOCK",
-              help="Milliseconds per 256-byte program, 4 KiB sector erase and 64 KiB block erase (W25Q128JV typical); 0,0,0 for an instant flash.")
 @click.option("--flash-endurance", type=click.IntRange(1), default=100_000, show_default=True, metavar="CYCLES",
               help="Erases a flash page takes before it wears out; past it, erasing the page fails (W25Q128JV: 100,000).")
 @click.option("--power-cut-at", type=click.IntRange(1), help="Cut the power at this flash operation of the process (exit code 75).")
@@ -186,9 +207,8 @@ def check_once(once: bool, timeout: float | None) -> None:
 @JSON
 @PROGRESS_INTERVAL
 @VERBOSE
-def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_size, ota_timeout, version_policy,
-            battery, battery_rate, min_battery, install_window, commit_timeout, hw_rev, bootloader_version, prefetch, attempts, heartbeat, answer_unknown, switch_baud, window, rx_hold, write_answer, resume, package_ram, flash_timing,
-            flash_endurance, power_cut_at,
+def primary(port, baud, framing, flash, provision, slot_size, page_size, ota, commit_timeout, hw_rev, bootloader_version,
+            attempts, heartbeat, answer_unknown, switch_baud, resume, flash_endurance, power_cut_at,
             power_cut_seed, power_cut_within, trust_keys, device_target, any_target, blocking, once, timeout,
             firmware_log, as_json, progress_interval, verbose) -> None:
     """Run the emulated primary MCU on a port, booting from its flash file.
@@ -203,8 +223,6 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     from dualmcu.sides import PrimaryOptions, run_primary
     from dualmcu.primary.device import PrimaryConfig
     from dualmcu.primary.flash import FlashError, Geometry, Identity
-    from dualmcu.primary.ota import OtaConfig
-
     check_once(once, timeout)
     try:
         geometry = Geometry(page_size, slot_size)
@@ -220,13 +238,8 @@ def primary(port, baud, framing, flash, provision, slot_size, page_size, chunk_s
     if os.path.exists(flash):
         geometry = None  # an existing file keeps its own geometry
 
-    prog, sector, block = parse_flash_timing(flash_timing)
-    ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, version_policy=version_policy,
-                    battery=battery, battery_rate=battery_rate, min_battery=min_battery, install_window=install_window, prefetch=prefetch,
-                    timing=FlashTiming(prog, sector, block), window=window, buffer=rx_hold, resume=resume,
-                    package_ram=package_ram, write_answer=write_answer)
     trust = load_trust(trust_keys, device_target, any_target)
-    cfg = PrimaryConfig(ota=ota, attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud, blocking=blocking,
+    cfg = PrimaryConfig(ota=replace(ota, resume=resume), attempts=attempts, heartbeat=heartbeat, answer_unknown=answer_unknown, baud=switch_baud, blocking=blocking,
                         trust=trust, commit_timeout=commit_timeout)
     sys.exit(run_primary(PrimaryOptions(port=port, flash=flash, baud=baud, framing=framing, geometry=geometry,
                                         provision=provision, config=cfg, once=once, as_json=as_json, verbose=verbose,
@@ -420,13 +433,9 @@ def link(port_a, port_b, baud, pace, link_cfg, disconnects, duration, as_json) -
 @click.option("--flash", type=click.Path(dir_okay=False), help="The primary's flash file (default: a fresh one in the work directory).")
 @click.option("--link", type=click.Choice(["pty", "socket"]), default="pty", show_default=True, help="Virtual UART: a pty pair or two connected loopback sockets; with --pace each side paces what it sends.")
 @BAUD
-@click.option("--chunk-size", type=click.IntRange(1, 0xFFFF), default=DEFAULT_CHUNK, show_default=True)
-@click.option("--prefetch", is_flag=True, help="Download the whole image into the NCP before the transfer.")
 @click.option("--retries", type=click.IntRange(0, 1000), default=5, show_default=True)
 @click.option("--net-rate", type=Number(min=0, min_open=True), help="Simulated download rate, bytes/s.")
 @click.option("--net-fail-at", type=click.IntRange(0), help="The simulated download fails at this offset.")
-@click.option("--battery", type=Number(min=0, max=100), default=100.0, show_default=True, help="The primary's battery level, percent (below 20 the update is deferred).")
-@click.option("--ota-timeout", type=seconds(), default=60.0, show_default=True)
 @click.option("--commit-timeout", type=seconds(), default=DEFAULT_COMMIT_TIMEOUT, show_default=True, help="Seconds a new image has to confirm before the bootloader rolls it back.")
 @click.option("--max-defer", type=seconds(), default=30.0, show_default=True, help="Seconds of deferral the NCP waits for before the outcome is 'deferred'.")
 @click.option("--slot-size", type=Size(MAX_SLOT), default="1M", show_default=True)
@@ -438,10 +447,8 @@ def link(port_a, port_b, baud, pace, link_cfg, disconnects, duration, as_json) -
 @click.option("--heartbeat", type=seconds(), default=10.0, show_default=True, help="Seconds between the primary's checks of the NCP (a restarted NCP is noticed at the next one).")
 @click.option("--write-timeout", type=seconds(0.001, False), help="Fixed seconds the NCP waits for a write's answer (default: derived).")
 @click.option("--pipeline/--no-pipeline", default=True, show_default=True, help="Writes in flight through the extension (off: one at a time, as the real protocol).")
-@click.option("--flash-timing", default=FlashTiming().text, show_default=True, metavar="PROG,SECTOR,BLOCK", help="The primary's flash timing in ms (see `dualmcu primary --help`).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Resume an interrupted transfer of the same file (extension).")
-@WRITE_ANSWER
-@HOLD_BUFFER
+@ota_options
 @click.option("--trust", "trust_keys", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Public key the primary trusts (repeatable); signed images only.")
 @click.option("--target", "device_target", default="dualmcu/1", show_default=True, help="The primary's target identity for signed images.")
 @click.option("--key", "sign_key", type=click.Path(exists=True, dir_okay=False), help="Private key that signs the factory image (and the demo shipment) when --trust is given.")
@@ -456,10 +463,10 @@ def link(port_a, port_b, baud, pace, link_cfg, disconnects, duration, as_json) -
 @click.option("--progress-interval", type=Number(min=0), metavar="SECONDS",
               help="Progress events at most this often, and the last one (default: every chunk with --json, "
                    "0.1 s for the progress line; --kill-*-at needs every chunk).")
-def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, retries, net_rate, net_fail_at, battery,
-        ota_timeout, commit_timeout, max_defer, slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout, pipeline, flash_timing, resume, write_answer, rx_hold,
-        trust_keys, device_target, sign_key, link_cfg, disconnects, timeout, workdir, keep, as_json,
-        progress_interval) -> None:
+def run(firmware, factory, framing, flash, link, baud, retries, net_rate, net_fail_at, commit_timeout, max_defer,
+        slot_size, kill_primary_at, kill_ncp_at, power_cut_at, power_cut_random, pace, heartbeat, write_timeout,
+        pipeline, resume, ota, trust_keys, device_target, sign_key, link_cfg, disconnects, timeout, workdir, keep,
+        as_json, progress_interval) -> None:
     """Run a complete update between an NCP process and a primary process.
 
     Exits 0 only when the primary has booted and confirmed the new version; otherwise 1 (the
@@ -478,7 +485,6 @@ def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, ret
         raise click.UsageError("--kill-primary-at and --kill-ncp-at need every progress step: leave out --progress-interval")
     from dualmcu.primary.device import PrimaryConfig
     from dualmcu.primary.flash import FlashError, Geometry
-    from dualmcu.primary.ota import OtaConfig
 
     try:
         geometry = Geometry(slot_size=slot_size)
@@ -486,9 +492,6 @@ def run(firmware, factory, framing, flash, link, baud, chunk_size, prefetch, ret
         raise click.BadParameter(str(e), param_hint="--slot-size") from None
     ncp_cfg = NcpConfig(retries=retries, write_timeout=write_timeout, pipeline=pipeline, resume=resume,
                         max_defer=max_defer, once=True)
-    ota = OtaConfig(chunk_size=chunk_size, ota_timeout=ota_timeout, battery=battery, prefetch=prefetch,
-                    timing=FlashTiming(*parse_flash_timing(flash_timing)),
-                    write_answer=write_answer, buffer=rx_hold)
     primary_cfg = PrimaryConfig(ota=ota, heartbeat=heartbeat, commit_timeout=commit_timeout,
                                 trust=load_trust(trust_keys, device_target))
     o = RunOptions(firmware=list(firmware), factory=factory, framing=framing, flash=flash, link=link, baud=baud,
