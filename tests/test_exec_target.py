@@ -134,3 +134,10 @@ def test_a_running_ncp_reboots_or_cuts_the_firmwares_power_when_asked(tmp_path, 
     assert p.wait(timeout=90) == 0, events[-5:]
     kinds = [e["event"] for e in events]
     assert said in kinds and kinds.count("ota_offer") == 2 and events[-1]["reason"] == "confirmed"
+
+
+def test_an_exec_port_without_its_pty_is_a_usage_error_before_anything_starts(tmp_path):
+    r = dualmcu("ncp", "-p", "exec:./app --port", "--store", tmp_path / "store")
+    assert r.returncode == 2 and "has no {pty}" in r.stderr and not (tmp_path / "store").exists()
+    r = dualmcu("ncp", "-p", "exec:/nonexistent/app {pty}", "--store", tmp_path / "store")
+    assert r.returncode == 3 and r.stderr.splitlines()[-1] == "Error: cannot run /nonexistent/app: No such file or directory"

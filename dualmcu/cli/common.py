@@ -127,7 +127,16 @@ class Size(click.ParamType):
 
 
 def resolve_port(ctx, param, value):
-    """``auto`` stands for the one USB-serial port there is; anything else is used as given."""
+    """``auto`` stands for the one USB-serial port there is; an ``exec:`` command is checked
+    before anything starts; anything else is used as given."""
+    if value is not None and value.startswith("exec:"):
+        from dualmcu.target import TargetError, parse_exec
+
+        try:
+            parse_exec(value)
+        except TargetError as e:
+            raise click.BadParameter(str(e)) from None
+        return value
     if value != "auto":
         return value
     from serial.tools import list_ports
