@@ -55,6 +55,7 @@ class Shipment:
     source: Source
     package: Header | None = None  # a dualmcu package (compressed or delta), not an image
     _spans: list | None = field(default=None, repr=False, compare=False)  # segment_spans, once read
+    _starts: list | None = field(default=None, repr=False, compare=False)  # their first bytes, for bisect
 
     @property
     def size(self) -> int:
@@ -65,10 +66,11 @@ class Shipment:
         bytes themselves for an image; for a package, every segment they touch, whole."""
         if self.package is None:
             return length
+        if self._spans is None:  # read once: this runs for every write of the transfer
+            self._spans = segment_spans(self.package, self.source.read, self.size)
+            self._starts = [a for a, _, _ in self._spans]
         spans = self._spans
-        if spans is None:
-            spans = self._spans = segment_spans(self.package, self.source.read, self.size)
-        first = max(bisect.bisect_right([a for a, _, _ in spans], offset) - 1, 0)
+        first = max(bisect.bisect_right(self._starts, offset) - 1, 0)
         made = 0
         for start, end, out in spans[first:]:
             if start >= offset + length:
