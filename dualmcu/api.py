@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from dualmcu.ncp.core import Misbehave
+from dualmcu.rpc.events import Event as Ev
 
 __all__ = ["Ncp", "Primary", "Link", "Outcome", "Misbehave", "SideError", "make_image", "make_package",
            "flash_state", "simulate"]
@@ -81,23 +82,20 @@ class Outcome:
 def _outcome(events: list[Event], code: int, side: str = "ncp") -> Outcome:
     events = [e for e in events if e.get("side", side) == side]  # the side that judged it
     kinds = lambda *k: [e for e in events if e.get("event") in k]  # noqa: E731
-    end = kinds("exit")
+    end = kinds(Ev.EXIT)
     verdict = end[-1].get("reason", "") if end else ("terminated" if code in (130, 143) else "none")
     # The version the primary runs: the latest it said, in its firmware report or its telemetry.
-    said = [e for e in events if e.get("event") == "primary_firmware"
-            or (e.get("event") == "telemetry" and e.get("version"))]
-    version = said[-1].get("version") if said else None
-    told = [e.get("ota_reason") for e in kinds("telemetry") if e.get("ota_reason")]
-    offers = kinds("ota_offer")
-    progress = kinds("ota_progress")
+    said = [e for e in kinds(Ev.PRIMARY_FIRMWARE, Ev.TELEMETRY) if e.get("version")]
+    told = [e["ota_reason"] for e in kinds(Ev.TELEMETRY) if e.get("ota_reason")]
+    offers, progress = kinds(Ev.OTA_OFFER), kinds(Ev.OTA_PROGRESS)
+    exec_port = any("firmware_log" in e for e in kinds(Ev.PORT_OPEN))
     times = [e["t"] for e in events if isinstance(e.get("t"), (int, float))]
     return Outcome(
-        verdict=verdict, exit_code=code, version=version, offered=offers[-1].get("version") if offers else None,
-        reason=told[-1] if told else None, retries=len(kinds("ota_retry")),
-        bytes_sent=progress[-1].get("offset", 0) if progress else 0, offers=len(offers),
-        misbehaved=tuple(dict.fromkeys(e.get("what", "") for e in kinds("misbehaved"))),
-        firmware_starts=1 + len(kinds("target_started")) if kinds("port_open") and any(
-            "firmware_log" in e for e in kinds("port_open")) else 0,
+        verdict=verdict, exit_code=code, version=said[-1]["version"] if said else None,
+        offered=offers[-1].get("version") if offers else None, reason=told[-1] if told else None,
+        retries=len(kinds(Ev.OTA_RETRY)), bytes_sent=progress[-1].get("offset", 0) if progress else 0,
+        offers=len(offers), misbehaved=tuple(dict.fromkeys(e.get("what", "") for e in kinds(Ev.MISBEHAVED))),
+        firmware_starts=1 + len(kinds(Ev.TARGET_STARTED)) if exec_port else 0,
         seconds=round(max(times) - min(times), 6) if times else 0.0, events=tuple(events))
 
 

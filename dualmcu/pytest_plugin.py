@@ -159,10 +159,10 @@ def dualmcu_ncp(_dualmcu_sides: _Sides, dualmcu_firmware: str, pytestconfig: pyt
         options.setdefault("framing", _setting(pytestconfig, "dualmcu_framing"))
         options.setdefault("baud", _number(pytestconfig, "dualmcu_baud"))
         options.setdefault("timeout", _number(pytestconfig, "dualmcu_timeout", float))
-        first = not any(isinstance(s, api.Ncp) for s in _dualmcu_sides.sides)
+        n = sum(isinstance(s, api.Ncp) for s in _dualmcu_sides.sides) + 1  # this test's nth NCP
         # Kept with the test's files (pytest keeps the last runs'), for reading after a failure.
-        options.setdefault("firmware_log", tmp_path / ("firmware.log" if first else f"firmware-{id(options)}.log"))
-        ncp = api.Ncp(port or dualmcu_firmware, firmware, on_outcome=_dualmcu_sides.record("" if first else "ncp2"),
+        options.setdefault("firmware_log", tmp_path / ("firmware.log" if n == 1 else f"firmware-{n}.log"))
+        ncp = api.Ncp(port or dualmcu_firmware, firmware, on_outcome=_dualmcu_sides.record("" if n == 1 else f"ncp{n}"),
                       **options)
         return _dualmcu_sides.add(ncp)
 
