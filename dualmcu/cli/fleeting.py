@@ -133,13 +133,18 @@ def fleet(demo, population, plan, firmware, image_size, devices, seed, scheduler
             executor.close()
         if board is not None:
             board.publish(summary, summary, ended=True)
-        _report(summary, csv_path, devices_csv, rollout, as_json)
-        if server is not None:
-            click.echo(f"the dashboard stays up at {server.url} until Ctrl-C or SIGTERM", err=True)
-            try:
+        _write_reports(summary, csv_path, devices_csv, rollout)
+        # From here the rollout has ended and its files are written: a stop while its summary
+        # is said, or while the dashboard stays up, only closes the page; the verdict stands.
+        # (SIGTERM just after the summary line fell before the wait and ended the command 143.)
+        try:
+            _say_summary(summary, as_json)
+            if server is not None:
+                click.echo(f"the dashboard stays up at {server.url} until Ctrl-C or SIGTERM", err=True)
                 wait_for_a_stop()
-            except KeyboardInterrupt:
-                pass  # the rollout had ended: its verdict stands, the stop only closes the page
+        except KeyboardInterrupt:
+            if server is None:
+                raise
     finally:
         if server is not None:
             server.close()
@@ -165,13 +170,16 @@ def _write_csv(path: str, rows: list[dict]) -> None:
     write_file(path, text.getvalue().encode(), None)
 
 
-def _report(summary: dict, csv_path, devices_csv, rollout, as_json: bool) -> None:
+def _write_reports(summary: dict, csv_path, devices_csv, rollout) -> None:
     from dualmcu import fleet as F
 
     if csv_path:
         _write_csv(csv_path, F.as_rows(summary))
     if devices_csv:
         _write_csv(devices_csv, F.device_rows(rollout.results))
+
+
+def _say_summary(summary: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary))
     else:
